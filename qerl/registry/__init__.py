@@ -1,0 +1,32 @@
+"""Every registry of swappable components, declared in one place.
+
+Each names its base class by import path, so this package imports no component
+package: all arrows point down into it.
+"""
+from qerl.registry.plugins import ENTRY_POINT_GROUP, PluginReport, load_plugins, plugin_reports
+from qerl.registry.registry import EntryInfo, Registry, RegistryError
+
+QUANTIZERS = Registry("quantizers", "qerl.quantizers.base:Quantizer", ("qerl.quantizers",))
+NOISE_SCHEDULERS = Registry("noise_schedulers", "qerl.noise.base:NoiseSchedule", ("qerl.noise",))
+ALGORITHMS = Registry("algorithms", "qerl.algorithms.base:Algorithm", ("qerl.algorithms",))
+ROLLOUT_BACKENDS = Registry("rollout_backends", "qerl.rollout.base:RolloutBackend", ("qerl.rollout",))
+REWARDS = Registry("rewards", "qerl.rewards.base:Reward", ("qerl.rewards",))
+DATASETS = Registry("datasets", "qerl.data.base:PromptDataModule", ("qerl.data",))
+MODELS = Registry("models", "qerl.models.base:PolicyLoader", ("qerl.models",))
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r for r in (QUANTIZERS, NOISE_SCHEDULERS, ALGORITHMS, ROLLOUT_BACKENDS, REWARDS, DATASETS, MODELS)
+}
+
+
+def load_all() -> None:
+    """Import every built-in component and every plugin (the CLI calls this before parsing)."""
+    for registry in REGISTRIES.values():
+        registry.names()
+
+
+__all__ = [
+    "ALGORITHMS", "DATASETS", "ENTRY_POINT_GROUP", "EntryInfo", "MODELS", "NOISE_SCHEDULERS", "PluginReport",
+    "QUANTIZERS", "REGISTRIES", "REWARDS", "ROLLOUT_BACKENDS", "Registry", "RegistryError", "load_all",
+    "load_plugins", "plugin_reports",
+]
