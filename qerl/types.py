@@ -44,6 +44,9 @@ class Rollout:
     group_index: torch.Tensor  # (R,) long, prompt index of each row
     truncated: torch.Tensor  # (R,) bool, hit max_new_tokens without EOS/stop
     group_size: int
+    #: (R, T) optional per-token policy-gradient weights, e.g. truncated importance sampling for an engine
+    #: whose log-probs differ from the policy's (`VLLM(importance_sampling_cap=...)`); None means 1.
+    importance_weights: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:

@@ -1,6 +1,22 @@
-"""The noise-schedule extension point: sigma as a function of training progress."""
+"""The noise-schedule extension point: sigma as a function of training progress.
+
+Staged schedules (`Exponential`, `Linear`, `Cosine`) split a run of `total_steps`
+optimizer steps into `num_stages` (K) equal stages. Step `s` lies in stage
+
+    k = min(K - 1, floor(s * K / total_steps))
+
+(steps past the end stay in the last stage). Stage 0 is noise-free; stage 1 is
+exactly `sigma_start` and stage K - 1 exactly `sigma_end`. In between, a decay
+is evaluated at the stage's progress
+
+    t_k = (k - 1) / (K - 2)        (t = 0 when K = 2: the one noisy stage gets sigma_start)
+
+so every decay shares the same stage boundaries and end points.
+"""
 from __future__ import annotations
 
+import math
+import operator
 from abc import ABC, abstractmethod
 
 
@@ -10,3 +26,65 @@ class NoiseSchedule(ABC):
     @abstractmethod
     def sigma_at(self, step: int, total_steps: int) -> float:
         """Sigma for optimizer step `step` (0-based) of a run of `total_steps`."""
+
+
+def check_sigma(owner: str, name: str, value: float) -> float:
+    """`value` as a float, or a ValueError that names `owner.name` and the value."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {name}={value!r} is not a number; give a standard deviation >= 0.") from None
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"{owner}: {name}={value!r} is invalid; a noise standard deviation must be finite and >= 0.")
+    return sigma
+
+
+def _integer(value) -> int | None:
+    """`value` as an int if it is an integer (numpy ints too, bools not), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_decay(owner: str, sigma_start: float, sigma_end: float, num_stages: int) -> tuple[float, float, int]:
+    """Validated (sigma_start, sigma_end, num_stages) of a staged decay."""
+    start = check_sigma(owner, "sigma_start", sigma_start)
+    end = check_sigma(owner, "sigma_end", sigma_end)
+    if end > start:
+        raise ValueError(
+            f"{owner}: sigma_end={sigma_end!r} is larger than sigma_start={sigma_start!r}; a decay must not grow. "
+            "Swap them, or use Constant for a fixed sigma."
+        )
+    stages = _integer(num_stages)
+    if stages is None or stages < 2:
+        raise ValueError(
+            f"{owner}: num_stages={num_stages!r} is invalid; it must be an integer >= 2 "
+            "(stage 0 is noise-free, stages 1..K-1 carry the decay)."
+        )
+    return start, end, stages
+
+
+def check_progress(owner: str, step: int, total_steps: int) -> None:
+    """Reject a negative step or a non-positive run length, naming the value."""
+    total = _integer(total_steps)
+    if total is None or total < 1:
+        raise ValueError(
+            f"{owner}.sigma_at: total_steps={total_steps!r} is invalid; it must be a positive integer "
+            "(set trainer max_steps, or a finite max_epochs)."
+        )
+    index = _integer(step)
+    if index is None or index < 0:
+        raise ValueError(f"{owner}.sigma_at: step={step!r} is invalid; it must be an integer >= 0.")
+
+
+def stage_of(step: int, total_steps: int, num_stages: int) -> int:
+    """The 0-based stage of `step`: `min(K - 1, floor(step * K / total_steps))`."""
+    return min(num_stages - 1, (step * num_stages) // total_steps)
+
+
+def stage_progress(stage: int, num_stages: int) -> float:
+    """Progress t in [0, 1] of noisy stage `stage` >= 1: `(stage - 1) / (K - 2)`, 0 when K = 2."""
+    return 0.0 if num_stages == 2 else (stage - 1) / (num_stages - 2)

@@ -1,19 +1,154 @@
-"""The quantizer extension point (filled in by the Quantizers issue)."""
+"""The quantizer extension point: a `Quantizer` turns a weight into a `QuantizedWeight` and swaps Linear layers.
+
+A concrete quantizer names its storage `format` and `block_size`, quantizes a 2-D weight into named tensors
+(the `QuantLinear` buffers of docs/quant_contract: `codes`, `scales`, ...), and reads them back in
+`dequantize_tensors`. Every subclass that sets `format` is findable by it (`format_codec("nvfp4")`), which is
+how a `QuantLinear` or a checkpoint turns stored tensors back into a weight - including plugin formats.
+
+Bad input is refused, never padded: in_features must be a multiple of `block_size` and the weight finite.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+_FORMATS: dict[str, type[Quantizer]] = {}
+_ROWS_PER_CHUNK_ELEMENTS = 1 << 26  # bounds the temporaries of one quantize step (~64M weights at a time)
+
+
+class QuantizationError(ValueError):
+    """A weight cannot be quantized (shape, NaN/Inf); the message names the layer."""
+
+
+class QuantizedWeight:
+    """A quantized (out_features, in_features) weight: its stored tensors and how to read them back."""
+
+    def __init__(self, codec: type[Quantizer], shape: tuple[int, int], tensors: dict[str, torch.Tensor],
+                 block_size: int | None = None) -> None:
+        self.codec = codec
+        self.shape = torch.Size(shape)
+        self.tensors = tensors
+        self.block_size = block_size or codec.block_size  # per instance for formats with a configurable group
+
+    @property
+    def format(self) -> str:
+        return self.codec.format
+
+    @property
+    def nbytes(self) -> int:
+        """Every stored byte: codes, scales, second-level scales."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / self.shape.numel()
+
+    def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """The weight the format represents, shape (out_features, in_features)."""
+        return self.codec.dequantize_tensors(self.tensors, self.shape, dtype)
+
+    def to(self, device: torch.device | str) -> QuantizedWeight:
+        return QuantizedWeight(self.codec, tuple(self.shape), {k: v.to(device) for k, v in self.tensors.items()},
+                               self.block_size)
+
+    def __repr__(self) -> str:
+        return f"QuantizedWeight({self.format}, shape={tuple(self.shape)}, {self.bits_per_weight:.3f} bits/weight)"
+
+
+def format_codec(name: str) -> type[Quantizer]:
+    """The quantizer class that owns storage format `name` ("nvfp4", "mxfp4", "nf4", plugin formats)."""
+    if name not in _FORMATS:
+        raise QuantizationError(
+            f"Unknown quantized storage format {name!r}. Known formats: {', '.join(sorted(_FORMATS)) or '(none)'}. "
+            "If it comes from a plugin, install the plugin (see `qerl list quantizers`)."
+        )
+    return _FORMATS[name]
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    parts = name.split(".")
+    return any(p == name or p in parts or name.endswith("." + p) for p in patterns)
 
 
 class Quantizer(ABC):
     """Turns bf16/fp32 weights into a 4-bit format and swaps Linear layers."""
 
-    @abstractmethod
-    def quantize(self, weight: torch.Tensor):
-        """Quantize a 2-D (out_features, in_features) weight."""
+    format: ClassVar[str] = ""
+    block_size: int = 0  # weights per block along in_features (a subclass may make it an __init__ argument)
+    uses_qerl_kernels: ClassVar[bool] = False  # True: QuantLinear may call qerl.kernels.quant_linear on CUDA
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        owner = _FORMATS.get(cls.format)
+        if cls.format and "format" in cls.__dict__ and owner is not None and owner.__qualname__ != cls.__qualname__:
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} claims storage format {cls.format!r}, already owned "
+                            f"by {owner.__module__}.{owner.__qualname__}; pick a new format name.")
+        if cls.format:
+            _FORMATS.setdefault(cls.format, cls)  # a subclass that keeps its parent's format reads it the same way
+
+    # ------------------------------------------------------------------ per weight
     @abstractmethod
+    def quantize(self, weight: torch.Tensor, name: str = "weight") -> QuantizedWeight:
+        """Quantize a 2-D (out_features, in_features) weight on its own device; `name` is used in errors."""
+
+    @classmethod
+    @abstractmethod
+    def dequantize_tensors(cls, tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """Stored tensors of this format -> the (out, in) weight in `dtype` (block size follows from the shapes)."""
+
+    def check_weight(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """Refuse what the format cannot hold; return the weight as float32 on its device."""
+        if weight.dim() != 2:
+            raise QuantizationError(f"{type(self).__name__}: layer {name!r} has a {weight.dim()}-D weight "
+                                    f"{tuple(weight.shape)}; only 2-D (out_features, in_features) weights are quantized.")
+        out_f, in_f = weight.shape
+        if in_f % self.block_size:
+            raise QuantizationError(
+                f"{type(self).__name__}: layer {name!r} has weight shape ({out_f}, {in_f}); in_features={in_f} is not a "
+                f"multiple of the block size {self.block_size}. qerl refuses rather than pads: add {name!r} to `skip` "
+                "to keep it in bf16, or pick a format with a smaller block.")
+        if not torch.isfinite(weight).all():
+            bad = (~torch.isfinite(weight)).sum().item()
+            raise QuantizationError(f"{type(self).__name__}: layer {name!r} weight {tuple(weight.shape)} holds {bad} "
+                                    "NaN/Inf value(s); fix the checkpoint (or skip the layer) before quantizing.")
+        return weight.detach().float()
+
+    @staticmethod
+    def by_row_chunks(fn: Callable[..., dict[str, torch.Tensor]], *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Apply a vectorized per-row quantize step to bounded chunks of rows and concatenate the results.
+
+        Every tensor in `tensors` has the same number of rows and is split alike; `fn` gets one chunk of each.
+        """
+        n_rows, n_cols = tensors[0].shape[0], tensors[0].shape[1]
+        rows = max(1, _ROWS_PER_CHUNK_ELEMENTS // max(1, n_cols))
+        if rows >= n_rows:
+            return fn(*tensors)
+        parts = [fn(*chunks) for chunks in zip(*(t.split(rows, dim=0) for t in tensors))]
+        return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
+
+    # ------------------------------------------------------------------ per model
     def quantize_model(self, model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
-        """Swap every targeted nn.Linear for a QuantLinear in place; return the model."""
+        """Swap every targeted nn.Linear for a QuantLinear in place; return the model.
+
+        Targeted: every nn.Linear whose dotted name does not match `skip` (an entry matches the full name, one
+        path component, or a suffix). `lm_head` is always kept in bf16, embeddings are not Linear and stay too.
+        Each weight is quantized on its own device, one layer at a time.
+        """
+        from qerl.quantizers.layers import QuantLinear
+
+        patterns = tuple(dict.fromkeys(("lm_head", *skip)))
+        targets = [n for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and not _matches(n, patterns)]
+        for name in targets:  # names only, so each bf16 weight is freed as soon as its layer is swapped
+            linear = model.get_submodule(name)
+            qweight = self.quantize(linear.weight.data, name=name)
+            bias = None if linear.bias is None else linear.bias.data.to(torch.bfloat16)
+            layer = QuantLinear.from_quantized(qweight, bias=bias, name=name)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+            del linear, qweight
+        return model

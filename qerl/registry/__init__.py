@@ -20,13 +20,32 @@ REGISTRIES: dict[str, Registry] = {
 
 
 def load_all() -> None:
-    """Import every built-in component and every plugin (the CLI calls this before parsing)."""
+    """Import every built-in component and every plugin (the CLI calls this before parsing).
+
+    Raises one `RegistryError` naming every component package that failed to import.
+    """
+    problems = []
     for registry in REGISTRIES.values():
-        registry.names()
+        try:
+            registry.names()
+        except RegistryError as exc:
+            problems.append(str(exc))
+    load_plugins()
+    if problems:
+        raise RegistryError("\n".join(problems))
+
+
+def find_registry(kind: str) -> Registry | None:
+    """The registry for `kind`, forgiving case, singular/plural and '-' for '_' ("quantizer", "noise-schedulers")."""
+    want = kind.strip().lower().replace("-", "_")
+    for name, registry in REGISTRIES.items():
+        if want in (name, name.rstrip("s")):
+            return registry
+    return None
 
 
 __all__ = [
     "ALGORITHMS", "DATASETS", "ENTRY_POINT_GROUP", "EntryInfo", "MODELS", "NOISE_SCHEDULERS", "PluginReport",
-    "QUANTIZERS", "REGISTRIES", "REWARDS", "ROLLOUT_BACKENDS", "Registry", "RegistryError", "load_all",
+    "QUANTIZERS", "REGISTRIES", "REWARDS", "ROLLOUT_BACKENDS", "Registry", "RegistryError", "find_registry", "load_all",
     "load_plugins", "plugin_reports",
 ]

@@ -13,6 +13,7 @@ log = logging.getLogger("qerl.plugins")
 ENTRY_POINT_GROUP = "qerl.plugins"
 _current: list[str] = []
 _state: dict[str, "PluginReport"] = {}
+_scanned = False
 
 
 @dataclass
@@ -41,21 +42,28 @@ def _loading(dist: str) -> Iterator[None]:
 
 
 def plugins_disabled() -> bool:
+    """True when `QERL_DISABLE_PLUGINS` is set to 1/true/yes/on."""
     return os.environ.get("QERL_DISABLE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_plugins(force: bool = False) -> list[PluginReport]:
     """Import every `qerl.plugins` entry point once; failures are reported, not raised.
 
+    The entry points are scanned once per process; `force=True` scans again (a
+    distribution installed meanwhile) and retries the ones that failed.
     `QERL_DISABLE_PLUGINS=1` skips them all. Returns one report per entry point.
     """
+    global _scanned
     if plugins_disabled():
         return []
+    if _scanned and not force:
+        return list(_state.values())
+    _scanned = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         key = f"{ep.name}={ep.value}"
-        if key in _state and not force:
+        if key in _state and (_state[key].loaded or not force):
             continue
-        dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
+        dist = ep.dist.name if ep.dist is not None and ep.dist.name else "<unknown distribution>"
         with _loading(dist):
             try:
                 obj = ep.load()
@@ -65,7 +73,10 @@ def load_plugins(force: bool = False) -> list[PluginReport]:
             except Exception as exc:  # a broken plugin must not take the others down
                 msg = f"{type(exc).__name__}: {exc}"
                 _state[key] = PluginReport(ep.name, dist, ep.value, False, msg)
-                log.warning("qerl plugin %r from distribution %r failed to load: %s", ep.name, dist, msg)
+                log.warning(
+                    "qerl plugin %r from distribution %r failed to load (%s); the other plugins still load. "
+                    "Fix or uninstall it, or set QERL_DISABLE_PLUGINS=1 to skip all plugins.", ep.name, dist, msg
+                )
     return list(_state.values())
 
 

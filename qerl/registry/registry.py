@@ -26,6 +26,11 @@ class EntryInfo:
     plugin: str | None
     aliases: tuple[str, ...] = ()
 
+    @property
+    def class_path(self) -> str:
+        """Full import path, as a recipe's `class_path` may spell it."""
+        return f"{self.module}.{self.cls.__qualname__}"
+
 
 def _resolve(path: str) -> type:
     module, _, attr = path.partition(":")
@@ -36,8 +41,22 @@ def _resolve(path: str) -> type:
 
 
 def first_doc_line(cls: type) -> str:
-    doc = inspect.getdoc(cls) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """The first line of the class's own docstring ("" when it has none; a parent's does not count)."""
+    doc = inspect.cleandoc(vars(cls).get("__doc__") or "")
+    if doc.startswith(f"{cls.__name__}(") and doc.endswith(")"):
+        return ""  # the signature @dataclass writes when the class has no docstring
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def is_builtin_module(module: str) -> bool:
+    """True for modules shipped inside the `qerl` package itself."""
+    return module == "qerl" or module.startswith("qerl.")
+
+
+def close_matches(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """Up to `n` of `choices` that look like `name` (case-insensitive), best first."""
+    by_lower = {c.lower(): c for c in choices}
+    return [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)]
 
 
 class Registry:
@@ -45,16 +64,17 @@ class Registry:
 
     Args:
         kind: plural name shown to users ("quantizers").
-        base: import path of the base class every entry must subclass
-            ("qerl.quantizers.base:Quantizer"); resolved lazily so the registry
+        base: the base class every entry must subclass, or its import path
+            ("qerl.quantizers.base:Quantizer"), resolved lazily so the registry
             package imports no component package.
         builtins: modules whose import registers the built-in entries.
     """
 
-    def __init__(self, kind: str, base: str, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, base: str | type, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
-        self.base_path = base
-        self.builtins = builtins
+        self.base_path = base if isinstance(base, str) else f"{base.__module__}:{base.__qualname__}"
+        self._base = None if isinstance(base, str) else base
+        self.builtins = tuple(builtins)
         self._entries: dict[str, EntryInfo] = {}
         self._aliases: dict[str, str] = {}
         self._builtins_loaded = False
@@ -62,10 +82,14 @@ class Registry:
     # ------------------------------------------------------------------ register
     @property
     def base(self) -> type:
-        return _resolve(self.base_path)
+        if self._base is None:
+            self._base = _resolve(self.base_path)
+        return self._base
 
     def register(self, name: str | None = None, aliases: tuple[str, ...] | list[str] = ()) -> Callable[[type], type]:
         """Class decorator: `@QUANTIZERS.register()` or `@QUANTIZERS.register("nf4", aliases=("qlora",))`."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{self.kind}.register() takes a name string; write `@register()` (with parentheses).")
 
         def wrap(cls: type) -> type:
             self.add(cls, name=name, aliases=tuple(aliases))
@@ -74,6 +98,7 @@ class Registry:
         return wrap
 
     def add(self, cls: type, name: str | None = None, aliases: tuple[str, ...] = ()) -> None:
+        """Register `cls` under `name` (default: its class name) and `aliases`."""
         from qerl.registry.plugins import current_plugin
 
         base = self.base
@@ -82,32 +107,46 @@ class Registry:
                 f"Cannot register {cls!r} in {self.kind}: it must subclass "
                 f"{base.__module__}.{base.__qualname__}."
             )
-        key = (name or cls.__name__)
-        info = EntryInfo(key, cls, cls.__module__, first_doc_line(cls), current_plugin(), tuple(aliases))
+        key = name or cls.__name__
+        # a plugin that imports qerl's own component packages must not be credited with their classes
+        plugin = None if is_builtin_module(cls.__module__) else current_plugin()
+        info = EntryInfo(key, cls, cls.__module__, first_doc_line(cls), plugin, tuple(aliases))
+        replaces: str | None = None
         for label in (key, *aliases):
             low = label.lower()
             owner = self._entries.get(low) or self._entries.get(self._aliases.get(low, ""))
-            if owner is not None:
-                if owner.cls is cls:
-                    continue
-                raise RegistryError(
-                    f"Duplicate {self.kind} name {label!r}: already registered by "
-                    f"{owner.module}.{owner.cls.__qualname__}, now again by "
-                    f"{cls.__module__}.{cls.__qualname__}. Pick another name."
-                )
+            if owner is None or owner.cls is cls:
+                continue
+            if owner.module == cls.__module__ and owner.cls.__qualname__ == cls.__qualname__:
+                replaces = owner.name.lower()  # the same module imported again (reload): keep the newest class
+                continue
+            raise RegistryError(
+                f"Duplicate {self.kind} name {label!r}: already registered by "
+                f"{owner.module}.{owner.cls.__qualname__}{_from(owner.plugin)}, now again by "
+                f"{cls.__module__}.{cls.__qualname__}{_from(plugin)}. Pick another name."
+            )
+        if replaces is not None:
+            self._drop(replaces)
         self._entries[key.lower()] = info
         for alias in aliases:
             self._aliases[alias.lower()] = key.lower()
 
     # ------------------------------------------------------------------- lookup
     def _load(self) -> None:
-        if not self._builtins_loaded:
-            self._builtins_loaded = True
-            for module in self.builtins:
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        for module in self.builtins:
+            try:
                 importlib.import_module(module)
-            from qerl.registry.plugins import load_plugins
+            except Exception as exc:
+                self._builtins_loaded = False  # try again next time, and say why now
+                raise RegistryError(
+                    f"Could not load the built-in {self.kind} from {module!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+        from qerl.registry.plugins import load_plugins
 
-            load_plugins()
+        load_plugins()
 
     def _key(self, name: str) -> str | None:
         self._load()
@@ -118,27 +157,36 @@ class Registry:
 
     def get(self, name: str) -> type:
         """The class registered under `name` (case-insensitive, aliases too)."""
-        key = self._key(name)
-        if key is None:
-            known = self.names()
-            close = difflib.get_close_matches(name.lower(), [n.lower() for n in known] + list(self._aliases), n=3, cutoff=0.5)
-            hint = ""
-            if close:
-                pretty = [self._entries[self._aliases.get(c, c)].name for c in close]
-                hint = f" Did you mean {', '.join(dict.fromkeys(pretty))}?"
-            raise RegistryError(
-                f"Unknown {self.kind} name {name!r}.{hint} Known {self.kind}: {', '.join(known) or '(none)'}."
-            )
-        return self._entries[key].cls
+        return self.info(name).cls
 
     def info(self, name: str) -> EntryInfo:
-        """Class, module, one-line summary and source plugin of an entry."""
-        self.get(name)
-        return self._entries[self._key(name)]  # type: ignore[index]
+        """Class, module, one-line summary and source plugin (distribution name) of an entry."""
+        key = self._key(name) if isinstance(name, str) else None
+        if key is None:
+            raise RegistryError(self._unknown_message(name))
+        return self._entries[key]
+
+    def _unknown_message(self, name: object) -> str:
+        known = self.names()
+        hint = ""
+        if isinstance(name, str):
+            shown = {e.name: e.name for e in self._entries.values()}
+            shown.update({alias: self._entries[key].name for alias, key in self._aliases.items()})
+            close = list(dict.fromkeys(shown[m] for m in close_matches(name, list(shown))))
+            if close:
+                hint = f" Did you mean {' or '.join(close)}?"
+        msg = f"Unknown {self.kind} name {name!r}.{hint} Known {self.kind}: {', '.join(known) or '(none)'}."
+        from qerl.registry.plugins import plugin_reports
+
+        broken = [r.distribution for r in plugin_reports() if not r.loaded]
+        if broken:
+            msg += f" (Plugins that failed to load: {', '.join(broken)}; see `qerl list`.)"
+        return msg
 
     def names(self) -> list[str]:
+        """Registered names, sorted case-insensitively."""
         self._load()
-        return sorted(e.name for e in self._entries.values())
+        return sorted((e.name for e in self._entries.values()), key=str.lower)
 
     def list(self) -> list[EntryInfo]:
         """Every entry, sorted by name."""
@@ -155,13 +203,20 @@ class Registry:
         self._load()
         return len(self._entries)
 
+    def _drop(self, key: str) -> None:
+        self._entries.pop(key)
+        self._aliases = {a: k for a, k in self._aliases.items() if k != key}
+
     def unregister(self, name: str) -> None:
         """Remove an entry (tests and plugin reloads)."""
         key = self._key(name)
         if key is None:
-            raise RegistryError(f"Unknown {self.kind} name {name!r}.")
-        self._entries.pop(key)
-        self._aliases = {a: k for a, k in self._aliases.items() if k != key}
+            raise RegistryError(self._unknown_message(name))
+        self._drop(key)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def _from(plugin: str | None) -> str:
+    return f" (plugin {plugin})" if plugin else ""

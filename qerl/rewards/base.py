@@ -22,3 +22,11 @@ class Reward(ABC):
     @abstractmethod
     def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
         """One score per completion; must be fast, bounded and never raise on model text."""
+
+    def check_batch(self, completions: list[str], answers: list[str]) -> None:
+        """Raise a clear error when the caller passes lists of different lengths."""
+        if len(completions) != len(answers):
+            raise ValueError(
+                f"{self.name}: got {len(completions)} completions but {len(answers)} gold answers; "
+                "pass one gold answer per completion (repeat each prompt's answer for its group)."
+            )

@@ -1,0 +1,246 @@
+"""W4A16 kernel benchmark: qerl's Triton kernels vs cuBLAS bf16 and vs "dequantize then matmul".
+
+Formats x Qwen2.5-7B/32B projection shapes (+ 8192x8192) x M, forward ("fwd") and input gradient
+("dgrad"); for M >= 1024 also their sum ("fwd+dgrad"). Every time is the median over replays of a
+CUDA graph that runs the op many times while rotating over enough weight copies (>= 200 MB) that
+L2 (50 MB) cannot serve them; the three contenders are timed the same way in the same process.
+
+    PYTHONPATH=. python benchmarks/kernels.py --out benchmarks/results   # on the GPU machine
+
+Writes ``kernels-<card>-<date>.json`` (one record per row) and prints the table last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {  # name: (K = in_features, N = out_features)
+    "32b.gate_up": (5120, 27648), "32b.down": (27648, 5120), "8192": (8192, 8192),
+    "32b.q_o": (5120, 5120), "32b.k_v": (5120, 1024),
+    "7b.gate_up": (3584, 18944), "7b.down": (18944, 3584), "7b.q_o": (3584, 3584), "7b.k_v": (3584, 512),
+}
+TARGET_SHAPES = ("32b.gate_up", "32b.down", "8192")
+ROTATE_BYTES = 200 * 2**20
+
+
+def time_graph(calls, iters: int, replays: int = 9) -> float:
+    """Median microseconds per call: a CUDA graph of ``iters`` calls cycling through ``calls``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for c in calls[:2]:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(iters):
+            calls[i % len(calls)]()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0 / iters)
+    del graph
+    return statistics.median(times)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(1, min(256, math.ceil(ROTATE_BYTES / max(nbytes, 1))))
+
+
+def make_layers(fmt: str, k: int, n: int):
+    from qerl.kernels import _absmax_for_kernel, ops
+    from qerl.quantizers import MXFP4, NF4, NVFP4
+    from qerl.quantizers.layers import QuantLinear
+
+    quantizer = {"nvfp4": NVFP4, "mxfp4": MXFP4, "nf4": NF4}[fmt]()
+    w = torch.randn(n, k, device="cuda") * 0.02
+    layer = QuantLinear.from_quantized(quantizer.quantize(w)).cuda()
+    scales = ops._scales_arg(_absmax_for_kernel(layer) if fmt == "nf4" else layer.scales)
+    g = layer.global_scale if fmt == "nvfp4" else None
+    packed = layer.codes.numel() + scales.numel() * scales.element_size()
+    r = copies_for(packed)
+    weights = [(layer.codes.clone(), scales.clone()) for _ in range(r)]
+    return layer, weights, g, packed
+
+
+def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
+    from qerl.kernels import dequant, dgrad, fused, ops
+    from qerl.kernels.formats import FORMAT_IDS
+
+    fid = FORMAT_IDS[fmt]
+    layer, weights, g, packed = make_layers(fmt, k, n)
+    block = layer.block_size
+    w32 = layer.dequantize(torch.float32)
+    wbf = w32.to(torch.bfloat16)
+    bf_copies = [wbf.clone() for _ in range(copies_for(wbf.numel() * 2))]
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+        gy = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+        per = {}
+        for p in passes:
+            if p == "fwd":
+                op = [lambda c=c, s=s: ops.w4a16_linear(x, c, s, g, None, fmt, block) for c, s in weights]
+                base = [lambda wb=wb: F.linear(x, wb) for wb in bf_copies]
+                deq = [lambda c=c, s=s: F.linear(x, dequant.dequantize_into(c, s, g, fid, block, k, x.dtype))
+                       for c, s in weights]
+                fz = [lambda c=c, s=s: fused.fused_linear(x, c, s, g, fid, block, None) for c, s in weights]
+                out, ref = op[0](), x.float() @ w32.T
+                act = (m * k + m * n) * 2
+            else:
+                op = [lambda c=c, s=s: ops.w4a16_dgrad(gy, c, s, g, fmt, block, k) for c, s in weights]
+                base = [lambda wb=wb: gy @ wb for wb in bf_copies]
+                deq = [lambda c=c, s=s: gy @ dequant.dequantize_into(c, s, g, fid, block, k, gy.dtype)
+                       for c, s in weights]
+                fz = [lambda c=c, s=s: dgrad.fused_dgrad(gy, c, s, g, fid, block, k) for c, s in weights]
+                out, ref = op[0](), gy.float() @ w32
+                act = (m * k + m * n) * 2
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            iters = max(len(op), 20)
+            us = time_graph(op, iters)
+            bf_us = time_graph(base, max(len(base), 20))
+            dq_us = time_graph(deq, iters)
+            fz_us = time_graph(fz, iters) if m <= fused_max_m else None
+            rec = dict(format=fmt, shape=name, K=k, N=n, M=m, **{"pass": p}, us=round(us, 2), bf16_us=round(bf_us, 2),
+                       speedup=round(bf_us / us, 3), deq_mm_us=round(dq_us, 2), speedup_vs_deq_mm=round(dq_us / us, 3),
+                       fused_us=None if fz_us is None else round(fz_us, 2),
+                       path="fused" if m <= (ops.FUSED_MAX_M if p == "fwd" else ops.DGRAD_FUSED_MAX_M) else "deq+cublas",
+                       tbps=round((packed + act) / us / 1e6, 3), bf16_tbps=round((n * k * 2 + act) / bf_us / 1e6, 3),
+                       rel_err=float(f"{err:.3g}"))
+            rows.append(rec)
+            per[p] = rec
+        if m >= 1024 and "fwd" in per and "dgrad" in per:
+            us = per["fwd"]["us"] + per["dgrad"]["us"]
+            bf = per["fwd"]["bf16_us"] + per["dgrad"]["bf16_us"]
+            rows.append(dict(format=fmt, shape=name, K=k, N=n, M=m, **{"pass": "fwd+dgrad"}, us=round(us, 2),
+                             bf16_us=round(bf, 2), speedup=round(bf / us, 3), time_ratio=round(us / bf, 3)))
+    return rows
+
+
+FWD_CANDIDATES = [dict(BLOCK_N=128, NG=8, num_warps=8, num_stages=3), dict(BLOCK_N=64, NG=8, num_warps=4, num_stages=4),
+                  dict(BLOCK_N=128, NG=4, num_warps=8, num_stages=4), dict(BLOCK_N=256, NG=4, num_warps=8, num_stages=3),
+                  dict(BLOCK_N=64, NG=16, num_warps=4, num_stages=3)]
+DGRAD_CANDIDATES = [dict(BLOCK_R=64, NG=8, num_warps=8, num_stages=3), dict(BLOCK_R=128, NG=4, num_warps=8, num_stages=3),
+                    dict(BLOCK_R=64, NG=4, num_warps=4, num_stages=4), dict(BLOCK_R=32, NG=16, num_warps=8, num_stages=3)]
+
+
+def tune(formats, name="32b.gate_up", ms=(16, 64)) -> list:
+    """Pick tile configs per (format, BLOCK_M bucket) on one large layer; installs them in fused/dgrad.TUNED."""
+    from qerl.kernels import dgrad, fused
+    from qerl.kernels.formats import FORMAT_IDS
+
+    k, n = SHAPES[name]
+    log = []
+    for fmt in formats:
+        fid = FORMAT_IDS[fmt]
+        layer, weights, g, _ = make_layers(fmt, k, n)
+        block = layer.block_size
+        for m in ms:
+            bm = 16 if m <= 16 else 64
+            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            gy = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+            for mod, cands, run in (
+                (fused, FWD_CANDIDATES, lambda c, s: fused.fused_linear(x, c, s, g, fid, block, None)),
+                (dgrad, DGRAD_CANDIDATES, lambda c, s: dgrad.fused_dgrad(gy, c, s, g, fid, block, k)),
+            ):
+                best = None
+                for cand in cands:
+                    mod.TUNED[(fid, bm)] = cand
+                    try:
+                        us = time_graph([lambda c=c, s=s: run(c, s) for c, s in weights], max(len(weights), 20), replays=5)
+                    except Exception as exc:  # a config that does not compile is skipped, not fatal
+                        log.append(dict(format=fmt, M=m, kernel=mod.__name__, config=cand, error=str(exc)[:200]))
+                        continue
+                    log.append(dict(format=fmt, M=m, kernel=mod.__name__, config=cand, us=round(us, 2)))
+                    if best is None or us < best[0]:
+                        best = (us, cand)
+                mod.TUNED[(fid, bm)] = best[1]
+                print(f"tune {fmt} M={m} {mod.__name__.split('.')[-1]}: {best[1]} {best[0]:.1f} us", flush=True)
+        del layer, weights
+        torch.cuda.empty_cache()
+    return log
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(2**30 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    us = time_graph([lambda: b.copy_(a)], 10)
+    return 2 * a.numel() * 2 / us / 1e6
+
+
+def table(rows) -> str:
+    head = f"{'fmt':6} {'shape':12} {'K':>6} {'N':>6} {'M':>5} {'pass':9} {'us':>9} {'bf16_us':>9} {'x_bf16':>7} " \
+           f"{'deq_us':>9} {'x_deq':>6} {'fused_us':>9} {'TB/s':>6} {'err':>8}"
+    lines = [head]
+    for r in rows:
+        fz = r.get("fused_us")
+        lines.append(f"{r['format']:6} {r['shape']:12} {r['K']:>6} {r['N']:>6} {r['M']:>5} {r['pass']:9} {r['us']:>9.1f} "
+                     f"{r['bf16_us']:>9.1f} {r['speedup']:>7.2f} {r.get('deq_mm_us', float('nan')):>9.1f} "
+                     f"{r.get('speedup_vs_deq_mm', float('nan')):>6.2f} {'' if fz is None else f'{fz:.1f}':>9} "
+                     f"{r.get('tbps', float('nan')):>6.2f} {r.get('rel_err', float('nan')):>8.2g}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="nvfp4,mxfp4,nf4")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--ms", default="1,4,16,64,256,1024,4096")
+    ap.add_argument("--passes", default="fwd,dgrad")
+    ap.add_argument("--fused-max-m", type=int, default=256, help="also time the fused kernel alone up to this M")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this many seconds")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tune", action="store_true", help="first pick tile configs per format and M bucket")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    card = torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
+    path = os.path.join(args.out, f"kernels-{card}-{datetime.date.today().isoformat()}.json")
+    os.makedirs(args.out, exist_ok=True)
+    meta = dict(card=torch.cuda.get_device_name(), torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                copy_tbps=round(copy_bandwidth(), 3))
+    import triton
+
+    meta["triton"] = triton.__version__
+    t0 = time.time()
+    if args.tune:
+        meta["tuning"] = tune(args.formats.split(","))
+        from qerl.kernels import dgrad, fused
+
+        meta["tuned"] = dict(fused={str(k): v for k, v in fused.TUNED.items()},
+                             dgrad={str(k): v for k, v in dgrad.TUNED.items()})
+        print(f"[{time.time() - t0:6.1f}s] tuning done", flush=True)
+    rows, skipped = [], []
+    ms = [int(v) for v in args.ms.split(",")]
+    for name in args.shapes.split(","):
+        for fmt in args.formats.split(","):
+            if time.time() - t0 > args.budget_s:
+                skipped.append(f"{fmt}:{name}")
+                continue
+            k, n = SHAPES[name]
+            rows += bench_shape(fmt, name, k, n, ms, args.passes.split(","), args.fused_max_m)
+            torch.cuda.empty_cache()
+            with open(path, "w") as fh:
+                json.dump(dict(meta=meta, skipped=skipped, records=rows), fh, indent=1)
+            print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
+    with open(path, "w") as fh:
+        json.dump(dict(meta=meta, skipped=skipped, records=rows), fh, indent=1)
+    print(json.dumps(meta), "skipped:", skipped)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

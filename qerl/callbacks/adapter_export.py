@@ -1,0 +1,45 @@
+"""AdapterExport: save the peft LoRA adapter into the run's log directory every N steps and at the end."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+
+
+def run_dir(trainer: L.Trainer) -> str:
+    """The run's log directory (the logger's version folder), or the trainer's root dir without a logger."""
+    return trainer.log_dir or trainer.default_root_dir
+
+
+class AdapterExport(L.Callback):
+    """Writes `<log_dir>/adapter/step-<N>` every `every_n_steps` steps (0: never) and `<log_dir>/adapter/final`.
+
+    The folders are standard peft adapters (`adapter_config.json` + `adapter_model.safetensors`)
+    that load onto the bf16 base with `PeftModel.from_pretrained`. Trained norms, if any, are not
+    part of a peft adapter; they stay in the Lightning checkpoint.
+    """
+
+    def __init__(self, every_n_steps: int = 0) -> None:
+        self.every_n_steps = int(every_n_steps or 0)
+        self.exported: list[str] = []
+        self._last_step = -1
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> str | None:
+        model = getattr(pl_module, "model", None)
+        if model is None or not hasattr(model, "save_pretrained") or not trainer.is_global_zero:
+            return None
+        path = os.path.join(run_dir(trainer), "adapter", name)
+        model.save_pretrained(path)
+        self.exported.append(path)
+        return path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.export(trainer, pl_module, f"step-{step}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module, "final")

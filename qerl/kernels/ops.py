@@ -1,0 +1,77 @@
+"""torch.library custom ops around the kernels, with fake (meta) implementations and autograd.
+
+``qerl::w4a16_linear(x, codes, scales, gscale, bias, fmt, block_size)`` -> ``x @ W.T + bias`` and
+``qerl::w4a16_dgrad(grad, codes, scales, gscale, fmt, block_size, in_features)`` -> ``grad @ W``.
+Being opaque custom ops with fake impls, torch.compile traces through them without graph breaks
+and CUDA graphs capture them. The forward op's autograd formula calls the dgrad op (the frozen
+base gets no weight gradient; nothing but the packed tensors is saved for backward).
+
+Dispatch by M (rows of x): fused dequant+GEMM up to ``FUSED_MAX_M`` rows, above it dequantize into
+a shared bf16 buffer and call cuBLAS (``benchmarks/kernels.py`` measures where the two cross).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from qerl.kernels import dequant, dgrad, fused
+from qerl.kernels.formats import FORMAT_IDS
+
+FUSED_MAX_M = 64
+DGRAD_FUSED_MAX_M = 64
+
+
+def _scales_arg(scales: torch.Tensor) -> torch.Tensor:
+    # E4M3 scales are decoded from their bits inside the kernel.
+    return scales.view(torch.uint8) if scales.dtype == torch.float8_e4m3fn else scales
+
+
+@torch.library.custom_op("qerl::w4a16_linear", mutates_args=())
+def w4a16_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscale: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], fmt: str, block_size: int) -> torch.Tensor:
+    fid = FORMAT_IDS[fmt]
+    s = _scales_arg(scales)
+    if x.shape[0] <= FUSED_MAX_M:
+        return fused.fused_linear(x, codes, s, gscale, fid, block_size, bias)
+    w = dequant.dequantize_into(codes, s, gscale, fid, block_size, x.shape[1], x.dtype)
+    return F.linear(x, w, bias)
+
+
+@w4a16_linear.register_fake
+def _(x, codes, scales, gscale, bias, fmt, block_size):
+    return x.new_empty((x.shape[0], codes.shape[0]))
+
+
+@torch.library.custom_op("qerl::w4a16_dgrad", mutates_args=())
+def w4a16_dgrad(grad: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gscale: Optional[torch.Tensor],
+                fmt: str, block_size: int, in_features: int) -> torch.Tensor:
+    fid = FORMAT_IDS[fmt]
+    s = _scales_arg(scales)
+    if grad.shape[0] <= DGRAD_FUSED_MAX_M:
+        return dgrad.fused_dgrad(grad, codes, s, gscale, fid, block_size, in_features)
+    w = dequant.dequantize_into(codes, s, gscale, fid, block_size, in_features, grad.dtype)
+    return grad @ w
+
+
+@w4a16_dgrad.register_fake
+def _(grad, codes, scales, gscale, fmt, block_size, in_features):
+    return grad.new_empty((grad.shape[0], in_features))
+
+
+def _setup_context(ctx, inputs, output):
+    x, codes, scales, gscale, bias, fmt, block_size = inputs
+    ctx.save_for_backward(codes, scales, gscale)
+    ctx.fmt, ctx.block_size, ctx.in_features = fmt, block_size, x.shape[1]
+
+
+def _backward(ctx, grad):
+    codes, scales, gscale = ctx.saved_tensors
+    dx = None
+    if ctx.needs_input_grad[0]:
+        dx = w4a16_dgrad(grad.contiguous(), codes, scales, gscale, ctx.fmt, ctx.block_size, ctx.in_features)
+    return dx, None, None, None, None, None, None
+
+
+w4a16_linear.register_autograd(_backward, setup_context=_setup_context)

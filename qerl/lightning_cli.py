@@ -1,0 +1,180 @@
+"""`qerl fit|validate|test --config recipe.yaml`: LightningCLI with qerl's components and plugins loaded first.
+
+Every built-in component and every `qerl.plugins` entry point is imported before parsing, so a
+recipe names classes by their short names (`quantizer: NVFP4`, or `{class_path: NVFP4,
+init_args: {...}}`): jsonargparse resolves a short name among the imported subclasses of the
+argument's type. A bad recipe (typo'd key, unknown class, wrong type) ends with a short message
+naming the key and the choices, and exit status 2 - no traceback. `QERL_DEBUG=1` shows tracebacks.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from qerl.recipe_errors import explain_parse_error
+
+SUBCOMMANDS = ("fit", "validate", "test")
+DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}}
+#: exceptions from building the run (a component's __init__ rejecting a value) shown without a traceback
+BUILD_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError)
+
+
+def debug_mode() -> bool:
+    return os.environ.get("QERL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class QeRLArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors are one short, specific message instead of a usage dump."""
+
+    recipe_files: tuple[str, ...] = ()
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or debug_mode():
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = command = parser.prog.replace(" [options]", "")
+        if self.recipe_files and " " in prog:
+            command += "".join(f" --config {path}" for path in self.recipe_files)  # the command that was run
+        sys.stderr.write(f"{command}: error: {explain_parse_error(message, parser)}\n")
+        sys.stderr.write(f"(every option and its type: {prog} --help)\n")
+        self.exit(2)
+
+
+def _recipe_files(argv: list[str]) -> tuple[str, ...]:
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return tuple(files)
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in SUBCOMMANDS), None)
+
+
+class QeRLCLI(LightningCLI):
+    """LightningCLI for `qerl.module.QeRLModule` and any `PromptDataModule`, with plugins loaded before parsing.
+
+    Args:
+        args: command-line arguments (default: `sys.argv[1:]`).
+        model_class: the LightningModule (default `qerl.module.QeRLModule`, imported lazily).
+        datamodule_class: base class of the datamodules a recipe may name (subclass mode).
+        **kwargs: passed on to `LightningCLI`.
+    """
+
+    def __init__(self, args: list[str] | None = None, model_class=None, datamodule_class=None, **kwargs: Any) -> None:
+        from qerl.registry import load_all
+
+        load_all()
+        if model_class is None:
+            from qerl.module import QeRLModule as model_class
+        if datamodule_class is None:
+            from qerl.data.base import PromptDataModule as datamodule_class
+        self._argv = list(sys.argv[1:] if args is None else args)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", QeRLArgumentParser)
+        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {})
+        parser_kwargs.setdefault("prog", "qerl")
+        parser_kwargs.setdefault("description", _description())
+        super().__init__(model_class, datamodule_class, args=self._argv, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test (predict has no meaning for RL training)."""
+        full = LightningCLI.subcommands()
+        return {name: full[name] for name in SUBCOMMANDS}
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        if isinstance(parser, QeRLArgumentParser):
+            parser.recipe_files = _recipe_files(self._argv)
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # LightningCLI warns when given args while sys.argv also has some; `qerl` always passes both on purpose
+        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BUILD_ERRORS as exc:
+            if debug_mode():
+                raise
+            where = f" from {', '.join(_recipe_files(self._argv))}" if _recipe_files(self._argv) else ""
+            prog = f"qerl {self.subcommand}" if self.subcommand else "qerl"
+            sys.stderr.write(
+                f"{prog}: error: could not build the run{where}: {type(exc).__name__}: {exc}\n"
+                "(QERL_DEBUG=1 shows the traceback)\n"
+            )
+            raise SystemExit(2) from None
+
+
+def _description() -> str:
+    from qerl.cli import TOOLS
+
+    return (
+        "qerl: RL of LLMs on a frozen 4-bit base (LoRA + adaptive quantization noise).\n"
+        "Run a recipe: qerl fit --config recipes/<model>/<recipe>.yaml\n"
+        f"Other commands: {', '.join(f'qerl {name}' for name in TOOLS)} (each has --help)."
+    )
+
+
+def parse_recipe(path: str | Path, subcommand: str | None = None):
+    """Parse and validate a recipe without building or running anything; returns the subcommand's config.
+
+    The subcommand defaults to the one named on the recipe's first line (`# qerl fit --config ...`),
+    else `fit`. Raises SystemExit(2) after printing the error, like `qerl` itself.
+    """
+    path = Path(path)
+    if subcommand is None:
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        subcommand = _subcommand(first[0].split()) if first else None
+    cli = _ParseOnlyCLI(args=[subcommand or "fit", "--config", str(path)])
+    return cli.config[cli.subcommand]
+
+
+class _ParseOnlyCLI(QeRLCLI):
+    """Parses and validates, then stops: builds no objects and runs nothing."""
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        super().__init__(args=args, seed_everything_default=False, save_config_callback=None, **kwargs)
+
+    def _add_instantiators(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def run_lightning_cli(argv: list[str]) -> int:
+    """Entry point used by `qerl.cli.main` for fit/validate/test; returns the exit status."""
+    if not argv:
+        argv = ["--help"]
+    from qerl.registry import RegistryError
+
+    try:
+        QeRLCLI(args=list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RegistryError as exc:  # a component package or plugin is broken: say which, no traceback
+        if debug_mode():
+            raise
+        print(f"qerl: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "qerl.module" or debug_mode():
+            raise
+        print("qerl: error: the training module qerl.module.QeRLModule is not available in this build.",
+              file=sys.stderr)
+        return 2
+    return 0

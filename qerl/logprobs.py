@@ -1,0 +1,104 @@
+"""Per-token log-probs (and entropy) of completions under a causal LM, chunked over the sequence.
+
+The backbone runs once; the LM head, log-softmax and gather then run on chunks of
+completion positions inside activation checkpoints, so a (rows x tokens x vocab)
+float32 logits tensor never exists, in the forward or in the backward pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: logits elements (rows x positions x vocab) materialised at once, ~256 MB in float32
+DEFAULT_LOGITS_BUDGET = 1 << 26
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The HF causal LM inside a peft wrapper (LoRA layers stay injected), or the model itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each row's first real token (as HF `generate` does)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class TokenLogprobs:
+    """Log-probs of the given completion tokens, (R, T) float32, and optionally the entropy per position."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
+def _head_chunk(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    if not with_entropy:
+        return picked, None
+    with torch.no_grad():
+        probs = torch.softmax(logits.detach(), dim=-1)
+        entropy = lse.detach() - (probs * logits.detach()).sum(-1)
+    return picked, entropy
+
+
+def completion_logprobs(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    logits_budget: int = DEFAULT_LOGITS_BUDGET,
+) -> TokenLogprobs:
+    """Log-probs of `completion_ids` (R, T) after left-padded `prompt_ids` (R, P) under `model`.
+
+    Logits are divided by `temperature` (> 0) like the sampler's, so with top-p 1 these equal the
+    rollout's sampling log-probs up to numerics. Positions where `completion_mask` is 0 hold
+    meaningless values; mask them. Gradients flow when grad mode is on.
+    """
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    decoder = lm.get_decoder()
+    temperature = float(temperature) if temperature and temperature > 0 else 1.0
+    rows, prompt_len = prompt_ids.shape
+    length = completion_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    hidden = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + length]
+    vocab = int(head.weight.shape[0])
+    step = max(1, int(logits_budget) // max(1, rows * vocab))
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    picked, entropies = [], []
+    for start in range(0, length, step):
+        h = hidden[:, start : start + step]
+        t = completion_ids[:, start : start + step]
+        if use_checkpoint:
+            from torch.utils.checkpoint import checkpoint
+
+            lp, ent = checkpoint(_head_chunk, head, h, t, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, ent = _head_chunk(head, h, t, temperature, with_entropy)
+        picked.append(lp)
+        if ent is not None:
+            entropies.append(ent)
+    logprobs = torch.cat(picked, dim=1) if picked else hidden.new_zeros(rows, 0, dtype=torch.float32)
+    entropy = torch.cat(entropies, dim=1) if with_entropy and entropies else None
+    return TokenLogprobs(logprobs=logprobs, entropy=entropy)
+
+
+def trim_padding(prompt_ids, prompt_mask, completion_ids, completion_mask):
+    """Drop prompt columns that are padding in every row and completion columns past the longest completion."""
+    keep_prompt = prompt_mask.bool().any(dim=0)
+    first = int(keep_prompt.nonzero()[0]) if keep_prompt.any() else prompt_ids.shape[1] - 1
+    longest = int(completion_mask.sum(dim=1).max()) if completion_mask.numel() else 0
+    longest = max(1, longest)
+    return (prompt_ids[:, first:], prompt_mask[:, first:], completion_ids[:, :longest], completion_mask[:, :longest])

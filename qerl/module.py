@@ -1,0 +1,302 @@
+"""QeRLModule: RL of an LLM on a frozen (quantized) base with LoRA - rollout, rewards, advantages, update."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+
+from qerl.algorithms.base import Algorithm
+from qerl.models.base import PolicyLoader
+from qerl.noise.base import NoiseSchedule
+from qerl.quantizers.base import Quantizer
+from qerl.resume import capture_rng, is_stateful, restore_rng, skip_batches
+from qerl.rewards.base import Reward
+from qerl.rollout.base import RolloutBackend
+from qerl.scoring import Scored, concat_scored, score_rollout, select_groups
+from qerl.settings import LoRASettings, OptimizerSettings
+from qerl.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
+from qerl.types import PromptBatch, SamplingConfig
+from qerl.update import TrainBatch, accumulate_gradients, clip_gradients, stored_logprobs
+
+_SEED_MIX = 1_000_003
+
+
+class QeRLModule(L.LightningModule):
+    """One RL step per batch of prompts: rollout (AQN noise on), rewards, advantages, clipped policy update.
+
+    Every part comes from the recipe: the policy loader, quantizer, LoRA settings, noise schedule,
+    rollout backend, rewards, algorithm and optimizer. The model is built in `setup`, so a recipe
+    parses without loading anything.
+
+    Args:
+        policy: where the model and tokenizer come from (e.g. `GGUFModel`, `HFModel`, `RandomInit`).
+        algorithm: advantages and loss (e.g. `GRPO`, `DAPO`).
+        rewards: reward functions; their weighted sum is the reward.
+        rollout: generation backend (default `HF`: the policy itself).
+        quantizer: 4-bit format of the frozen base (`NVFP4`, `MXFP4`, `NF4`); null keeps it dense.
+        lora: LoRA adapters; null trains every weight (only without a quantizer).
+        noise: AQN sigma schedule (e.g. `Exponential`); null: no noise.
+        sampling: completions per prompt (group size), temperature, top-p, max_new_tokens, stop strings.
+        optimizer: AdamW, warm-up and gradient clipping.
+        dtype: dtype of the dense parts ("bfloat16", "float32").
+        micro_batch_size: completions per forward/backward pass; gradients accumulate over them.
+        batches_per_step: prompt batches (rollouts) accumulated into one optimizer step.
+        accuracy_reward: the reward whose score > 0 counts as correct (`train/accuracy`); default the first.
+        seed: base seed of the per-step rollout sampling.
+        gradient_checkpointing: recompute decoder activations in backward.
+        log_samples_every: write text samples to TensorBoard every N steps (0: never).
+        num_samples_logged: how many samples each time.
+        export_adapter_every: save the peft adapter every N steps (0: only at the end).
+        max_nan_skips: consecutive non-finite steps tolerated (skipped and logged) before stopping.
+    """
+
+    def __init__(
+        self,
+        policy: PolicyLoader,
+        algorithm: Algorithm,
+        rewards: list[Reward],
+        rollout: RolloutBackend | None = None,
+        quantizer: Quantizer | None = None,
+        lora: LoRASettings | None = LoRASettings(),
+        noise: NoiseSchedule | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
+        dtype: str = "bfloat16",
+        micro_batch_size: int = 8,
+        batches_per_step: int = 1,
+        accuracy_reward: str | None = None,
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+        log_samples_every: int = 10,
+        num_samples_logged: int = 2,
+        export_adapter_every: int = 0,
+        max_nan_skips: int = 5,
+    ) -> None:
+        super().__init__()
+        from qerl.module_checks import check_module_args
+        from qerl.rollout.hf import HF
+
+        self.policy = policy
+        self.algorithm = algorithm
+        self.rewards = list(rewards)
+        self.rollout = rollout if rollout is not None else HF()
+        self.quantizer = quantizer
+        self.lora = dataclasses.replace(lora) if lora is not None else None
+        self.noise = noise
+        self.sampling = dataclasses.replace(sampling, stop=list(sampling.stop))
+        self.optim = dataclasses.replace(optimizer)
+        self.dtype_name = dtype
+        self.micro_batch_size = micro_batch_size
+        self.batches_per_step = batches_per_step
+        self.seed = int(seed)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.log_samples_every = log_samples_every
+        self.num_samples_logged = num_samples_logged
+        self.export_adapter_every = export_adapter_every
+        self.max_nan_skips = max_nan_skips
+        self.accuracy_index = check_module_args(self, accuracy_reward)
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        from qerl.metrics import RunningRewards
+
+        self.running = RunningRewards()
+        self.model = None
+        self.tokenizer = None
+        self.noise_sigma, self.noise_seed, self.noise_in_training = 0.0, None, False
+        self.last_samples: list[dict[str, Any]] = []
+        self._batches_drawn, self._nan_streak, self._pending_resume = 0, 0, None
+
+    # ------------------------------------------------------------------ building
+    def setup(self, stage: str) -> None:
+        if self.model is None:
+            from qerl.module_checks import build_policy
+
+            self.model, self.tokenizer = build_policy(self)
+        self.rollout.setup(self.model, self.tokenizer)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
+            datamodule.set_tokenizer(self.tokenizer)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay)
+        warmup = int(o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self):
+        from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
+
+        callbacks = [RolloutSyncCallback(), AdapterExport(self.export_adapter_every)]
+        if self.noise is not None:
+            callbacks.append(NoiseCallback(self.noise, seed=self.seed))
+        if self.log_samples_every:
+            callbacks.append(SampleLogger(self.log_samples_every))
+        return callbacks
+
+    # ------------------------------------------------------------------ one step
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        timer = StepTimer()
+        self._resume_data_position(dataloader_iter)
+        kept, generated, refills = [], [], 0
+        for _ in range(self.batches_per_step):
+            batch_kept, batch_generated, rounds = self._collect(dataloader_iter, timer, len(generated))
+            kept.append(batch_kept)
+            generated.extend(batch_generated)
+            refills += rounds
+        pad = self.rollout.pad_id if hasattr(self.rollout, "pad_id") else 0
+        train, seen = concat_scored(kept, pad), concat_scored(generated, pad)
+        with timer.phase("score"):
+            shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
+            advantages = self.algorithm.advantages(shaped, self.sampling.n)
+        with timer.phase("train"):
+            if bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all()):
+                update = self._optimize(TrainBatch(train.rollout, advantages))
+            else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
+                update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
+        self._remember_samples(seen)
+        self.running.update(seen.rewards, seen.correct)
+        metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
+        metrics.update(self.running.compute())
+        metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
+        metrics["data/refill_rounds"] = float(refills)
+        if not torch.equal(shaped, train.rewards):
+            metrics["reward/shaped_mean"] = float(shaped.mean())
+        metrics.update(timer.metrics())
+        metrics["perf/peak_mem"] = peak_memory_gb(self.device)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
+                      logger=False, on_step=True, on_epoch=False, batch_size=1)
+
+    def _draw(self, dataloader_iter: Iterator) -> PromptBatch:
+        item = next(dataloader_iter)
+        self._batches_drawn += 1
+        return item[0] if isinstance(item, tuple) else item
+
+    def _collect(self, dataloader_iter: Iterator, timer: StepTimer, draw: int) -> tuple[Scored, list[Scored], int]:
+        """One prompt batch, refilled from the next prompts while the algorithm drops groups (bounded rounds)."""
+        batch = self._draw(dataloader_iter)
+        target, generated, kept, have, rounds = len(batch), [], [], 0, 0
+        while True:
+            scored = self._generate_and_score(batch, timer, draw + len(generated))
+            generated.append(scored)
+            keep = self.algorithm.keep_groups(scored.rewards, self.sampling.n).bool()
+            if bool(keep.any()):
+                kept.append(scored if bool(keep.all()) else select_groups(scored, keep))
+            have += int(keep.sum())
+            if have >= target or rounds >= self.algorithm.max_resample_rounds:
+                break
+            try:
+                batch = self._draw(dataloader_iter)
+            except StopIteration:  # the epoch ran out of prompts: train on what we have
+                break
+            rounds += 1
+        pad = getattr(self.rollout, "pad_id", 0)
+        result = concat_scored(kept, pad) if kept else generated[-1]  # nothing kept: a zero-signal step
+        if result.num_groups > target:
+            result = select_groups(result, torch.arange(result.num_groups, device=result.rewards.device) < target)
+        return result, generated, rounds
+
+    def _generate_and_score(self, batch: PromptBatch, timer: StepTimer, draw: int) -> Scored:
+        ids = self.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
+        sampling = dataclasses.replace(self.sampling, seed=self.rollout_seed(self.global_step, draw))
+        noise = self.rollout.noise(self.noise_sigma, self.noise_seed) if self.noise_sigma > 0 else contextlib.nullcontext()
+        with timer.phase("rollout"), noise:
+            rollout = self.rollout.generate(ids, sampling)
+        self.rollout.release_memory()
+        with timer.phase("score"):
+            return score_rollout(self.rewards, rollout, batch, self.sampling.max_new_tokens, self.accuracy_index)
+
+    def rollout_seed(self, step: int, draw: int) -> int:
+        """Sampling seed of rollout `draw` of optimizer step `step`: the same after a resume."""
+        base = self.sampling.seed if self.sampling.seed is not None else self.seed
+        return (int(base) * _SEED_MIX + int(step) * 1009 + int(draw)) % (2**63)
+
+    def _optimize(self, batch: TrainBatch) -> dict[str, float]:
+        """`num_iterations` optimizer steps on one rollout batch; a non-finite loss or gradient skips the step."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        temperature, mbs = self.sampling.temperature, self.micro_batch_size
+        if self.algorithm.num_iterations > 1:
+            batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature)
+        if self.algorithm.beta > 0:
+            batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature,
+                                                 context=self.model.disable_adapter)
+        forward_context = None
+        if self.noise_in_training and self.noise_sigma > 0:
+            from qerl.noise.inject import noisy_norms
+
+            def forward_context():
+                return noisy_norms(self.model, self.noise_sigma, seed=self.noise_seed)
+
+        metrics: dict[str, float] = {}
+        for _ in range(self.algorithm.num_iterations):
+            opt.zero_grad(set_to_none=True)
+            result = accumulate_gradients(self.model, self.algorithm, batch, mbs, temperature, self.manual_backward,
+                                          forward_context)
+            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if result.finite else math.nan
+            metrics = update_metrics(result.metrics)
+            metrics["train/grad_norm"] = grad_norm
+            metrics["train/lr"] = float(opt.param_groups[0]["lr"])
+            if not (result.finite and math.isfinite(grad_norm)):
+                opt.zero_grad(set_to_none=True)
+                return self._skip_step(metrics)
+            self._nan_streak = 0
+            opt.step()
+            sched.step()
+            metrics["train/nan_skipped"] = 0.0
+        return metrics
+
+    def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Count a step skipped for a non-finite loss, gradient or reward; stop after `max_nan_skips` in a row."""
+        self._nan_streak += 1
+        if self._nan_streak > self.max_nan_skips:
+            raise RuntimeError(
+                f"QeRLModule: {self._nan_streak} steps in a row had a non-finite loss, gradient or reward "
+                f"(step {self.global_step}); training diverged. Lower `model.init_args.optimizer.lr`, check the "
+                "rewards, or raise `model.init_args.max_nan_skips`.")
+        return {**metrics, "train/nan_skipped": 1.0}
+
+    def _remember_samples(self, scored: Scored) -> None:
+        n, out = scored.rollout.group_size, []
+        for g in range(min(self.num_samples_logged, scored.num_groups)):
+            row = g * n
+            out.append(dict(prompt=scored.prompts.prompts[g], completion=scored.rollout.texts[row],
+                            answer=scored.prompts.answers[g], reward=float(scored.rewards[row]),
+                            scores={k: float(v[row]) for k, v in scored.scores.items()}))
+        self.last_samples = out
+
+    # --------------------------------------------------------------- checkpoints
+    def on_train_epoch_start(self) -> None:
+        if self._pending_resume is None:
+            self._batches_drawn = 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["qerl"] = {"rng": capture_rng(), "batches_drawn": self._batches_drawn,
+                              "epoch": self.current_epoch, "nan_streak": self._nan_streak}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_resume = checkpoint.get("qerl", {})
+        self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
+
+    def _resume_data_position(self, dataloader_iter: Iterator) -> None:
+        """First step after a resume: skip the prompts the run already used this epoch, then restore the RNG."""
+        pending, self._pending_resume = self._pending_resume, None
+        if pending is None:
+            return
+        drawn = int(pending.get("batches_drawn", 0)) if pending.get("epoch") == self.current_epoch else 0
+        loader = self.trainer.train_dataloader if self._trainer is not None else None
+        if drawn and not is_stateful(loader):
+            skip_batches(dataloader_iter, drawn)
+        self._batches_drawn = drawn
+        if "rng" in pending:
+            restore_rng(pending["rng"])

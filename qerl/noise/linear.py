@@ -1,0 +1,40 @@
+"""AQN with a straight-line decay over K stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qerl.noise.base import NoiseSchedule, check_decay, check_progress, stage_of, stage_progress
+from qerl.registry import NOISE_SCHEDULERS
+
+
+@NOISE_SCHEDULERS.register()
+@dataclass(frozen=True)
+class Linear(NoiseSchedule):
+    """Linear AQN decay over K equal stages: 0, then sigma_start straight down to sigma_end.
+
+    Stage k of K (see `qerl.noise.base` for how steps map to stages):
+
+        sigma_0 = 0
+        sigma_k = sigma_start + (sigma_end - sigma_start) * (k - 1) / (K - 2)    for k >= 1
+
+    Args:
+        sigma_start: sigma of stage 1 (the first noisy stage).
+        sigma_end: sigma of the last stage; must not exceed sigma_start (0 is allowed).
+        num_stages: K, the number of equal stages (>= 2), stage 0 included.
+    """
+
+    sigma_start: float = 1e-2
+    sigma_end: float = 1e-4
+    num_stages: int = 10
+
+    def __post_init__(self) -> None:
+        check_decay("Linear", self.sigma_start, self.sigma_end, self.num_stages)
+
+    def sigma_at(self, step: int, total_steps: int) -> float:
+        check_progress("Linear", step, total_steps)
+        stage = stage_of(step, total_steps, self.num_stages)
+        if stage == 0:
+            return 0.0
+        t = stage_progress(stage, self.num_stages)
+        start, end = float(self.sigma_start), float(self.sigma_end)
+        return end if t == 1.0 else start + (end - start) * t

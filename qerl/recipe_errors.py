@@ -1,0 +1,147 @@
+"""Turn jsonargparse's parse errors into one line that names the recipe key and the valid choices."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import re
+import typing
+
+from qerl.registry.registry import close_matches
+
+_UNKNOWN_KEY = (
+    re.compile(r"does not accept option '([^']+)'"),
+    re.compile(r"[Uu]nrecognized arguments:\s*(\S+)"),
+)
+_UNKNOWN_CLASS = (
+    re.compile(r"Expected a dot import path string: (\S+)"),
+    re.compile(r"Import path (\S+) (?:does not|not found)"),
+    re.compile(r"Expected a path but (\S+) either not accessible"),
+)
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_CLASS_PATH = re.compile(r"class_path '([^']+)'")
+_KEY = re.compile(r'Parser key "([^"]+)"')
+_WRONG_TYPE = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
+_REQUIRED = re.compile(r"the following arguments are required: (.*)")
+_SKIP_KEYS = {"help", "config", "print_config", "print_shtab"}
+
+
+def explain_parse_error(message: str, parser: argparse.ArgumentParser) -> str:
+    """A short explanation of a jsonargparse error `message` raised while parsing with `parser`."""
+    for pattern in _UNKNOWN_KEY:
+        match = pattern.search(message)
+        if match:
+            return unknown_key(match.group(1).lstrip("-").split("=")[0], parser)
+    required = _REQUIRED.search(message)
+    if required:
+        keys = [re.sub(r"^(fit|validate|test|predict)\.", "", k.strip()) for k in required.group(1).split(",")]
+        return f"missing required key(s): {', '.join(keys)}. Add them to the recipe or the command line."
+    key_match = _KEY.search(message)
+    if key_match:
+        key = key_match.group(1)
+        option, class_path = _NOT_ACCEPTED.search(message), _CLASS_PATH.search(message)
+        if option and class_path:
+            return unknown_init_arg(key, class_path.group(1), option.group(1))
+        for pattern in _UNKNOWN_CLASS:
+            match = pattern.search(message)
+            if match:
+                return unknown_class(key, match.group(1).strip("'\""), parser)
+        wrong = _WRONG_TYPE.search(message)
+        if wrong and message.count("Expected") == 1:
+            return f"'{key}' must be {wrong.group(1)}, got {wrong.group(2).strip()!r}."
+    return _tidy(message)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = close_matches(name, choices)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def child_keys(parser: argparse.ArgumentParser, parent: str) -> list[str]:
+    """The keys directly under `parent` ("" for the top level) that `parser` accepts."""
+    keys = set()
+    prefix = f"{parent}." if parent else ""
+    for action in parser._actions:
+        dest = action.dest
+        if dest == argparse.SUPPRESS or not dest.startswith(prefix):
+            continue
+        head = dest[len(prefix):].split(".")[0]
+        if head and head not in _SKIP_KEYS:
+            keys.add(head)
+    return sorted(keys)
+
+
+def unknown_key(key: str, parser: argparse.ArgumentParser) -> str:
+    parent, _, leaf = key.rpartition(".")
+    keys = child_keys(parser, parent)
+    if parent and not keys:  # the parent itself is unknown: report the top-most unknown part
+        return unknown_key(parent, parser)
+    where = f"Keys under '{parent}'" if parent else "Top-level keys"
+    return f"unknown key '{key}'. {where}: {', '.join(keys) or '(none)'}.{_did_you_mean(leaf, keys)}"
+
+
+def init_parameters(cls: type) -> list[str]:
+    """Names a recipe may give under `init_args` for `cls` (its `__init__` parameters)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def unknown_init_arg(key: str, class_path: str, option: str) -> str:
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return f"'{key}': {name} does not accept '{option}'."
+    params = init_parameters(cls)
+    return (
+        f"unknown key '{option}' under '{key}' ({name} arguments: {', '.join(params) or '(none)'})."
+        f"{_did_you_mean(option, params)}"
+    )
+
+
+def _classes_in(typehint) -> list[type]:
+    if typehint is None:
+        return []
+    if inspect.isclass(typehint) and typehint.__module__ != "builtins":
+        return [typehint]
+    found = []
+    for arg in typing.get_args(typehint):
+        found += _classes_in(arg)
+    return found
+
+
+def class_choices(bases: list[type]) -> list[str]:
+    """Short class names a recipe may use for an argument typed with `bases` (registry names when registered)."""
+    from qerl.registry import REGISTRIES
+
+    names: list[str] = []
+    for base in bases:
+        registry = next((r for r in REGISTRIES.values() if issubclass(r.base, base) or issubclass(base, r.base)), None)
+        if registry is not None:
+            names += [info.cls.__name__ for info in registry.list() if issubclass(info.cls, base)]
+            continue
+        try:
+            from jsonargparse._typehints import get_all_subclass_paths
+
+            names += [path.rsplit(".", 1)[-1] for path in get_all_subclass_paths(base)]
+        except Exception:  # private helper of jsonargparse: without it, no list
+            pass
+    return sorted(dict.fromkeys(names), key=str.lower)
+
+
+def unknown_class(key: str, name: str, parser: argparse.ArgumentParser) -> str:
+    action = next((a for a in parser._actions if a.dest == key), None)
+    bases = _classes_in(getattr(action, "_typehint", None))
+    choices = class_choices(bases)
+    kind = " or ".join(dict.fromkeys(b.__name__ for b in bases)) or "class"
+    listed = f" Choices ({kind}): {', '.join(choices)}." if choices else ""
+    hint = " (`qerl list` shows every component.)" if any(b.__module__.startswith("qerl.") for b in bases) else ""
+    return f"unknown class '{name}' for '{key}'.{listed}{_did_you_mean(name, choices)}{hint}"
+
+
+def _tidy(message: str) -> str:
+    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
+    return "\n  ".join(lines)

@@ -1,0 +1,282 @@
+"""`VLLM`: rollouts from a colocated vLLM engine that holds the policy's base weights; LoRA, norms and AQN synced in.
+
+Importing this module does not import vllm; `setup` does (and says which extra to install if it is missing).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from qerl.registry import ROLLOUT_BACKENDS
+from qerl.rollout.base import RolloutBackend
+from qerl.types import Rollout, SamplingConfig
+
+#: max_lora_rank values vLLM accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_KEY = "rollout.init_args"
+
+
+@ROLLOUT_BACKENDS.register()
+class VLLM(RolloutBackend):
+    """Generates with a colocated vLLM engine; the trained LoRA (and norms) are pushed in after every step.
+
+    The engine is built in `setup` from the policy's base weights: on CUDA an NVFP4 base goes in as a
+    compressed-tensors checkpoint (vLLM's FP4 kernels), otherwise the base is dequantized to `dtype`.
+    The adapter is handed over in memory (`lora_transfer: memory`) or through a tmpfs folder
+    (`folder`); AQN noise is added to the engine's own RMSNorm layers (the same Z as on the policy)
+    and copied back out bit-exactly after generation. Log-probs in the Rollout are the engine's
+    (after temperature and top-p); `last_metrics` reports the engine/policy mismatch.
+
+    Args:
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (on the CPU build: of RAM).
+        max_model_len: longest prompt + completion the engine serves.
+        tensor_parallel_size: GPUs the engine shards over.
+        enable_sleep_mode: free the engine's weights/KV cache while training (`release_memory`), wake to generate.
+        dtype: engine dtype ("auto": the policy's dense dtype, float16 becomes bfloat16).
+        max_lora_rank: engine's LoRA rank limit (None: the smallest vLLM value >= the adapter's rank).
+        kv_cache_memory_gb: fixed KV-cache size (the CPU build's default here is 1 GB), overriding the fraction.
+        max_num_seqs: sequences the engine decodes at once.
+        quantized_base: on CUDA, serve an NVFP4 base as compressed-tensors (False: always dense).
+        lora_transfer: "memory" (tensors straight into the engine) or "folder" (peft files on tmpfs).
+        importance_sampling_cap: truncated importance sampling: per-token weights min(p_policy/p_engine, cap)
+            go into `Rollout.importance_weights` (None: off).
+        measure_mismatch: score each rollout under the policy too and report `rollout/mismatch_kl`.
+        enforce_eager: no CUDA graphs (slower decode, faster start).
+        engine_kwargs: further `vllm.LLM` keyword arguments.
+    """
+
+    def __init__(self, gpu_memory_utilization: float = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
+                 enable_sleep_mode: bool = False, dtype: str = "auto", max_lora_rank: int | None = None,
+                 kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
+                 lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
+                 measure_mismatch: bool = True, enforce_eager: bool = False, seed: int = 0,
+                 engine_kwargs: dict[str, Any] | None = None) -> None:
+        def need(ok: bool, key: str, value, what: str) -> None:
+            if not ok:
+                raise ValueError(f"VLLM: `{_KEY}.{key}`={value!r} {what}.")
+
+        need(0 < gpu_memory_utilization <= 1, "gpu_memory_utilization", gpu_memory_utilization, "must be in (0, 1]")
+        need(isinstance(max_model_len, int) and max_model_len > 1, "max_model_len", max_model_len, "must be an int > 1")
+        need(isinstance(tensor_parallel_size, int) and tensor_parallel_size >= 1, "tensor_parallel_size",
+             tensor_parallel_size, "must be an int >= 1")
+        need(max_lora_rank is None or max_lora_rank in VLLM_LORA_RANKS, "max_lora_rank", max_lora_rank,
+             f"is not one of vLLM's {VLLM_LORA_RANKS}")
+        need(lora_transfer in ("memory", "folder"), "lora_transfer", lora_transfer, 'must be "memory" or "folder"')
+        need(importance_sampling_cap is None or importance_sampling_cap >= 1, "importance_sampling_cap",
+             importance_sampling_cap, "must be >= 1 (or null to switch truncated importance sampling off)")
+        need(dtype in ("auto", "bfloat16", "float16", "float32"), "dtype", dtype,
+             'must be "auto", "bfloat16", "float16" or "float32"')
+        self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
+        self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
+        self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
+        self.max_num_seqs, self.quantized_base, self.lora_transfer = max_num_seqs, quantized_base, lora_transfer
+        self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
+        self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
+        self.policy = self.tokenizer = self.llm = None
+        self.last_metrics: dict[str, float] = {}
+        self.model_dir: str | None = None
+        self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, policy: nn.Module, tokenizer) -> None:
+        from qerl.rollout import vllm_engine as engine
+        from qerl.rollout.hf import _eos_ids
+
+        super().setup(policy, tokenizer)
+        self.eos_ids = _eos_ids(policy, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+        self.lora_config = self._check_adapter(policy)
+        engine.import_vllm()  # fail before the export if vLLM is missing
+        from qerl.logprobs import causal_lm
+
+        lm = causal_lm(policy)
+        if self.llm is not None:  # set up again (a new stage, or a rebuilt policy): the engine must hold its base
+            if engine.base_checksum(lm) != self._base_checksum:
+                raise ValueError("VLLM: setup with a policy whose base weights differ from the ones this engine was "
+                                 "built from; use a new VLLM backend for another model.")
+            self._pending = None
+            return
+        self._base_checksum = engine.base_checksum(lm)
+        on_cuda = next(policy.parameters()).is_cuda
+        dtype = self._engine_dtype(lm)
+        self.model_dir = engine.scratch_dir()
+        if on_cuda and self.quantized_base and engine.has_nvfp4_layers(lm):
+            engine.export_nvfp4(lm, tokenizer, self.model_dir)
+        else:
+            engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
+        kv_gb = self.kv_cache_memory_gb
+        if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            kv_gb = 1.0
+        self.llm = engine.build_llm(
+            self.model_dir, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
+            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+            tensor_parallel_size=self.tensor_parallel_size, enable_sleep_mode=self.enable_sleep_mode and on_cuda,
+            seed=self.seed, kv_cache_memory_gb=kv_gb, max_num_seqs=self.max_num_seqs,
+            enforce_eager=self.enforce_eager or not on_cuda, extra=self.engine_kwargs)
+        self.sync_weights(policy)
+
+    def _check_adapter(self, policy: nn.Module) -> dict:
+        """The policy's peft LoRA config as a dict; errors (before any engine starts) for what vLLM cannot take."""
+        configs = getattr(policy, "peft_config", None)
+        if not configs:
+            raise ValueError(f"VLLM: the policy has no LoRA adapter (`model.init_args.lora` is null). The vLLM "
+                             "engine keeps the frozen base and receives only LoRA (and norm) updates; add LoRA "
+                             "settings or use `rollout: HF`.")
+        config = next(iter(configs.values())).to_dict()
+        rank = max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
+        if self.max_lora_rank is None:
+            fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+            if not fits:
+                raise ValueError(f"VLLM: LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}.")
+            self.max_lora_rank = fits[0]
+        elif rank > self.max_lora_rank:
+            raise ValueError(f"VLLM: the LoRA rank is {rank} (`model.init_args.lora.rank`) but `{_KEY}.max_lora_rank` "
+                             f"is {self.max_lora_rank}; raise max_lora_rank to >= {rank} (one of {VLLM_LORA_RANKS}) "
+                             "or lower the rank.")
+        if config.get("bias", "none") != "none":
+            raise ValueError("VLLM: LoRA bias is not supported by vLLM; use bias='none'.")
+        config["target_modules"] = sorted(config.get("target_modules") or [])
+        return config
+
+    def _engine_dtype(self, lm: nn.Module) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        dense = next((p.dtype for p in lm.parameters() if p.is_floating_point()), torch.bfloat16)
+        return "float32" if dense == torch.float32 else "bfloat16"
+
+    # ------------------------------------------------------------------ sync
+    def sync_weights(self, policy: nn.Module) -> None:
+        """Snapshot the trained LoRA tensors (and other trainable tensors, e.g. norms); they reach the engine
+        before its next generation (after it wakes, in sleep mode)."""
+        from peft import get_peft_model_state_dict
+
+        from qerl.rollout.vllm_engine import engine_name
+
+        lora = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(policy).items()}
+        dense = {engine_name(n): p.detach().to("cpu", copy=True) for n, p in policy.named_parameters()
+                 if p.requires_grad and "lora_" not in n}
+        self._pending = (lora, dense)
+        if not self._asleep:
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        from qerl.rollout import vllm_sync
+
+        if self._pending is None or self.llm is None:
+            return
+        lora, dense = self._pending
+        self._pending = None
+        self._lora_id += 1
+        if self.lora_transfer == "memory":
+            self.llm.collective_rpc(vllm_sync.load_lora_tensors, args=(self._lora_id, self.lora_config, lora))
+        else:
+            self._write_adapter_folder()
+        if dense:
+            self.llm.collective_rpc(vllm_sync.load_named_weights, args=(dense,))
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    def _write_adapter_folder(self) -> None:
+        from qerl.rollout.vllm_engine import scratch_dir
+
+        old, self._lora_path = self._lora_path, scratch_dir("qerl-lora-")
+        self.policy.save_pretrained(self._lora_path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def lora_request(self):
+        """The vLLM LoRARequest of the adapter synced last (a new int id per sync)."""
+        from vllm.lora.request import LoRARequest
+
+        path = self._lora_path if self.lora_transfer == "folder" else f"qerl-in-memory-{self._lora_id}"
+        return LoRARequest(f"qerl-{self._lora_id}", self._lora_id, path)
+
+    def _ready(self) -> None:
+        if self.llm is None:
+            raise RuntimeError("VLLM.generate called before setup(policy, tokenizer).")
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+        self._apply_pending()
+
+    # ------------------------------------------------------------------ noise
+    @contextlib.contextmanager
+    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
+        """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly."""
+        from qerl.noise.inject import check_noise_sigma, noisy_norms
+        from qerl.rollout import vllm_sync
+        from qerl.rollout.vllm_engine import engine_name
+
+        if check_noise_sigma(sigma) == 0.0:
+            yield
+            return
+        self._ready()
+        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+            noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
+            try:
+                self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))
+                self.llm.reset_prefix_cache()
+                yield
+            finally:
+                self.llm.collective_rpc(vllm_sync.restore_norms)
+                self.llm.reset_prefix_cache()
+
+    # ------------------------------------------------------------------ generate
+    def sampling_params(self, sampling: SamplingConfig, prompt_index: int):
+        """The vLLM SamplingParams of one prompt (seeds never overlap between prompts)."""
+        from vllm import SamplingParams
+
+        seed = None if sampling.seed is None else int(sampling.seed) + prompt_index * sampling.n
+        return SamplingParams(n=sampling.n, temperature=float(sampling.temperature), top_p=float(sampling.top_p),
+                              max_tokens=int(sampling.max_new_tokens), stop=list(sampling.stop) or None,
+                              include_stop_str_in_output=True, seed=seed, logprobs=0)
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
+        from qerl.rollout.vllm_outputs import check_lengths, rollout_from_outputs
+
+        self._ready()
+        check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
+        prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
+        params = [self.sampling_params(sampling, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request(), use_tqdm=False)
+        device = next(self.policy.parameters()).device
+        rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
+        self.last_metrics = {}
+        if self.measure_mismatch or self.importance_sampling_cap is not None:
+            from qerl.rollout.vllm_outputs import mismatch
+
+            self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,
+                                                  self.importance_sampling_cap)
+            if weights is not None:
+                rollout.importance_weights = weights
+        return rollout
+
+    def score(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+        """The engine's log-probs (float32, unscaled) of `completion_ids` following `prompt_ids`, current adapter."""
+        from vllm import SamplingParams
+
+        self._ready()
+        ids = list(map(int, prompt_ids)) + list(map(int, completion_ids))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        out = self.llm.generate([{"prompt_token_ids": ids}], params, lora_request=self.lora_request(),
+                                use_tqdm=False)[0]
+        found = out.prompt_logprobs[len(prompt_ids):]
+        return torch.tensor([d[t].logprob for d, t in zip(found, completion_ids)], dtype=torch.float32)
+
+    def release_memory(self) -> None:
+        """In sleep mode (CUDA), offload the engine's weights and drop its KV cache until the next generation."""
+        if self.enable_sleep_mode and self.llm is not None and not self._asleep and torch.cuda.is_available():
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def close(self) -> None:
+        """Drop the engine and its scratch folders."""
+        self.llm = None
+        for path in (self.model_dir, self._lora_path):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)

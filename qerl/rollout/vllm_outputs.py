@@ -1,0 +1,88 @@
+"""vLLM RequestOutputs -> qerl Rollout, and the engine/policy mismatch (KL, truncated importance weights)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qerl.types import Rollout
+
+
+def check_lengths(prompt_ids: list[list[int]], max_new_tokens: int, max_model_len: int) -> None:
+    """A clear error when a prompt is empty or a prompt plus `max_new_tokens` exceeds the engine's length."""
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("VLLM.generate: every prompt needs at least one token.")
+    longest = max(len(p) for p in prompt_ids)
+    if longest + max_new_tokens > max_model_len:
+        raise ValueError(
+            f"VLLM: a prompt of {longest} tokens plus sampling.max_new_tokens={max_new_tokens} exceeds "
+            f"rollout.init_args.max_model_len={max_model_len}; raise max_model_len or shorten prompts/completions.")
+
+
+def rollout_from_outputs(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, tokenizer, device) -> Rollout:
+    """Rows prompt-major (`n` per prompt, in vLLM's completion order); log-probs of the sampled tokens."""
+    rows = []
+    for prompt, out in zip(prompt_ids, outputs):
+        completions = sorted(out.outputs, key=lambda c: c.index)
+        if len(completions) != n:
+            raise RuntimeError(f"vLLM returned {len(completions)} completions for a prompt, expected n={n}.")
+        for c in completions:
+            ids = list(c.token_ids)
+            logps = [float(d[t].logprob) if d is not None and t in d else 0.0 for d, t in zip(c.logprobs or [], ids)]
+            rows.append((list(prompt), ids, logps, c.finish_reason == "length"))
+    prompt_w = max(len(r[0]) for r in rows)
+    comp_w = max(1, max(len(r[1]) for r in rows))
+    num = len(rows)
+    p_ids = torch.full((num, prompt_w), pad_id, dtype=torch.long)
+    p_mask = torch.zeros((num, prompt_w), dtype=torch.long)
+    c_ids = torch.full((num, comp_w), pad_id, dtype=torch.long)
+    c_mask = torch.zeros((num, comp_w), dtype=torch.long)
+    logprobs = torch.zeros((num, comp_w), dtype=torch.float32)
+    for i, (prompt, ids, logps, _) in enumerate(rows):
+        p_ids[i, prompt_w - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        p_mask[i, prompt_w - len(prompt):] = 1
+        if ids:
+            c_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            c_mask[i, : len(ids)] = 1
+            logprobs[i, : len(logps)] = torch.tensor(logps, dtype=torch.float32)
+    texts = [tokenizer.decode(r[1], skip_special_tokens=True) for r in rows]
+    return Rollout(
+        prompt_ids=p_ids.to(device), prompt_mask=p_mask.to(device), completion_ids=c_ids.to(device),
+        completion_mask=c_mask.to(device), logprobs=logprobs.to(device), texts=texts,
+        group_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(n),
+        truncated=torch.tensor([r[3] for r in rows], dtype=torch.bool, device=device), group_size=n)
+
+
+@torch.no_grad()
+def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8) -> torch.Tensor:
+    """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad)."""
+    from qerl.update import stored_logprobs
+
+    was_training = policy.training
+    policy.eval()
+    try:
+        return stored_logprobs(policy, rollout, micro_batch_size, temperature)
+    finally:
+        policy.train(was_training)
+
+
+def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float | None
+             ) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Engine-vs-policy metrics and, with `cap`, truncated importance weights min(p_policy / p_engine, cap).
+
+    `rollout/mismatch_kl` is the k3 estimate of KL(engine || policy) per generated token (>= 0);
+    `rollout/mismatch_logprob_absdiff` the mean |log p_engine - log p_policy|.
+    """
+    mask = rollout.completion_mask.bool()
+    train = policy_logprobs(policy, rollout, temperature)
+    diff = (train - rollout.logprobs).masked_fill(~mask, 0.0)  # log(p_policy / p_engine)
+    tokens = mask.sum().clamp(min=1)
+    k3 = (torch.exp(diff) - 1 - diff).masked_fill(~mask, 0.0)
+    metrics = {"rollout/mismatch_kl": float(k3.sum() / tokens),
+               "rollout/mismatch_logprob_absdiff": float(diff.abs().sum() / tokens)}
+    if cap is None:
+        return metrics, None
+    ratio = torch.exp(diff)
+    weights = ratio.clamp(max=float(cap)).masked_fill(~mask, 0.0)
+    metrics["rollout/tis_weight_mean"] = float(weights.sum() / tokens)
+    metrics["rollout/tis_clipped_frac"] = float(((ratio > cap) & mask).sum() / tokens)
+    return metrics, weights

@@ -1,0 +1,105 @@
+"""The training half of a step: log-probs and the algorithm's loss over micro-batches, gradients accumulated."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from qerl.algorithms.base import Algorithm
+from qerl.logprobs import completion_logprobs, trim_padding
+from qerl.types import Rollout
+
+
+@dataclass
+class TrainBatch:
+    """What one optimizer step trains on: the rollout, advantages (R,), and stored log-probs (R, T) if any."""
+
+    rollout: Rollout
+    advantages: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+
+def micro_batches(num_rows: int, size: int):
+    for start in range(0, num_rows, size):
+        yield slice(start, min(num_rows, start + size))
+
+
+def _inputs(rollout: Rollout, rows: slice):
+    return trim_padding(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
+                        rollout.completion_mask[rows])
+
+
+@torch.no_grad()
+def stored_logprobs(model: nn.Module, rollout: Rollout, micro_batch_size: int, temperature: float,
+                    context: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+    """(R, T) log-probs of the rollout's completions without gradients (old policy, or reference inside `context`)."""
+    out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+    for rows in micro_batches(rollout.num_rows, micro_batch_size):
+        p_ids, p_mask, c_ids, c_mask = _inputs(rollout, rows)
+        with context() if context is not None else contextlib.nullcontext():
+            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature).logprobs
+        out[rows, : lp.shape[1]] = lp
+    return out
+
+
+@dataclass
+class UpdateResult:
+    """Token-weighted metrics of one pass over the batch; `finite` is False when a loss was NaN/Inf."""
+
+    metrics: dict[str, float]
+    finite: bool
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    algorithm: Algorithm,
+    batch: TrainBatch,
+    micro_batch_size: int,
+    temperature: float,
+    backward: Callable[[torch.Tensor], None],
+    forward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> UpdateResult:
+    """Run every micro-batch forward and backward; the micro-batch losses sum to the full-batch loss.
+
+    Stops at the first non-finite loss (before its backward) and reports `finite=False`.
+    """
+    rollout = batch.rollout
+    num_sequences = rollout.num_rows
+    num_tokens = float(rollout.completion_mask.sum().clamp(min=1))
+    sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
+    weighted: dict[str, float] = {}
+    for rows in micro_batches(num_sequences, micro_batch_size):
+        p_ids, p_mask, c_ids, c_mask = _inputs(rollout, rows)
+        width = c_ids.shape[1]
+        with forward_context() if forward_context is not None else contextlib.nullcontext():
+            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature, with_entropy=True)
+            old = batch.old_logprobs[rows, :width] if batch.old_logprobs is not None else lp.logprobs.detach()
+            ref = batch.ref_logprobs[rows, :width] if batch.ref_logprobs is not None else None
+            out = algorithm.loss(lp.logprobs, old, batch.advantages[rows], c_mask, ref,
+                                 num_sequences=num_sequences, num_tokens=num_tokens)
+            if not torch.isfinite(out.loss.detach()):
+                return UpdateResult(metrics={"loss": float("nan")}, finite=False)
+            backward(out.loss)
+        tokens = float(c_mask.sum())
+        sums["loss"] += float(out.loss.detach())
+        sums["entropy"] += float((lp.entropy * c_mask).sum()) if lp.entropy is not None else 0.0
+        for key, value in out.metrics.items():
+            if key not in ("loss", "tokens") and isinstance(value, (int, float)) and math.isfinite(value):
+                weighted[key] = weighted.get(key, 0.0) + value * tokens
+    metrics = {"loss": sums["loss"], "entropy": sums["entropy"] / num_tokens}
+    metrics.update({k: v / num_tokens for k, v in weighted.items()})
+    return UpdateResult(metrics=metrics, finite=True)
+
+
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the global L2 norm of the gradients to `max_norm` (0: no clipping); return the norm before clipping."""
+    grads = [p for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    limit = max_norm if max_norm and max_norm > 0 else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(grads, limit))

