@@ -9,6 +9,9 @@ L2 (50 MB) cannot serve them; the three contenders are timed the same way in the
 
 Writes ``kernels-<card>-<date>.json`` (one record per row) and prints the table last.
 """
+# The timed lambdas close over loop variables on purpose: each is captured into a CUDA graph and replayed
+# within the same iteration.
+# ruff: noqa: B023
 from __future__ import annotations
 
 import argparse
@@ -77,8 +80,12 @@ def make_layers(fmt: str, k: int, n: int):
     return layer, weights, g, packed
 
 
+GEMV_CONFIGS = {"n128g8w4": {"BLOCK_N": 128, "NG": 8, "num_warps": 4, "num_stages": 3},
+                "n64g4w4": {"BLOCK_N": 64, "NG": 4, "num_warps": 4, "num_stages": 3}}
+
+
 def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
-    from qerl.kernels import dequant, dgrad, fused, ops
+    from qerl.kernels import dequant, dgrad, fused, gemv, ops
     from qerl.kernels.formats import FORMAT_IDS
 
     fid = FORMAT_IDS[fmt]
@@ -111,6 +118,14 @@ def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
                 act = (m * k + m * n) * 2
             err = ((out.float() - ref).norm() / ref.norm()).item()
             iters = max(len(op), 20)
+            gemv_us, gemv_err = {}, None
+            if p == "fwd" and m <= gemv.GEMV_MAX_M:
+                for cname, cfg in GEMV_CONFIGS.items():
+                    gv = [lambda c=c, s=s, cfg=cfg: gemv.gemv_linear(x, c, s, g, fid, block, None, config=cfg)
+                          for c, s in weights]
+                    yg = gv[0]().float()
+                    gemv_err = max(gemv_err or 0.0, ((yg - ref).norm() / ref.norm()).item())
+                    gemv_us[cname] = round(time_graph(gv, iters), 2)
             us = time_graph(op, iters)
             bf_us = time_graph(base, max(len(base), 20))
             dq_us = time_graph(deq, iters)
@@ -118,7 +133,8 @@ def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
             rec = dict(format=fmt, shape=name, K=k, N=n, M=m, **{"pass": p}, us=round(us, 2), bf16_us=round(bf_us, 2),
                        speedup=round(bf_us / us, 3), deq_mm_us=round(dq_us, 2), speedup_vs_deq_mm=round(dq_us / us, 3),
                        fused_us=None if fz_us is None else round(fz_us, 2),
-                       path="fused" if m <= (ops.FUSED_MAX_M if p == "fwd" else ops.DGRAD_FUSED_MAX_M) else "deq+cublas",
+                       **({"gemv_us": gemv_us, "gemv_rel_err": float(f"{gemv_err:.3g}")} if gemv_us else {}),
+                       path="fused" if m <= (ops.FUSED_MAX_M if p == "fwd" else ops.DGRAD_FUSED_MAX_M)[fmt] else "deq+cublas",
                        tbps=round((packed + act) / us / 1e6, 3), bf16_tbps=round((n * k * 2 + act) / bf_us / 1e6, 3),
                        rel_err=float(f"{err:.3g}"))
             rows.append(rec)
@@ -131,11 +147,11 @@ def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
     return rows
 
 
-FWD_CANDIDATES = [dict(BLOCK_N=128, NG=8, num_warps=8, num_stages=3), dict(BLOCK_N=64, NG=8, num_warps=4, num_stages=4),
-                  dict(BLOCK_N=128, NG=4, num_warps=8, num_stages=4), dict(BLOCK_N=256, NG=4, num_warps=8, num_stages=3),
-                  dict(BLOCK_N=64, NG=16, num_warps=4, num_stages=3)]
-DGRAD_CANDIDATES = [dict(BLOCK_R=64, NG=8, num_warps=8, num_stages=3), dict(BLOCK_R=128, NG=4, num_warps=8, num_stages=3),
-                    dict(BLOCK_R=64, NG=4, num_warps=4, num_stages=4), dict(BLOCK_R=32, NG=16, num_warps=8, num_stages=3)]
+FWD_CANDIDATES = [{"BLOCK_N": 128, "NG": 8, "num_warps": 8, "num_stages": 3}, {"BLOCK_N": 64, "NG": 8, "num_warps": 4, "num_stages": 4},
+                  {"BLOCK_N": 128, "NG": 4, "num_warps": 8, "num_stages": 4}, {"BLOCK_N": 256, "NG": 4, "num_warps": 8, "num_stages": 3},
+                  {"BLOCK_N": 64, "NG": 16, "num_warps": 4, "num_stages": 3}]
+DGRAD_CANDIDATES = [{"BLOCK_R": 64, "NG": 8, "num_warps": 8, "num_stages": 3}, {"BLOCK_R": 128, "NG": 4, "num_warps": 8, "num_stages": 3},
+                    {"BLOCK_R": 64, "NG": 4, "num_warps": 4, "num_stages": 4}, {"BLOCK_R": 32, "NG": 16, "num_warps": 8, "num_stages": 3}]
 
 
 def tune(formats, name="32b.gate_up", ms=(16, 64)) -> list:
@@ -162,10 +178,10 @@ def tune(formats, name="32b.gate_up", ms=(16, 64)) -> list:
                     mod.TUNED[(fid, bm)] = cand
                     try:
                         us = time_graph([lambda c=c, s=s: run(c, s) for c, s in weights], max(len(weights), 20), replays=5)
-                    except Exception as exc:  # a config that does not compile is skipped, not fatal
-                        log.append(dict(format=fmt, M=m, kernel=mod.__name__, config=cand, error=str(exc)[:200]))
+                    except Exception as exc:  # noqa: BLE001 - a config that does not compile is skipped, not fatal
+                        log.append({"format": fmt, "M": m, "kernel": mod.__name__, "config": cand, "error": str(exc)[:200]})
                         continue
-                    log.append(dict(format=fmt, M=m, kernel=mod.__name__, config=cand, us=round(us, 2)))
+                    log.append({"format": fmt, "M": m, "kernel": mod.__name__, "config": cand, "us": round(us, 2)})
                     if best is None or us < best[0]:
                         best = (us, cand)
                 mod.TUNED[(fid, bm)] = best[1]
@@ -210,8 +226,8 @@ def main() -> None:
     card = torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
     path = os.path.join(args.out, f"kernels-{card}-{datetime.date.today().isoformat()}.json")
     os.makedirs(args.out, exist_ok=True)
-    meta = dict(card=torch.cuda.get_device_name(), torch=torch.__version__, date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                copy_tbps=round(copy_bandwidth(), 3))
+    meta = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now(datetime.UTC).isoformat(),
+                "copy_tbps": round(copy_bandwidth(), 3)}
     import triton
 
     meta["triton"] = triton.__version__
@@ -220,8 +236,8 @@ def main() -> None:
         meta["tuning"] = tune(args.formats.split(","))
         from qerl.kernels import dgrad, fused
 
-        meta["tuned"] = dict(fused={str(k): v for k, v in fused.TUNED.items()},
-                             dgrad={str(k): v for k, v in dgrad.TUNED.items()})
+        meta["tuned"] = {"fused": {str(k): v for k, v in fused.TUNED.items()},
+                             "dgrad": {str(k): v for k, v in dgrad.TUNED.items()}}
         print(f"[{time.time() - t0:6.1f}s] tuning done", flush=True)
     rows, skipped = [], []
     ms = [int(v) for v in args.ms.split(",")]
@@ -234,10 +250,10 @@ def main() -> None:
             rows += bench_shape(fmt, name, k, n, ms, args.passes.split(","), args.fused_max_m)
             torch.cuda.empty_cache()
             with open(path, "w") as fh:
-                json.dump(dict(meta=meta, skipped=skipped, records=rows), fh, indent=1)
+                json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
             print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
     with open(path, "w") as fh:
-        json.dump(dict(meta=meta, skipped=skipped, records=rows), fh, indent=1)
+        json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
     print(json.dumps(meta), "skipped:", skipped)
     print(table(rows))
 

@@ -54,8 +54,8 @@ def read_gsm8k(n: int) -> tuple[list[str], list[str], list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--ppl-n", type=int, default=20, help="solutions scored for perplexity")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--ppl-n", type=int, default=10, help="solutions scored for perplexity")
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on the shared 2-core machine")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks/results/quant-quality-cpu-2026-11-25.json"))

@@ -18,29 +18,45 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from qerl.recipe_errors import explain_parse_error
 
 SUBCOMMANDS = ("fit", "validate", "test")
-DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}}
 #: exceptions from building the run (a component's __init__ rejecting a value) shown without a traceback
 BUILD_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError)
 
 
 def debug_mode() -> bool:
+    """`QERL_DEBUG=1`: let tracebacks through instead of one-line errors."""
     return os.environ.get("QERL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """qerl's own error classes (DatasetError, LoadError, RecipeError, ...) carry messages meant for users."""
+    cls = type(exc)
+    return cls.__module__.startswith("qerl.") and not cls.__name__.startswith("_")
+
+
+def default_logger(recipe_files: tuple[str, ...]) -> dict:
+    """TensorBoard under runs/, one folder per recipe: recipes/smollm2/grpo.yaml logs to runs/smollm2/grpo/version_N."""
+    name = "qerl"
+    if recipe_files:
+        path = Path(recipe_files[-1]).with_suffix("")
+        parts = path.parts
+        name = "/".join(parts[len(parts) - parts[::-1].index("recipes"):]) if "recipes" in parts else path.name
+    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": name}}
 
 
 class QeRLArgumentParser(LightningArgumentParser):
     """LightningArgumentParser whose errors are one short, specific message instead of a usage dump."""
 
-    recipe_files: tuple[str, ...] = ()
+    #: the command that was run (`qerl fit --config recipe.yaml`) and its help command, set by QeRLCLI
+    command: str = ""
+    help_command: str = ""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or debug_mode():
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
-        prog = command = parser.prog.replace(" [options]", "")
-        if self.recipe_files and " " in prog:
-            command += "".join(f" --config {path}" for path in self.recipe_files)  # the command that was run
-        sys.stderr.write(f"{command}: error: {explain_parse_error(message, parser)}\n")
-        sys.stderr.write(f"(every option and its type: {prog} --help)\n")
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{self.command or prog}: error: {explain_parse_error(message, parser)}\n")
+        sys.stderr.write(f"(every option and its type: {self.help_command or prog} --help)\n")
         self.exit(2)
 
 
@@ -56,6 +72,14 @@ def _recipe_files(argv: list[str]) -> tuple[str, ...]:
 
 def _subcommand(argv: list[str]) -> str | None:
     return next((a for a in argv if a in SUBCOMMANDS), None)
+
+
+def _command(argv: list[str], with_config: bool = True) -> str:
+    """`qerl fit --config recipe.yaml`: how errors name the run."""
+    parts = ["qerl"] + [s for s in [_subcommand(argv)] if s]
+    if with_config:
+        parts += [f"--config {path}" for path in _recipe_files(argv)]
+    return " ".join(parts)
 
 
 class QeRLCLI(LightningCLI):
@@ -79,7 +103,7 @@ class QeRLCLI(LightningCLI):
         self._argv = list(sys.argv[1:] if args is None else args)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("parser_class", QeRLArgumentParser)
-        kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        kwargs.setdefault("trainer_defaults", {"logger": default_logger(_recipe_files(self._argv))})
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("prog", "qerl")
         parser_kwargs.setdefault("description", _description())
@@ -94,7 +118,7 @@ class QeRLCLI(LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
         if isinstance(parser, QeRLArgumentParser):
-            parser.recipe_files = _recipe_files(self._argv)
+            parser.command, parser.help_command = _command(self._argv), _command(self._argv, with_config=False)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -104,16 +128,25 @@ class QeRLCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except BUILD_ERRORS as exc:
-            if debug_mode():
+        except Exception as exc:
+            if debug_mode() or not (isinstance(exc, BUILD_ERRORS) or is_user_error(exc)):
                 raise
-            where = f" from {', '.join(_recipe_files(self._argv))}" if _recipe_files(self._argv) else ""
-            prog = f"qerl {self.subcommand}" if self.subcommand else "qerl"
-            sys.stderr.write(
-                f"{prog}: error: could not build the run{where}: {type(exc).__name__}: {exc}\n"
-                "(QERL_DEBUG=1 shows the traceback)\n"
-            )
-            raise SystemExit(2) from None
+            self._fail("could not build the run", exc, status=2)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as exc:
+            if debug_mode() or not is_user_error(exc):
+                raise
+            self._fail(f"{subcommand} stopped", exc, status=1)
+
+    def _fail(self, what: str, exc: Exception, status: int) -> None:
+        sys.stderr.write(
+            f"{_command(self._argv)}: error: {what}: {type(exc).__name__}: {exc}\n"
+            "(QERL_DEBUG=1 shows the traceback)\n"
+        )
+        raise SystemExit(status) from None
 
 
 def _description() -> str:
@@ -149,6 +182,9 @@ class _ParseOnlyCLI(QeRLCLI):
     def _add_instantiators(self) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass
+
     def instantiate_classes(self) -> None:
         pass
 
@@ -165,7 +201,10 @@ def run_lightning_cli(argv: list[str]) -> int:
     try:
         QeRLCLI(args=list(argv))
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)  # sys.exit("message")
+        return 1
     except RegistryError as exc:  # a component package or plugin is broken: say which, no traceback
         if debug_mode():
             raise

@@ -1,28 +1,28 @@
 """QeRLModule: RL of an LLM on a frozen (quantized) base with LoRA - rollout, rewards, advantages, update."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
 
 from qerl.algorithms.base import Algorithm
+from qerl.collect import collect_groups
 from qerl.models.base import PolicyLoader
 from qerl.noise.base import NoiseSchedule
 from qerl.quantizers.base import Quantizer
-from qerl.resume import capture_rng, is_stateful, restore_rng, skip_batches
+from qerl.resume import capture_rng, resume_position
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
-from qerl.scoring import Scored, concat_scored, score_rollout, select_groups
+from qerl.scoring import Scored, concat_scored
 from qerl.settings import LoRASettings, OptimizerSettings
 from qerl.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
 from qerl.types import PromptBatch, SamplingConfig
 from qerl.update import TrainBatch, accumulate_gradients, clip_gradients, stored_logprobs
-
-_SEED_MIX = 1_000_003
+from qerl.validation import ValidationSettings
 
 
 class QeRLModule(L.LightningModule):
@@ -52,6 +52,9 @@ class QeRLModule(L.LightningModule):
         num_samples_logged: how many samples each time.
         export_adapter_every: save the peft adapter every N steps (0: only at the end).
         max_nan_skips: consecutive non-finite steps tolerated (skipped and logged) before stopping.
+        validation: sampling of held-out prompts in Lightning's validation loop (`val/accuracy`, `val/pass@k`).
+        dequantize_once_per_step: keep a dense copy of each 4-bit layer for the duration of a step instead
+            of decoding it at every forward (faster on CPU; costs the memory of the dense layers).
     """
 
     def __init__(
@@ -61,10 +64,10 @@ class QeRLModule(L.LightningModule):
         rewards: list[Reward],
         rollout: RolloutBackend | None = None,
         quantizer: Quantizer | None = None,
-        lora: LoRASettings | None = LoRASettings(),
+        lora: LoRASettings | None = LoRASettings(),  # noqa: B008 (jsonargparse reads dataclass defaults)
         noise: NoiseSchedule | None = None,
-        sampling: SamplingConfig = SamplingConfig(),
-        optimizer: OptimizerSettings = OptimizerSettings(),
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
+        optimizer: OptimizerSettings = OptimizerSettings(),  # noqa: B008
         dtype: str = "bfloat16",
         micro_batch_size: int = 8,
         batches_per_step: int = 1,
@@ -75,6 +78,8 @@ class QeRLModule(L.LightningModule):
         num_samples_logged: int = 2,
         export_adapter_every: int = 0,
         max_nan_skips: int = 5,
+        validation: ValidationSettings = ValidationSettings(),  # noqa: B008
+        dequantize_once_per_step: bool = False,
     ) -> None:
         super().__init__()
         from qerl.module_checks import check_module_args
@@ -98,6 +103,9 @@ class QeRLModule(L.LightningModule):
         self.num_samples_logged = num_samples_logged
         self.export_adapter_every = export_adapter_every
         self.max_nan_skips = max_nan_skips
+        self.dequantize_once_per_step = dequantize_once_per_step
+        self.validation = dataclasses.replace(validation)
+        self._validation_run, self.last_validation = None, {}
         self.accuracy_index = check_module_args(self, accuracy_reward)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable weights
@@ -116,6 +124,7 @@ class QeRLModule(L.LightningModule):
             from qerl.module_checks import build_policy
 
             self.model, self.tokenizer = build_policy(self)
+            self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
@@ -144,11 +153,19 @@ class QeRLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ one step
     def training_step(self, dataloader_iter: Iterator) -> None:
+        if not self.dequantize_once_per_step:
+            return self._training_step(dataloader_iter)
+        from qerl.dequant_cache import dequantize_once
+
+        with dequantize_once(self.model):
+            return self._training_step(dataloader_iter)
+
+    def _training_step(self, dataloader_iter: Iterator) -> None:
         timer = StepTimer()
         self._resume_data_position(dataloader_iter)
         kept, generated, refills = [], [], 0
         for _ in range(self.batches_per_step):
-            batch_kept, batch_generated, rounds = self._collect(dataloader_iter, timer, len(generated))
+            batch_kept, batch_generated, rounds = collect_groups(self, dataloader_iter, timer, len(generated))
             kept.append(batch_kept)
             generated.extend(batch_generated)
             refills += rounds
@@ -166,6 +183,7 @@ class QeRLModule(L.LightningModule):
         self.running.update(seen.rewards, seen.correct)
         metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
         metrics.update(self.running.compute())
+        metrics.update(getattr(self.rollout, "last_metrics", None) or {})  # e.g. VLLM: rollout/mismatch_kl
         metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
         metrics["data/refill_rounds"] = float(refills)
         if not torch.equal(shaped, train.rewards):
@@ -175,50 +193,6 @@ class QeRLModule(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
-
-    def _draw(self, dataloader_iter: Iterator) -> PromptBatch:
-        item = next(dataloader_iter)
-        self._batches_drawn += 1
-        return item[0] if isinstance(item, tuple) else item
-
-    def _collect(self, dataloader_iter: Iterator, timer: StepTimer, draw: int) -> tuple[Scored, list[Scored], int]:
-        """One prompt batch, refilled from the next prompts while the algorithm drops groups (bounded rounds)."""
-        batch = self._draw(dataloader_iter)
-        target, generated, kept, have, rounds = len(batch), [], [], 0, 0
-        while True:
-            scored = self._generate_and_score(batch, timer, draw + len(generated))
-            generated.append(scored)
-            keep = self.algorithm.keep_groups(scored.rewards, self.sampling.n).bool()
-            if bool(keep.any()):
-                kept.append(scored if bool(keep.all()) else select_groups(scored, keep))
-            have += int(keep.sum())
-            if have >= target or rounds >= self.algorithm.max_resample_rounds:
-                break
-            try:
-                batch = self._draw(dataloader_iter)
-            except StopIteration:  # the epoch ran out of prompts: train on what we have
-                break
-            rounds += 1
-        pad = getattr(self.rollout, "pad_id", 0)
-        result = concat_scored(kept, pad) if kept else generated[-1]  # nothing kept: a zero-signal step
-        if result.num_groups > target:
-            result = select_groups(result, torch.arange(result.num_groups, device=result.rewards.device) < target)
-        return result, generated, rounds
-
-    def _generate_and_score(self, batch: PromptBatch, timer: StepTimer, draw: int) -> Scored:
-        ids = self.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
-        sampling = dataclasses.replace(self.sampling, seed=self.rollout_seed(self.global_step, draw))
-        noise = self.rollout.noise(self.noise_sigma, self.noise_seed) if self.noise_sigma > 0 else contextlib.nullcontext()
-        with timer.phase("rollout"), noise:
-            rollout = self.rollout.generate(ids, sampling)
-        self.rollout.release_memory()
-        with timer.phase("score"):
-            return score_rollout(self.rewards, rollout, batch, self.sampling.max_new_tokens, self.accuracy_index)
-
-    def rollout_seed(self, step: int, draw: int) -> int:
-        """Sampling seed of rollout `draw` of optimizer step `step`: the same after a resume."""
-        base = self.sampling.seed if self.sampling.seed is not None else self.seed
-        return (int(base) * _SEED_MIX + int(step) * 1009 + int(draw)) % (2**63)
 
     def _optimize(self, batch: TrainBatch) -> dict[str, float]:
         """`num_iterations` optimizer steps on one rollout batch; a non-finite loss or gradient skips the step."""
@@ -268,10 +242,27 @@ class QeRLModule(L.LightningModule):
         n, out = scored.rollout.group_size, []
         for g in range(min(self.num_samples_logged, scored.num_groups)):
             row = g * n
-            out.append(dict(prompt=scored.prompts.prompts[g], completion=scored.rollout.texts[row],
-                            answer=scored.prompts.answers[g], reward=float(scored.rewards[row]),
-                            scores={k: float(v[row]) for k, v in scored.scores.items()}))
+            out.append({"prompt": scored.prompts.prompts[g], "completion": scored.rollout.texts[row],
+                            "answer": scored.prompts.answers[g], "reward": float(scored.rewards[row]),
+                            "scores": {k: float(v[row]) for k, v in scored.scores.items()}})
         self.last_samples = out
+
+    # --------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        from qerl import validation
+
+        validation.start(self)
+
+    def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        """Sample and score held-out prompts (no AQN noise); metrics are logged at the end (`qerl.validation`)."""
+        from qerl import validation
+
+        validation.step(self, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        from qerl import validation
+
+        validation.finish(self)
 
     # --------------------------------------------------------------- checkpoints
     def on_train_epoch_start(self) -> None:
@@ -289,14 +280,8 @@ class QeRLModule(L.LightningModule):
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
 
     def _resume_data_position(self, dataloader_iter: Iterator) -> None:
-        """First step after a resume: skip the prompts the run already used this epoch, then restore the RNG."""
+        """First step after a resume: skip the prompts already used this epoch, then restore the RNG."""
         pending, self._pending_resume = self._pending_resume, None
-        if pending is None:
-            return
-        drawn = int(pending.get("batches_drawn", 0)) if pending.get("epoch") == self.current_epoch else 0
-        loader = self.trainer.train_dataloader if self._trainer is not None else None
-        if drawn and not is_stateful(loader):
-            skip_batches(dataloader_iter, drawn)
-        self._batches_drawn = drawn
-        if "rng" in pending:
-            restore_rng(pending["rng"])
+        if pending is not None:
+            loader = self.trainer.train_dataloader if self._trainer is not None else None
+            self._batches_drawn = resume_position(pending, self.current_epoch, loader, dataloader_iter)

@@ -23,7 +23,7 @@ def _positive_int(value, key: str, minimum: int = 1) -> None:
              f"`{_KEY}.{key}` must be an int >= {minimum}, got {value!r}.")
 
 
-def check_module_args(module: "QeRLModule", accuracy_reward: str | None) -> int:
+def check_module_args(module: QeRLModule, accuracy_reward: str | None) -> int:
     """Validate what can be checked without loading the model; return the index of the accuracy reward."""
     from qerl.scoring import reward_names
 
@@ -67,7 +67,7 @@ def check_module_args(module: "QeRLModule", accuracy_reward: str | None) -> int:
     return lowered.index(accuracy_reward.lower())
 
 
-def build_policy(module: "QeRLModule"):
+def build_policy(module: QeRLModule):
     """Load the policy (quantized on load), add LoRA, freeze the rest; return (model, tokenizer)."""
     model, tokenizer = module.policy.load(quantizer=module.quantizer, dtype=module.dtype_name, device=module.device)
     if module.lora is not None:

@@ -127,7 +127,7 @@ def class_choices(bases: list[type]) -> list[str]:
             from jsonargparse._typehints import get_all_subclass_paths
 
             names += [path.rsplit(".", 1)[-1] for path in get_all_subclass_paths(base)]
-        except Exception:  # private helper of jsonargparse: without it, no list
+        except Exception:  # noqa: BLE001, S110 - a private jsonargparse helper: without it, no list
             pass
     return sorted(dict.fromkeys(names), key=str.lower)
 

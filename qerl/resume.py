@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -13,7 +14,9 @@ def capture_rng() -> dict[str, Any]:
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
+        state["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -30,7 +33,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -50,3 +54,18 @@ def skip_batches(iterator: Iterator, count: int) -> int:
             break
         skipped += 1
     return skipped
+
+
+def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader_iter: Iterator) -> int:
+    """Continue a run from its checkpoint's `qerl` entry; return the prompt batches drawn so far this epoch.
+
+    Within the epoch the checkpoint was saved in, the batches it had drawn are skipped (unless Lightning
+    restores a stateful loader itself); then the saved RNG states are put back, so the next rollout,
+    dropout and shuffles match the uninterrupted run.
+    """
+    drawn = int(pending.get("batches_drawn", 0)) if pending.get("epoch") == epoch else 0
+    if drawn and not is_stateful(loader):
+        skip_batches(dataloader_iter, drawn)
+    if "rng" in pending:
+        restore_rng(pending["rng"])
+    return drawn

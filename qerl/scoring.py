@@ -50,8 +50,8 @@ def score_rollout(
     n = rollout.group_size
     answers = [a for a in prompts.answers for _ in range(n)]
     metas = [m for m in (prompts.meta or [{}] * len(prompts)) for _ in range(n)]
-    kwargs = dict(lengths=rollout.lengths.tolist(), truncated=rollout.truncated.tolist(),
-                  max_new_tokens=max_new_tokens, meta=metas)
+    kwargs = {"lengths": rollout.lengths.tolist(), "truncated": rollout.truncated.tolist(),
+                  "max_new_tokens": max_new_tokens, "meta": metas}
     device = rollout.completion_ids.device
     scores: dict[str, torch.Tensor] = {}
     total = torch.zeros(rollout.num_rows, dtype=torch.float32, device=device)
@@ -82,6 +82,7 @@ def select_groups(scored: Scored, keep: torch.Tensor) -> Scored:
         texts=[t for t, k in zip(r.texts, rows.tolist()) if k],
         group_index=torch.arange(len(idx), device=r.group_index.device).repeat_interleave(n),
         truncated=r.truncated[rows], group_size=n,
+        importance_weights=r.importance_weights[rows] if r.importance_weights is not None else None,
     )
     p = scored.prompts
     prompts = PromptBatch(prompts=[p.prompts[i] for i in idx], answers=[p.answers[i] for i in idx],
@@ -112,6 +113,8 @@ def concat_scored(parts: list[Scored], pad_id: int) -> Scored:
         logprobs=_cat([r.logprobs for r in rs], 0.0, False), texts=[t for r in rs for t in r.texts],
         group_index=torch.arange(groups, device=device).repeat_interleave(n),
         truncated=torch.cat([r.truncated for r in rs]), group_size=n,
+        importance_weights=(_cat([r.importance_weights for r in rs], 0.0, False)
+                            if all(r.importance_weights is not None for r in rs) else None),
     )
     prompts = PromptBatch(prompts=[x for p in parts for x in p.prompts.prompts],
                           answers=[x for p in parts for x in p.prompts.answers],

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -73,11 +73,15 @@ def accumulate_gradients(
     num_tokens = float(rollout.completion_mask.sum().clamp(min=1))
     sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
     weighted: dict[str, float] = {}
+    extremes: dict[str, float] = {}
     for rows in micro_batches(num_sequences, micro_batch_size):
         p_ids, p_mask, c_ids, c_mask = _inputs(rollout, rows)
         width = c_ids.shape[1]
         with forward_context() if forward_context is not None else contextlib.nullcontext():
             lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature, with_entropy=True)
+            if getattr(rollout, "importance_weights", None) is not None:  # truncated IS: same values, weighted grads
+                weight = rollout.importance_weights[rows, :width].to(lp.logprobs.dtype)
+                lp.logprobs = lp.logprobs.detach() + weight * (lp.logprobs - lp.logprobs.detach())
             old = batch.old_logprobs[rows, :width] if batch.old_logprobs is not None else lp.logprobs.detach()
             ref = batch.ref_logprobs[rows, :width] if batch.ref_logprobs is not None else None
             out = algorithm.loss(lp.logprobs, old, batch.advantages[rows], c_mask, ref,
@@ -89,9 +93,14 @@ def accumulate_gradients(
         sums["loss"] += float(out.loss.detach())
         sums["entropy"] += float((lp.entropy * c_mask).sum()) if lp.entropy is not None else 0.0
         for key, value in out.metrics.items():
-            if key not in ("loss", "tokens") and isinstance(value, (int, float)) and math.isfinite(value):
+            if key in ("loss", "tokens") or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            if key.endswith(("_min", "_max")):  # extremes combine as extremes, means by token weight
+                pick = min if key.endswith("_min") else max
+                extremes[key] = pick(extremes.get(key, value), value)
+            else:
                 weighted[key] = weighted.get(key, 0.0) + value * tokens
-    metrics = {"loss": sums["loss"], "entropy": sums["entropy"] / num_tokens}
+    metrics = {"loss": sums["loss"], "entropy": sums["entropy"] / num_tokens, **extremes}
     metrics.update({k: v / num_tokens for k, v in weighted.items()})
     return UpdateResult(metrics=metrics, finite=True)
 

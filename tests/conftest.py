@@ -77,11 +77,11 @@ def tiny_llama():
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        settings = dict(
-            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            tie_word_embeddings=False,
-        )
+        settings = {
+            "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+            "tie_word_embeddings": False,
+        }
         settings.update(overrides)
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**settings))

@@ -48,13 +48,13 @@ def tiny_module(**overrides):
     from qerl.settings import LoRASettings, OptimizerSettings
     from qerl.types import SamplingConfig
 
-    args = dict(
-        policy=RandomInit("tiny", seed=0), algorithm=GRPO(), rewards=[DigitReward()], quantizer=NVFP4(),
-        lora=LoRASettings(rank=4, alpha=8.0), noise=Exponential(sigma_start=1e-2, sigma_end=1e-3, num_stages=3),
-        sampling=SamplingConfig(n=4, max_new_tokens=6, temperature=1.0),
-        optimizer=OptimizerSettings(lr=5e-3, warmup_steps=2), dtype="float32", micro_batch_size=4, seed=0,
-        log_samples_every=1,
-    )
+    args = {
+        "policy": RandomInit("tiny", seed=0), "algorithm": GRPO(), "rewards": [DigitReward()], "quantizer": NVFP4(),
+        "lora": LoRASettings(rank=4, alpha=8.0), "noise": Exponential(sigma_start=1e-2, sigma_end=1e-3, num_stages=3),
+        "sampling": SamplingConfig(n=4, max_new_tokens=6, temperature=1.0),
+        "optimizer": OptimizerSettings(lr=5e-3, warmup_steps=2), "dtype": "float32", "micro_batch_size": 4, "seed": 0,
+        "log_samples_every": 1,
+    }
     args.update(overrides)
     return QeRLModule(**args)
 
@@ -62,7 +62,7 @@ def tiny_module(**overrides):
 def tiny_data(**overrides):
     from qerl.data import Arithmetic
 
-    args = dict(batch_size=2, num_train=24, num_test=4, val_size=0, seed=0)
+    args = {"batch_size": 2, "num_train": 24, "num_test": 4, "val_size": 0, "seed": 0}
     args.update(overrides)
     return Arithmetic(**args)
 
@@ -80,9 +80,9 @@ class MetricsRecorder(L.Callback):
 def tiny_trainer(root, max_steps: int, callbacks=(), **kwargs) -> L.Trainer:
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    args = dict(max_steps=max_steps, accelerator="cpu", devices=1, log_every_n_steps=1, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False, logger=TensorBoardLogger(str(root), name="run"),
-                callbacks=list(callbacks), num_sanity_val_steps=0)
+    args = {"max_steps": max_steps, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "enable_progress_bar": False,
+                "enable_model_summary": False, "enable_checkpointing": False, "logger": TensorBoardLogger(str(root), name="run"),
+                "callbacks": list(callbacks), "num_sanity_val_steps": 0}
     args.update(kwargs)
     return L.Trainer(**args)
 

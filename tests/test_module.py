@@ -6,8 +6,16 @@ import os
 
 import pytest
 import torch
-from rl_helpers import (DigitReward, EvenAnswersUniform, MetricsRecorder, NaNFirstCalls, lora_state, tiny_data,
-                        tiny_module, tiny_trainer)
+from rl_helpers import (
+    DigitReward,
+    EvenAnswersUniform,
+    MetricsRecorder,
+    NaNFirstCalls,
+    lora_state,
+    tiny_data,
+    tiny_module,
+    tiny_trainer,
+)
 
 from qerl.algorithms import DAPO, GRPO
 from qerl.module_checks import RecipeError
@@ -120,11 +128,11 @@ def test_group_size_one_is_refused_naming_the_key(algorithm):
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (dict(lora=None), "lora"),
-    (dict(rewards=[]), "rewards"),
-    (dict(accuracy_reward="Nope"), "accuracy_reward"),
-    (dict(micro_batch_size=0), "micro_batch_size"),
-    (dict(sampling=SamplingConfig(n=4, top_p=0.0)), "sampling.top_p"),
+    ({"lora": None}, "lora"),
+    ({"rewards": []}, "rewards"),
+    ({"accuracy_reward": "Nope"}, "accuracy_reward"),
+    ({"micro_batch_size": 0}, "micro_batch_size"),
+    ({"sampling": SamplingConfig(n=4, top_p=0.0)}, "sampling.top_p"),
 ])
 def test_incompatible_settings_are_refused_naming_the_key(overrides, key):
     with pytest.raises(RecipeError, match=key.replace(".", r"\.")):

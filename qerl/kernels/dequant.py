@@ -11,14 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from qerl.kernels.formats import block_multiplier, dequant_pair, nf4_lut
+from qerl.kernels.formats import block_multiplier, dequant_pair
 
 _BUFFERS: dict[tuple, torch.Tensor] = {}
 
 
 @triton.jit
 def _dequant_kernel(
-    codes_ptr, scales_ptr, g_ptr, lut_ptr, out_ptr, N, K, sc_n, ss_n, so_n,
+    codes_ptr, scales_ptr, g_ptr, out_ptr, N, K, sc_n, ss_n, so_n,
     FMT: tl.constexpr, B: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, ASM: tl.constexpr,
 ):
     GPS: tl.constexpr = B // 16
@@ -36,7 +36,7 @@ def _dequant_kernel(
                   mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
     s = tl.load(scales_ptr + rn[:, None] * ss_n + ((kg + rg) // GPS)[None, :], mask=n_ok[:, None] & g_ok[None, :],
                 other=0)
-    lo, hi = dequant_pair(byt, block_multiplier(s, g, FMT)[:, :, None], lut_ptr, FMT, ASM)
+    lo, hi = dequant_pair(byt, block_multiplier(s, g, FMT)[:, :, None], FMT, ASM)
     w = tl.reshape(tl.join(lo, hi), (BLOCK_N, NG * 16)).to(out_ptr.dtype.element_ty)
     col = kg * 16 + tl.arange(0, NG * 16)
     tl.store(out_ptr + rn[:, None] * so_n + col[None, :], w, mask=n_ok[:, None] & (col < K)[None, :])
@@ -57,8 +57,7 @@ def dequantize_into(codes: torch.Tensor, scales: torch.Tensor, gscale, fmt_id: i
     ng, block_n = 16, 16
     grid = (triton.cdiv(n, block_n), triton.cdiv(k // 16, ng))
     g = gscale if gscale is not None else scales
-    lut = nf4_lut(codes.device) if fmt_id == 2 else scales
-    _dequant_kernel[grid](codes, scales, g, lut, out, n, k, codes.stride(0), scales.stride(0), out.stride(0),
+    _dequant_kernel[grid](codes, scales, g, out, n, k, codes.stride(0), scales.stride(0), out.stride(0),
                           FMT=fmt_id, B=block, BLOCK_N=block_n, NG=ng, ASM=codes.is_cuda, num_warps=4)
     return out
 

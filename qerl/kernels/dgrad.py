@@ -11,12 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-from qerl.kernels.formats import block_multiplier, dequant_pair, nf4_lut
+from qerl.kernels.formats import block_multiplier, dequant_pair
 
 
 @triton.jit
 def _dgrad_kernel(
-    g_ptr, codes_ptr, scales_ptr, gs_ptr, lut_ptr, out_ptr,
+    g_ptr, codes_ptr, scales_ptr, gs_ptr, out_ptr,
     M, N, K,
     sgm, sgn, sc_n, ss_n, som, sok,
     FMT: tl.constexpr, B: tl.constexpr, ATOMIC: tl.constexpr, F32DOT: tl.constexpr, EVEN_R: tl.constexpr,
@@ -57,7 +57,7 @@ def _dgrad_kernel(
             byt = tl.load(c_ptrs, mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
             s = tl.load(s_ptrs, mask=n_ok[:, None] & g_ok[None, :], other=0)
         mult = block_multiplier(s, gsc, FMT)
-        lo, hi = dequant_pair(byt, mult[:, :, None], lut_ptr, FMT, not F32DOT)
+        lo, hi = dequant_pair(byt, mult[:, :, None], FMT, not F32DOT)
         lo2 = tl.reshape(lo, (BLOCK_R, NG * 8))
         hi2 = tl.reshape(hi, (BLOCK_R, NG * 8))
         gt = tl.load(g_ptr + rm[None, :] * sgm + rn[:, None] * sgn, mask=m_ok[None, :] & n_ok[:, None], other=0.0)
@@ -80,13 +80,18 @@ def _dgrad_kernel(
         tl.store(optr + sok, acc_o.to(out_ptr.dtype.element_ty), mask=omask)
 
 
-TUNED: dict = {}  # (format id, BLOCK_M) -> config, filled by benchmarks/kernels.py --tune
+# (format id, BLOCK_M) -> tiles, picked by `benchmarks/kernels.py --tune` on H100 (2026-11-25, 32B gate_up).
+TUNED: dict = {
+    (0, 16): {"BLOCK_R": 64, "NG": 8, "num_warps": 8, "num_stages": 3}, (0, 64): {"BLOCK_R": 64, "NG": 4, "num_warps": 4, "num_stages": 4},
+    (1, 16): {"BLOCK_R": 32, "NG": 16, "num_warps": 8, "num_stages": 3}, (1, 64): {"BLOCK_R": 64, "NG": 8, "num_warps": 8, "num_stages": 3},
+    (2, 16): {"BLOCK_R": 64, "NG": 4, "num_warps": 4, "num_stages": 4}, (2, 64): {"BLOCK_R": 64, "NG": 8, "num_warps": 8, "num_stages": 3},
+}
 
 
 def pick_dgrad_config(m: int, n: int, k: int, fmt_id: int, sms: int) -> dict:
     """Tile sizes and split over N from the problem size."""
     block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
-    base = dict(BLOCK_R=64, NG=8, num_warps=8, num_stages=3)
+    base = {"BLOCK_R": 64, "NG": 8, "num_warps": 8, "num_stages": 3}
     base.update(TUNED.get((fmt_id, block_m), {}))
     tiles = triton.cdiv(k // 16, base["NG"]) * triton.cdiv(m, block_m)
     iters = triton.cdiv(n, base["BLOCK_R"])
@@ -109,11 +114,10 @@ def fused_dgrad(grad: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, g
     out = torch.zeros((m, k), device=grad.device, dtype=torch.float32) if atomic else torch.empty(
         (m, k), device=grad.device, dtype=grad.dtype)
     g = gscale if gscale is not None else scales
-    lut = nf4_lut(grad.device) if fmt_id == 2 else scales
     grid = (triton.cdiv(k // 16, cfg["NG"]), cfg["SPLIT"], triton.cdiv(m, cfg["BLOCK_M"]))
     even = n % cfg["BLOCK_R"] == 0 and (k // 16) % cfg["NG"] == 0
     _dgrad_kernel[grid](
-        grad, codes, scales, g, lut, out, m, n, k,
+        grad, codes, scales, g, out, m, n, k,
         grad.stride(0), grad.stride(1), codes.stride(0), scales.stride(0), out.stride(0), out.stride(1),
         FMT=fmt_id, B=block, ATOMIC=atomic, F32DOT=not grad.is_cuda, EVEN_R=even, **cfg,
     )

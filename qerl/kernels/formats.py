@@ -26,19 +26,6 @@ NF4_CODEBOOK = (
 )
 
 
-_LUTS: dict = {}
-
-
-def nf4_lut(device):
-    """The NF4 codebook as a float32 tensor on ``device`` (cached)."""
-    import torch
-
-    key = str(device)
-    if key not in _LUTS:
-        _LUTS[key] = torch.tensor(NF4_CODEBOOK, dtype=torch.float32, device=device)
-    return _LUTS[key]
-
-
 @triton.jit
 def _e2m1_lo(b):
     """Low-nibble E2M1 code of each byte as float32, times 2**-14."""
@@ -83,6 +70,30 @@ def _e2m1_pair_asm(b):
 
 
 @triton.jit
+def _nf4_value(c):
+    """NF4 codebook value of codes 0..15 by a binary select tree (no memory lookup)."""
+    b0 = (c & 1) != 0
+    b1 = (c & 2) != 0
+    b2 = (c & 4) != 0
+    b3 = (c & 8) != 0
+    v01 = tl.where(b0, -0.6961928009986877, -1.0)
+    v23 = tl.where(b0, -0.39491748809814453, -0.5250730514526367)
+    v45 = tl.where(b0, -0.18477343022823334, -0.28444138169288635)
+    v67 = tl.where(b0, 0.0, -0.09105003625154495)
+    v89 = tl.where(b0, 0.16093020141124725, 0.07958029955625534)
+    vab = tl.where(b0, 0.33791524171829224, 0.24611230194568634)
+    vcd = tl.where(b0, 0.5626170039176941, 0.44070982933044434)
+    vef = tl.where(b0, 1.0, 0.7229568362236023)
+    v03 = tl.where(b1, v23, v01)
+    v47 = tl.where(b1, v67, v45)
+    v8b = tl.where(b1, vab, v89)
+    vcf = tl.where(b1, vef, vcd)
+    v07 = tl.where(b2, v47, v03)
+    v8f = tl.where(b2, vcf, v8b)
+    return tl.where(b3, v8f, v07)
+
+
+@triton.jit
 def block_multiplier(s, g, FMT: tl.constexpr):
     """Float32 multiplier per block from the stored scale ``s`` (uint8 or float32) and ``g``.
 
@@ -99,17 +110,17 @@ def block_multiplier(s, g, FMT: tl.constexpr):
 
 
 @triton.jit
-def dequant_pair(b, mult, lut_ptr, FMT: tl.constexpr, ASM: tl.constexpr):
+def dequant_pair(b, mult, FMT: tl.constexpr, ASM: tl.constexpr):
     """Bytes ``b`` (any shape) and a broadcastable multiplier -> (even, odd) float32 values.
 
     ``ASM`` selects the inline-PTX E2M1 decode (compiled GPU kernels; the interpreter cannot run PTX).
-    NF4 reads its 16-entry float32 codebook at ``lut_ptr`` (64 bytes, always in L1): one load per
-    weight is cheaper than a 15-select tree (measured ~20 instructions per weight in SASS).
+    NF4 uses a 15-select tree (~20 SASS instructions per weight). A 16-entry codebook in global memory
+    read with one load per weight was tried and measured 4x slower on H100 (benchmarks/results/kernels-notes.md).
     """
     if FMT == 2:
         h = b.to(tl.int32)
-        lo = tl.load(lut_ptr + (h & 15))
-        hi = tl.load(lut_ptr + (h >> 4))
+        lo = _nf4_value(h & 15)
+        hi = _nf4_value(h >> 4)
     elif ASM:
         lo16, hi16 = _e2m1_pair_asm(b)
         lo = lo16.to(tl.float32)

@@ -11,12 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-from qerl.kernels.formats import block_multiplier, dequant_pair, nf4_lut
+from qerl.kernels.formats import block_multiplier, dequant_pair
 
 
 @triton.jit
 def _fused_kernel(
-    x_ptr, codes_ptr, scales_ptr, g_ptr, lut_ptr, bias_ptr, out_ptr,
+    x_ptr, codes_ptr, scales_ptr, g_ptr, bias_ptr, out_ptr,
     M, N, K,
     sxm, sxk, sc_n, ss_n, som, son,
     FMT: tl.constexpr, B: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, F32DOT: tl.constexpr,
@@ -58,7 +58,7 @@ def _fused_kernel(
             byt = tl.load(c_ptrs + kg * 8, mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
             s = tl.load(s_ptrs, mask=n_ok[:, None] & g_ok[None, :], other=0)
         mult = block_multiplier(s, g, FMT)
-        lo, hi = dequant_pair(byt, mult[:, :, None], lut_ptr, FMT, not F32DOT)
+        lo, hi = dequant_pair(byt, mult[:, :, None], FMT, not F32DOT)
         lo2 = tl.reshape(lo, (BLOCK_N, NG * 8))
         hi2 = tl.reshape(hi, (BLOCK_N, NG * 8))
         kcol = kg * 16 + col
@@ -84,13 +84,19 @@ def _fused_kernel(
         tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
-TUNED: dict = {}  # (format id, BLOCK_M) -> config, filled by benchmarks/kernels.py --tune
+# (format id, BLOCK_M) -> tiles, picked by `benchmarks/kernels.py --tune` on H100 (2026-11-25, 32B gate_up);
+# the NF4 entries were tuned with a variant since replaced (see kernels-notes.md). --tune overwrites them.
+TUNED: dict = {
+    (0, 16): {"BLOCK_N": 128, "NG": 4, "num_warps": 8, "num_stages": 4}, (0, 64): {"BLOCK_N": 128, "NG": 4, "num_warps": 8, "num_stages": 4},
+    (1, 16): {"BLOCK_N": 256, "NG": 4, "num_warps": 8, "num_stages": 3}, (1, 64): {"BLOCK_N": 128, "NG": 4, "num_warps": 8, "num_stages": 4},
+    (2, 16): {"BLOCK_N": 256, "NG": 4, "num_warps": 8, "num_stages": 3}, (2, 64): {"BLOCK_N": 256, "NG": 4, "num_warps": 8, "num_stages": 3},
+}
 
 
 def pick_config(m: int, n: int, k: int, fmt_id: int, sms: int) -> dict:
     """Tile sizes and split-K from the problem size (no autotuning: compile once per bucket)."""
     block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
-    base = dict(BLOCK_N=128, NG=8, num_warps=8, num_stages=3)
+    base = {"BLOCK_N": 128, "NG": 8, "num_warps": 8, "num_stages": 3}
     base.update(TUNED.get((fmt_id, block_m), {}))
     tiles = triton.cdiv(n, base["BLOCK_N"]) * triton.cdiv(m, block_m)
     iters = triton.cdiv(k // 16, base["NG"])
@@ -115,10 +121,9 @@ def fused_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gsc
         (m, n), device=x.device, dtype=x.dtype)
     g = gscale if gscale is not None else scales
     b = bias if bias is not None else out
-    lut = nf4_lut(x.device) if fmt_id == 2 else scales
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, triton.cdiv(m, cfg["BLOCK_M"]))
     _fused_kernel[grid](
-        x, codes, scales, g, lut, b, out, m, n, k,
+        x, codes, scales, g, b, out, m, n, k,
         x.stride(0), x.stride(1), codes.stride(0), scales.stride(0), out.stride(0), out.stride(1),
         FMT=fmt_id, B=block, HAS_BIAS=bias is not None and not atomic, ATOMIC=atomic, F32DOT=not x.is_cuda,
         EVEN_N=n % cfg["BLOCK_N"] == 0, EVEN_K=(k // 16) % cfg["NG"] == 0, **cfg,

@@ -6,9 +6,14 @@ Being opaque custom ops with fake impls, torch.compile traces through them witho
 and CUDA graphs capture them. The forward op's autograd formula calls the dgrad op (the frozen
 base gets no weight gradient; nothing but the packed tensors is saved for backward).
 
-Dispatch by M (rows of x): fused dequant+GEMM up to ``FUSED_MAX_M`` rows, above it dequantize into
-a shared bf16 buffer and call cuBLAS (``benchmarks/kernels.py`` measures where the two cross).
+Dispatch by M (rows of x), per format: the tensor-core-free GEMV kernel up to ``GEMV_MAX_M[fmt]`` rows,
+the fused dequant + tensor-core GEMM up to ``FUSED_MAX_M[fmt]``, above that dequantize into a shared bf16
+buffer and call cuBLAS (``benchmarks/kernels.py`` measures where they cross).
+
+Annotations use ``Optional[...]`` on purpose: custom_op infers the op schema from them, and that form is
+read the same way by every torch this runs on (2.11 on the GPU machine, 2.13 here).
 """
+# ruff: noqa: UP045
 from __future__ import annotations
 
 from typing import Optional
@@ -16,11 +21,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from qerl.kernels import dequant, dgrad, fused
+from qerl.kernels import dequant, dgrad, fused, gemv
 from qerl.kernels.formats import FORMAT_IDS
 
-FUSED_MAX_M = 64
-DGRAD_FUSED_MAX_M = 64
+# Largest M that takes the fused kernel, per format; measured on H100 (benchmarks/results/kernels-notes.md):
+# the FP4 forward wins up to M=64 and its input gradient up to M=16; NF4's select-tree decode loses to
+# dequantize + cuBLAS above M=16 forward and everywhere in the input gradient. From M=256 on cuBLAS wins.
+FUSED_MAX_M = {"nvfp4": 64, "mxfp4": 64, "nf4": 16}
+# Largest M that takes the tensor-core-free GEMV kernel (gemv.py); measured: it wins at M=1 for every format
+# (1.3-2x faster than the fused kernel) and loses from M=4 on.
+GEMV_MAX_M = {"nvfp4": 1, "mxfp4": 1, "nf4": 1}
+DGRAD_FUSED_MAX_M = {"nvfp4": 16, "mxfp4": 16, "nf4": 0}
 
 
 def _scales_arg(scales: torch.Tensor) -> torch.Tensor:
@@ -33,7 +44,9 @@ def w4a16_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gsc
                  bias: Optional[torch.Tensor], fmt: str, block_size: int) -> torch.Tensor:
     fid = FORMAT_IDS[fmt]
     s = _scales_arg(scales)
-    if x.shape[0] <= FUSED_MAX_M:
+    if x.shape[0] <= GEMV_MAX_M.get(fmt, 0) and x.stride(1) == 1:
+        return gemv.gemv_linear(x, codes, s, gscale, fid, block_size, bias)
+    if x.shape[0] <= FUSED_MAX_M.get(fmt, 0):
         return fused.fused_linear(x, codes, s, gscale, fid, block_size, bias)
     w = dequant.dequantize_into(codes, s, gscale, fid, block_size, x.shape[1], x.dtype)
     return F.linear(x, w, bias)
@@ -49,7 +62,7 @@ def w4a16_dgrad(grad: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, g
                 fmt: str, block_size: int, in_features: int) -> torch.Tensor:
     fid = FORMAT_IDS[fmt]
     s = _scales_arg(scales)
-    if grad.shape[0] <= DGRAD_FUSED_MAX_M:
+    if grad.shape[0] <= DGRAD_FUSED_MAX_M.get(fmt, 0):
         return dgrad.fused_dgrad(grad, codes, s, gscale, fid, block_size, in_features)
     w = dequant.dequantize_into(codes, s, gscale, fid, block_size, in_features, grad.dtype)
     return grad @ w
@@ -61,7 +74,7 @@ def _(grad, codes, scales, gscale, fmt, block_size, in_features):
 
 
 def _setup_context(ctx, inputs, output):
-    x, codes, scales, gscale, bias, fmt, block_size = inputs
+    x, codes, scales, gscale, _bias, fmt, block_size = inputs
     ctx.save_for_backward(codes, scales, gscale)
     ctx.fmt, ctx.block_size, ctx.in_features = fmt, block_size, x.shape[1]
 

@@ -54,13 +54,16 @@ class GGUFModel(PolicyLoader):
     def load(self, quantizer=None, dtype=None, device=None, *, skip: tuple[str, ...] = DEFAULT_SKIP,
              measure_errors: bool = False):
         """(model, tokenizer); dense in `dtype` on `device`, then quantized when a quantizer is given."""
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GgufConfig
 
         quantizer = resolve_quantizer(quantizer)
         dtype, device = resolve_placement(dtype, device)
         folder, name = self.location()
         tokenizer = gguf_tokenizer(folder, name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True))
+        _forget_gguf_quantization(model)
+        model = model.to(device)
         report = new_report(self, quantizer, dtype, device, "load-then-quantize")
         if quantizer is not None:
             quantize_loaded(model, quantizer, tuple(skip), report, measure_errors)
@@ -68,3 +71,11 @@ class GGUFModel(PolicyLoader):
             report.dense_bytes = report.final_bytes = report.peak_tensor_bytes = tensor_bytes(model)
         self.last_report = report
         return finish_policy(model, tokenizer)
+
+
+def _forget_gguf_quantization(model) -> None:
+    """The weights were unpacked to dense tensors: drop transformers' "quantized GGUF" marks, which would make
+    `.to(dtype)`/`.float()` refuse and tell peft the base is quantized."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

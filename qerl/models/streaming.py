@@ -27,15 +27,17 @@ class LoadError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- byte counting
 def tensor_bytes(module: nn.Module, include_meta: bool = False, dtype: torch.dtype | None = None) -> int:
     """Bytes of a module's parameters and buffers (tied tensors counted once); meta tensors only if asked,
-    counted at `dtype` when given (the size they will have once materialized)."""
+    meta parameters counted at `dtype` when given (the size they will have once materialized)."""
     seen: set[int] = set()
     total = 0
+    params = {id(p) for p in module.parameters()}
     for t in [*module.parameters(), *module.buffers()]:
         if t.is_meta:
             if not include_meta or id(t) in seen:
                 continue
             seen.add(id(t))
-            size = torch.empty((), dtype=dtype or t.dtype).element_size() if t.is_floating_point() else t.element_size()
+            cast = dtype is not None and id(t) in params and t.is_floating_point()
+            size = torch.empty((), dtype=dtype).element_size() if cast else t.element_size()
             total += t.numel() * size
             continue
         key = t.untyped_storage().data_ptr()

@@ -45,7 +45,21 @@ def find_registry(kind: str) -> Registry | None:
 
 
 __all__ = [
-    "ALGORITHMS", "DATASETS", "ENTRY_POINT_GROUP", "EntryInfo", "MODELS", "NOISE_SCHEDULERS", "PluginReport",
-    "QUANTIZERS", "REGISTRIES", "REWARDS", "ROLLOUT_BACKENDS", "Registry", "RegistryError", "find_registry", "load_all",
-    "load_plugins", "plugin_reports",
+    "ALGORITHMS",
+    "DATASETS",
+    "ENTRY_POINT_GROUP",
+    "MODELS",
+    "NOISE_SCHEDULERS",
+    "QUANTIZERS",
+    "REGISTRIES",
+    "REWARDS",
+    "ROLLOUT_BACKENDS",
+    "EntryInfo",
+    "PluginReport",
+    "Registry",
+    "RegistryError",
+    "find_registry",
+    "load_all",
+    "load_plugins",
+    "plugin_reports",
 ]

@@ -5,14 +5,14 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 log = logging.getLogger("qerl.plugins")
 
 ENTRY_POINT_GROUP = "qerl.plugins"
 _current: list[str] = []
-_state: dict[str, "PluginReport"] = {}
+_state: dict[str, PluginReport] = {}
 _scanned = False
 
 
@@ -70,7 +70,7 @@ def load_plugins(force: bool = False) -> list[PluginReport]:
                 if callable(obj) and not isinstance(obj, type):
                     obj()
                 _state[key] = PluginReport(ep.name, dist, ep.value, True)
-            except Exception as exc:  # a broken plugin must not take the others down
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
                 msg = f"{type(exc).__name__}: {exc}"
                 _state[key] = PluginReport(ep.name, dist, ep.value, False, msg)
                 log.warning(

@@ -33,12 +33,16 @@ class HF(RolloutBackend):
 
     Args:
         max_batch_rows: completions generated together (bounds the KV cache).
+        fast: decode with `qerl.rollout.fast.FastEngine` (static KV cache, CUDA-graph steps, bucketed batching);
+            None (default): on CUDA only. True on CPU runs the same engine without graphs.
     """
 
-    def __init__(self, max_batch_rows: int = 64) -> None:
+    def __init__(self, max_batch_rows: int = 64, fast: bool | None = None) -> None:
         if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
             raise ValueError(f"HF: max_batch_rows={max_batch_rows!r} must be an int >= 1 (rollout.init_args.max_batch_rows).")
         self.max_batch_rows = max_batch_rows
+        self.fast = fast
+        self._fast_engine = None
         self.policy = None
         self.tokenizer = None
 
@@ -80,6 +84,12 @@ class HF(RolloutBackend):
         return ids, mask
 
     def _generate_rows(self, rows, sampling: SamplingConfig, generator, device) -> dict[str, torch.Tensor]:
+        if self.fast if self.fast is not None else device.type == "cuda":
+            if self._fast_engine is None:
+                from qerl.rollout.fast import FastEngine
+
+                self._fast_engine = FastEngine(self)
+            return self._fast_engine.generate_rows(rows, sampling, generator, device)
         lm = causal_lm(self.policy)
         ids, mask = self._left_pad(rows, device)
         prompt_ids, prompt_mask = ids, mask
@@ -159,5 +169,7 @@ class HF(RolloutBackend):
         )
 
     def release_memory(self) -> None:
+        if getattr(self, "_fast_engine", None) is not None:
+            self._fast_engine.release()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Any, Iterator
+import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,6 +108,7 @@ class VLLM(RolloutBackend):
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
         self.model_dir = engine.scratch_dir()
+        weakref.finalize(self, shutil.rmtree, self.model_dir, True)  # tmpfs is RAM: never leave copies behind
         if on_cuda and self.quantized_base and engine.has_nvfp4_layers(lm):
             engine.export_nvfp4(lm, tokenizer, self.model_dir)
         else:
@@ -113,19 +116,24 @@ class VLLM(RolloutBackend):
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
-        self.llm = engine.build_llm(
-            self.model_dir, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
-            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
-            tensor_parallel_size=self.tensor_parallel_size, enable_sleep_mode=self.enable_sleep_mode and on_cuda,
-            seed=self.seed, kv_cache_memory_gb=kv_gb, max_num_seqs=self.max_num_seqs,
-            enforce_eager=self.enforce_eager or not on_cuda, extra=self.engine_kwargs)
+        try:
+            self.llm = engine.build_llm(
+                self.model_dir, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
+                gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                tensor_parallel_size=self.tensor_parallel_size, enable_sleep_mode=self.enable_sleep_mode and on_cuda,
+                seed=self.seed, kv_cache_memory_gb=kv_gb, max_num_seqs=self.max_num_seqs,
+                enforce_eager=self.enforce_eager or not on_cuda, extra=self.engine_kwargs)
+        finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
+            shutil.rmtree(self.model_dir, ignore_errors=True)
         self.sync_weights(policy)
+        self._ready()
+        engine.probe(self.llm, self.pad_id, self.lora_request())
 
     def _check_adapter(self, policy: nn.Module) -> dict:
         """The policy's peft LoRA config as a dict; errors (before any engine starts) for what vLLM cannot take."""
-        configs = getattr(policy, "peft_config", None)
+        configs = getattr(policy, "peft_config", None) if hasattr(policy, "get_base_model") else None
         if not configs:
-            raise ValueError(f"VLLM: the policy has no LoRA adapter (`model.init_args.lora` is null). The vLLM "
+            raise ValueError("VLLM: the policy has no LoRA adapter (`model.init_args.lora` is null). The vLLM "
                              "engine keeps the frozen base and receives only LoRA (and norm) updates; add LoRA "
                              "settings or use `rollout: HF`.")
         config = next(iter(configs.values())).to_dict()
@@ -185,6 +193,7 @@ class VLLM(RolloutBackend):
         from qerl.rollout.vllm_engine import scratch_dir
 
         old, self._lora_path = self._lora_path, scratch_dir("qerl-lora-")
+        weakref.finalize(self, shutil.rmtree, self._lora_path, True)
         self.policy.save_pretrained(self._lora_path)
         if old:
             shutil.rmtree(old, ignore_errors=True)

@@ -38,8 +38,7 @@ def import_vllm():
 
 def engine_name(name: str) -> str:
     """A policy (peft-wrapped) module or tensor name as the engine knows it: no peft prefix or `.base_layer`."""
-    if name.startswith(_PEFT_PREFIX):
-        name = name[len(_PEFT_PREFIX):]
+    name = name.removeprefix(_PEFT_PREFIX)
     return _PEFT_SEGMENT.sub("", name)
 
 
@@ -139,11 +138,11 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine shares our process
     vllm = import_vllm()
-    kwargs = dict(model=directory, tokenizer=directory, enable_lora=True, max_lora_rank=max_lora_rank,
-                  max_loras=max_loras, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                  enable_sleep_mode=enable_sleep_mode, seed=seed, max_num_seqs=max_num_seqs,
-                  enforce_eager=enforce_eager, logprobs_mode="processed_logprobs")
+    kwargs = {"model": directory, "tokenizer": directory, "enable_lora": True, "max_lora_rank": max_lora_rank,
+              "max_loras": max_loras, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
+              "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
+              "enable_sleep_mode": enable_sleep_mode, "seed": seed, "max_num_seqs": max_num_seqs,
+              "enforce_eager": enforce_eager, "logprobs_mode": "processed_logprobs"}
     if kv_cache_memory_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * (1 << 30))
     kwargs.update(extra)
@@ -159,3 +158,17 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     finally:
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
+
+
+def probe(llm, token_id: int, lora_request) -> None:
+    """One token through the engine with the adapter, so a model it cannot run fails at setup, not mid-training."""
+    from vllm import SamplingParams
+
+    try:
+        llm.generate([{"prompt_token_ids": [int(token_id)]}], SamplingParams(max_tokens=1),
+                     lora_request=lora_request, use_tqdm=False)
+    except Exception as exc:  # any engine failure here means this model cannot be served
+        raise VLLMSetupError(
+            f"vLLM started but could not generate with the exported policy ({type(exc).__name__}: {exc}). "
+            "The CPU build, for one, refuses attention head_dim 16 (64 works); use `rollout: HF` for this "
+            "model.") from exc

@@ -26,7 +26,7 @@ def _entries(kind: str) -> list:
 
 def pytest_generate_tests(metafunc):
     load_plugins()
-    for kind, registry in REGISTRIES.items():
+    for kind in REGISTRIES:
         fixture = f"{kind}_entry"
         if fixture in metafunc.fixturenames:
             metafunc.parametrize(fixture, _entries(kind))

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-KERNEL_MODULES = ("qerl.kernels.formats", "qerl.kernels.fused", "qerl.kernels.dgrad", "qerl.kernels.dequant")
+KERNEL_MODULES = ("qerl.kernels.formats", "qerl.kernels.fused", "qerl.kernels.gemv", "qerl.kernels.dgrad",
+                  "qerl.kernels.dequant")
 
 
 def _load_interpreted() -> None:

@@ -5,8 +5,7 @@ import pytest
 import torch
 from kernel_layers import make_layer, rel_err
 
-from qerl.kernels import _absmax_for_kernel, ops, quant_linear
-from qerl.kernels import dequant, dgrad, fused
+from qerl.kernels import _absmax_for_kernel, dequant, dgrad, fused, gemv, ops, quant_linear
 from qerl.kernels.formats import FORMAT_IDS
 
 KINDS = ["nvfp4", "mxfp4", "nf4", "nf4-dq"]
@@ -36,10 +35,25 @@ def test_fused_forward_matches_reference(kind, split):
     layer = make_layer(kind, n, k, device=DEV)
     x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
     codes, s, g, fid, block = _args(layer)
-    cfg = dict(BLOCK_M=16, BLOCK_N=32, NG=4, SPLIT_K=split)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "NG": 4, "SPLIT_K": split}
     y = fused.fused_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
     assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    assert rel_err(y, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("m", "split"), [(1, 2), (3, 1)])
+def test_gemv_matches_reference(kind, m, split):
+    # (1, 2): whole tiles, split K (atomic adds); (3, 1): ragged N and K, bias added in the kernel
+    n, k = (64, 256) if split == 2 else (72, 320 if kind.startswith("nf4") else 288)
+    layer = make_layer(kind, n, k, device=DEV)
+    x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+    codes, s, g, fid, block = _args(layer)
+    cfg = {"BLOCK_N": 32, "NG": 4, "SPLIT_K": split}
+    y = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
+    ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
+    assert y.shape == (m, n)
     assert rel_err(y, ref) <= 1e-2
 
 
@@ -50,22 +64,23 @@ def test_fused_input_gradient_matches_reference(kind, split):
     layer = make_layer(kind, n, k, bias=False, device=DEV)
     gy = torch.randn(m, n, device=DEV).to(torch.bfloat16)
     codes, s, g, fid, block = _args(layer)
-    cfg = dict(BLOCK_M=16, BLOCK_R=32, NG=4, SPLIT=split)
+    cfg = {"BLOCK_M": 16, "BLOCK_R": 32, "NG": 4, "SPLIT": split}
     dx = dgrad.fused_dgrad(gy, codes, s, g, fid, block, k, config=cfg)
     ref = gy.float() @ layer.dequantize(torch.float32)
     assert dx.shape == (m, k)
     assert rel_err(dx, ref) <= 1e-2
 
 
-@pytest.mark.parametrize("m", [4, ops.FUSED_MAX_M + 3])  # fused path and dequantize + matmul path
-def test_quant_linear_autograd_through_custom_op(m):
+# rows = 1: GEMV path; 2 * 4: fused; 2 * 67: dequantize + matmul (forward and input gradient alike)
+@pytest.mark.parametrize("shape", [(1, 1), (2, 4), (2, ops.FUSED_MAX_M["nvfp4"] + 3)])
+def test_quant_linear_autograd_through_custom_op(shape):
     layer = make_layer("nvfp4", 48, 256, device=DEV)
-    x = torch.randn(2, m, 256, device=DEV).to(torch.bfloat16).requires_grad_(True)
+    x = torch.randn(*shape, 256, device=DEV).to(torch.bfloat16).requires_grad_(True)
     y = quant_linear(x, layer)
     gy = torch.randn_like(y)
     y.backward(gy)
     w = layer.dequantize(torch.float32)
-    assert y.shape == (2, m, 48)
+    assert y.shape == (*shape, 48)
     assert rel_err(y, x.detach().float() @ w.T + layer.bias.float()) <= 1e-2
     assert rel_err(x.grad, gy.float() @ w) <= 1e-2
 

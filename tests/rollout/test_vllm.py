@@ -27,6 +27,7 @@ def tiny_policy(rank: int = 4, train_norms: bool = True, **config):
 
     model, tokenizer = RandomInit(config={**CONFIG, **config}, seed=0).load(quantizer=NVFP4(), dtype="float32",
                                                                             device="cpu")
+    torch.manual_seed(0)  # peft draws lora_A from the global generator
     return apply_lora(model, rank=rank, alpha=2.0 * rank, train_norms=train_norms), tokenizer
 
 
@@ -63,7 +64,7 @@ PROMPT, CONTINUATION = list(b"12+35="), list(b"47<")
 
 
 def test_generation_maps_sampling_and_returns_engine_logprobs_matching_the_policy(engine):
-    backend, policy, tokenizer = engine
+    backend, policy, _ = engine
     prompts = [list(b"7*8="), list(b"What is 12+35?")]
     sampling = SamplingConfig(n=3, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=11)
     rollout = backend.generate(prompts, sampling)
@@ -103,7 +104,7 @@ def test_an_optimizer_step_moves_engine_and_policy_logprobs_the_same_way(engine)
     before_hf = hf_logprobs(policy, PROMPT, CONTINUATION).sum()
     before_engine = backend.score(PROMPT, CONTINUATION).sum()
     assert abs(float(before_engine - before_hf)) < LOGPROB_TOL
-    optimizer = torch.optim.SGD(trainable.values(), lr=0.5)
+    optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
     from qerl.logprobs import completion_logprobs
 
     p, c = torch.tensor([PROMPT]), torch.tensor([CONTINUATION])
@@ -183,13 +184,43 @@ def test_qeRL_module_trains_two_steps_with_the_vllm_rollout(engine, tmp_path):
     module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=backend,
                          lora=LoRASettings(rank=4, alpha=8.0, train_norms=True))
     trainer = tiny_trainer(tmp_path, 2)
-    trainer.fit(module, tiny_data())
+    backend.importance_sampling_cap = 2.0
+    try:
+        trainer.fit(module, tiny_data())
+    finally:
+        backend.importance_sampling_cap = None
     assert trainer.global_step == 2
+    logged = trainer.callback_metrics  # the backend's mismatch metrics reach the logger
+    assert 0 <= float(logged["rollout/mismatch_kl"]) < LOGPROB_TOL and "rollout/tis_weight_mean" in logged
     assert backend.policy is module.model and backend._lora_id >= first_id + 2  # synced at start and per step
     assert any(v.abs().sum() > 0 for k, v in lora_state(module).items() if "lora_B" in k)
     # after training the engine generates with the trained adapter: its log-probs match the trained policy
     assert abs(float(backend.score(PROMPT, CONTINUATION).sum() - hf_logprobs(module.model, PROMPT,
                                                                               CONTINUATION).sum())) < LOGPROB_TOL
+
+
+def test_importance_weights_scale_the_policy_gradient_token_by_token():
+    from qerl.algorithms import GRPO
+    from qerl.update import TrainBatch, accumulate_gradients
+
+    policy, _ = tiny_policy()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (4, 9), generator=g)
+    from qerl.types import Rollout
+
+    def grads(weights):
+        rollout = Rollout(prompt_ids=ids[:, :5], prompt_mask=torch.ones(4, 5, dtype=torch.long),
+                          completion_ids=ids[:, 5:], completion_mask=torch.ones(4, 4, dtype=torch.long),
+                          logprobs=torch.zeros(4, 4), texts=[""] * 4, group_index=torch.tensor([0, 0, 1, 1]),
+                          truncated=torch.zeros(4, dtype=torch.bool), group_size=2, importance_weights=weights)
+        policy.zero_grad()
+        accumulate_gradients(policy, GRPO(), TrainBatch(rollout, torch.tensor([1.0, -1.0, 0.5, -0.5])), 4, 1.0,
+                             lambda loss: loss.backward())
+        return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+
+    full, none = grads(None), grads(torch.ones(4, 4))
+    assert torch.equal(full, none)
+    assert torch.allclose(grads(torch.full((4, 4), 0.25)), 0.25 * full, rtol=1e-5, atol=1e-9)
 
 
 # ---------------------------------------------------------------- bad input, caught before any engine starts
@@ -209,8 +240,11 @@ def test_adapter_rank_above_max_lora_rank_or_no_adapter_is_refused():
     policy, tokenizer = tiny_policy(rank=16)
     with pytest.raises(ValueError, match=r"LoRA rank is 16.*max_lora_rank` is 8"):
         VLLM(max_lora_rank=8).setup(policy, tokenizer)
+    from qerl.models import RandomInit
+
+    dense, tokenizer = RandomInit(config=CONFIG, seed=0).load(dtype="float32", device="cpu")
     with pytest.raises(ValueError, match="no LoRA adapter"):
-        VLLM().setup(policy.get_base_model(), tokenizer)
+        VLLM().setup(dense, tokenizer)
     with pytest.raises(ValueError, match="max_lora_rank"):
         VLLM(max_lora_rank=12)
 
@@ -240,5 +274,16 @@ def test_a_model_vllm_cannot_load_fails_with_a_clear_error():
     from qerl.rollout.vllm_engine import VLLMSetupError
 
     policy, tokenizer = tiny_policy(hidden_size=64, intermediate_size=128, num_attention_heads=4)  # head_dim 16
-    with pytest.raises(VLLMSetupError, match="could not start an engine"):
-        VLLM(max_model_len=128, dtype="float32", kv_cache_memory_gb=0.1).setup(policy, tokenizer)
+    with pytest.raises(VLLMSetupError, match="vLLM started but could not generate.*head_dim=16"):
+        VLLM(max_model_len=128, dtype="bfloat16", kv_cache_memory_gb=0.1).setup(policy, tokenizer)
+
+
+def test_the_smollm2_vllm_recipe_parses(monkeypatch):
+    from pathlib import Path
+
+    from qerl.lightning_cli import parse_recipe
+
+    recipe = Path(__file__).parents[2] / "recipes" / "smollm2" / "grpo-vllm-arithmetic.yaml"
+    config = parse_recipe(recipe)
+    assert config.model.rollout.class_path.endswith(".VLLM")
+    assert config.model.rollout.init_args.importance_sampling_cap == 2.0

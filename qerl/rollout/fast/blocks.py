@@ -1,0 +1,57 @@
+"""Fewer-kernel versions of the decoder's small blocks, computing what the HF/peft modules compute.
+
+A captured decode step is bound by its number of kernels as much as by weight bytes, so the engine:
+- runs RMSNorm as one `F.rms_norm` (reading the module's weight in place, so AQN noise applies) instead of
+  HF's eight elementwise kernels; unknown norm types are called as modules;
+- runs a peft LoRA layer as base(x) + (x A^T) B^T * scaling, added in place, with the input cast to the
+  adapter dtype once for the projections that share it (q/k/v, gate/up); LoRA weights are read in place;
+  a layer with adapters disabled, merged, or a LoRA variant (DoRA...) is called as the module;
+- applies rotary embeddings as x*cos + roll(x)*sin_signed (three kernels, the same arithmetic).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
+
+
+def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = getattr(module, "variance_epsilon", None)
+    if type(module).__name__ not in _RMS_NORMS or eps is None:
+        return module(x)
+    return F.rms_norm(x, (x.shape[-1],), weight=module.weight, eps=eps)
+
+
+def _plain_lora(module: nn.Module) -> bool:
+    return (hasattr(module, "lora_A") and hasattr(module, "base_layer") and not module.disable_adapters
+            and not module.merged and not getattr(module, "lora_variant", None))
+
+
+def project(module: nn.Module, x: torch.Tensor, casts: dict) -> torch.Tensor:
+    """module(x); for a plain peft LoRA layer, the same sum with fewer kernels (`casts` shares input casts)."""
+    if not _plain_lora(module):
+        return module(x)
+    out = module.base_layer(x)
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        a = module.lora_A[name].weight
+        xa = casts.get(a.dtype)
+        if xa is None:
+            xa = casts[a.dtype] = x.to(a.dtype)
+        out.add_(F.linear(F.linear(xa, a), module.lora_B[name].weight), alpha=float(module.scaling[name]))
+    return out
+
+
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin with its first half negated), shaped to broadcast over heads: (B, 1, T, D)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(1), signed.unsqueeze(1)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """HF's x*cos + rotate_half(x)*sin: rotate_half(x) = roll(x, D/2) with the first half negated."""
+    return torch.addcmul(x * cos, torch.roll(x, x.shape[-1] // 2, dims=-1), sin_signed)

@@ -1,0 +1,125 @@
+"""Checkpoint and resume: 4 steps straight equal 2 steps + resume + 2 steps, and `qerl fit --ckpt_path last` continues."""
+from __future__ import annotations
+
+import textwrap
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
+
+COMPARED = ["train/loss", "train/grad_norm", "reward/total_mean", "rollout/length_mean", "train/entropy",
+            "noise/sigma", "train/lr", "train/ratio_mean"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class StopAt(L.Callback):
+    """Ends fit after optimizer step `step`, as if the job had been killed there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def run(root, ckpt_dir, stop_at=None, ckpt_path=None):
+    L.seed_everything(0)  # as `qerl fit` does: LoRA's A matrices start from the global RNG
+    module, recorder = tiny_module(), MetricsRecorder()
+    callbacks = [recorder, ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=1, save_last=True,
+                                           save_top_k=-1)]
+    if stop_at is not None:
+        callbacks.append(StopAt(stop_at))
+    trainer = tiny_trainer(root, 4, callbacks=callbacks, enable_checkpointing=True)
+    trainer.fit(module, tiny_data(), ckpt_path=ckpt_path)
+    return module, trainer, recorder.steps
+
+
+def test_two_steps_resume_two_steps_equals_four_straight(tmp_path):
+    straight, trainer, steps = run(tmp_path / "a", tmp_path / "a_ckpt")
+    assert trainer.global_step == 4 and len(steps) == 4
+
+    _, first, head = run(tmp_path / "b", tmp_path / "b_ckpt", stop_at=2)
+    assert first.global_step == 2
+    resumed, second, tail = run(tmp_path / "c", tmp_path / "b_ckpt", ckpt_path="last")
+    assert second.global_step == 4 and len(tail) == 2
+    for i, step in enumerate(head + tail):
+        for key in COMPARED:
+            assert step[key] == pytest.approx(steps[i][key], rel=1e-5, abs=1e-7), (i, key)
+    assert any(s["train/grad_norm"] > 0 for s in steps)  # the comparison is not between all-zero runs
+    a, b = lora_state(straight), lora_state(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_the_run_state(tmp_path):
+    run(tmp_path / "a", tmp_path / "ckpt", stop_at=1)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["qerl"]["batches_drawn"] == 1 and "rng" in ckpt["qerl"]
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    noise_state = next(v for k, v in ckpt["callbacks"].items() if "NoiseCallback" in k)
+    assert noise_state["total_steps"] == 4 and noise_state["last_step"] == 0
+
+
+RECIPE = """\
+# qerl fit --config {path}
+seed_everything: 0
+trainer:
+  max_steps: 2
+  accelerator: cpu
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args: {{save_dir: {root}, name: run}}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{dirpath: {root}/checkpoints, every_n_train_steps: 1, save_last: true}}
+model:
+  policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
+  quantizer: NVFP4
+  lora: {{rank: 4, alpha: 8}}
+  noise: {{class_path: Exponential, init_args: {{sigma_start: 0.01, sigma_end: 0.001, num_stages: 3}}}}
+  algorithm: GRPO
+  rewards:
+    - GSM8KAccuracy
+  sampling: {{n: 2, max_new_tokens: 4}}
+  dtype: float32
+  log_samples_every: 0
+data:
+  class_path: Arithmetic
+  init_args: {{batch_size: 2, num_train: 16, num_test: 4, val_size: 0}}
+"""
+
+
+def test_qerl_fit_ckpt_path_last_continues_the_run(tmp_path):
+    from qerl.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, root=tmp_path)))
+    assert main(["fit", "--config", str(recipe)]) == 0
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert main(["fit", "--config", str(recipe), "--trainer.max_steps=3", "--ckpt_path=last"]) == 0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["qerl"]["batches_drawn"] == 3
+
+
+def test_qerl_fit_reports_a_lora_target_matching_no_module_without_a_traceback(tmp_path, capsys):
+    from qerl.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, root=tmp_path)))
+    assert main(["fit", "--config", str(recipe), "--model.lora.targets=[q_proj,attn_qkv]"]) != 0
+    err = capsys.readouterr().err
+    assert "lora.targets" in err and "attn_qkv" in err and "Traceback" not in err
