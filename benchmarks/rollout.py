@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import sys
@@ -93,6 +94,13 @@ def profile_step(engine, width: int) -> dict:
             torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
         out.update(kernels=len(kernels), kernel_ms=round(sum(e.device_time for e in kernels) / 1000, 3))
+        by_name: dict[str, list] = {}
+        for e in kernels:
+            entry = by_name.setdefault(e.name[:70], [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.device_time
+        out["top_kernels"] = [(n, c, round(t, 1)) for n, (c, t) in
+                              sorted(by_name.items(), key=lambda kv: -kv[1][1])[:12]]
     except Exception as exc:  # noqa: BLE001 - the profiler is a diagnostic only
         out.update(profile_error=str(exc)[:120])
     rewind()
@@ -111,14 +119,38 @@ def run_hf_generate(policy, batch: int, new: int) -> float:
     return time.perf_counter() - t0
 
 
+def diagnose(spec: str) -> None:
+    """model:format:batch - one decode step with LoRA r32 and with adapters disabled: step time, kernels, top 12."""
+    from qerl.quantizers.lora import apply_lora
+
+    model, fmt, batch = spec.split(":")
+    policy, tok = load(model, fmt)
+    policy = apply_lora(policy, rank=32, alpha=64.0)
+    for label in ("lora r32", "adapters off"):
+        if label == "adapters off":
+            with policy.disable_adapter():
+                _, prof = run_fast(policy, tok, int(batch), 48)
+        else:
+            _, prof = run_fast(policy, tok, int(batch), 48)
+        top = prof.pop("top_kernels", [])
+        print(f"DIAG {spec} {label}: {json.dumps(prof)}")
+        for name, count, us in top:
+            print(f"    {us:9.1f} us {count:5d}x  {name}")
+    del policy
+    torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=DEFAULT_ROWS)
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip rows that start after this many seconds")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--diagnose", nargs="*", default=[], help="model:format:batch, e.g. 7b:bf16:8")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
+    for spec in args.diagnose:
+        diagnose(spec)
     start = time.perf_counter()
     card = torch.cuda.get_device_name().replace(" ", "-")
     groups: dict[tuple, list] = {}
@@ -167,12 +199,14 @@ def main() -> None:
             except torch.OutOfMemoryError as exc:
                 results.append(dict(row, status=f"OOM: {exc}"[:200]))
                 continue
+            profile.pop("top_kernels", None)
             row.update(status="ok", lora_rank=0 if backend == "hf" else 32, seconds=round(elapsed, 3),
                        tokens_per_s=round(batch * new / elapsed, 1), ms_per_token=round(1000 * elapsed / new, 3),
                        peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), **profile)
             results.append(row)
             print(json.dumps(row), flush=True)
         del policy
+        gc.collect()
         torch.cuda.empty_cache()
     date = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)

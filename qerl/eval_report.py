@@ -21,8 +21,7 @@ def write_report(output_dir: str, summary: dict, records: list[Completion], run:
     os.makedirs(output_dir, exist_ok=True)
     completions = os.path.join(output_dir, COMPLETIONS_FILE)
     with open(completions, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n" for record in records)
     path = os.path.join(output_dir, SUMMARY_FILE)
     with open(path, "w") as handle:
         json.dump({"run": run, "metrics": summary}, handle, indent=2, sort_keys=False)

@@ -43,7 +43,8 @@ class QeRLModule(L.LightningModule):
         sampling: completions per prompt (group size), temperature, top-p, max_new_tokens, stop strings.
         optimizer: AdamW, warm-up and gradient clipping.
         dtype: dtype of the dense parts ("bfloat16", "float32").
-        micro_batch_size: completions per forward/backward pass; gradients accumulate over them.
+        micro_batch_size: completions per forward/backward pass; gradients accumulate over them. "auto": the
+            largest that fits the GPU's free memory by the start-up memory plan (`qerl.memory`).
         batches_per_step: prompt batches (rollouts) accumulated into one optimizer step.
         accuracy_reward: the reward whose score > 0 counts as correct (`train/accuracy`); default the first.
         seed: base seed of the per-step rollout sampling.
@@ -69,7 +70,7 @@ class QeRLModule(L.LightningModule):
         sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
         optimizer: OptimizerSettings = OptimizerSettings(),  # noqa: B008
         dtype: str = "bfloat16",
-        micro_batch_size: int = 8,
+        micro_batch_size: int | str = 8,
         batches_per_step: int = 1,
         accuracy_reward: str | None = None,
         seed: int = 0,
@@ -125,6 +126,10 @@ class QeRLModule(L.LightningModule):
 
             self.model, self.tokenizer = build_policy(self)
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
+            from qerl.memory import plan_for_module
+
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            plan_for_module(self, datamodule)  # prints the memory plan, warns if it won't fit, resolves "auto"
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
@@ -190,7 +195,7 @@ class QeRLModule(L.LightningModule):
             metrics["reward/shaped_mean"] = float(shaped.mean())
         metrics.update(timer.metrics())
         metrics["perf/peak_mem"] = peak_memory_gb(self.device)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)  # mean over processes
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 

@@ -37,7 +37,8 @@ def check_module_args(module: QeRLModule, accuracy_reward: str | None) -> int:
     except ValueError as exc:
         raise RecipeError(f"{type(module.algorithm).__name__} cannot run with `{_KEY}.sampling` "
                           f"(n={s.n}, max_new_tokens={s.max_new_tokens}): {exc}") from None
-    _positive_int(module.micro_batch_size, "micro_batch_size")
+    if module.micro_batch_size != "auto":  # "auto" is resolved from free memory in setup (qerl.memory)
+        _positive_int(module.micro_batch_size, "micro_batch_size")
     _positive_int(module.batches_per_step, "batches_per_step")
     _positive_int(module.num_samples_logged, "num_samples_logged", 0)
     _positive_int(module.log_samples_every, "log_samples_every", 0)

@@ -166,7 +166,7 @@ def test_validation_runs_inside_fit_and_logs_val_metrics_to_tensorboard(tmp_path
 def test_real_smollm2_on_gsm8k(tmp_path, smollm2_path):
     out = tmp_path / "smol"
     assert main(["--dataset", "gsm8k", "--limit", "2", "--n_samples", "1", "--max_new_tokens", "24",
-                 "--quantizer", "NF4", "--output_dir", str(out)]) == 0
+                 "--quantizer", "NF4", "--dtype", "float32", "--output_dir", str(out)]) == 0
     with open(out / "summary.json") as handle:
         summary = json.load(handle)
     assert summary["run"]["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

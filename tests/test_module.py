@@ -19,6 +19,7 @@ from rl_helpers import (
 
 from qerl.algorithms import DAPO, GRPO
 from qerl.module_checks import RecipeError
+from qerl.rollout import HF
 from qerl.settings import LoRASettings
 from qerl.types import SamplingConfig
 
@@ -150,3 +151,22 @@ def test_accuracy_reward_picks_which_reward_counts_as_correct(tmp_path):
                          noise=None)
     _, steps = fit(tmp_path, module, 1)
     assert steps[0]["train/accuracy"] == 0.5  # NaNFirstCalls scores every other completion 1
+
+
+class CountingHF(HF):
+    """The HF backend, counting weight syncs (an engine with its own weights would copy LoRA here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced_steps: list[int] = []
+
+    def sync_weights(self, policy) -> None:
+        self.synced_steps.append(sum(float(p.detach().abs().sum()) for n, p in policy.named_parameters() if "lora_B" in n))
+
+
+def test_rollout_engine_is_synced_at_start_and_after_every_optimizer_step(tmp_path):
+    backend = CountingHF()
+    module = tiny_module(rollout=backend, noise=None)
+    fit(tmp_path, module, 2)
+    assert len(backend.synced_steps) == 3  # fit start, then after steps 1 and 2
+    assert backend.synced_steps[0] == 0.0 and backend.synced_steps[-1] > 0.0  # it saw the updated LoRA weights

@@ -31,12 +31,11 @@ def test_quickstart_runs_two_steps_through_qerl_demo(tmp_path, monkeypatch, caps
 
     monkeypatch.chdir(tmp_path)  # the recipe logs and checkpoints under ./runs
     rc = main(["--config", str(QUICKSTART), "--trainer.max_steps=2", "--data.init_args.batch_size=2",
-               "--model.init_args.sampling.n=4", "--model.init_args.sampling.max_new_tokens=4",
-               "--model.init_args.log_samples_every=1"])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+               "--model.sampling.n=4", "--model.sampling.max_new_tokens=4", "--model.log_samples_every=1"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert rc == 0, captured.err[-3000:]
     assert "2 RL steps" in out and "accuracy  start" in out and "reward    start" in out
     log_dir = tmp_path / "runs" / "quickstart" / "version_0"
     assert f"TensorBoard logs: {os.path.relpath(log_dir, tmp_path)}" in out or str(log_dir) in out
     assert (log_dir / "adapter" / "final" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt").is_file()

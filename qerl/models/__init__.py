@@ -10,5 +10,15 @@ from qerl.models.report import LoadReport
 from qerl.models.smollm2 import ModelNotFoundError, smollm2_gguf_path
 from qerl.models.streaming import LoadError
 
-__all__ = ["GGUFModel", "HFModel", "LoadError", "LoadReport", "ModelNotFoundError", "PRESETS", "PolicyLoader",
-           "RandomInit", "load_policy", "smollm2_gguf_path"]
+__all__ = [
+           "PRESETS",
+           "GGUFModel",
+           "HFModel",
+           "LoadError",
+           "LoadReport",
+           "ModelNotFoundError",
+           "PolicyLoader",
+           "RandomInit",
+           "load_policy",
+           "smollm2_gguf_path",
+]

@@ -57,7 +57,7 @@ def resolve_placement(dtype, device) -> tuple[torch.dtype, torch.device]:
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"Unknown dtype {dtype!r}; use bfloat16, float16 or float32.")
+            raise ValueError(f"Unknown dtype {dtype!r}; use bfloat16, float16 or float32.")  # noqa: TRY004
         dtype = resolved
     device = torch.device(device or "cpu")
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():

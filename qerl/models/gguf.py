@@ -4,8 +4,7 @@ from __future__ import annotations
 import glob
 import os
 
-from qerl.models.base import (DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement,
-                              resolve_quantizer)
+from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
 from qerl.models.smollm2 import ModelNotFoundError, gguf_tokenizer, smollm2_folder, smollm2_gguf_path
 from qerl.models.streaming import quantize_loaded, tensor_bytes
 from qerl.registry import MODELS

@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 
-from qerl.models.base import (DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement,
-                              resolve_quantizer)
+from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
 from qerl.models.smollm2 import ModelNotFoundError
 from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized, tensor_bytes
 from qerl.registry import MODELS
@@ -91,7 +90,7 @@ class HFModel(PolicyLoader):
             where: dict[str, object] = {}
             for file in files:
                 handle = stack.enter_context(safe_open(file, framework="pt", device=str(device)))
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                     where[key] = handle
 
             def source(name, shape, dt, dev):

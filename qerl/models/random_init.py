@@ -6,13 +6,12 @@ from typing import Any
 
 import torch
 
-from qerl.models.base import (DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement,
-                              resolve_quantizer)
+from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
 from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized
 from qerl.registry import MODELS
 
-_QWEN25 = dict(model_type="qwen2", hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-               max_position_embeddings=32768, initializer_range=0.02)
+_QWEN25 = {"model_type": "qwen2", "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
+           "max_position_embeddings": 32768, "initializer_range": 0.02}
 
 #: Public Qwen2.5-Instruct shapes (../shared/ENVIRONMENT.md) and a tiny Qwen2 for tests.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -57,10 +57,10 @@ class LoadReport:
         lines = [
             f"model: {self.source}",
             f"mode: {self.mode}; quantizer: {self.quantizer or 'none'}; device: {self.device}; dtype: {self.dtype}",
-            f"size: {_gib(self.dense_bytes)} dense -> {_gib(self.final_bytes)} loaded "
-            f"({self.dense_bytes / max(self.final_bytes, 1):.2f}x smaller), {self.quantized_layers} layers quantized",
-            f"peak model tensors while loading: {_gib(self.peak_tensor_bytes)} "
-            f"(largest dense block awaiting quantization: {_gib(self.peak_layer_dense_bytes)})",
+            (f"size: {_gib(self.dense_bytes)} dense -> {_gib(self.final_bytes)} loaded "
+             f"({self.dense_bytes / max(self.final_bytes, 1):.2f}x smaller), {self.quantized_layers} layers quantized"),
+            (f"peak model tensors while loading: {_gib(self.peak_tensor_bytes)} "
+             f"(largest dense block awaiting quantization: {_gib(self.peak_layer_dense_bytes)})"),
             f"peak memory ({self.peak_device_source or 'n/a'}): {_gib(self.peak_device_bytes)}",
             f"load time: {self.seconds:.1f} s",
         ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -200,6 +200,8 @@ def stream_quantized(model: nn.Module, source: TensorSource, quantizer, skip: tu
         report.peak_layer_dense_bytes = max(report.peak_layer_dense_bytes, tensor_bytes(layers[index]))
         if quantizer is not None:
             quantize_part(model, prefix, quantizer, skip, errors)
+        for name in [n for n in groups if n.startswith(prefix + ".")]:
+            del groups[name]  # its owners include the replaced nn.Linear: keeping them keeps every dense weight alive
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise LoadError(f"These tensors were never filled: {', '.join(leftover[:5])}"

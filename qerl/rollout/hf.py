@@ -22,6 +22,13 @@ def _eos_ids(model: nn.Module, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+class _LastLogits:
+    """Stands in for a forward's output where the decode loop only reads `.logits[:, -1, :]`."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
 @ROLLOUT_BACKENDS.register()
 class HF(RolloutBackend):
     """Generates with the policy itself (quantized layers, LoRA and AQN noise active), batched with a KV cache.
@@ -40,6 +47,8 @@ class HF(RolloutBackend):
     def __init__(self, max_batch_rows: int = 64, fast: bool | None = None) -> None:
         if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
             raise ValueError(f"HF: max_batch_rows={max_batch_rows!r} must be an int >= 1 (rollout.init_args.max_batch_rows).")
+        if fast not in (None, True, False):
+            raise ValueError(f"HF: fast={fast!r} must be true, false or null (rollout.init_args.fast).")
         self.max_batch_rows = max_batch_rows
         self.fast = fast
         self._fast_engine = None
@@ -91,13 +100,23 @@ class HF(RolloutBackend):
                 self._fast_engine = FastEngine(self)
             return self._fast_engine.generate_rows(rows, sampling, generator, device)
         lm = causal_lm(self.policy)
-        ids, mask = self._left_pad(rows, device)
-        prompt_ids, prompt_mask = ids, mask
-        batch = ids.shape[0]
-        eos = torch.tensor(self.eos_ids or [-1], device=device)
+        unique, index = [], []  # a group's rows repeat one prompt: prefill it once, then share its KV cache
+        for row in rows:
+            if not unique or unique[-1] != row:
+                unique.append(row)
+            index.append(len(unique) - 1)
+        index = torch.tensor(index, device=device)
+        ids, mask = self._left_pad(unique, device)
         out = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
                  logits_to_keep=1)
         cache = out.past_key_values
+        if len(unique) < len(rows):
+            cache.batch_select_indices(index)
+            out = _LastLogits(out.logits[:, -1:, :][index])
+        ids, mask = ids[index], mask[index]
+        prompt_ids, prompt_mask = ids, mask
+        batch = ids.shape[0]
+        eos = torch.tensor(self.eos_ids or [-1], device=device)
         next_pos = mask.sum(dim=1, keepdim=True)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)

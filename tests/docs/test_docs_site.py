@@ -75,8 +75,7 @@ def test_plots_draw_every_registered_format_and_schedule():
     exp = NOISE_SCHEDULERS.get("Exponential")()
     sigmas = aqn.sigmas(exp, 100)
     assert sigmas[0] == 0.0 and sigmas[10] == pytest.approx(1e-2) and sigmas[-1] == pytest.approx(1e-4)
-    assert aqn.render_png()[:8] == PNG_MAGIC
-    assert formats.render_png()[:8] == PNG_MAGIC
+    assert aqn.render_png()[:8] == PNG_MAGIC  # the formats plot is drawn by the site build (slow test above)
 
 
 def test_level_curve_is_the_e2m1_grid_for_nvfp4():

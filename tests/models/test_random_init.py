@@ -19,9 +19,9 @@ QWEN25 = {
 }
 # a Qwen2.5-0.5B-like config scaled down (4 layers, small vocab): layers dominate, so streaming matters,
 # and CPU tests stay quick
-HALF_B = dict(config="qwen2.5-0.5b", overrides={"num_hidden_layers": 4, "vocab_size": 512, "hidden_size": 256,
-                                                "intermediate_size": 1024, "num_attention_heads": 4},
-              tokenizer="bytes")
+HALF_B = {"config": "qwen2.5-0.5b", "tokenizer": "bytes",
+          "overrides": {"num_hidden_layers": 4, "vocab_size": 512, "hidden_size": 256, "intermediate_size": 1024,
+                        "num_attention_heads": 4}}
 
 
 @pytest.mark.parametrize("name", sorted(QWEN25))

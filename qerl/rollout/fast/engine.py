@@ -9,10 +9,13 @@ smaller batch. The same code runs without graphs on CPU, which is how CI tests i
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from qerl.rollout.fast.forward import prefill
 from qerl.rollout.fast.layout import decoder_layout, weights_fingerprint
+from qerl.rollout.fast.lora import LoraPack
 from qerl.rollout.fast.state import DecodeState
 from qerl.rollout.fast.step import SampleSpec, StepRunner, full_step, sample_record
 from qerl.types import SamplingConfig
@@ -43,13 +46,20 @@ class FastEngine:
     """
 
     def __init__(self, backend, use_graphs: bool | None = None, check_every: int = 16, length_bucket: int = 256):
-        self.backend = backend
+        self._backend = weakref.ref(backend)  # the backend holds the engine: no cycle keeping the policy alive
         self.use_graphs = use_graphs
         self.check_every = check_every
         self.length_bucket = length_bucket
         self.state: DecodeState | None = None
         self.runner: StepRunner | None = None
         self.eos_ids: list[int] | None = None  # None: the backend's; [] ignores EOS (benchmarks)
+
+    @property
+    def backend(self):
+        backend = self._backend()
+        if backend is None:
+            raise RuntimeError("FastEngine: its HF backend no longer exists; build a new engine.")
+        return backend
 
     def release(self) -> None:
         """Drop the KV cache and the captured graphs (they are rebuilt on the next call)."""
@@ -69,6 +79,7 @@ class FastEngine:
         eos_ids = hf.eos_ids if self.eos_ids is None else self.eos_ids
         eos = state.eos_tensor(eos_ids)
         spec = SampleSpec(float(sampling.temperature), float(sampling.top_p), hf.pad_id)
+        state.lora.refresh()  # the current adapter weights, into the buffers the graphs read
         state.reset(mask, hf.pad_id)
         prefill(layout, state, ids, mask)
 
@@ -119,6 +130,7 @@ class FastEngine:
             capacity = _round_up(needed, self.length_bucket)
             self.state = DecodeState(layout, batch, capacity, max_new)
             self.state.key = key
+            self.state.lora = LoraPack(layout)
             self.runner = StepRunner(graphs)
         return self.state
 

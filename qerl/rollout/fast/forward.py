@@ -9,6 +9,7 @@ import torch
 
 from qerl.rollout.fast.blocks import project, rms_norm, rope, rope_tables
 from qerl.rollout.fast.layout import DecoderLayout
+from qerl.rollout.fast.lora import run_group
 from qerl.rollout.fast.state import DecodeState
 
 
@@ -35,9 +36,9 @@ def _layer(layout: DecoderLayout, i: int, h: torch.Tensor, cos, sin, state: Deco
     b, t, _ = h.shape
     x = rms_norm(lv.input_norm, h)
     casts: dict = {}
-    q = project(lv.q, x, casts).view(b, t, -1, layout.head_dim).transpose(1, 2)
-    k = project(lv.k, x, casts).view(b, t, -1, layout.head_dim).transpose(1, 2)
-    v = project(lv.v, x, casts).view(b, t, -1, layout.head_dim).transpose(1, 2)
+    pack = state.lora.layers[i]
+    q, k, v = (y.view(b, t, -1, layout.head_dim).transpose(1, 2)
+               for y in run_group(pack["qkv"], [lv.q, lv.k, lv.v], x, casts))
     if lv.q_norm is not None:
         q, k = rms_norm(lv.q_norm, q), rms_norm(lv.k_norm, k)
     q, k = rope(q, cos, sin), rope(k, cos, sin)
@@ -45,11 +46,10 @@ def _layer(layout: DecoderLayout, i: int, h: torch.Tensor, cos, sin, state: Deco
     write(kc, k)
     write(vc, v)
     out = attend(q, kc[:, :, :keys], vc[:, :, :keys], mask, layout.scaling)
-    h = h + project(lv.o, out.transpose(1, 2).reshape(b, t, -1), {})
+    h = h + run_group(pack["o"], [lv.o], out.transpose(1, 2).reshape(b, t, -1), {})[0]
     x = rms_norm(lv.post_norm, h)
-    casts = {}
-    act = lv.act(project(lv.gate, x, casts)).mul_(project(lv.up, x, casts))
-    return h + project(lv.down, act, {})
+    gate, up = run_group(pack["gate_up"], [lv.gate, lv.up], x, {})
+    return h + run_group(pack["down"], [lv.down], lv.act(gate).mul_(up), {})[0]
 
 
 def _logits(layout: DecoderLayout, h_last: torch.Tensor) -> torch.Tensor:

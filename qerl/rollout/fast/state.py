@@ -40,6 +40,7 @@ class DecodeState:
         self.graphs: dict[tuple, object] = {}
         self._eos: dict[tuple, torch.Tensor] = {}
         self.key: tuple | None = None
+        self.lora = None  # a LoraPack, set by the engine
 
     def eos_tensor(self, eos_ids: list[int]) -> torch.Tensor:
         """The EOS ids as a device tensor kept alive with the graphs that read it ([-1]: none)."""

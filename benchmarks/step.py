@@ -1,0 +1,255 @@
+"""One full GRPO step on one GPU: rollout, scoring, log-probs, backward, optimizer - Qwen2.5 7B/14B/32B shapes.
+
+Random weights (speed and memory do not depend on values), quantized on load (streamed, never a full bf16
+copy), LoRA r32 on all 7 projections, group 8, prompt 256 tokens, EOS ignored (every completion is `new`
+tokens long), temperature 1. The step runs the same pieces `QeRLModule` runs (the `HF` backend with its fast
+engine, its `release_memory` between rollout and update, `qerl.update.accumulate_gradients` with the chunked
+log-prob head, GRPO advantages and loss, gradient clipping, AdamW over the LoRA parameters), driven without a
+Lightning Trainer so a 32B step needs nothing else. The reward is a real per-token computation on the sampled
+ids (share of even ids), so advantages are non-zero and every micro-batch back-propagates.
+
+Row spec: model:format:batch:new[:steps], format nvfp4|mxfp4|nf4|bf16; batch = completions per step (group
+min(8, batch)). Each row: load (timed: `load_s` is the quantize-on-load time), then `steps` steps (default 2:
+the first pays CUDA-graph capture and Triton compiles, the last is reported). Micro-batch: `--micro-batch auto`
+(default) picks it from free memory with `qerl.memory.auto_micro_batch`; gradient checkpointing on by default.
+Columns: peak = max allocated over the step; est = `qerl.memory` estimate; rollout share; tokens/s = batch x
+new / step time; train TFLOP/s = (fwd + input-grad [+ recompute]) matmul FLOPs / training-phase time.
+OOM is a result (`torch.cuda.OutOfMemoryError` is caught and reported). Rows starting after --budget-s are
+listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every row; prints the table last.
+
+    PYTHONPATH=. python benchmarks/step.py --rows 32b:nvfp4:8:512 7b:nvfp4:8:512 7b:bf16:8:512 --budget-s 200
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
+STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
+QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
+PRESET = {"7b": "qwen2.5-7b", "14b": "qwen2.5-14b", "32b": "qwen2.5-32b", "tiny": "tiny"}
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(model: str, fmt: str, device: str, checkpointing: bool):
+    from qerl.logprobs import causal_lm
+    from qerl.models.random_init import RandomInit
+    from qerl.quantizers.lora import apply_lora
+
+    loader = RandomInit(PRESET[model], tokenizer="bytes")
+    sync()
+    t0 = time.perf_counter()
+    policy, tok = loader.load(quantizer=QUANT[fmt], dtype="bfloat16", device=device)
+    sync()
+    load_s = time.perf_counter() - t0
+    policy = apply_lora(policy, rank=32, alpha=64.0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero; fill it so the adapter changes every output
+            torch.nn.init.normal_(p, std=1e-3)
+    if checkpointing:
+        causal_lm(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    return policy, tok, loader.hf_config(), load_s
+
+
+def train_flops(cfg, rows: int, seq: int, new: int, checkpointing: bool) -> float:
+    """Matmul FLOPs of the training phase: forward + input gradient (frozen base; LoRA terms ignored) over all
+    positions, LM head on completion positions, causal attention; plus one more forward with checkpointing."""
+    from qerl.memory import ModelShape
+
+    s = ModelShape.from_config(cfg)
+    tokens = rows * seq
+    linear = 2 * s.layer_linear_params() * s.layers * tokens + 2 * s.vocab * s.hidden * rows * new
+    attention = 2 * s.layers * rows * seq * seq * s.hidden  # QK^T and PV, causal half, forward
+    forward = linear + attention
+    return forward * (2 + (1 if checkpointing else 0))
+
+
+def synthetic_rollout(prompt_ids, cfg, policy):
+    """Random completions of full length in place of sampling (`--synthetic-rollout`): measures the training
+    phase's memory and time only (the KV cache, 9.7 GB at 32B x 16 x 2304, is far below the training peak)."""
+    from qerl.types import Rollout
+
+    device = next(policy.parameters()).device
+    rows, n = len(prompt_ids) * cfg.n, cfg.max_new_tokens
+    prompts = torch.tensor(prompt_ids, device=device).repeat_interleave(cfg.n, dim=0)
+    from qerl.logprobs import causal_lm
+
+    completion = torch.randint(3, min(40000, causal_lm(policy).config.vocab_size), (rows, n), device=device)
+    return Rollout(prompt_ids=prompts, prompt_mask=torch.ones_like(prompts), completion_ids=completion,
+                   completion_mask=torch.ones_like(completion), logprobs=torch.zeros(rows, n, device=device),
+                   texts=[""] * rows, group_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(cfg.n),
+                   truncated=torch.ones(rows, dtype=torch.bool, device=device), group_size=cfg.n)
+
+
+def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
+    from qerl.update import TrainBatch, accumulate_gradients, clip_gradients
+
+    phases = {}
+    sync()
+    t0 = time.perf_counter()
+    rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
+    if backend is not None:
+        backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
+    sync()
+    phases["rollout"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
+    rewards = even / rollout.completion_mask.sum(1).clamp(min=1)
+    advantages = algorithm.advantages(rewards, rollout.group_size)
+    sync()
+    phases["score"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages), micro_batch, cfg.temperature,
+                                  lambda loss: loss.backward())
+    clip_gradients(params, 1.0)
+    opt.step()
+    sync()
+    phases["train"] = time.perf_counter() - t2
+    phases["step"] = time.perf_counter() - t0
+    return {"phases": phases, "finite": result.finite, "loss": result.metrics.get("loss"),
+            "completion_tokens": int(rollout.completion_mask.sum())}
+
+
+def run_row(spec: dict, args) -> dict:
+    from qerl.algorithms import GRPO
+    from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
+    from qerl.rollout import HF
+    from qerl.rollout.fast import FastEngine
+    from qerl.types import SamplingConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = dict(spec)
+    model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
+    STAGE["now"] = "load"
+    policy, tok, hf_cfg, load_s = build(model, fmt, device, not args.no_checkpointing)
+    row["load_s"] = round(load_s, 1)
+    if device == "cuda":
+        row["after_load_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)
+    STAGE["now"] = "step"
+    shape = ModelShape.from_config(hf_cfg)
+    run = RunShape(rows=batch, prompt_len=PROMPT, response_len=new, micro_batch=batch, rollout_rows=batch,
+                   gradient_checkpointing=not args.no_checkpointing)
+    bits = weight_bits(QUANT[fmt])
+    if args.micro_batch == "auto":
+        free = free_device_memory(device)
+        allocated = torch.cuda.memory_allocated() if device == "cuda" else 0
+        budget = (free + allocated) * 0.95 if free is not None else float("inf")
+        micro = auto_micro_batch(shape, run, budget, quant_bits=bits)
+    else:
+        micro = int(args.micro_batch)
+    from dataclasses import replace
+
+    estimate = estimate_memory(shape, replace(run, micro_batch=micro), quant_bits=bits)
+    row.update(micro_batch=micro, est_peak_gb=round(estimate.peak / 1e9, 2), estimate=estimate.as_dict())
+    print(estimate.table(), flush=True)
+    group = min(GROUP, batch)
+    gen = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(3, 259 if model == "tiny" else 40000, (batch // group, PROMPT), generator=gen).tolist()
+    cfg = SamplingConfig(n=group, temperature=1.0, top_p=1.0, max_new_tokens=new, seed=0)
+    backend = None
+    if not args.synthetic_rollout:
+        backend = HF(max_batch_rows=batch)
+        backend.setup(policy, tok)
+        backend._fast_engine = FastEngine(backend)
+        backend._fast_engine.eos_ids = []  # ignore EOS: every completion is `new` tokens
+    row["rollout"] = "synthetic (training phase only)" if args.synthetic_rollout else "HF fast engine"
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.99))
+    algorithm = GRPO()
+    algorithm.configure(cfg)
+    steps = []
+    for _ in range(spec.get("steps", 2)):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro)
+        out["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if device == "cuda" else None
+        if device == "cuda":
+            row["after_step_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)  # weights + LoRA, grads, AdamW
+        steps.append(out)
+        print(f"  step: {out['phases']} peak {out['peak_gb']} GB", flush=True)
+    last = steps[-1]
+    ph = last["phases"]
+    flops = train_flops(hf_cfg, batch, PROMPT + new, new, not args.no_checkpointing)
+    row.update(status="ok", peak_gb=max(s["peak_gb"] or 0 for s in steps), step_s=round(ph["step"], 2),
+               first_step_s=round(steps[0]["phases"]["step"], 2), rollout_s=round(ph["rollout"], 2),
+               train_s=round(ph["train"], 2), rollout_share=round(ph["rollout"] / ph["step"], 3),
+               tokens_per_s=round(batch * new / ph["step"], 1), rollout_tok_s=round(batch * new / ph["rollout"], 1),
+               train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
+               completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3))
+    row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)
+    row["est_vs_peak"] = round(row["est_peak_gb"] / row["peak_gb"], 3) if row["peak_gb"] else None
+    del policy, backend, opt
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'model':<5}{'fmt':<7}{'batch':>6}{'new':>6}{'mb':>4}{'load s':>8}{'peak GB':>9}{'est GB':>8}"
+            f"{'step s':>8}{'1st s':>7}{'rollout':>8}{'tok/s':>8}{'TFLOP/s':>9}  status")
+    lines = [head]
+    for r in rows:
+        def f(key, fmt="{}", r=r):
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+        lines.append(f"{r['model']:<5}{r['format']:<7}{r['batch']:>6}{r['new']:>6}{f('micro_batch'):>4}{f('load_s'):>8}"
+                     f"{f('peak_gb'):>9}{f('est_peak_gb'):>8}{f('step_s'):>8}{f('first_step_s'):>7}"
+                     f"{f('rollout_share', '{:.0%}'):>8}{f('tokens_per_s'):>8}{f('train_tflops'):>9}  {r['status']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="*", default=["32b:nvfp4:8:512", "7b:nvfp4:8:512", "7b:bf16:8:512",
+                                                      "32b:nvfp4:16:2048:1"])
+    parser.add_argument("--budget-s", type=float, default=1e9, help="rows starting after this many seconds are not run")
+    parser.add_argument("--micro-batch", default="auto")
+    parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument("--synthetic-rollout", action="store_true",
+                        help="random full-length completions instead of sampling: training-phase memory/time only")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    specs = []
+    for text in args.rows:
+        parts = text.split(":")
+        if len(parts) not in (4, 5) or parts[0] not in PRESET or parts[1] not in QUANT:
+            raise SystemExit(f"--rows {text!r}: expected model:format:batch:new[:steps], model in {list(PRESET)}, "
+                             f"format in {list(QUANT)}, e.g. 32b:nvfp4:8:512")
+        specs.append({"model": parts[0], "format": parts[1], "batch": int(parts[2]), "new": int(parts[3]),
+                      "steps": int(parts[4]) if len(parts) == 5 else 2})
+    card = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
+    path = os.path.join(args.out, f"step-{card}-{datetime.date.today().isoformat()}.json")
+    start, rows = time.perf_counter(), []
+    for spec in specs:
+        if time.perf_counter() - start > args.budget_s:
+            rows.append(dict(spec, status="not run (time budget)"))
+        else:
+            try:
+                rows.append(run_row(spec, args))
+            except torch.OutOfMemoryError as exc:
+                rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:120]))
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        os.makedirs(args.out, exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                       "prompt": PROMPT, "group": GROUP, "rows": rows}, fh, indent=1)
+    print(table(rows))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

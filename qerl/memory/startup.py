@@ -1,0 +1,73 @@
+"""The memory plan of a `QeRLModule` at start-up: printed once the policy is built, with a warning when the run
+will not fit the device, and `micro_batch_size: auto` resolved to the largest micro-batch that fits."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qerl.memory.estimate import (
+    MemoryEstimate,
+    ModelShape,
+    RunShape,
+    auto_micro_batch,
+    check_fits,
+    estimate_memory,
+    weight_bits,
+)
+
+#: prompt length assumed when the datamodule sets no `max_prompt_tokens`
+DEFAULT_PROMPT_TOKENS = 256
+#: share of the device's memory (free + already held by this process) a plan may use
+HEADROOM = 0.92
+
+
+def run_shape(module, datamodule=None) -> RunShape:
+    """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`)."""
+    prompts = int(getattr(datamodule, "batch_size", 1) or 1) * int(getattr(module, "batches_per_step", 1))
+    prompt_len = getattr(datamodule, "max_prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
+    rows = prompts * int(module.sampling.n)
+    lora = module.lora
+    micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
+    return RunShape(rows=rows, prompt_len=int(prompt_len), response_len=int(module.sampling.max_new_tokens),
+                    micro_batch=micro, rollout_rows=int(getattr(module.rollout, "max_batch_rows", rows) or rows),
+                    gradient_checkpointing=bool(module.gradient_checkpointing),
+                    lora_rank=int(lora.rank) if lora is not None else 0,
+                    lora_targets=tuple(lora.targets) if lora is not None else ())
+
+
+def device_budget(device) -> float | None:
+    """Bytes this process may plan for on a CUDA `device`: free memory plus what it already holds (the loaded
+    policy is part of the plan), times `HEADROOM`; None off CUDA."""
+    import torch
+
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return (free + torch.cuda.memory_allocated(device)) * HEADROOM
+
+
+def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print) -> MemoryEstimate | None:
+    """Estimate `module`'s peak (its policy must be built), resolve `micro_batch_size="auto"`, print the plan
+    and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`)."""
+    from qerl.logprobs import causal_lm
+
+    try:
+        shape = ModelShape.from_config(causal_lm(module.model).config)
+    except (AttributeError, TypeError) as exc:  # not a decoder-only config with the usual attribute names
+        echo(f"qerl: no memory plan for {type(causal_lm(module.model)).__name__}: its config lacks {exc}.")
+        return None
+    bits = weight_bits(module.quantizer)
+    dtype_bytes = 4 if module.dtype_name in ("float32", "fp32") else 2
+    run = run_shape(module, datamodule)
+    budget = budget if budget is not None else device_budget(module.device)
+    if module.micro_batch_size == "auto":
+        module.micro_batch_size = (auto_micro_batch(shape, run, budget, bits, dtype_bytes) if budget is not None
+                                   else run.rows)
+        echo(f"qerl: micro_batch_size auto -> {module.micro_batch_size} "
+             f"({'fits the device budget' if budget is not None else 'no CUDA device: all rows at once'})")
+    run = replace(run, micro_batch=module.micro_batch_size)
+    estimate = estimate_memory(shape, run, bits, dtype_bytes)
+    echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
+         f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
+         f"{bits:.2f} bits/weight)")
+    check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
+    return estimate
