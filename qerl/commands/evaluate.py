@@ -83,7 +83,7 @@ def dataset_module(args):
     except RegistryError as exc:
         raise DatasetError(f"--dataset {args.dataset!r}: {exc.args[0]} (also: {', '.join(DATASET_ALIASES)}).") from None
     kwargs = {"limit": args.limit, "prompt_template": args.prompt_template,
-                  "system_prompt": None if args.system_prompt.lower() == "none" else args.system_prompt}
+              "system_prompt": None if args.system_prompt.lower() == "none" else args.system_prompt}
     if args.data_path is not None:
         if not os.path.isfile(args.data_path):
             raise DatasetError(f"--data_path {args.data_path!r}: no such file.")
@@ -156,12 +156,12 @@ def run(args) -> dict:
     records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size)
     summary = summarize(records, totals)
     run_info = {"model": name, "quantizer": type(quantizer).__name__ if quantizer else None, "dtype": args.dtype,
-                    "device": device, "adapter": dataclasses.asdict(adapter) if adapter else None,
-                    "dataset": type(module).__name__, "split": args.split, "limit": args.limit, "reward": reward.name,
-                    "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
-                    "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
-                    "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__, "seed": args.seed,
-                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
+                "device": device, "adapter": dataclasses.asdict(adapter) if adapter else None,
+                "dataset": type(module).__name__, "split": args.split, "limit": args.limit, "reward": reward.name,
+                "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
+                "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__, "seed": args.seed,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
     output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary_path, completions_path = write_report(output_dir, summary, records, run_info)
     print(format_table(summary, run_info))
