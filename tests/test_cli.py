@@ -120,7 +120,7 @@ BAD_RECIPES = {
     "unknown_dataset": (edited(data__class_path="Arithmetc"), ["unknown class 'Arithmetc' for 'data'", "'Arithmetic'"]),
     "typo_init_arg": (edited(data__init_args={"batchsize": 2}),
                       ["unknown key 'batchsize' under 'data'", "Arithmetic arguments:", "Did you mean 'batch_size'"]),
-    "wrong_type": (edited(model__micro_batch_size="four"), ["'model.micro_batch_size' must be int, got 'four'"]),
+    "wrong_type": (edited(model__batches_per_step="four"), ["'model.batches_per_step' must be int, got 'four'"]),
     "missing_required": (edited(model__algorithm=None), ["missing required key(s): model.algorithm"]),
 }
 
