@@ -31,7 +31,7 @@ from qerl.quality import agreement, chat_prompts, dequantized_copy, final_number
 from qerl.quantizers import MXFP4, NF4, NVFP4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GSM8K = os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl")
+GSM8K = os.path.join(ROOT, "qerl", "data", "files", "gsm8k", "test.jsonl")  # shipped with the package
 INSTRUCTION = "\nSolve it step by step and end with the final number."
 FORMATS = {"NVFP4": NVFP4, "NF4": NF4, "MXFP4 (floor, OCP)": MXFP4, "MXFP4 (ceil)": lambda: MXFP4(rounding="ceil"),
            "NF4 (double quant)": lambda: NF4(double_quant=True)}

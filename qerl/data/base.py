@@ -180,13 +180,15 @@ class PromptDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None:
-            log.warning("%s: no tokenizer was set; prompts are plain text without a chat template.",
-                        type(self).__name__)
+        """Nothing to do: rows are read and formatted lazily, once the module has set the tokenizer."""
 
     def _loader(self, split: str, shuffle: bool):
         import torch
         from torch.utils.data import DataLoader
+
+        if self.tokenizer is None:  # Lightning sets up the data before the module hands over its tokenizer
+            log.warning("%s: no tokenizer was set; prompts are plain text without a chat template.",
+                        type(self).__name__)
 
         rows = self.prepared(split)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
