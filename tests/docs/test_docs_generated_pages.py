@@ -3,12 +3,14 @@ is in the recipes table, every results file is on the benchmarks page (and missi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from benchmarks_page import SECTIONS, benchmarks_page
-from conftest import ROOT
 from recipes_table import read_recipe, read_recipes, recipes_page
 from registry_pages import anchor, escape_html, page_path, reference_index, registry_pages
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 SCRIPTS = ROOT / "docs" / "scripts"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

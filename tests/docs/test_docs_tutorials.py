@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from docs_blocks import blocks, included_files, recipes_named
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 
 DOCS = ROOT / "docs"
 #: the hand-written pages of the docs site itself (other parts of the project own vllm.md and the like)
