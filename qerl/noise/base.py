@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 
 class NoiseSchedule(ABC):
@@ -83,6 +84,21 @@ def check_progress(owner: str, step: int, total_steps: int) -> None:
 def stage_of(step: int, total_steps: int, num_stages: int) -> int:
     """The 0-based stage of `step`: `min(K - 1, floor(step * K / total_steps))`."""
     return min(num_stages - 1, (step * num_stages) // total_steps)
+
+
+def staged_decay(owner: str, step: int, total_steps: int, num_stages: int, start: float, end: float,
+                 curve: Callable[[float, float, float], float]) -> float:
+    """Sigma of a K-stage decay: 0 in stage 0, `curve(start, end, t)` after it, exactly `end` in the last stage.
+
+    `t = stage_progress(stage, K)` runs from 0 (stage 1: `curve` must give `start`) to 1; the last stage
+    returns `end` itself so no rounding of `curve` leaks into it.
+    """
+    check_progress(owner, step, total_steps)
+    stage = stage_of(step, total_steps, num_stages)
+    if stage == 0:
+        return 0.0
+    t = stage_progress(stage, num_stages)
+    return float(end) if t == 1.0 else curve(float(start), float(end), t)
 
 
 def stage_progress(stage: int, num_stages: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from qerl.noise.base import NoiseSchedule, check_decay, check_progress, stage_of, stage_progress
+from qerl.noise.base import NoiseSchedule, check_decay, staged_decay
 from qerl.registry import NOISE_SCHEDULERS
 
 
@@ -32,12 +32,5 @@ class Cosine(NoiseSchedule):
         check_decay("Cosine", self.sigma_start, self.sigma_end, self.num_stages)
 
     def sigma_at(self, step: int, total_steps: int) -> float:
-        check_progress("Cosine", step, total_steps)
-        stage = stage_of(step, total_steps, self.num_stages)
-        if stage == 0:
-            return 0.0
-        t = stage_progress(stage, self.num_stages)
-        start, end = float(self.sigma_start), float(self.sigma_end)
-        if t == 1.0:  # exact end point (cos(pi) leaves a rounding residue)
-            return end
-        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return staged_decay("Cosine", step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
+                            lambda start, end, t: end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t)))

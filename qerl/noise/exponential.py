@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qerl.noise.base import NoiseSchedule, check_decay, check_progress, stage_of, stage_progress
+from qerl.noise.base import NoiseSchedule, check_decay, check_progress, staged_decay
 from qerl.registry import NOISE_SCHEDULERS
 
 
@@ -40,11 +40,8 @@ class Exponential(NoiseSchedule):
             )
 
     def sigma_at(self, step: int, total_steps: int) -> float:
-        check_progress("Exponential", step, total_steps)
-        stage = stage_of(step, total_steps, self.num_stages)
-        if stage == 0 or self.sigma_start == 0:
+        if self.sigma_start == 0:
+            check_progress("Exponential", step, total_steps)
             return 0.0
-        t = stage_progress(stage, self.num_stages)
-        if t == 1.0:  # exact end point, free of pow() rounding
-            return float(self.sigma_end)
-        return float(self.sigma_start) * (float(self.sigma_end) / float(self.sigma_start)) ** t
+        return staged_decay("Exponential", step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
+                            lambda start, end, t: start * (end / start) ** t)

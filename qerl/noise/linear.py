@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qerl.noise.base import NoiseSchedule, check_decay, check_progress, stage_of, stage_progress
+from qerl.noise.base import NoiseSchedule, check_decay, staged_decay
 from qerl.registry import NOISE_SCHEDULERS
 
 
@@ -31,10 +31,5 @@ class Linear(NoiseSchedule):
         check_decay("Linear", self.sigma_start, self.sigma_end, self.num_stages)
 
     def sigma_at(self, step: int, total_steps: int) -> float:
-        check_progress("Linear", step, total_steps)
-        stage = stage_of(step, total_steps, self.num_stages)
-        if stage == 0:
-            return 0.0
-        t = stage_progress(stage, self.num_stages)
-        start, end = float(self.sigma_start), float(self.sigma_end)
-        return end if t == 1.0 else start + (end - start) * t
+        return staged_decay("Linear", step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
+                            lambda start, end, t: start + (end - start) * t)
