@@ -44,12 +44,19 @@ def cell(text: str) -> str:
 
 
 def init_parameters(cls: type) -> list[inspect.Parameter]:
-    """The parameters a recipe's `init_args` may set (self, *args and **kwargs left out)."""
+    """The parameters a recipe's `init_args` may set (self and *args left out; `**kwargs` forwarded to the
+    base class's `__init__` is followed, as LightningCLI does)."""
     try:
         params = list(inspect.signature(cls).parameters.values())
     except (TypeError, ValueError):
         return []
-    return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    own = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        base = next((k for k in cls.__mro__[1:] if "__init__" in vars(k)), None)
+        if base is not None and base is not object:
+            names = {p.name for p in own}
+            own += [p for p in init_parameters(base) if p.name not in names]
+    return own
 
 
 def inherited_arg_docs(cls: type) -> dict[str, str]:

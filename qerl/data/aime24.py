@@ -16,21 +16,9 @@ class AIME24(PromptDataModule):
     Pair with `MathAccuracy`. Other arguments: see `PromptDataModule`.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 8,
-        seed: int = 0,
-        system_prompt: str | None = None,
-        prompt_template: str = "{question}",
-        max_prompt_tokens: int | None = None,
-        on_too_long: str = "skip",
-        limit: int | None = None,
-        val_size: int | None = None,
-        val_split: float | None = None,
-        path: str = shipped("aime24/test.jsonl"),
-    ) -> None:
-        super().__init__(batch_size, seed, system_prompt, prompt_template, max_prompt_tokens, on_too_long, limit,
-                         val_size, val_split)
+    def __init__(self, path: str = shipped("aime24/test.jsonl"), **kwargs) -> None:
+        """`path`: the jsonl file (default: the shipped copy); `**kwargs`: see `PromptDataModule`."""
+        super().__init__(**kwargs)
         self.path = path
 
     def load_rows(self, split: str) -> list[PromptRow]:
