@@ -15,22 +15,10 @@ class GSM8K(PromptDataModule):
     the test file. Pair with `GSM8KAccuracy`. Other arguments: see `PromptDataModule`.
     """
 
-    def __init__(
-        self,
-        batch_size: int = 8,
-        seed: int = 0,
-        system_prompt: str | None = None,
-        prompt_template: str = "{question}",
-        max_prompt_tokens: int | None = None,
-        on_too_long: str = "skip",
-        limit: int | None = None,
-        val_size: int | None = None,
-        val_split: float | None = None,
-        train_path: str = shipped("gsm8k/train.jsonl"),
-        test_path: str = shipped("gsm8k/test.jsonl"),
-    ) -> None:
-        super().__init__(batch_size, seed, system_prompt, prompt_template, max_prompt_tokens, on_too_long, limit,
-                         val_size, val_split)
+    def __init__(self, train_path: str = shipped("gsm8k/train.jsonl"), test_path: str = shipped("gsm8k/test.jsonl"),
+                 **kwargs) -> None:
+        """`train_path`/`test_path`: jsonl files (default: the shipped copies); `**kwargs`: see `PromptDataModule`."""
+        super().__init__(**kwargs)
         self.train_path, self.test_path = train_path, test_path
 
     def load_rows(self, split: str) -> list[PromptRow]:
