@@ -80,8 +80,8 @@ def make_layers(fmt: str, k: int, n: int):
     return layer, weights, g, packed
 
 
-GEMV_CONFIGS = {"n128g8w4": {"BLOCK_N": 128, "NG": 8, "num_warps": 4, "num_stages": 3},
-                "n64g4w4": {"BLOCK_N": 64, "NG": 4, "num_warps": 4, "num_stages": 3}}
+GEMV_CONFIGS = {"n256g2w4": {"BLOCK_N": 256, "NG": 2, "num_warps": 4},
+                "n128g2w4": {"BLOCK_N": 128, "NG": 2, "num_warps": 4}}
 
 
 def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
@@ -145,6 +145,70 @@ def bench_shape(fmt, name, k, n, ms, passes, fused_max_m):
             rows.append(dict(format=fmt, shape=name, K=k, N=n, M=m, **{"pass": "fwd+dgrad"}, us=round(us, 2),
                              bf16_us=round(bf, 2), speedup=round(bf / us, 3), time_ratio=round(us / bf, 3)))
     return rows
+
+
+GEMV_VARIANT_CONFIGS = {"n256g2w4": {"BLOCK_N": 256, "NG": 2, "num_warps": 4},
+                        "n128g2w4": {"BLOCK_N": 128, "NG": 2, "num_warps": 4},
+                        "n512g2w8": {"BLOCK_N": 512, "NG": 2, "num_warps": 8},
+                        "n256g2w4k1": {"BLOCK_N": 256, "NG": 2, "num_warps": 4, "SPLIT_K": 1}}
+GEMV_VARIANT_SHAPES = ("32b.gate_up", "32b.down", "8192", "7b.gate_up")
+
+
+def bench_gemv_variants(fmt, name, k, n, ms) -> list:
+    """Forward only: gemv (a few configs), the fused tensor-core kernel and cuBLAS bf16, all timed the same
+    way in this process; one record per (kernel, config), field "kernel"."""
+    from qerl.kernels import fused, gemv
+    from qerl.kernels.formats import FORMAT_IDS
+
+    fid = FORMAT_IDS[fmt]
+    layer, weights, g, packed = make_layers(fmt, k, n)
+    block = layer.block_size
+    w32 = layer.dequantize(torch.float32)
+    bf_copies = [w32.to(torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+    del w32
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+        ref = x.float() @ layer.dequantize(torch.float32).T
+        cands = {("cublas_bf16", ""): [lambda wb=wb: F.linear(x, wb) for wb in bf_copies],
+                 ("fused", ""): [lambda c=c, s=s: fused.fused_linear(x, c, s, g, fid, block, None) for c, s in weights]}
+        for cname, cfg in GEMV_VARIANT_CONFIGS.items():
+            cands[("gemv", cname)] = [lambda c=c, s=s, cfg=cfg: gemv.gemv_linear(x, c, s, g, fid, block, None, config=cfg)
+                                      for c, s in weights]
+        res = {}
+        for (kern, cname), calls in cands.items():
+            try:
+                out = calls[0]()
+                err = ((out.float() - ref).norm() / ref.norm()).item()
+                us = time_graph(calls, max(len(calls), 20))
+            except Exception as exc:  # noqa: BLE001 - a config that does not compile is recorded, not fatal
+                rows.append({"format": fmt, "shape": name, "K": k, "N": n, "M": m, "kernel": kern, "config": cname,
+                             "error": str(exc)[:300]})
+                continue
+            res[(kern, cname)] = us
+            nbytes = (n * k * 2 if kern == "cublas_bf16" else packed) + (m * k + m * n) * 2
+            rows.append({"format": fmt, "shape": name, "K": k, "N": n, "M": m, "kernel": kern, "config": cname,
+                         "us": round(us, 2), "tbps": round(nbytes / us / 1e6, 3), "rel_err": float(f"{err:.3g}")})
+        bf = res.get(("cublas_bf16", ""))
+        for r in rows:
+            if r["M"] == m and r["shape"] == name and r["format"] == fmt and "us" in r and bf:
+                r["x_bf16"] = round(bf / r["us"], 3)
+        line = " ".join(f"{kk}{'/' + c if c else ''}={v:.1f}" for (kk, c), v in res.items())
+        print(f"{fmt} {name} M={m}: {line}", flush=True)
+    del layer, weights, bf_copies
+    torch.cuda.empty_cache()
+    return rows
+
+
+def gemv_table(rows) -> str:
+    lines = [f"{'fmt':6} {'shape':12} {'M':>3} {'kernel':12} {'config':11} {'us':>8} {'x_bf16':>7} {'TB/s':>6} {'err':>8}"]
+    for r in rows:
+        if "us" not in r:
+            lines.append(f"{r['format']:6} {r['shape']:12} {r['M']:>3} {r['kernel']:12} {r['config']:11} error: {r['error'][:60]}")
+            continue
+        lines.append(f"{r['format']:6} {r['shape']:12} {r['M']:>3} {r['kernel']:12} {r['config']:11} {r['us']:>8.1f} "
+                     f"{r.get('x_bf16', float('nan')):>7.2f} {r['tbps']:>6.2f} {r['rel_err']:>8.2g}")
+    return "\n".join(lines)
 
 
 FWD_CANDIDATES = [{"BLOCK_N": 128, "NG": 8, "num_warps": 8, "num_stages": 3}, {"BLOCK_N": 64, "NG": 8, "num_warps": 4, "num_stages": 4},
@@ -221,6 +285,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new shapes after this many seconds")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tune", action="store_true", help="first pick tile configs per format and M bucket")
+    ap.add_argument("--gemv-variants", action="store_true",
+                    help="instead: forward gemv configs / fused / cuBLAS bf16 at small M on --shapes "
+                         "(default here: the GEMV target shapes) and --ms (default here: 1,2,4,8,16)")
     args = ap.parse_args()
     torch.manual_seed(0)
     card = torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
@@ -232,6 +299,26 @@ def main() -> None:
 
     meta["triton"] = triton.__version__
     t0 = time.time()
+    if args.gemv_variants:
+        shapes = args.shapes.split(",") if args.shapes != ",".join(SHAPES) else list(GEMV_VARIANT_SHAPES)
+        ms = [int(v) for v in args.ms.split(",")] if args.ms != "1,4,16,64,256,1024,4096" else [1, 2, 4, 8, 16]
+        path = os.path.join(args.out, f"kernels-gemv-{card}-{datetime.date.today().isoformat()}.json")
+        rows, skipped = [], []
+        for name in shapes:
+            for fmt in args.formats.split(","):
+                if time.time() - t0 > args.budget_s:
+                    skipped.append(f"{fmt}:{name}")
+                    continue
+                k, n = SHAPES[name]
+                rows += bench_gemv_variants(fmt, name, k, n, ms)
+                with open(path, "w") as fh:
+                    json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
+                print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
+        with open(path, "w") as fh:
+            json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
+        print(json.dumps(meta), "skipped:", skipped)
+        print(gemv_table(rows))
+        return
     if args.tune:
         meta["tuning"] = tune(args.formats.split(","))
         from qerl.kernels import dgrad, fused

@@ -1,7 +1,7 @@
 """The Benchmarks page, generated from `benchmarks/results/*.json` at build time.
 
 Each results file belongs to a section by its name prefix (`kernels-`, `rollout-`, `step-`,
-`quant-quality-`, `rewards-`; anything else lands under "Other results"). Kernel files get a pivot
+`quant-quality-`, `learning-`, `rewards-`; anything else lands under "Other results"). Kernel files get a pivot
 table (speed-up over cuBLAS bf16 by M); every other file is shown as a table of its rows, so a new
 benchmark shows up without changes here. A section with no file says "not yet measured".
 """
@@ -19,6 +19,9 @@ SECTIONS = (  # (file name prefix, title, what it measures, the script that writ
     ("step-", "Training steps", "Seconds and peak memory per RL step, end to end.", "benchmarks/step.py"),
     ("quant-quality-", "Quantization quality", ("How far each 4-bit format moves a real model "
      "(weight error, same greedy answers, perplexity)."), "benchmarks/quant_quality.py"),
+    ("learning-", "Learning runs", ("GRPO runs of the real SmolLM2 side by side (NVFP4 / bf16 LoRA, AQN on "
+     "and off): accuracy and entropy early and late, held-out accuracy before and after. Curves: "
+     "[Evidence of learning](learning.md)."), "benchmarks/learning.py"),
     ("rewards-", "Reward checkers", "Answers per second and verdict quality of the reward functions.",
      "benchmarks/rewards.py"),
 )

@@ -41,7 +41,8 @@ OPTIONAL_PAGES = {
     "rewards-and-datasets.md": ("Rewards and datasets", "the rewards and datasets work",
                                 "reference/rewards.md"),
 }
-PLOTS = {"img/formats-error.png": "plot_formats", "img/aqn-schedules.png": "plot_aqn"}
+PLOTS = {"img/formats-error.png": "plot_formats", "img/aqn-schedules.png": "plot_aqn",
+         "img/learning-smollm2.png": "plot_learning"}
 INCLUDE = re.compile(r"^<!-- qerl:include (\S+?)(?: lines=(\d+)-(\d+))? -->$", re.MULTILINE)
 LIST = re.compile(r"^<!-- qerl:list (\S+) -->$", re.MULTILINE)
 LANGS = {".py": "python", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json", ".sh": "bash"}

@@ -28,9 +28,9 @@ from qerl.kernels.formats import FORMAT_IDS
 # the FP4 forward wins up to M=64 and its input gradient up to M=16; NF4's select-tree decode loses to
 # dequantize + cuBLAS above M=16 forward and everywhere in the input gradient. From M=256 on cuBLAS wins.
 FUSED_MAX_M = {"nvfp4": 64, "mxfp4": 64, "nf4": 16}
-# Largest M that takes the tensor-core-free GEMV kernel (gemv.py); measured: it wins at M=1 for every format
-# (1.3-2x faster than the fused kernel) and loses from M=4 on.
-GEMV_MAX_M = {"nvfp4": 1, "mxfp4": 1, "nf4": 1}
+# Largest M that takes the tensor-core-free GEMV kernel (gemv.py); measured on H100 (kernels-notes.md, v5):
+# it beats the fused kernel at M <= 8 for NVFP4 and NF4 and at M <= 4 for MXFP4 (fused wins at M=8 there).
+GEMV_MAX_M = {"nvfp4": 8, "mxfp4": 4, "nf4": 8}
 DGRAD_FUSED_MAX_M = {"nvfp4": 16, "mxfp4": 16, "nf4": 0}
 
 

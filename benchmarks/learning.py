@@ -1,0 +1,206 @@
+"""Evidence of learning (issues 5, 7 and 9): SmolLM2-135M-Instruct GRPO runs side by side on one GPU.
+
+Runs the `recipes/smollm2` arithmetic recipe in several variants at once (separate processes sharing the GPU),
+each stopped by `--max-steps` or `--max-minutes` (Lightning's `max_time`, so the run still exports its final
+adapter), then scores the held-out arithmetic test split and GSM8K with `qerl eval` before (each base format)
+and after (each run's final adapter). Everything lands under `--out`: the TensorBoard logs, the adapters, each
+eval's `summary.json`, and `learning.json` (the scalar curves read back from TensorBoard plus the eval table).
+`benchmarks/learning_plot.py` turns that JSON into the docs' plot and table.
+
+Variants (name: recipe, overrides):
+  nvfp4-aqn : grpo-nvfp4-arithmetic.yaml (NVFP4 + LoRA + AQN)
+  nvfp4     : the same with `model.noise: null`
+  bf16      : grpo-bf16-arithmetic.yaml (bf16 base + LoRA, no AQN - the paper's baseline)
+  bf16-aqn  : the same with the NVFP4 recipe's AQN schedule
+
+    PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+AQN = '{"class_path": "Exponential", "init_args": {"sigma_start": 0.01, "sigma_end": 0.0005, "num_stages": 10}}'
+VARIANTS = {
+    "nvfp4-aqn": ("grpo-nvfp4-arithmetic.yaml", []),
+    "nvfp4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", "null"]),
+    "bf16": ("grpo-bf16-arithmetic.yaml", []),
+    "bf16-aqn": ("grpo-bf16-arithmetic.yaml", ["--model.noise", AQN]),
+}
+KEEP = ("train/accuracy", "train/entropy", "reward/total_mean", "val/accuracy", "noise/sigma", "perf/step_s",
+        "rollout/length_mean", "train/grad_norm", "train/clip_frac")  # curves kept in learning.json
+BASES = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
+ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number.", "--max_new_tokens", "16"]
+
+
+def qerl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qerl.cli", *args]
+
+
+def fit_cmd(name: str, args) -> list[str]:
+    recipe, extra = VARIANTS[name]
+    return qerl("fit", "--config", os.path.join(ROOT, "recipes", "smollm2", recipe),
+                "--model.policy", json.dumps({"class_path": "GGUFModel", "init_args": {"path": args.gguf}}),
+                "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
+                "--trainer.logger.init_args.save_dir", os.path.join(args.out, "runs"),
+                "--trainer.logger.init_args.name", name, "--trainer.callbacks", "[]",
+                "--trainer.enable_checkpointing", "false", *extra)
+
+
+def eval_cmd(tag: str, quantizer: str | None, adapter: str | None, dataset: list[str], args) -> list[str]:
+    cmd = qerl("eval", "--model", args.gguf, "--n_samples", "1", "--temperature", "0", "--batch_size", "128",
+               "--output_dir", os.path.join(args.out, "eval", tag), *dataset)
+    if quantizer:
+        cmd += ["--quantizer", quantizer]
+    if adapter:
+        cmd += ["--adapter", adapter]
+    return cmd
+
+
+def gsm8k(args) -> list[str]:
+    out = ["--dataset", "gsm8k", "--max_new_tokens", str(args.gsm8k_tokens)]
+    return out + (["--limit", str(args.gsm8k_limit)] if args.gsm8k_limit else [])
+
+
+def launch(cmd: list[str], log: str, env: dict) -> subprocess.Popen:
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def run_queue(cmds: list[tuple[str, list[str]]], width: int, env: dict, out: str, deadline: float) -> dict:
+    """Run (tag, cmd) pairs, `width` at a time; returns tag -> exit code (None: not started before the deadline)."""
+    pending, running, codes = list(cmds), {}, {}
+    while pending or running:
+        while pending and len(running) < width and time.time() < deadline:
+            tag, cmd = pending.pop(0)
+            running[tag] = launch(cmd, os.path.join(out, "logs", f"{tag}.log"), env)
+        if not running:
+            codes.update({tag: None for tag, _ in pending})
+            break
+        for tag, proc in list(running.items()):
+            if proc.poll() is not None:
+                codes[tag] = proc.returncode
+                del running[tag]
+        time.sleep(2)
+    return codes
+
+
+def curves(out: str) -> dict:
+    """Scalars of every run's TensorBoard events: {run: {tag: [[step, value], ...]}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = {}
+    for name in VARIANTS:
+        for folder in sorted(glob.glob(os.path.join(out, "runs", name, "version_*"))):
+            acc = EventAccumulator(folder, size_guidance={"scalars": 0})
+            acc.Reload()
+            have = acc.Tags().get("scalars", [])
+            result[name] = {tag: [[e.step, round(e.value, 6)] for e in acc.Scalars(tag)] for tag in have if tag in KEEP}
+    return result
+
+
+def evals(out: str) -> dict:
+    table = {}
+    for path in sorted(glob.glob(os.path.join(out, "eval", "*", "summary.json"))):
+        with open(path) as f:
+            summary = json.load(f)
+        table[os.path.basename(os.path.dirname(path))] = summary.get("metrics", {})
+    return table
+
+
+def mean(points: list, lo: int, hi: int) -> float | None:
+    """Mean value of the [step, value] points with lo <= step < hi."""
+    vals = [v for step, v in points if lo <= step < hi]
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
+def summarize(record: dict) -> list[dict]:
+    """One row per run: steps done, train accuracy/entropy early and late, held-out accuracy before and after."""
+    rows, evals = [], record.get("evals", {})
+    for name, c in record.get("curves", {}).items():
+        acc = c.get("train/accuracy", [])
+        last = acc[-1][0] + 1 if acc else 0
+        base = "nvfp4" if name.startswith("nvfp4") else "bf16"
+        val = c.get("val/accuracy", [])
+        at = {step: v for step, v in val}
+        rows.append({
+            "run": name, "base": base, "aqn": name.endswith("aqn"), "steps": last,
+            "step_s_median": round(sorted(v for _, v in c.get("perf/step_s", [[0, 0.0]]))[
+                len(c.get("perf/step_s", [[0, 0.0]])) // 2], 3),
+            "train_acc_first20": mean(acc, 0, 20), "train_acc_last20": mean(acc, last - 20, last),
+            "entropy_first20": mean(c.get("train/entropy", []), 0, 20),
+            "entropy_last20": mean(c.get("train/entropy", []), last - 20, last),
+            "val_acc_step200": at.get(199), "val_acc_final": val[-1][1] if val else None,
+            "heldout_before": evals.get(f"arith-{base}", {}).get("accuracy"),
+            "heldout_after": evals.get(f"arith-{name}-after", {}).get("accuracy"),
+            "gsm8k_before": evals.get(f"gsm8k-{base}", {}).get("accuracy"),
+            "gsm8k_after": evals.get(f"gsm8k-{name}-after", {}).get("accuracy"),
+        })
+    return rows
+
+
+def write(args, start: float, codes: dict) -> dict:
+    """(Re)write learning.json with what exists so far, so a run cut short still leaves its numbers."""
+    import torch
+
+    record = {"date": datetime.date.today().isoformat(),
+              "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "args": {k: v for k, v in vars(args).items() if k not in ("out", "gguf")},
+              "exit_codes": codes, "wall_s": round(time.time() - start, 1),
+              "curves": curves(args.out), "evals": evals(args.out)}
+    record["rows"] = summarize(record)
+    with open(os.path.join(args.out, "learning.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gguf", required=True, help="the SmolLM2-135M-Instruct .gguf file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--max-minutes", type=int, default=6, help="wall-clock cap of each training run")
+    p.add_argument("--gsm8k-limit", type=int, default=0, help="GSM8K problems (0: the whole test set)")
+    p.add_argument("--gsm8k-tokens", type=int, default=256)
+    p.add_argument("--gsm8k-after", nargs="*", default=["nvfp4-aqn", "bf16"],
+                   help="runs whose final adapter is also scored on GSM8K")
+    p.add_argument("--budget-s", type=float, default=560, help="no eval starts after this many seconds")
+    p.add_argument("--width", type=int, default=4, help="evals run at once")
+    args = p.parse_args()
+    args.out = os.path.abspath(args.out)
+    start = time.time()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    fits = {name: launch(fit_cmd(name, args), os.path.join(args.out, "logs", f"fit-{name}.log"), env)
+            for name in args.variants}
+    before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, ARITH, args), ) for b, q in BASES.items()]
+    before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
+    codes = run_queue(before, 2, env, args.out, start + args.budget_s)
+    codes.update({f"fit-{n}": proc.wait() for n, proc in fits.items()})
+    write(args, start, codes)
+    after = []
+    for name in args.variants:
+        final = glob.glob(os.path.join(args.out, "runs", name, "version_*", "adapter", "final"))
+        if final:
+            quant = "NVFP4" if name.startswith("nvfp4") else None
+            after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], ARITH, args)))
+            if name in args.gsm8k_after:
+                after.append((f"gsm8k-{name}-after",
+                              eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))
+    write(args, start, codes)
+    codes.update(run_queue(after, args.width, env, args.out, start + args.budget_s))
+    record = write(args, start, codes)
+    print(json.dumps({"exit_codes": codes, "wall_s": record["wall_s"],
+                      "evals": {k: v.get("accuracy") for k, v in record["evals"].items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""benchmarks/learning.py: the run commands parse as real recipes, and the summary rows come from the curves."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import learning
+
+
+def printed_config(name: str, tmp_path) -> dict:
+    from qerl.cli import main
+
+    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path))
+    argv = learning.fit_cmd(name, args)[3:]  # drop `python -m qerl.cli`
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([*argv, "--print_config"])
+    assert code in (0, None)
+    return yaml.safe_load(buf.getvalue())
+
+
+@pytest.mark.parametrize("name", sorted(learning.VARIANTS))
+def test_every_variant_is_a_valid_recipe_with_its_overrides(name, tmp_path):
+    cfg = printed_config(name, tmp_path)
+    assert cfg["trainer"]["max_steps"] == 7
+    assert cfg["trainer"]["max_time"] == "00:00:03:00"
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == name
+    assert cfg["model"]["policy"]["init_args"]["path"] == str(tmp_path / "m.gguf")
+    assert (cfg["model"]["quantizer"] is None) == name.startswith("bf16")
+    noise = cfg["model"]["noise"]
+    if name.endswith("aqn"):
+        assert noise["class_path"].endswith("Exponential")
+        assert noise["init_args"]["sigma_start"] == pytest.approx(0.01)
+    else:
+        assert noise is None
+
+
+def test_summary_rows_are_computed_from_curves_and_evals():
+    acc = [[s, 0.0 if s < 20 else 1.0] for s in range(40)]
+    record = {
+        "curves": {"nvfp4-aqn": {"train/accuracy": acc, "train/entropy": [[s, 2.0 - s / 20] for s in range(40)],
+                                 "val/accuracy": [[19, 0.25], [39, 0.75]], "perf/step_s": [[0, 3.0], [1, 1.0],
+                                                                                          [2, 2.0]]}},
+        "evals": {"arith-nvfp4": {"accuracy": 0.01}, "arith-nvfp4-aqn-after": {"accuracy": 0.7},
+                  "gsm8k-nvfp4": {"accuracy": 0.02}},
+    }
+    (row,) = learning.summarize(record)
+    assert row["run"] == "nvfp4-aqn" and row["base"] == "nvfp4" and row["aqn"] is True
+    assert row["steps"] == 40 and row["step_s_median"] == 2.0
+    assert row["train_acc_first20"] == 0.0 and row["train_acc_last20"] == 1.0
+    assert row["entropy_first20"] == pytest.approx(2.0 - 9.5 / 20, abs=1e-4)
+    assert row["val_acc_step200"] is None and row["val_acc_final"] == 0.75
+    assert (row["heldout_before"], row["heldout_after"]) == (0.01, 0.7)
+    assert (row["gsm8k_before"], row["gsm8k_after"]) == (0.02, None)
