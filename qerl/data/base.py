@@ -183,17 +183,17 @@ class PromptDataModule(L.LightningDataModule):
         """Nothing to do: rows are read and formatted lazily, once the module has set the tokenizer."""
 
     def _loader(self, split: str, shuffle: bool):
-        import torch
         from torch.utils.data import DataLoader
+
+        from qerl.data.sampler import EpochShuffle
 
         if self.tokenizer is None:  # Lightning sets up the data before the module hands over its tokenizer
             log.warning("%s: no tokenizer was set; prompts are plain text without a chat template.",
                         type(self).__name__)
 
         rows = self.prepared(split)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=collate_prompts)
+        sampler = EpochShuffle(rows, self.seed) if shuffle else None
+        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_prompts)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
