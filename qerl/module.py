@@ -114,6 +114,7 @@ class QeRLModule(L.LightningModule):
 
         self.running = RunningRewards()
         self.model = None
+        self._base_weights: dict = {}  # loaded values of trainable non-LoRA weights (the KL reference needs them)
         self.tokenizer = None
         self.noise_sigma, self.noise_seed, self.noise_in_training = 0.0, None, False
         self.last_samples: list[dict[str, Any]] = []
@@ -125,6 +126,9 @@ class QeRLModule(L.LightningModule):
             from qerl.module_checks import build_policy
 
             self.model, self.tokenizer = build_policy(self)
+            from qerl.quantizers.lora import base_weight_snapshot
+
+            self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
             from qerl.memory import plan_for_module
 
@@ -206,8 +210,10 @@ class QeRLModule(L.LightningModule):
         if self.algorithm.num_iterations > 1:
             batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature)
         if self.algorithm.beta > 0:
+            from qerl.quantizers.lora import reference_policy
+
             batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature,
-                                                 context=self.model.disable_adapter)
+                                                 context=lambda: reference_policy(self.model, self._base_weights))
         forward_context = None
         if self.noise_in_training and self.noise_sigma > 0:
             from qerl.noise.inject import noisy_norms

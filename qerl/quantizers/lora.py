@@ -7,6 +7,7 @@ standard adapter that loads onto the bf16 base with `PeftModel.from_pretrained`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Sequence
@@ -97,6 +98,31 @@ def apply_lora(model: nn.Module, rank: int = 32, alpha: float = 64.0, dropout: f
                 for param in module.parameters(recurse=False):
                     param.requires_grad_(True)
     return peft_model
+
+
+def base_weight_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters that are not LoRA (the norms under `train_norms`; usually none).
+
+    Disabling the adapters does not undo training on those, so the KL reference needs their loaded values back.
+    """
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+
+
+@contextlib.contextmanager
+def reference_policy(model: nn.Module, base_weights: dict[str, torch.Tensor] | None = None):
+    """The base policy: LoRA adapters disabled and `base_weights` swapped in (the trained ones are put back after)."""
+    params = dict(model.named_parameters()) if base_weights else {}
+    trained = {}
+    with model.disable_adapter():
+        try:
+            for name, weight in (base_weights or {}).items():
+                param = params[name]
+                trained[name] = param.data
+                param.data = weight.to(device=param.device, dtype=param.dtype)
+            yield model
+        finally:
+            for name, weight in trained.items():
+                params[name].data = weight
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:

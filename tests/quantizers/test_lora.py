@@ -109,3 +109,34 @@ def test_saved_adapter_reproduces_the_lora_delta_on_the_bf16_base(make_tiny_llam
             dq = lq(h) - lq.base_layer(h)
             db = lb(h) - lb.base_layer(h)
         torch.testing.assert_close(dq, db, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_policy_is_the_base_even_when_norms_train(make_tiny_llama):
+    from qerl.quantizers.lora import base_weight_snapshot, reference_policy
+
+    torch.manual_seed(0)
+    base = NVFP4().quantize_model(make_tiny_llama())
+    ids = torch.randint(0, base.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits.clone()
+    model = apply_lora(base, rank=4, train_norms=True)
+    snapshot = base_weight_snapshot(model)
+    assert snapshot and all("norm" in n for n in snapshot)
+    _randomize_lora(model)
+    with torch.no_grad():  # "training" moved the norms too
+        for name, p in model.named_parameters():
+            if name in snapshot:
+                p.mul_(1.0 + 0.1 * torch.rand(p.shape))
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        policy_logits = model(input_ids=ids).logits
+        with model.disable_adapter():  # adapters off alone still sees the trained norms
+            adapters_off = model(input_ids=ids).logits
+        with reference_policy(model, snapshot):
+            reference = model(input_ids=ids).logits
+    assert (policy_logits - base_logits).abs().max() > 1e-3
+    assert (adapters_off - base_logits).abs().max() > 1e-3
+    assert torch.equal(reference, base_logits)
+    for name, p in model.named_parameters():  # trained values back, bit for bit, and still the same Parameters
+        if name in trained:
+            assert torch.equal(p.detach(), trained[name]) and p.requires_grad
