@@ -93,6 +93,16 @@ def test_the_summary_matches_the_jsonl_and_a_quantized_base_takes_the_adapter(tm
     assert summary["run"]["quantizer"] == "NVFP4" and summary["run"]["adapter"]["num_lora_modules"] == 14
 
 
+def test_dequantizing_once_gives_the_same_completions_as_decoding_at_every_forward(tmp_path, adapter_dir):
+    once, once_rows = run_eval(tmp_path, "once", "--quantizer", "NF4", "--adapter", adapter_dir, "--seed", "5")
+    every, every_rows = run_eval(tmp_path, "every", "--quantizer", "NF4", "--adapter", adapter_dir, "--seed", "5",
+                                 "--no-dequantize_once")
+    assert once["run"]["dequantize_once"] is True and every["run"]["dequantize_once"] is False  # on by default on CPU
+    assert [r.completion for r in once_rows] == [r.completion for r in every_rows]
+    dense, _ = run_eval(tmp_path, "dense", "--dequantize_once")
+    assert dense["run"]["dequantize_once"] is False  # nothing to decode without a quantizer
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -129,7 +139,10 @@ def test_an_untrained_adapter_and_a_missing_folder_are_refused(tmp_path, capsys)
 def test_unknown_dataset_lists_the_known_ones_and_missing_files_name_the_path(tmp_path, capsys):
     assert main(["--model", "tiny", "--dataset", "gsm9k", "--output_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "gsm9k" in err and all(name in err for name in ("GSM8K", "MATH500", "AIME24", "AMC23", "jsonl"))
+    assert "qerl eval: unknown dataset 'gsm9k'. Known datasets: AIME24, AMC23, Arithmetic, GSM8K, jsonl" in err
+    assert err.rstrip().endswith("Did you mean GSM8K?")
+    assert main(["--model", "tiny", "--quantizer", "nvfp5"]) == 2
+    assert "qerl eval: unknown quantizer 'nvfp5'. Known quantizers: " in capsys.readouterr().err
     assert main(["--model", "tiny", "--dataset", "jsonl", "--data_path", str(tmp_path / "q.jsonl")]) == 2
     assert str(tmp_path / "q.jsonl") in capsys.readouterr().err
     assert main([*TINY, "--n_samples", "0"]) == 2

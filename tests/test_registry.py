@@ -87,15 +87,25 @@ def test_unknown_name_lists_known_and_suggests_close_matches():
     with pytest.raises(RegistryError) as err:
         reg.get("nvfp5")
     message = str(err.value)
-    assert "Unknown widgets name 'nvfp5'" in message
-    assert "Did you mean NVFP4" in message
-    assert "Known widgets: MXFP4, NF4, NVFP4, Paged." in message
+    assert message == "Unknown widget 'nvfp5'. Known widgets: MXFP4, NF4, NVFP4, Paged. Did you mean NVFP4 or NF4?"
     assert isinstance(err.value, KeyError) and not message.startswith("'")  # not KeyError's quoting
     with pytest.raises(RegistryError, match="Did you mean Paged"):
         reg.get("qlor")  # close to an alias: suggests the entry it belongs to
     with pytest.raises(RegistryError, match=r"Known widgets: MXFP4") as err:
         reg.info("zzzz")
     assert "Did you mean" not in str(err.value)
+
+
+def test_messages_name_one_entry_in_the_singular():
+    reg = Registry("noise_schedulers", Widget)
+    assert (reg.singular, reg.plural) == ("noise scheduler", "noise schedulers")
+    with pytest.raises(RegistryError, match=r"^Unknown noise scheduler 'x'\. Known noise schedulers: \(none\)\.$"):
+        reg.get("x")
+    assert Registry("data", Widget, singular="datum").singular == "datum"
+    reg = make_registry()
+    reg.register()(widget("Blue"))
+    message = reg.unknown_message("blu", also=("jsonl",))
+    assert message == "Unknown widget 'blu'. Known widgets: Blue, jsonl. Did you mean Blue?"
 
 
 def test_empty_registry_error():

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="problems generated together")
     p.add_argument("--rollout", default="HF", help="generation backend: HF or VLLM")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same completions)")
+    p.add_argument("--dequantize_once", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode each 4-bit layer once for the whole eval (a dense copy in memory; the same numbers, "
+                        "much faster on a CPU) instead of at every forward (default: on for a CPU, off "
+                        "on CUDA)")
     p.add_argument("--output_dir", default=None, help="where summary.json and completions.jsonl go "
                                                       "(default: eval/<dataset>-<time>)")
     return p
@@ -78,10 +82,9 @@ def dataset_module(args):
     from qerl.registry import DATASETS, RegistryError
 
     name = DATASET_ALIASES.get(args.dataset.lower(), args.dataset)
-    try:
-        cls = DATASETS.get(name)
-    except RegistryError as exc:
-        raise DatasetError(f"--dataset {args.dataset!r}: {exc.args[0]} (also: {', '.join(DATASET_ALIASES)}).") from None
+    if name not in DATASETS:  # "Unknown dataset 'gsm9k'. Known datasets: AIME24, ..., jsonl, .... Did you mean GSM8K?"
+        raise RegistryError(DATASETS.unknown_message(args.dataset, also=tuple(DATASET_ALIASES)))
+    cls = DATASETS.get(name)
     kwargs = {"limit": args.limit, "prompt_template": args.prompt_template,
               "system_prompt": None if args.system_prompt.lower() == "none" else args.system_prompt}
     if args.data_path is not None:
@@ -117,12 +120,14 @@ def model_name(loader) -> str:
 
 def run(args) -> dict:
     """Load, (adapt,) evaluate and write; returns the summary.json content."""
+    import contextlib
     import dataclasses
 
     import torch
 
     from qerl.commands.quantize import model_loader
     from qerl.data import DatasetError
+    from qerl.dequant_cache import dequantize_once
     from qerl.eval_adapter import apply_adapter
     from qerl.eval_report import format_table, write_report
     from qerl.evaluation import evaluate_prompts, summarize
@@ -150,10 +155,17 @@ def run(args) -> dict:
     module.set_tokenizer(tokenizer)
     rows = module.prepared(args.split)
     prompts = PromptBatch(prompts=[r[0] for r in rows], answers=[r[1] for r in rows], meta=[r[2] for r in rows])
-    backend.setup(model, tokenizer)
     sampling = SamplingConfig(n=args.n_samples, temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
-    records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size)
+    once = args.dequantize_once if args.dequantize_once is not None else not device.startswith("cuda")
+    try:
+        with dequantize_once(model) if once and quantizer is not None else contextlib.nullcontext():
+            backend.setup(model, tokenizer)
+            records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size)
+    finally:  # a vLLM engine and its scratch folders go now, not at interpreter exit
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
     summary = summarize(records, totals)
     run_info = {"model": name, "quantizer": type(quantizer).__name__ if quantizer else None, "dtype": args.dtype,
                 "device": device, "adapter": dataclasses.asdict(adapter) if adapter else None,
@@ -161,6 +173,7 @@ def run(args) -> dict:
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__, "seed": args.seed,
+                "dequantize_once": bool(once and quantizer is not None),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
     output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary_path, completions_path = write_report(output_dir, summary, records, run_info)
@@ -182,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     except (AdapterError, DatasetError, LoadError, ModelNotFoundError, QuantizationError, RegistryError,
             ValueError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, RegistryError) and message[:2].istitle():  # "qerl eval: unknown quantizer 'x'. ..."
+            message = message[0].lower() + message[1:]
         print(f"qerl eval: {message}", file=sys.stderr)
         return 2
     return 0

@@ -64,15 +64,20 @@ class Registry:
     """A case-insensitive name -> class map for one kind of component.
 
     Args:
-        kind: plural name shown to users ("quantizers").
+        kind: plural key of the registry ("quantizers", "noise_schedulers"), as `qerl list` takes it.
         base: the base class every entry must subclass, or its import path
             ("qerl.quantizers.base:Quantizer"), resolved lazily so the registry
             package imports no component package.
         builtins: modules whose import registers the built-in entries.
+        singular: what one entry is called in messages ("quantizer", "noise scheduler"); default:
+            `kind` without its final "s", underscores as spaces.
     """
 
-    def __init__(self, kind: str, base: str | type, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, base: str | type, builtins: tuple[str, ...] = (), singular: str | None = None) -> None:
         self.kind = kind
+        #: one entry and several, as messages say them: "Unknown noise scheduler 'x'. Known noise schedulers: ..."
+        self.singular = singular or kind.removesuffix("s").replace("_", " ")
+        self.plural = kind.replace("_", " ")
         self.base_path = base if isinstance(base, str) else f"{base.__module__}:{base.__qualname__}"
         self._base = None if isinstance(base, str) else base
         self.builtins = tuple(builtins)
@@ -105,7 +110,7 @@ class Registry:
         base = self.base
         if not (inspect.isclass(cls) and issubclass(cls, base)):
             raise RegistryError(
-                f"Cannot register {cls!r} in {self.kind}: it must subclass "
+                f"Cannot register {cls!r} in the {self.plural} registry: it must subclass "
                 f"{base.__module__}.{base.__qualname__}."
             )
         key = name or cls.__name__
@@ -122,7 +127,7 @@ class Registry:
                 replaces = owner.name.lower()  # the same module imported again (reload): keep the newest class
                 continue
             raise RegistryError(
-                f"Duplicate {self.kind} name {label!r}: already registered by "
+                f"Duplicate {self.singular} name {label!r}: already registered by "
                 f"{owner.module}.{owner.cls.__qualname__}{_from(owner.plugin)}, now again by "
                 f"{cls.__module__}.{cls.__qualname__}{_from(plugin)}. Pick another name."
             )
@@ -143,7 +148,7 @@ class Registry:
             except Exception as exc:
                 self._builtins_loaded = False  # try again next time, and say why now
                 raise RegistryError(
-                    f"Could not load the built-in {self.kind} from {module!r}: {type(exc).__name__}: {exc}"
+                    f"Could not load the built-in {self.plural} from {module!r}: {type(exc).__name__}: {exc}"
                 ) from exc
         from qerl.registry.plugins import load_plugins
 
@@ -164,19 +169,25 @@ class Registry:
         """Class, module, one-line summary and source plugin (distribution name) of an entry."""
         key = self._key(name) if isinstance(name, str) else None
         if key is None:
-            raise RegistryError(self._unknown_message(name))
+            raise RegistryError(self.unknown_message(name))
         return self._entries[key]
 
-    def _unknown_message(self, name: object) -> str:
-        known = self.names()
+    def unknown_message(self, name: object, also: tuple[str, ...] | list[str] = ()) -> str:
+        """ "Unknown quantizer 'nvfp5'. Known quantizers: MXFP4, NF4, NVFP4. Did you mean NVFP4?"
+
+        `also`: further names the caller accepts besides the registered ones (a command's own aliases);
+        they are listed and suggested too.
+        """
+        known = sorted([*self.names(), *also], key=str.lower)
         hint = ""
         if isinstance(name, str):
             shown = {e.name: e.name for e in self._entries.values()}
             shown.update({alias: self._entries[key].name for alias, key in self._aliases.items()})
+            shown.update({extra: extra for extra in also})
             close = list(dict.fromkeys(shown[m] for m in close_matches(name, list(shown))))
             if close:
                 hint = f" Did you mean {' or '.join(close)}?"
-        msg = f"Unknown {self.kind} name {name!r}.{hint} Known {self.kind}: {', '.join(known) or '(none)'}."
+        msg = f"Unknown {self.singular} {name!r}. Known {self.plural}: {', '.join(known) or '(none)'}.{hint}"
         from qerl.registry.plugins import plugin_reports
 
         broken = [r.distribution for r in plugin_reports() if not r.loaded]
@@ -212,7 +223,7 @@ class Registry:
         """Remove an entry (tests and plugin reloads)."""
         key = self._key(name)
         if key is None:
-            raise RegistryError(self._unknown_message(name))
+            raise RegistryError(self.unknown_message(name))
         self._drop(key)
 
     def __repr__(self) -> str:
