@@ -51,7 +51,7 @@ def fit_cmd(name: str, args) -> list[str]:
                 "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
                 "--trainer.logger.init_args.save_dir", os.path.join(args.out, "runs"),
                 "--trainer.logger.init_args.name", name, "--trainer.callbacks", "[]",
-                "--trainer.enable_checkpointing", "false", *extra)
+                "--trainer.enable_checkpointing", "false", "--seed_everything", str(args.seed), *extra)
 
 
 def eval_cmd(tag: str, quantizer: str | None, adapter: str | None, dataset: list[str], args) -> list[str]:
@@ -168,7 +168,8 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--max-minutes", type=int, default=6, help="wall-clock cap of each training run")
-    p.add_argument("--gsm8k-limit", type=int, default=0, help="GSM8K problems (0: the whole test set)")
+    p.add_argument("--seed", type=int, default=0, help="seed_everything of every run (sampling, LoRA init)")
+    p.add_argument("--gsm8k-limit", type=int, default=0, help="GSM8K problems (0: the whole test set, -1: none)")
     p.add_argument("--gsm8k-tokens", type=int, default=256)
     p.add_argument("--gsm8k-after", nargs="*", default=["nvfp4-aqn", "bf16"],
                    help="runs whose final adapter is also scored on GSM8K")
@@ -181,7 +182,8 @@ def main() -> int:
     fits = {name: launch(fit_cmd(name, args), os.path.join(args.out, "logs", f"fit-{name}.log"), env)
             for name in args.variants}
     before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, ARITH, args), ) for b, q in BASES.items()]
-    before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
+    if args.gsm8k_limit >= 0:
+        before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
     codes = run_queue(before, 2, env, args.out, start + args.budget_s)
     codes.update({f"fit-{n}": proc.wait() for n, proc in fits.items()})
     write(args, start, codes)
@@ -191,7 +193,7 @@ def main() -> int:
         if final:
             quant = "NVFP4" if name.startswith("nvfp4") else None
             after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], ARITH, args)))
-            if name in args.gsm8k_after:
+            if name in args.gsm8k_after and args.gsm8k_limit >= 0:
                 after.append((f"gsm8k-{name}-after",
                               eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))
     write(args, start, codes)

@@ -1,7 +1,8 @@
 """Learning curves of the GPU runs (NVFP4 / bf16 LoRA, with and without AQN), from the committed results.
 
-Reads the newest `benchmarks/results/learning-*.json` (written by `benchmarks/learning.py`) and draws train
-accuracy, held-out accuracy, policy entropy and the AQN sigma over optimizer steps.
+Reads every `benchmarks/results/learning-*.json` of the newest date (written by `benchmarks/learning.py`, one
+file per seed) and draws train accuracy, held-out accuracy, policy entropy and the AQN sigma over optimizer
+steps: the first seed bold, further seeds thin in the same colour and line style.
 
     .venv/bin/python docs/scripts/plot_learning.py docs/img/learning-smollm2.png
 """
@@ -21,11 +22,13 @@ STYLE = {"nvfp4-aqn": ("tab:red", "-"), "nvfp4": ("tab:red", "--"), "bf16": ("ta
          "bf16-aqn": ("tab:blue", "-")}
 
 
-def latest() -> dict:
-    files = sorted(RESULTS.glob("learning-*.json"))
-    if not files:
+def latest() -> list[dict]:
+    """The records of the newest date, in seed order."""
+    records = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("learning-*.json"))]
+    if not records:
         raise FileNotFoundError(f"no learning-*.json in {RESULTS}; run benchmarks/learning.py on a GPU first")
-    return json.loads(files[-1].read_text())
+    newest = max(r["date"] for r in records)
+    return sorted((r for r in records if r["date"] == newest), key=lambda r: r.get("args", {}).get("seed", 0))
 
 
 def smooth(points: list, window: int) -> tuple[list, list]:
@@ -42,21 +45,24 @@ def render_png() -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    record = latest()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=110)
+    records = latest()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
     for ax, (tag, title, window) in zip(axes.flat, PANELS):
-        for run, curves in record["curves"].items():
-            if tag not in curves:
-                continue
-            color, line = STYLE.get(run, ("gray", ":"))
-            steps, values = smooth(curves[tag], window)
-            ax.plot(steps, values, color=color, ls=line, lw=1.6, label=run,
-                    marker="o" if tag == "val/accuracy" else None, ms=3)
+        for i, record in enumerate(records):
+            seed = record.get("args", {}).get("seed", 0)
+            for run, curves in record["curves"].items():
+                if tag not in curves:
+                    continue
+                color, line = STYLE.get(run, ("gray", ":"))
+                steps, values = smooth(curves[tag], window)
+                ax.plot(steps, values, color=color, ls=line, lw=1.6 if i == 0 else 0.9, alpha=1.0 if i == 0 else 0.55,
+                        label=f"{run} (seed {seed})", marker="o" if tag == "val/accuracy" else None, ms=3 if i == 0 else 2)
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"SmolLM2-135M-Instruct, GRPO on 2-digit addition - {record['card']}, {record['date']}",
-                 fontsize=10)
+        ax.legend(fontsize=6.5, ncol=2)
+    first = records[0]
+    fig.suptitle(f"SmolLM2-135M-Instruct, GRPO on 2-digit addition - {first['card']}, {first['date']}, "
+                 f"{len(records)} seed(s): bold = seed {first.get('args', {}).get('seed', 0)}", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -17,7 +17,7 @@ import learning
 def printed_config(name: str, tmp_path) -> dict:
     from qerl.cli import main
 
-    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path))
+    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path), seed=5)
     argv = learning.fit_cmd(name, args)[3:]  # drop `python -m qerl.cli`
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -29,7 +29,7 @@ def printed_config(name: str, tmp_path) -> dict:
 @pytest.mark.parametrize("name", sorted(learning.VARIANTS))
 def test_every_variant_is_a_valid_recipe_with_its_overrides(name, tmp_path):
     cfg = printed_config(name, tmp_path)
-    assert cfg["trainer"]["max_steps"] == 7
+    assert cfg["trainer"]["max_steps"] == 7 and cfg["seed_everything"] == 5
     assert cfg["trainer"]["max_time"] == "00:00:03:00"
     assert cfg["trainer"]["logger"]["init_args"]["name"] == name
     assert cfg["model"]["policy"]["init_args"]["path"] == str(tmp_path / "m.gguf")
