@@ -275,6 +275,26 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def sweep(shapes, formats, bench, path: str, meta: dict, t0: float, budget_s: float) -> list:
+    """bench(fmt, name, K, N) for every shape and format until `budget_s`; the JSON is rewritten after each."""
+    rows, skipped = [], []
+    for name in shapes:
+        for fmt in formats:
+            if time.time() - t0 > budget_s:
+                skipped.append(f"{fmt}:{name}")
+                continue
+            k, n = SHAPES[name]
+            rows += bench(fmt, name, k, n)
+            torch.cuda.empty_cache()
+            with open(path, "w") as fh:
+                json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
+            print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
+    with open(path, "w") as fh:
+        json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
+    print(json.dumps(meta), "skipped:", skipped)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="nvfp4,mxfp4,nf4")
@@ -303,20 +323,8 @@ def main() -> None:
         shapes = args.shapes.split(",") if args.shapes != ",".join(SHAPES) else list(GEMV_VARIANT_SHAPES)
         ms = [int(v) for v in args.ms.split(",")] if args.ms != "1,4,16,64,256,1024,4096" else [1, 2, 4, 8, 16]
         path = os.path.join(args.out, f"kernels-gemv-{card}-{datetime.date.today().isoformat()}.json")
-        rows, skipped = [], []
-        for name in shapes:
-            for fmt in args.formats.split(","):
-                if time.time() - t0 > args.budget_s:
-                    skipped.append(f"{fmt}:{name}")
-                    continue
-                k, n = SHAPES[name]
-                rows += bench_gemv_variants(fmt, name, k, n, ms)
-                with open(path, "w") as fh:
-                    json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
-                print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
-        with open(path, "w") as fh:
-            json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
-        print(json.dumps(meta), "skipped:", skipped)
+        rows = sweep(shapes, args.formats.split(","), lambda fmt, name, k, n: bench_gemv_variants(fmt, name, k, n, ms),
+                     path, meta, t0, args.budget_s)
         print(gemv_table(rows))
         return
     if args.tune:
@@ -326,22 +334,10 @@ def main() -> None:
         meta["tuned"] = {"fused": {str(k): v for k, v in fused.TUNED.items()},
                              "dgrad": {str(k): v for k, v in dgrad.TUNED.items()}}
         print(f"[{time.time() - t0:6.1f}s] tuning done", flush=True)
-    rows, skipped = [], []
     ms = [int(v) for v in args.ms.split(",")]
-    for name in args.shapes.split(","):
-        for fmt in args.formats.split(","):
-            if time.time() - t0 > args.budget_s:
-                skipped.append(f"{fmt}:{name}")
-                continue
-            k, n = SHAPES[name]
-            rows += bench_shape(fmt, name, k, n, ms, args.passes.split(","), args.fused_max_m)
-            torch.cuda.empty_cache()
-            with open(path, "w") as fh:
-                json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
-            print(f"[{time.time() - t0:6.1f}s] {fmt} {name} done", flush=True)
-    with open(path, "w") as fh:
-        json.dump({"meta": meta, "skipped": skipped, "records": rows}, fh, indent=1)
-    print(json.dumps(meta), "skipped:", skipped)
+    rows = sweep(args.shapes.split(","), args.formats.split(","),
+                 lambda fmt, name, k, n: bench_shape(fmt, name, k, n, ms, args.passes.split(","), args.fused_max_m),
+                 path, meta, t0, args.budget_s)
     print(table(rows))
 
 

@@ -4,8 +4,11 @@
 """
 from __future__ import annotations
 
-import io
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import cli, png
 
 TOTAL_STEPS = 200
 
@@ -45,15 +48,8 @@ def render_png() -> bytes:
         ax.set(xlabel=f"optimizer step (of {TOTAL_STEPS})", ylabel="sigma",
                title=f"AQN sigma, defaults ({scale} scale{', zeros hidden' if scale == 'log' else ''})")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "aqn-schedules.png"
-    with open(out, "wb") as fh:
-        fh.write(render_png())
-    print(out)
+    cli(render_png, "aqn-schedules.png")

@@ -8,8 +8,11 @@ matrices. Every quantizer in `QUANTIZERS` (plugins too) that builds with its def
 """
 from __future__ import annotations
 
-import io
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import cli, png
 
 WIDTH = 128  # a multiple of every built-in block size (16, 32, 64) and of INT4's default group
 
@@ -80,15 +83,8 @@ def render_png() -> bytes:
     err_ax.set_xticks(list(pos), labels, fontsize=8)
     err_ax.set(title="Relative weight error, 128 x 4096", ylabel="||W_hat - W|| / ||W||")
     err_ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "formats-error.png"
-    with open(out, "wb") as fh:
-        fh.write(render_png())
-    print(out)
+    cli(render_png, "formats-error.png")

@@ -8,10 +8,12 @@ steps: the first seed bold, further seeds thin in the same colour and line style
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import cli, png
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 PANELS = (("train/accuracy", "train accuracy (64 sampled completions, 10-step mean)", 10),
@@ -63,15 +65,8 @@ def render_png() -> bytes:
     first = records[0]
     fig.suptitle(f"SmolLM2-135M-Instruct, GRPO on 2-digit addition - {first['card']}, {first['date']}, "
                  f"{len(records)} seed(s): bold = seed {first.get('args', {}).get('seed', 0)}", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "learning-smollm2.png"
-    with open(out, "wb") as fh:
-        fh.write(render_png())
-    print(out)
+    cli(render_png, "learning-smollm2.png")

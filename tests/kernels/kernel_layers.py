@@ -18,3 +18,13 @@ def make_layer(kind: str, n: int, k: int, bias: bool = True, device: str = "cpu"
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert torch.isfinite(out).all(), "kernel output has NaN/Inf (unwritten or wrong elements)"
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def kernel_args(layer: QuantLinear):
+    """(codes, scales as the kernels take them, global scale or None, format id, block size) of a layer."""
+    from qerl.kernels import _absmax_for_kernel, ops
+    from qerl.kernels.formats import FORMAT_IDS
+
+    s = _absmax_for_kernel(layer) if layer.format == "nf4" else layer.scales
+    g = layer.global_scale if layer.format == "nvfp4" else None
+    return layer.codes, ops._scales_arg(s), g, FORMAT_IDS[layer.format], layer.block_size

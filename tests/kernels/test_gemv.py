@@ -3,25 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_layers import make_layer, rel_err
+from kernel_layers import kernel_args, make_layer, rel_err
 
-from qerl.kernels import _absmax_for_kernel, gemv, ops
-from qerl.kernels.formats import FORMAT_IDS
+from qerl.kernels import gemv
 
 KINDS = ["nvfp4", "mxfp4", "nf4", "nf4-dq"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _args(layer):
-    s = _absmax_for_kernel(layer) if layer.format == "nf4" else layer.scales
-    g = layer.global_scale if layer.format == "nvfp4" else None
-    return layer.codes, ops._scales_arg(s), g, FORMAT_IDS[layer.format], layer.block_size
-
-
 def _check(kind, m, n, k, cfg, bias=True):
     layer = make_layer(kind, n, k, bias=bias, device=DEV)
     x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     y = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     ref = x.float() @ layer.dequantize(torch.float32).T
     if bias:
@@ -57,7 +50,7 @@ def test_gemv_counters_reset_between_calls():
     # the per-tile arrival counters must be zero again after each launch: a second call gives the same result
     layer = make_layer("mxfp4", 32, 256, device=DEV)
     x = torch.randn(2, 256, device=DEV).to(torch.bfloat16)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     cfg = {"BLOCK_N": 32, "NG": 4, "SPLIT_K": 2}
     y1 = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     y2 = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
@@ -68,7 +61,7 @@ def test_gemv_counters_reset_between_calls():
 def test_gemv_default_config_and_limits():
     _check("nvfp4", 4, 64, 512, None)
     layer = make_layer("nvfp4", 16, 128, device=DEV)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     with pytest.raises(ValueError, match="rows"):
         gemv.gemv_linear(torch.randn(gemv.GEMV_MAX_M + 1, 128, device=DEV).to(torch.bfloat16),
                            codes, s, g, fid, block, None)

@@ -3,25 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_layers import make_layer, rel_err
+from kernel_layers import kernel_args, make_layer, rel_err
 
-from qerl.kernels import _absmax_for_kernel, dequant, dgrad, fused, gemv, ops, quant_linear
-from qerl.kernels.formats import FORMAT_IDS
+from qerl.kernels import dequant, dgrad, fused, gemv, ops, quant_linear
 
 KINDS = ["nvfp4", "mxfp4", "nf4", "nf4-dq"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _args(layer):
-    s = _absmax_for_kernel(layer) if layer.format == "nf4" else layer.scales
-    g = layer.global_scale if layer.format == "nvfp4" else None
-    return layer.codes, ops._scales_arg(s), g, FORMAT_IDS[layer.format], layer.block_size
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_dequantize_kernel_matches_layer_exactly(kind):
     layer = make_layer(kind, 40, 320 if kind.startswith("nf4") else 288, device=DEV)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     out = torch.full((40, layer.in_features), float("nan"), device=DEV)
     dequant.dequantize_into(codes, s, g, fid, block, layer.in_features, torch.float32, out=out)
     torch.testing.assert_close(out, layer.dequantize(torch.float32), rtol=0, atol=0)
@@ -34,7 +27,7 @@ def test_fused_forward_matches_reference(kind, split):
     n, k, m = (72, 320 if kind.startswith("nf4") else 288, 5) if split == 1 else (64, 256, 16)
     layer = make_layer(kind, n, k, device=DEV)
     x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "NG": 4, "SPLIT_K": split}
     y = fused.fused_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
@@ -49,7 +42,7 @@ def test_gemv_matches_reference(kind, m, split):
     n, k = (64, 256) if split == 2 else (72, 320 if kind.startswith("nf4") else 288)
     layer = make_layer(kind, n, k, device=DEV)
     x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     cfg = {"BLOCK_N": 32, "NG": 4, "SPLIT_K": split}
     y = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
@@ -63,7 +56,7 @@ def test_fused_input_gradient_matches_reference(kind, split):
     n, k, m = 80, 320 if kind.startswith("nf4") else 288, 3
     layer = make_layer(kind, n, k, bias=False, device=DEV)
     gy = torch.randn(m, n, device=DEV).to(torch.bfloat16)
-    codes, s, g, fid, block = _args(layer)
+    codes, s, g, fid, block = kernel_args(layer)
     cfg = {"BLOCK_M": 16, "BLOCK_R": 32, "NG": 4, "SPLIT": split}
     dx = dgrad.fused_dgrad(gy, codes, s, g, fid, block, k, config=cfg)
     ref = gy.float() @ layer.dequantize(torch.float32)
