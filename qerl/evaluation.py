@@ -100,8 +100,12 @@ def evaluate_batch(rollout_backend, tokenizer, prompts: PromptBatch, rewards: li
 
 
 def evaluate_prompts(rollout_backend, tokenizer, prompts: PromptBatch, rewards: list[Reward], sampling: SamplingConfig,
-                     batch_size: int = 16, accuracy_index: int = 0) -> tuple[list[Completion], EvalTotals]:
-    """Every prompt through `evaluate_batch`, `batch_size` prompts at a time."""
+                     batch_size: int = 16, accuracy_index: int = 0,
+                     progress=None) -> tuple[list[Completion], EvalTotals]:
+    """Every prompt through `evaluate_batch`, `batch_size` prompts at a time.
+
+    `progress(done_prompts, total_prompts, records_so_far)`, if given, is called after every batch.
+    """
     if batch_size < 1:
         raise ValueError(f"evaluate_prompts: batch_size must be >= 1, got {batch_size}.")
     totals, records = EvalTotals(), []
@@ -112,6 +116,8 @@ def evaluate_prompts(rollout_backend, tokenizer, prompts: PromptBatch, rewards: 
                            meta=meta[start:stop])
         records.extend(evaluate_batch(rollout_backend, tokenizer, part, rewards, sampling, start, accuracy_index,
                                       totals))
+        if progress is not None:
+            progress(min(stop, len(prompts)), len(prompts), records)
     return records, totals
 
 

@@ -186,3 +186,12 @@ def test_real_smollm2_on_gsm8k(tmp_path, smollm2_path):
     assert summary["metrics"]["num_completions"] == 2 and summary["metrics"]["generated_tokens"] > 0
     rows = read_completions(str(out / "completions.jsonl"))
     assert [r.answer for r in rows] == ["18", "3"] and all(r.completion.strip() for r in rows)
+
+
+def test_progress_is_reported_after_every_batch(tmp_path, capsys):
+    _, rows = run_eval(tmp_path, "progress", "--batch_size", "1")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("qerl eval: ") and "problems" in line]
+    assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
+    right = sum(r.correct for r in rows)
+    assert f"{right}/{len(rows)} completions correct so far" in lines[-1]

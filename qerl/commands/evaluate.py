@@ -118,6 +118,13 @@ def model_name(loader) -> str:
     return getattr(loader, "path", None) or repr(loader)
 
 
+def report_progress(done: int, total: int, records) -> None:
+    """One stderr line per batch, so a long evaluation visibly moves."""
+    right = sum(r.correct for r in records)
+    print(f"qerl eval: {done}/{total} problems, {right}/{len(records)} completions correct so far "
+          f"({right / max(1, len(records)):.1%})", file=sys.stderr, flush=True)
+
+
 def run(args) -> dict:
     """Load, (adapt,) evaluate and write; returns the summary.json content."""
     import contextlib
@@ -161,7 +168,8 @@ def run(args) -> dict:
     try:
         with dequantize_once(model) if once and quantizer is not None else contextlib.nullcontext():
             backend.setup(model, tokenizer)
-            records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size)
+            records, totals = evaluate_prompts(backend, tokenizer, prompts, [reward], sampling, args.batch_size,
+                                               progress=report_progress)
     finally:  # a vLLM engine and its scratch folders go now, not at interpreter exit
         close = getattr(backend, "close", None)
         if callable(close):
