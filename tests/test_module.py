@@ -23,13 +23,7 @@ from qerl.rollout import HF
 from qerl.settings import LoRASettings
 from qerl.types import SamplingConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 REQUIRED = [

@@ -13,12 +13,7 @@ COMPARED = ["train/loss", "train/grad_norm", "reward/total_mean", "rollout/lengt
             "noise/sigma", "train/lr", "train/ratio_mean"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class StopAt(L.Callback):

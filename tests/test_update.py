@@ -11,13 +11,7 @@ from qerl.rollout import HF
 from qerl.types import SamplingConfig
 from qerl.update import TrainBatch, accumulate_gradients, stored_logprobs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ from qerl.types import SamplingConfig
 PROMPTS = ["What is 2 + 3?", "Hi", "A longer prompt than the others, to make left padding matter."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

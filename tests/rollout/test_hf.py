@@ -10,14 +10,7 @@ from qerl.rollout import HF
 from qerl.rollout.sampling import processed_logprobs, sample_next
 from qerl.types import SamplingConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine run ~50x faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
