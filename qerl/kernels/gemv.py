@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from qerl.kernels.formats import _e2m1_hi, _e2m1_lo, _nf4_value, block_multiplier
+from qerl.kernels.splitk import buffers, last_arrival, reset
 
 
 @triton.jit
@@ -253,16 +254,14 @@ def _gemv_kernel(
     if SPLIT_K > 1:
         # the last program to finish this output tile sums the partials (read through L2, not L1)
         tile = pid_m * tl.num_programs(1) + pid_n
-        tl.debug_barrier()
-        done = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if done == SPLIT_K - 1:
+        if last_arrival(cnt_ptr, tile, SPLIT_K):
             for m in tl.static_range(BLOCK_M):
                 tot = bias
                 for sk in range(SPLIT_K):
                     tot += tl.load(part_ptr + (sk * M + m0 + m) * N + rn, mask=n_ok & ((rn * 0 + m0 + m) < M), other=0.0,
                                    cache_modifier=".cg")
                 tl.store(out_ptr + (m0 + m) * som + rn, tot.to(out_ptr.dtype.element_ty), mask=n_ok & ((rn * 0 + m0 + m) < M))
-            tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+            reset(cnt_ptr, tile)
 
 
 GEMV_MAX_M = 16
@@ -278,20 +277,6 @@ SMALL_M_FP4_CONFIG = {"BLOCK_N": 128, "NG": 2, "num_warps": 4}
 def default_config(fmt_id: int, m: int) -> dict:
     """The measured best tile for this format and number of rows."""
     return dict(SMALL_M_FP4_CONFIG if fmt_id in (0, 1) and m <= 2 else DEFAULT_CONFIG)
-
-
-_COUNTERS: dict = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Self-resetting int32 arrival counters (all zero between launches), one set per (device, stream)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
 
 
 def pick_split(tiles: int, iters: int, sms: int) -> int:
@@ -332,11 +317,7 @@ def gemv_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gsca
         split = pick_split(tiles * chunks, iters, sms)
     split = max(1, min(split, iters))
     out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    if split > 1:
-        part = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
-        cnt = _counters(x.device, tiles * chunks)
-    else:
-        part, cnt = out, out
+    part, cnt = buffers(out, split, tiles * chunks)
     grid = (chunks, tiles, split)
     _gemv_kernel[grid](
         x, codes, scales, gscale if gscale is not None else scales, bias if bias is not None else out, out, part, cnt,

@@ -28,9 +28,10 @@ from qerl.kernels.formats import FORMAT_IDS
 # the FP4 forward wins up to M=64 and its input gradient up to M=16; NF4's select-tree decode loses to
 # dequantize + cuBLAS above M=16 forward and everywhere in the input gradient. From M=256 on cuBLAS wins.
 FUSED_MAX_M = {"nvfp4": 64, "mxfp4": 64, "nf4": 16}
-# Largest M that takes the tensor-core-free GEMV kernel (gemv.py); measured on H100 (kernels-notes.md, v5):
-# it beats the fused kernel at M <= 8 for NVFP4 and NF4 and at M <= 4 for MXFP4 (fused wins at M=8 there).
-GEMV_MAX_M = {"nvfp4": 8, "mxfp4": 4, "nf4": 8}
+# Largest M that takes the tensor-core-free GEMV kernel (gemv.py); measured on H100 (kernels-notes.md, v5/v6):
+# it beats the fused kernel up to M=4 for the FP4 formats (with v6's prefetching fused kernel, fused wins at
+# M=8: 120 vs 144 us on 32B gate_up) and up to M=8 for NF4, whose select-tree decode costs the fused kernel more.
+GEMV_MAX_M = {"nvfp4": 4, "mxfp4": 4, "nf4": 8}
 DGRAD_FUSED_MAX_M = {"nvfp4": 16, "mxfp4": 16, "nf4": 0}
 
 

@@ -109,8 +109,13 @@ class QuantLinear(nn.Module):
         return self.codes
 
     # ------------------------------------------------------------------ forward
+    @property
+    def uses_kernels(self) -> bool:
+        """Whether this format runs `qerl.kernels` on CUDA (its quantizer sets `uses_qerl_kernels`)."""
+        return bool(self._codec.uses_qerl_kernels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and self._codec.uses_qerl_kernels:
+        if x.is_cuda and self.uses_kernels:
             kernel = _kernel_quant_linear()
             if kernel is not None:
                 return kernel(x, self)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from kernel_layers import kernel_args, make_layer, rel_err
 
-from qerl.kernels import gemv
+from qerl.kernels import fused, gemv, splitk
 
 KINDS = ["nvfp4", "mxfp4", "nf4", "nf4-dq"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,7 +55,7 @@ def test_gemv_counters_reset_between_calls():
     y1 = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     y2 = gemv.gemv_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
-    assert int(gemv._counters(x.device, 1)[:4].abs().sum()) == 0
+    assert int(splitk.counters(x.device, 1)[:4].abs().sum()) == 0
 
 
 def test_gemv_default_config_and_limits():
@@ -65,3 +65,17 @@ def test_gemv_default_config_and_limits():
     with pytest.raises(ValueError, match="rows"):
         gemv.gemv_linear(torch.randn(gemv.GEMV_MAX_M + 1, 128, device=DEV).to(torch.bfloat16),
                            codes, s, g, fid, block, None)
+
+
+def test_fused_split_k_counters_reset_between_calls():
+    # the fused kernel's split-K epilogue (last program sums the partials) shares the counters with the GEMV
+    layer = make_layer("nvfp4", 72, 512, device=DEV)
+    x = torch.randn(9, 512, device=DEV).to(torch.bfloat16)
+    codes, s, g, fid, block = kernel_args(layer)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "NG": 4, "SPLIT_K": 4}
+    y1 = fused.fused_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
+    y2 = fused.fused_linear(x, codes, s, g, fid, block, layer.bias, config=cfg)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    ref = x.float() @ layer.dequantize(torch.float32).T + layer.bias.float()
+    assert rel_err(y1, ref) <= 1e-2
+    assert int(splitk.counters(x.device, 1)[:8].abs().sum()) == 0

@@ -6,6 +6,8 @@ A captured decode step is bound by its number of kernels as much as by weight by
 - runs a peft LoRA layer as base(x) + (x A^T) B^T * scaling, added in place, with the input cast to the
   adapter dtype once for the projections that share it (q/k/v, gate/up); LoRA weights are read in place;
   a layer with adapters disabled, merged, or a LoRA variant (DoRA...) is called as the module;
+- runs the 4-bit base layers of projections that share an input (q|k|v, gate|up) as one grouped kernel
+  launch on CUDA where it applies (`qerl.kernels.quant_linear_group`), the same sums as layer by layer;
 - applies rotary embeddings as x*cos + roll(x)*sin_signed (three kernels, the same arithmetic).
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qerl.quantizers.layers import QuantLinear
 
 _RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
 
@@ -27,6 +31,18 @@ def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _plain_lora(module: nn.Module) -> bool:
     return (hasattr(module, "lora_A") and hasattr(module, "base_layer") and not module.disable_adapters
             and not module.merged and not getattr(module, "lora_variant", None))
+
+
+def base_outputs(bases: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """``[base(x) for base in bases]``; 4-bit layers on CUDA in one grouped launch where the kernel applies."""
+    if len(bases) > 1 and x.is_cuda and all(isinstance(b, QuantLinear) and b.uses_kernels for b in bases):
+        from qerl import kernels
+
+        if kernels.available():
+            outs = kernels.quant_linear_group(x, bases)
+            if outs is not None:
+                return outs
+    return [b(x) for b in bases]
 
 
 def project(module: nn.Module, x: torch.Tensor, casts: dict) -> torch.Tensor:

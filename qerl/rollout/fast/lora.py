@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qerl.quantizers.layers import QuantLinear
 from qerl.rollout.fast.blocks import _plain_lora
 
 
@@ -65,8 +66,10 @@ class LoraPack:
 
 def run_group(group: _Group | None, modules: list[nn.Module], x: torch.Tensor, casts: dict) -> list[torch.Tensor]:
     """The outputs of `modules` on the shared input x: base layers + packed LoRA, or the modules themselves."""
-    from qerl.rollout.fast.blocks import project
+    from qerl.rollout.fast.blocks import base_outputs, project
 
     if group is None:
+        if all(isinstance(m, QuantLinear) for m in modules):
+            return base_outputs(modules, x)
         return [project(m, x, casts) for m in modules]
-    return group.apply(x, [m.base_layer(x) for m in modules])
+    return group.apply(x, base_outputs([m.base_layer for m in modules], x))
