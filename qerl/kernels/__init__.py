@@ -103,7 +103,7 @@ def quant_linear_group(x, layers):
     rows is outside the fused kernel's range (the GEMV and dequantize + cuBLAS paths are per layer): call
     the layers one by one then. No autograd: for decoding.
     """
-    from qerl.kernels import group, ops
+    from qerl.kernels import fused, ops
     from qerl.kernels.formats import FORMAT_IDS
 
     first = layers[0]
@@ -119,6 +119,6 @@ def quant_linear_group(x, layers):
     for lay in layers:
         codes, scales, gscale, bias = _kernel_args(lay, x2.dtype)
         parts.append((codes, ops._scales_arg(scales), gscale, bias))
-    y = group.fused_linear_group(x2, parts, FORMAT_IDS[fmt], block).to(x.dtype)
+    y = fused.fused_linear_group(x2, parts, FORMAT_IDS[fmt], block).to(x.dtype)
     return [t.reshape(*x.shape[:-1], lay.out_features)
             for t, lay in zip(y.split([lay.out_features for lay in layers], dim=-1), layers)]

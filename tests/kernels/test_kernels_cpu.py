@@ -42,6 +42,7 @@ def test_fused_config_rule():
     assert fused.pick_config(16, 27648, 5120, 0, 132)["num_warps"] == 4  # wide layer, small M
     assert fused.pick_config(64, 27648, 5120, 0, 132)["num_warps"] == 8
     assert fused.pick_config(16, 512, 3584, 0, 132)["num_warps"] == 8  # narrow layer
+    assert fused.pick_config(16, 27648, 5120, 2, 132)["num_warps"] == 8  # NF4 spills with 4
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,8 +109,6 @@ def test_wrong_input_width_is_refused_with_a_message():
 @pytest.mark.parametrize(("outs", "split", "bias"), [((64, 32, 32), 1, True), ((40, 72), 2, False)])
 def test_group_forward_matches_each_weight(kind, outs, split, bias):
     # q|k|v-like (three weights, bias) and gate|up-like (two, ragged N, split K): one launch, one output
-    from qerl.kernels import group
-
     k, m = (320 if kind.startswith("nf4") else 288), 5
     layers = [make_layer(kind, n, k, bias=bias, device=DEV) for n in outs]
     x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
@@ -118,7 +117,7 @@ def test_group_forward_matches_each_weight(kind, outs, split, bias):
         codes, s, g, fid, block = kernel_args(layer)
         parts.append((codes, s, g, layer.bias))
     cfg = {"BLOCK_M": 8, "BLOCK_N": 32, "NG": 4, "SPLIT_K": split}
-    y = group.fused_linear_group(x, parts, fid, block, config=cfg)
+    y = fused.fused_linear_group(x, parts, fid, block, config=cfg)
     assert y.shape == (m, sum(outs))
     for layer, part in zip(layers, y.split(list(outs), dim=1)):
         ref = x.float() @ layer.dequantize(torch.float32).T + (layer.bias.float() if bias else 0.0)
