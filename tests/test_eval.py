@@ -81,6 +81,18 @@ def test_the_same_seed_gives_the_same_completions_and_another_seed_does_not(tmp_
     assert [r.completion for r in rows1] != [r.completion for r in rows3]
 
 
+def test_rollout_args_reach_the_backend_and_bad_ones_are_named(tmp_path, capsys):
+    summary, rows = run_eval(tmp_path, "a", "--temperature", "0", "--rollout_args", '{"max_batch_rows": 1}')
+    assert summary["run"]["rollout_args"] == {"max_batch_rows": 1} and len(rows) == 4
+    _, same = run_eval(tmp_path, "b", "--temperature", "0")  # greedy: one row at a time = the default batching
+    assert [r.completion for r in rows] == [r.completion for r in same]
+    assert main([*TINY, "--rollout_args", "{max_batch_rows: 1}"]) == 2
+    assert "--rollout_args is not valid JSON" in capsys.readouterr().err
+    assert main([*TINY, "--rollout_args", '{"max_rows": 1}']) == 2
+    err = capsys.readouterr().err
+    assert "HF has no setting 'max_rows'" in err and "max_batch_rows" in err
+
+
 def test_the_summary_matches_the_jsonl_and_a_quantized_base_takes_the_adapter(tmp_path, adapter_dir):
     summary, rows = run_eval(tmp_path, "nvfp4", "--quantizer", "NVFP4", "--adapter", adapter_dir, "--n_samples", "3")
     metrics = summary["metrics"]

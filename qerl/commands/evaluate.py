@@ -12,6 +12,7 @@ prints a table. An adapter is verified to be applied (see `qerl.eval_adapter`) o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--batch_size", type=int, default=16, help="problems generated together")
     p.add_argument("--rollout", default="HF", help="generation backend: HF or VLLM")
+    p.add_argument("--rollout_args", default=None, metavar="JSON",
+                   help="the backend's settings as a JSON object, e.g. '{\"max_model_len\": 4096, "
+                        "\"gpu_memory_utilization\": 0.8}' for VLLM or '{\"max_batch_rows\": 128}' for HF")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same completions)")
     p.add_argument("--dequantize_once", action=argparse.BooleanOptionalAction, default=None,
                    help="decode each 4-bit layer once for the whole eval (a dense copy in memory; the same numbers, "
@@ -74,6 +78,30 @@ def check_args(args) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}.")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}.")
+
+
+def rollout_backend(args):
+    """The `--rollout` backend built with `--rollout_args`; bad JSON or an unknown setting is named with the flag."""
+    import inspect
+
+    from qerl.registry import ROLLOUT_BACKENDS
+
+    cls = ROLLOUT_BACKENDS.get(args.rollout)
+    kwargs = {}
+    if args.rollout_args:
+        try:
+            kwargs = json.loads(args.rollout_args)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--rollout_args is not valid JSON ({exc.msg} at character {exc.pos}): "
+                             f"{args.rollout_args!r}; write an object such as '{{\"max_batch_rows\": 64}}'.") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--rollout_args must be a JSON object of {cls.__name__}'s settings, got {args.rollout_args!r}.")
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"--rollout_args: {cls.__name__} has no setting {', '.join(map(repr, unknown))}; "
+                         f"its settings are {', '.join(accepted)}.")
+    return cls(**kwargs)
 
 
 def dataset_module(args):
@@ -138,7 +166,7 @@ def run(args) -> dict:
     from qerl.eval_adapter import apply_adapter
     from qerl.eval_report import format_table, write_report
     from qerl.evaluation import evaluate_prompts, summarize
-    from qerl.registry import QUANTIZERS, ROLLOUT_BACKENDS
+    from qerl.registry import QUANTIZERS
     from qerl.types import PromptBatch, SamplingConfig
 
     check_args(args)
@@ -147,7 +175,7 @@ def run(args) -> dict:
         raise DatasetError(f"--dataset {type(module).__name__} --split {args.split}: no rows (the val split exists "
                            "only where rows are held out of train); use --split test.")
     reward = reward_for(args, module)
-    backend = ROLLOUT_BACKENDS.get(args.rollout)()
+    backend = rollout_backend(args)
     quantizer = QUANTIZERS.get(args.quantizer)() if args.quantizer and args.quantizer.lower() != "none" else None
     loader = model_loader(args.model, seed=args.model_seed)
     name = model_name(loader)
@@ -180,7 +208,8 @@ def run(args) -> dict:
                 "dataset": type(module).__name__, "split": args.split, "limit": args.limit, "reward": reward.name,
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
-                "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__, "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__,
+                "rollout_args": json.loads(args.rollout_args) if args.rollout_args else {}, "seed": args.seed,
                 "dequantize_once": bool(once and quantizer is not None),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
     output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")
