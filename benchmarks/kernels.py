@@ -151,12 +151,18 @@ GEMV_VARIANT_CONFIGS = {"n256g2w4": {"BLOCK_N": 256, "NG": 2, "num_warps": 4},
                         "n128g2w4": {"BLOCK_N": 128, "NG": 2, "num_warps": 4},
                         "n512g2w8": {"BLOCK_N": 512, "NG": 2, "num_warps": 8},
                         "n256g2w4k1": {"BLOCK_N": 256, "NG": 2, "num_warps": 4, "SPLIT_K": 1}}
+# tiles of the fused kernel tried against its default rule (kernels-notes.md, v6); split K stays the rule's
+FUSED_VARIANT_CONFIGS = {"n128g4w8": {"BLOCK_N": 128, "NG": 4, "num_warps": 8},
+                         "n128g4w4": {"BLOCK_N": 128, "NG": 4, "num_warps": 4},
+                         "n128g8w8": {"BLOCK_N": 128, "NG": 8, "num_warps": 8},
+                         "n64g8w4": {"BLOCK_N": 64, "NG": 8, "num_warps": 4},
+                         "n256g4w8": {"BLOCK_N": 256, "NG": 4, "num_warps": 8}}
 GEMV_VARIANT_SHAPES = ("32b.gate_up", "32b.down", "8192", "7b.gate_up")
 
 
 def bench_gemv_variants(fmt, name, k, n, ms) -> list:
-    """Forward only: gemv (a few configs), the fused tensor-core kernel and cuBLAS bf16, all timed the same
-    way in this process; one record per (kernel, config), field "kernel"."""
+    """Forward only: gemv (a few configs), the fused tensor-core kernel (its rule, and a few tiles) and cuBLAS bf16,
+    all timed the same way in this process; one record per (kernel, config), field "kernel"."""
     from qerl.kernels import fused, gemv
     from qerl.kernels.formats import FORMAT_IDS
 
@@ -172,6 +178,10 @@ def bench_gemv_variants(fmt, name, k, n, ms) -> list:
         ref = x.float() @ layer.dequantize(torch.float32).T
         cands = {("cublas_bf16", ""): [lambda wb=wb: F.linear(x, wb) for wb in bf_copies],
                  ("fused", ""): [lambda c=c, s=s: fused.fused_linear(x, c, s, g, fid, block, None) for c, s in weights]}
+        for cname, tile in FUSED_VARIANT_CONFIGS.items():
+            cfg = dict(fused.pick_config(m, n, k, fid, torch.cuda.get_device_properties(0).multi_processor_count), **tile)
+            cands[("fused", cname)] = [lambda c=c, s=s, cfg=cfg: fused.fused_linear(x, c, s, g, fid, block, None, config=cfg)
+                                       for c, s in weights]
         for cname, cfg in GEMV_VARIANT_CONFIGS.items():
             cands[("gemv", cname)] = [lambda c=c, s=s, cfg=cfg: gemv.gemv_linear(x, c, s, g, fid, block, None, config=cfg)
                                       for c, s in weights]

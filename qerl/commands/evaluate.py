@@ -81,7 +81,8 @@ def check_args(args) -> None:
 
 
 def rollout_backend(args):
-    """The `--rollout` backend built with `--rollout_args`; bad JSON or an unknown setting is named with the flag."""
+    """(the `--rollout` backend built with `--rollout_args`, those settings); bad JSON or an unknown setting is named
+    with the flag."""
     import inspect
 
     from qerl.registry import ROLLOUT_BACKENDS
@@ -101,7 +102,7 @@ def rollout_backend(args):
     if unknown:
         raise ValueError(f"--rollout_args: {cls.__name__} has no setting {', '.join(map(repr, unknown))}; "
                          f"its settings are {', '.join(accepted)}.")
-    return cls(**kwargs)
+    return cls(**kwargs), kwargs
 
 
 def dataset_module(args):
@@ -175,7 +176,7 @@ def run(args) -> dict:
         raise DatasetError(f"--dataset {type(module).__name__} --split {args.split}: no rows (the val split exists "
                            "only where rows are held out of train); use --split test.")
     reward = reward_for(args, module)
-    backend = rollout_backend(args)
+    backend, rollout_args = rollout_backend(args)
     quantizer = QUANTIZERS.get(args.quantizer)() if args.quantizer and args.quantizer.lower() != "none" else None
     loader = model_loader(args.model, seed=args.model_seed)
     name = model_name(loader)
@@ -209,7 +210,7 @@ def run(args) -> dict:
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__,
-                "rollout_args": json.loads(args.rollout_args) if args.rollout_args else {}, "seed": args.seed,
+                "rollout_args": rollout_args, "seed": args.seed,
                 "dequantize_once": bool(once and quantizer is not None),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
     output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -112,9 +112,12 @@ def quant_linear_group(x, layers):
         return None
     if any(lay.format != fmt or lay.in_features != k or int(lay.block_size) != block for lay in layers):
         return None
-    x2 = _as_rows(x, k)
-    if not ops.GEMV_MAX_M[fmt] < x2.shape[0] <= ops.FUSED_MAX_M[fmt]:
+    if x.shape[-1] != k:
+        raise ValueError(f"qerl.kernels.quant_linear_group: input has {x.shape[-1]} features on its last axis, "
+                         f"the layers expect in_features={k}.")
+    if not ops.GEMV_MAX_M[fmt] < x.numel() // k <= ops.FUSED_MAX_M[fmt]:
         return None
+    x2 = _as_rows(x, k)
     parts = []
     for lay in layers:
         codes, scales, gscale, bias = _kernel_args(lay, x2.dtype)

@@ -46,7 +46,7 @@ def _load_iter(x_ptr, codes_ptr, scales_ptr, it, rn, rm, n_ok, m_ok, KG, K, sxm,
 
 
 @triton.jit
-def tile_product(x_ptr, codes_ptr, scales_ptr, g, rn, rm, n_ok, m_ok, pid_k, KG, K, sxm, sxk, sc_n, ss_n,
+def _tile_product(x_ptr, codes_ptr, scales_ptr, g, rn, rm, n_ok, m_ok, pid_k, KG, K, sxm, sxk, sc_n, ss_n,
                  FMT: tl.constexpr, B: tl.constexpr, F32DOT: tl.constexpr, EVEN_N: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
                  SPLIT_K: tl.constexpr):
@@ -84,7 +84,7 @@ def tile_product(x_ptr, codes_ptr, scales_ptr, g, rn, rm, n_ok, m_ok, pid_k, KG,
 
 
 @triton.jit
-def write_tile(acc, out_ptr, part_ptr, cnt_ptr, bias_ptr, tile, pid_k, rn, rm, n_end, M, ldp, som, son,
+def _write_tile(acc, out_ptr, part_ptr, cnt_ptr, bias_ptr, tile, pid_k, rn, rm, n_end, M, ldp, som, son,
                HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
     """out[rm, rn] = acc (+ bias[rn]) for rn < n_end; with split K through `splitk.reduce_tile`."""
     if SPLIT_K == 1:
@@ -124,9 +124,9 @@ def _fused_kernel(
     g = 1.0
     if FMT == 0:
         g = tl.load(gp)
-    acc = tile_product(x_ptr, codes, scales, g, rn, rm, rn < n_seg, rm < M, pid_k, K // 16, K, sxm, sxk,
+    acc = _tile_product(x_ptr, codes, scales, g, rn, rm, rn < n_seg, rm < M, pid_k, K // 16, K, sxm, sxk,
                        sc_n, ss_n, FMT, B, F32DOT, EVEN_N, EVEN_K, BLOCK_M, BLOCK_N, NG, SPLIT_K)
-    write_tile(acc, out_ptr + n_off * son, part_ptr + n_off, cnt_ptr, bias, pid_m * tl.num_programs(0) + pid_n,
+    _write_tile(acc, out_ptr + n_off * son, part_ptr + n_off, cnt_ptr, bias, pid_m * tl.num_programs(0) + pid_n,
                pid_k, rn, rm, n_seg, M, N0 + N1 + N2, som, son, HAS_BIAS, SPLIT_K)
 
 

@@ -64,5 +64,3 @@ def buffers(out: torch.Tensor, split: int, tiles: int):
         return out, out
     m, n = out.shape
     return torch.empty((split, m, n), device=out.device, dtype=torch.float32), counters(out.device, tiles)
-
-

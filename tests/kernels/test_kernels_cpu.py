@@ -136,3 +136,5 @@ def test_quant_linear_group_matches_layers_and_declines_what_it_cannot_group():
     assert quant_linear_group(x[:1, :2], [q, kk, v]) is None  # 2 rows: the GEMV's range, per layer
     assert quant_linear_group(x, [q, make_layer("mxfp4", 32, k, device=DEV)]) is None  # formats differ
     assert quant_linear_group(x, [q, make_layer("nvfp4", 32, k, bias=False, device=DEV)]) is None  # bias on one
+    with pytest.raises(ValueError, match="input has 128 features on its last axis, the layers expect in_features=256"):
+        quant_linear_group(x[..., :128], [q, kk, v])
