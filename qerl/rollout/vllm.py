@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +18,7 @@ from torch import nn
 
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
+from qerl.rollout.vllm_engine import SERVED_FORMATS
 from qerl.types import Rollout, SamplingConfig
 
 #: max_lora_rank values vLLM accepts
@@ -49,7 +52,10 @@ class VLLM(RolloutBackend):
             go into `Rollout.importance_weights` (None: off).
         measure_mismatch: score each rollout under the policy too and report `rollout/mismatch_kl`.
         enforce_eager: no CUDA graphs (slower decode, faster start).
-        engine_kwargs: further `vllm.LLM` keyword arguments.
+        cache_dir: vLLM's compile cache (`VLLM_CACHE_ROOT`); a later run of the same model starts faster
+            (None: vLLM's default, ~/.cache/vllm).
+        engine_kwargs: further `vllm.LLM` keyword arguments. Unless they set `compilation_config`, CUDA graphs
+            are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that).
     """
 
     def __init__(self, gpu_memory_utilization: float = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
@@ -57,7 +63,7 @@ class VLLM(RolloutBackend):
                  kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool = True, enforce_eager: bool = False, seed: int = 0,
-                 engine_kwargs: dict[str, Any] | None = None) -> None:
+                 cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
         def need(ok: bool, key: str, value, what: str) -> None:
             if not ok:
                 raise ValueError(f"VLLM: `{_KEY}.{key}`={value!r} {what}.")
@@ -79,6 +85,10 @@ class VLLM(RolloutBackend):
         self.max_num_seqs, self.quantized_base, self.lora_transfer = max_num_seqs, quantized_base, lora_transfer
         self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
+        self.cache_dir = cache_dir
+        self.engine_kwargs.setdefault("compilation_config", {"max_cudagraph_capture_size": max_num_seqs})
+        self.setup_s: float | None = None
+        self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
         self.last_metrics: dict[str, float] = {}
         self.model_dir: str | None = None
@@ -104,15 +114,21 @@ class VLLM(RolloutBackend):
                                  "built from; use a new VLLM backend for another model.")
             self._pending = None
             return
+        started = time.perf_counter()
         self._base_checksum = engine.base_checksum(lm)
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
         self.model_dir = engine.scratch_dir()
         weakref.finalize(self, shutil.rmtree, self.model_dir, True)  # tmpfs is RAM: never leave copies behind
-        if on_cuda and self.quantized_base and engine.has_nvfp4_layers(lm):
-            engine.export_nvfp4(lm, tokenizer, self.model_dir)
+        packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
+        if packed:
+            engine.export_quantized(lm, tokenizer, self.model_dir)
         else:
+            self._warn_dense(engine.quantized_format(lm), dtype, on_cuda)
             engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
+        self.served_as = f"{packed} (compressed-tensors)" if packed else dtype
+        if self.cache_dir:
+            os.environ["VLLM_CACHE_ROOT"] = os.path.abspath(self.cache_dir)
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
@@ -128,7 +144,21 @@ class VLLM(RolloutBackend):
         self.sync_weights(policy)
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())
+        self.setup_s = time.perf_counter() - started
 
+    def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool) -> None:
+        """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights)."""
+        if fmt is None:
+            return
+        if not on_cuda:
+            why = "the CPU build of vLLM has no FP4 weight kernels"
+        elif not self.quantized_base:
+            why = f"`{_KEY}.quantized_base` is false"
+        else:
+            why = f"vLLM serves only {'/'.join(f.upper() for f in SERVED_FORMATS)} bases packed"
+        warnings.warn(f"VLLM: the {fmt.upper()} policy base is served dense ({dtype}) by the engine: {why}. "
+                      "Generation matches the policy's dequantized weights, without the 4-bit speed-up.",
+                      stacklevel=3)
     def _check_adapter(self, policy: nn.Module) -> dict:
         """The policy's peft LoRA config as a dict; errors (before any engine starts) for what vLLM cannot take."""
         configs = getattr(policy, "peft_config", None) if hasattr(policy, "get_base_model") else None
@@ -276,6 +306,13 @@ class VLLM(RolloutBackend):
                                 use_tqdm=False)[0]
         found = out.prompt_logprobs[len(prompt_ids):]
         return torch.tensor([d[t].logprob for d, t in zip(found, completion_ids)], dtype=torch.float32)
+
+    def engine_linear_methods(self) -> dict[str, int]:
+        """How the engine serves the base: {vLLM scheme / quant-method class: number of linear layers}."""
+        from qerl.rollout import vllm_sync
+
+        self._ready()
+        return self.llm.collective_rpc(vllm_sync.linear_methods)[0]
 
     def release_memory(self) -> None:
         """In sleep mode (CUDA), offload the engine's weights and drop its KV cache until the next generation."""

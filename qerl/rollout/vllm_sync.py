@@ -99,3 +99,17 @@ def read_weights(worker, names: list[str]) -> dict[str, torch.Tensor]:
     """CPU copies of the engine's parameters `names` (for tests and checks)."""
     params = dict(_model(worker).named_parameters())
     return {n: params[n].detach().cpu().clone() for n in names}
+
+
+def linear_methods(worker) -> dict[str, int]:
+    """{scheme or quant-method class name: layer count} over the engine's linear layers: how the base is served
+    (e.g. `CompressedTensorsW4A16Fp4` for NVFP4, `UnquantizedLinearMethod` for dense layers)."""
+    from vllm.model_executor.layers.linear import LinearBase
+
+    counts: dict[str, int] = {}
+    for module in _model(worker).modules():
+        if isinstance(module, LinearBase):
+            scheme = getattr(module, "scheme", None)
+            name = type(scheme if scheme is not None else module.quant_method).__name__
+            counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -60,6 +60,34 @@ def test_compressed_tensors_decompresses_to_our_dequantization(make_tiny_llama, 
     assert checked == 12
 
 
-def test_only_nvfp4_exports(make_tiny_llama, tmp_path):
-    with pytest.raises(ExportError, match="NVFP4 only.*mxfp4"):
-        export_compressed_tensors(MXFP4().quantize_model(make_tiny_llama()), tmp_path)
+def test_mxfp4_exports_in_the_layout_compressed_tensors_decompresses(make_tiny_llama, tmp_path):
+    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+
+    model = MXFP4().quantize_model(make_tiny_llama(seed=4).to(torch.bfloat16))
+    export_compressed_tensors(model, tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    config = json.loads((tmp_path / "config.json").read_text())
+    qc = QuantizationConfig.model_validate(config["quantization_config"])
+    assert qc.format == "mxfp4-pack-quantized" and qc.config_groups["group_0"].weights.group_size == 32
+    scheme = preset_name_to_scheme("MXFP4A16", ["Linear"])
+    checked = 0
+    for name, layer in model.named_modules():
+        if getattr(layer, "format", None) != "mxfp4":
+            continue
+        assert f"{name}.weight_global_scale" not in tensors
+        local = {k: tensors[f"{name}.{k}"] for k in ("weight_packed", "weight_scale")}
+        assert local["weight_scale"].dtype == torch.uint8
+        theirs = MXFP4PackedCompressor.decompress(local, scheme)["weight"]
+        assert torch.equal(theirs.to(torch.bfloat16), layer.dequantize(torch.bfloat16))  # powers of two: exact
+        checked += 1
+    assert checked == 14
+
+
+def test_nf4_does_not_export(make_tiny_llama, tmp_path):
+    from qerl.quantizers import NF4
+
+    with pytest.raises(ExportError, match="nf4"):
+        export_compressed_tensors(NF4().quantize_model(make_tiny_llama()), tmp_path)

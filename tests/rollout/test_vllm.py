@@ -255,12 +255,12 @@ def test_nvfp4_export_for_the_gpu_engine_writes_compressed_tensors_names(tmp_pat
     from safetensors.torch import load_file
 
     from qerl.logprobs import causal_lm
-    from qerl.rollout.vllm_engine import export_nvfp4, has_nvfp4_layers
+    from qerl.rollout.vllm_engine import export_quantized, has_nvfp4_layers
 
     policy, tokenizer = tiny_policy()
     lm = causal_lm(policy)
     assert has_nvfp4_layers(lm)
-    export_nvfp4(lm, tokenizer, str(tmp_path))
+    export_quantized(lm, tokenizer, str(tmp_path))
     keys = set(load_file(str(tmp_path / "model.safetensors")))
     assert "model.layers.0.self_attn.q_proj.weight_packed" in keys
     assert "model.layers.1.mlp.down_proj.weight_global_scale" in keys
