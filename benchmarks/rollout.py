@@ -126,7 +126,7 @@ def run_hf_generate(policy, batch: int, new: int) -> float:
 
 def diagnose(spec: str) -> None:
     """model:format:batch - one decode step with LoRA r32 and with adapters disabled: step time, kernels, top 12."""
-    from qerl.quantizers.lora import apply_lora
+    from qerl.lora.apply import apply_lora
 
     model, fmt, batch = spec.split(":")
     policy, tok = load(model, fmt)
@@ -192,7 +192,7 @@ def main() -> None:
                 results.append(dict(row, status="not run (time budget)"))
                 continue
             if backend != "hf" and not lora_on:
-                from qerl.quantizers.lora import apply_lora
+                from qerl.lora.apply import apply_lora
 
                 policy = apply_lora(policy, rank=32, alpha=64.0)
                 with torch.no_grad():

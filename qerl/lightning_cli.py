@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from qerl.recipe_errors import explain_parse_error
+from qerl.commands.recipe_errors import explain_parse_error
 
 SUBCOMMANDS = ("fit", "validate", "test")
 #: exceptions from building the run (a component's __init__ rejecting a value) shown without a traceback

@@ -10,19 +10,19 @@ import lightning as L
 import torch
 
 from qerl.algorithms.base import Algorithm
-from qerl.collect import collect_groups
+from qerl.evaluation.validation import ValidationSettings
 from qerl.models.base import PolicyLoader
 from qerl.noise.base import NoiseSchedule
 from qerl.quantizers.base import Quantizer
-from qerl.resume import capture_rng, resume_position
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
-from qerl.scoring import Scored, concat_scored
-from qerl.settings import LoRASettings, OptimizerSettings
-from qerl.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
+from qerl.training.collect import collect_groups
+from qerl.training.resume import capture_rng, resume_position
+from qerl.training.scoring import Scored, concat_scored
+from qerl.training.settings import LoRASettings, OptimizerSettings
+from qerl.training.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
+from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients, stored_logprobs
 from qerl.types import PromptBatch, SamplingConfig
-from qerl.update import TrainBatch, accumulate_gradients, clip_gradients, stored_logprobs
-from qerl.validation import ValidationSettings
 
 
 class QeRLModule(L.LightningModule):
@@ -83,8 +83,8 @@ class QeRLModule(L.LightningModule):
         dequantize_once_per_step: bool = False,
     ) -> None:
         super().__init__()
-        from qerl.module_checks import check_module_args
         from qerl.rollout.hf import HF
+        from qerl.training.checks import check_module_args
 
         self.policy = policy
         self.algorithm = algorithm
@@ -110,7 +110,7 @@ class QeRLModule(L.LightningModule):
         self.accuracy_index = check_module_args(self, accuracy_reward)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable weights
-        from qerl.metrics import RunningRewards
+        from qerl.training.running_rewards import RunningRewards
 
         self.running = RunningRewards()
         self.model = None
@@ -123,10 +123,10 @@ class QeRLModule(L.LightningModule):
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         if self.model is None:
-            from qerl.module_checks import build_policy
+            from qerl.training.checks import build_policy
 
             self.model, self.tokenizer = build_policy(self)
-            from qerl.quantizers.lora import base_weight_snapshot
+            from qerl.lora.apply import base_weight_snapshot
 
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
@@ -164,7 +164,7 @@ class QeRLModule(L.LightningModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         if not self.dequantize_once_per_step:
             return self._training_step(dataloader_iter)
-        from qerl.dequant_cache import dequantize_once
+        from qerl.quantizers.dequant_cache import dequantize_once
 
         with dequantize_once(self.model):
             return self._training_step(dataloader_iter)
@@ -210,7 +210,7 @@ class QeRLModule(L.LightningModule):
         if self.algorithm.num_iterations > 1:
             batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature)
         if self.algorithm.beta > 0:
-            from qerl.quantizers.lora import reference_policy
+            from qerl.lora.apply import reference_policy
 
             batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature,
                                                  context=lambda: reference_policy(self.model, self._base_weights))
@@ -260,18 +260,18 @@ class QeRLModule(L.LightningModule):
 
     # --------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        from qerl import validation
+        from qerl.evaluation import validation
 
         validation.start(self)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        """Sample and score held-out prompts (no AQN noise); metrics are logged at the end (`qerl.validation`)."""
-        from qerl import validation
+        """Sample and score held-out prompts (no AQN noise); metrics are logged at the end (`qerl.evaluation.validation`)."""
+        from qerl.evaluation import validation
 
         validation.step(self, batch)
 
     def on_validation_epoch_end(self) -> None:
-        from qerl import validation
+        from qerl.evaluation import validation
 
         validation.finish(self)
 

@@ -26,8 +26,8 @@ SMALL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3, "
 
 @pytest.fixture(scope="module")
 def quantized_lora():
+    from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     loader = RandomInit("tiny", overrides=SMALL, tokenizer="bytes")
     model, _ = loader.load(quantizer="NVFP4", dtype="bfloat16", device="cpu")
@@ -74,7 +74,7 @@ def test_adamw_state_and_grad_bytes_are_exact(quantized_lora):
 
 def test_activation_estimate_matches_saved_tensors(quantized_lora):
     """Bytes autograd keeps for backward (counted per storage) vs layers x layer_activation_bytes x tokens."""
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     model, shape = quantized_lora
     gen = torch.Generator().manual_seed(0)

@@ -48,7 +48,7 @@ def device_budget(device) -> float | None:
 def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print) -> MemoryEstimate | None:
     """Estimate `module`'s peak (its policy must be built), resolve `micro_batch_size="auto"`, print the plan
     and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`)."""
-    from qerl.logprobs import causal_lm
+    from qerl.models.logprobs import causal_lm
 
     try:
         shape = ModelShape.from_config(causal_lm(module.model).config)

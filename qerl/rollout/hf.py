@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qerl.logprobs import causal_lm, position_ids_from_mask
+from qerl.models.logprobs import causal_lm, position_ids_from_mask
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.sampling import sample_next

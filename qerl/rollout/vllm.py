@@ -95,7 +95,7 @@ class VLLM(RolloutBackend):
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         self.lora_config = self._check_adapter(policy)
         engine.import_vllm()  # fail before the export if vLLM is missing
-        from qerl.logprobs import causal_lm
+        from qerl.models.logprobs import causal_lm
 
         lm = causal_lm(policy)
         if self.llm is not None:  # set up again (a new stage, or a rebuilt policy): the engine must hold its base

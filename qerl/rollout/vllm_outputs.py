@@ -55,7 +55,7 @@ def rollout_from_outputs(outputs, prompt_ids: list[list[int]], n: int, pad_id: i
 @torch.no_grad()
 def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8) -> torch.Tensor:
     """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad)."""
-    from qerl.update import stored_logprobs
+    from qerl.training.update import stored_logprobs
 
     was_training = policy.training
     policy.eval()

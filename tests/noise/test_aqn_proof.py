@@ -21,8 +21,8 @@ FEEDS = {"input_layernorm": ("q_proj", "k_proj", "v_proj"), "post_attention_laye
 @pytest.fixture
 def quantized_lora_llama(make_llama):
     try:
+        from qerl.lora.apply import apply_lora
         from qerl.quantizers import NVFP4
-        from qerl.quantizers.lora import apply_lora
     except ImportError as err:  # the Quantizers issue provides these
         pytest.skip(f"qerl.quantizers (NVFP4, apply_lora) not available yet: {err}")
     model = NVFP4().quantize_model(make_llama(dtype=torch.float32))

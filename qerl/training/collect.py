@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from qerl.scoring import Scored, concat_scored, score_rollout, select_groups
-from qerl.step_metrics import StepTimer
+from qerl.training.scoring import Scored, concat_scored, score_rollout, select_groups
+from qerl.training.step_metrics import StepTimer
 from qerl.types import PromptBatch
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Lightning decides when (`trainer.val_check_interval`: every N training batches, or
 `trainer.check_val_every_n_epoch`); the data module supplies the held-out prompts (`val_size`/`val_split`);
-`QeRLModule.validation_step` hands each batch to `ValidationRun`, which scores it with `qerl.evaluation`
+`QeRLModule.validation_step` hands each batch to `ValidationRun`, which scores it with `qerl.evaluation.evaluate`
 and logs `val/accuracy`, `val/pass@k`, `val/mean_length`, `val/truncated_frac`, `val/mean_reward` and
 `val/tokens_per_s` at the end of the loop. Sampling here never carries AQN noise.
 """
@@ -45,7 +45,7 @@ class ValidationRun:
     """Collects the scored completions of one validation loop and turns them into `val/` metrics."""
 
     def __init__(self, settings: ValidationSettings, training: SamplingConfig) -> None:
-        from qerl.evaluation import EvalTotals
+        from qerl.evaluation.evaluate import EvalTotals
 
         self.sampling = settings.sampling(training)
         self.records: list = []
@@ -54,7 +54,7 @@ class ValidationRun:
 
     def step(self, module, batch) -> None:
         """Sample and score one batch of held-out prompts with the module's rollout backend and rewards."""
-        from qerl.evaluation import evaluate_batch
+        from qerl.evaluation.evaluate import evaluate_batch
 
         batch = batch[0] if isinstance(batch, tuple) else batch
         if not isinstance(batch, PromptBatch):
@@ -67,7 +67,7 @@ class ValidationRun:
 
     def metrics(self) -> dict[str, float]:
         """`val/<metric>` of everything collected (empty when no batch ran)."""
-        from qerl.evaluation import summarize
+        from qerl.evaluation.evaluate import summarize
 
         if not self.records:
             return {}

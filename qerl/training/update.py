@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qerl.algorithms.base import Algorithm
-from qerl.logprobs import completion_logprobs, trim_padding
+from qerl.models.logprobs import completion_logprobs, trim_padding
 from qerl.types import Rollout
 
 

@@ -72,7 +72,7 @@ def evaluate_batch(rollout_backend, tokenizer, prompts: PromptBatch, rewards: li
     The batch's sampling seed is derived from `sampling.seed` and `first_prompt`, so a prompt's samples do not
     depend on the batches before it. Generation time and tokens are added to `totals`.
     """
-    from qerl.scoring import score_rollout
+    from qerl.training.scoring import score_rollout
 
     ids = tokenizer(list(prompts.prompts), add_special_tokens=False)["input_ids"]
     seeded = dataclasses.replace(sampling, stop=list(sampling.stop), seed=batch_seed(sampling.seed, first_prompt))

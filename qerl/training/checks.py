@@ -25,7 +25,7 @@ def _positive_int(value, key: str, minimum: int = 1) -> None:
 
 def check_module_args(module: QeRLModule, accuracy_reward: str | None) -> int:
     """Validate what can be checked without loading the model; return the index of the accuracy reward."""
-    from qerl.scoring import reward_names
+    from qerl.training.scoring import reward_names
 
     s = module.sampling
     _positive_int(s.n, "sampling.n")
@@ -72,7 +72,7 @@ def build_policy(module: QeRLModule):
     """Load the policy (quantized on load), add LoRA, freeze the rest; return (model, tokenizer)."""
     model, tokenizer = module.policy.load(quantizer=module.quantizer, dtype=module.dtype_name, device=module.device)
     if module.lora is not None:
-        from qerl.quantizers.lora import LoraTargetError, apply_lora
+        from qerl.lora.apply import LoraTargetError, apply_lora
 
         lora = module.lora
         try:
@@ -84,7 +84,7 @@ def build_policy(module: QeRLModule):
         for param in model.parameters():
             param.requires_grad_(param.is_floating_point())
     if module.gradient_checkpointing:
-        from qerl.logprobs import causal_lm
+        from qerl.models.logprobs import causal_lm
 
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):
