@@ -6,9 +6,9 @@ import torch
 
 from qerl.algorithms import DAPO, GRPO
 from qerl.models.byte_tokenizer import byte_tokenizer
-from qerl.models.logprobs import completion_logprobs, position_ids_from_mask
+from qerl.models.logprobs import completion_logprobs, position_ids_from_mask, stored_logprobs
 from qerl.rollout import HF
-from qerl.training.update import TrainBatch, accumulate_gradients, stored_logprobs
+from qerl.training.update import TrainBatch, accumulate_gradients
 from qerl.types import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

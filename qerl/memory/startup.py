@@ -28,7 +28,7 @@ def run_shape(module, datamodule=None) -> RunShape:
     lora = module.lora
     micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
     return RunShape(rows=rows, prompt_len=int(prompt_len), response_len=int(module.sampling.max_new_tokens),
-                    micro_batch=micro, rollout_rows=int(getattr(module.rollout, "max_batch_rows", rows) or rows),
+                    micro_batch=micro, rollout_rows=int(module.rollout.max_batch_rows or rows),
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
                     lora_targets=tuple(lora.targets) if lora is not None else ())

@@ -1,4 +1,4 @@
-"""`QuantLinear`: a frozen 4-bit Linear (W4A16) holding the packed weight as buffers (docs: quant_contract)."""
+"""`QuantLinear`: a frozen 4-bit Linear (W4A16) holding the packed weight as buffers."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qerl.quantizers.base import QuantizationError, QuantizedWeight, format_codec
+from qerl.quantizers.weight import QuantizationError, QuantizedWeight, format_codec
 
 
 @functools.cache

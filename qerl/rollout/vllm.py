@@ -80,19 +80,14 @@ class VLLM(RolloutBackend):
         self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
         self.policy = self.tokenizer = self.llm = None
-        self.last_metrics: dict[str, float] = {}
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
 
     # ------------------------------------------------------------------ setup
     def setup(self, policy: nn.Module, tokenizer) -> None:
         from qerl.rollout import vllm_engine as engine
-        from qerl.rollout.hf import _eos_ids
 
         super().setup(policy, tokenizer)
-        self.eos_ids = _eos_ids(policy, tokenizer)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         self.lora_config = self._check_adapter(policy)
         engine.import_vllm()  # fail before the export if vLLM is missing
         from qerl.models.logprobs import causal_lm
