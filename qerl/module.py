@@ -138,7 +138,8 @@ class QeRLModule(L.LightningModule):
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            plan_for_module(self, datamodule)  # prints the memory plan, warns if it won't fit, resolves "auto"
+            # prints the memory plan, warns if it won't fit, resolves "auto"
+            self.micro_batch_size = plan_for_module(self, datamodule).micro_batch_size
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):

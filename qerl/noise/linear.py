@@ -17,10 +17,7 @@ class Linear(StagedDecay):
         sigma_0 = 0
         sigma_k = sigma_start + (sigma_end - sigma_start) * (k - 1) / (K - 2)    for k >= 1
 
-    Args:
-        sigma_start: sigma of stage 1 (the first noisy stage).
-        sigma_end: sigma of the last stage; must not exceed sigma_start (0 is allowed).
-        num_stages: K, the number of equal stages (>= 2), stage 0 included.
+    Arguments (`sigma_start`, `sigma_end`, `num_stages`): see `StagedDecay`; `sigma_end` may be 0.
     """
 
     @staticmethod

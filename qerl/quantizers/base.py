@@ -2,7 +2,7 @@
 
 A concrete quantizer names its storage `format` and `block_size`, quantizes a 2-D weight into named tensors
 (the `QuantLinear` buffers: `codes`, `scales`, ...), and reads them back in
-`dequantize_tensors`. Every subclass that sets `format` is findable by it (`format_codec("nvfp4")`), which is
+`dequantize_tensors`. Every subclass that declares `format` is findable by it (`format_codec("nvfp4")`), which is
 how a `QuantLinear` or a checkpoint turns stored tensors back into a weight - including plugin formats.
 
 Bad input is refused, never padded: in_features must be a multiple of `block_size` and the weight finite.
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from qerl.quantizers.layers import QuantLinear
-from qerl.quantizers.weight import FORMATS, QuantizationError, QuantizedWeight
+from qerl.quantizers.weight import QuantizationError, QuantizedWeight, StorageFormat
 
 _ROWS_PER_CHUNK_ELEMENTS = 1 << 26  # bounds the temporaries of one quantize step (~64M weights at a time)
 
@@ -27,21 +26,8 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(p == name or p in parts or name.endswith("." + p) for p in patterns)
 
 
-class Quantizer(ABC):
+class Quantizer(StorageFormat, ABC):
     """Turns bf16/fp32 weights into a 4-bit format and swaps Linear layers."""
-
-    format: ClassVar[str] = ""
-    block_size: int = 0  # weights per block along in_features (a subclass may make it an __init__ argument)
-    uses_qerl_kernels: ClassVar[bool] = False  # True: QuantLinear may call qerl.kernels.quant_linear on CUDA
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        owner = FORMATS.get(cls.format)
-        if cls.format and "format" in cls.__dict__ and owner is not None and owner.__qualname__ != cls.__qualname__:
-            raise TypeError(f"{cls.__module__}.{cls.__qualname__} claims storage format {cls.format!r}, already owned "
-                            f"by {owner.__module__}.{owner.__qualname__}; pick a new format name.")
-        if cls.format:
-            FORMATS.setdefault(cls.format, cls)  # a subclass that keeps its parent's format reads it the same way
 
     # ------------------------------------------------------------------ per weight
     @abstractmethod

@@ -212,11 +212,12 @@ class VLLM(RolloutBackend):
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
         """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly."""
-        from qerl.noise.inject import check_noise_sigma, noisy_norms
+        from qerl.noise.base import check_sigma
+        from qerl.noise.inject import noisy_norms
         from qerl.rollout import vllm_sync
         from qerl.rollout.vllm_engine import engine_name
 
-        if check_noise_sigma(sigma) == 0.0:
+        if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
         self._ready()
