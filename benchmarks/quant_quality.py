@@ -24,10 +24,17 @@ import time
 
 import torch
 
+from qerl.evaluation.quality import (
+    agreement,
+    chat_prompts,
+    dequantized_copy,
+    final_number,
+    greedy_generate,
+    solution_perplexity,
+)
 from qerl.models import GGUFModel
 from qerl.models.base import new_report
 from qerl.models.streaming import quantize_loaded, tensor_bytes
-from qerl.quality import agreement, chat_prompts, dequantized_copy, final_number, greedy_generate, solution_perplexity
 from qerl.quantizers import MXFP4, NF4, NVFP4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

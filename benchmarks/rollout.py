@@ -177,7 +177,7 @@ def run_hf_generate(policy, batch: int, new: int) -> float:
 
 def diagnose(spec: str) -> None:
     """model:format:batch - one decode step with LoRA r32 and with adapters disabled: step time, kernels, top 12."""
-    from qerl.quantizers.lora import apply_lora
+    from qerl.lora.apply import apply_lora
 
     model, fmt, batch = spec.split(":")
     policy, tok = load(model, fmt)
@@ -228,7 +228,7 @@ def run_group(model: str, fmt: str, rows: list) -> list[dict]:
     for backend, batch, new in sorted(rows, key=lambda r: r[0] != "hf"):  # HF generate first, before LoRA
         row = {"model": model, "backend": backend, "batch": batch, "new": new, "prompt": PROMPT, "load_s": round(load_s, 1)}
         if backend != "hf" and not lora_on:
-            from qerl.quantizers.lora import apply_lora
+            from qerl.lora.apply import apply_lora
 
             policy = apply_lora(policy, rank=32, alpha=64.0)
             with torch.no_grad():

@@ -3,7 +3,7 @@
 Random weights (speed and memory do not depend on values), quantized on load (streamed, never a full bf16
 copy), LoRA r32 on all 7 projections, group 8, prompt 256 tokens, EOS ignored (every completion is `new`
 tokens long), temperature 1. The step runs the same pieces `QeRLModule` runs (the `HF` backend with its fast
-engine, its `release_memory` between rollout and update, `qerl.update.accumulate_gradients` with the chunked
+engine, its `release_memory` between rollout and update, `qerl.training.update.accumulate_gradients` with the chunked
 log-prob head, GRPO advantages and loss, gradient clipping, AdamW over the LoRA parameters), driven without a
 Lightning Trainer so a 32B step needs nothing else. The reward is a real per-token computation on the sampled
 ids (share of even ids), so advantages are non-zero and every micro-batch back-propagates.
@@ -52,9 +52,9 @@ def sync():
 
 
 def build(model: str, fmt: str, device: str, checkpointing: bool):
-    from qerl.logprobs import causal_lm
+    from qerl.lora.apply import apply_lora
+    from qerl.models.logprobs import causal_lm
     from qerl.models.random_init import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     loader = RandomInit(PRESET[model], tokenizer="bytes")
     sync()
@@ -93,7 +93,7 @@ def synthetic_rollout(prompt_ids, cfg, policy):
     device = next(policy.parameters()).device
     rows, n = len(prompt_ids) * cfg.n, cfg.max_new_tokens
     prompts = torch.tensor(prompt_ids, device=device).repeat_interleave(cfg.n, dim=0)
-    from qerl.logprobs import causal_lm
+    from qerl.models.logprobs import causal_lm
 
     completion = torch.randint(3, min(40000, causal_lm(policy).config.vocab_size), (rows, n), device=device)
     return Rollout(prompt_ids=prompts, prompt_mask=torch.ones_like(prompts), completion_ids=completion,
@@ -103,7 +103,7 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 
 
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
-    from qerl.update import TrainBatch, accumulate_gradients, clip_gradients
+    from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {}
     sync()

@@ -9,25 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-#: qerl's own subcommands -> "module:function(argv) -> int"
-TOOLS = {
-    "list": "qerl.commands.list_components:main",
-    "quantize": "qerl.commands.quantize:main",
-    "eval": "qerl.commands.evaluate:main",
-    "demo": "qerl.commands.demo:main",
-}
+from qerl.commands import TOOLS
 
 
 def run_tool(name: str, argv: list[str]) -> int:
     module, _, func = TOOLS[name].partition(":")
-    try:
-        entry = getattr(importlib.import_module(module), func)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            print(f"qerl {name}: this command is not available in this build.", file=sys.stderr)
-            return 2
-        raise
-    return int(entry(argv) or 0)
+    return int(getattr(importlib.import_module(module), func)(argv) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from qerl.recipe_errors import explain_parse_error
+from qerl.commands import TOOLS
+from qerl.commands.recipe_errors import explain_parse_error
 
 SUBCOMMANDS = ("fit", "validate", "test")
 #: exceptions from building the run (a component's __init__ rejecting a value) shown without a traceback
@@ -150,8 +151,6 @@ class QeRLCLI(LightningCLI):
 
 
 def _description() -> str:
-    from qerl.cli import TOOLS
-
     return (
         "qerl: RL of LLMs on a frozen 4-bit base (LoRA + adaptive quantization noise).\n"
         "Run a recipe: qerl fit --config recipes/<model>/<recipe>.yaml\n"
@@ -209,11 +208,5 @@ def run_lightning_cli(argv: list[str]) -> int:
         if debug_mode():
             raise
         print(f"qerl: error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
-        if exc.name != "qerl.module" or debug_mode():
-            raise
-        print("qerl: error: the training module qerl.module.QeRLModule is not available in this build.",
-              file=sys.stderr)
         return 2
     return 0

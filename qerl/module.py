@@ -10,19 +10,29 @@ import lightning as L
 import torch
 
 from qerl.algorithms.base import Algorithm
-from qerl.collect import collect_groups
+from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
+from qerl.evaluation.validation import ValidationRun, ValidationSettings
+from qerl.lora.apply import base_weight_snapshot, reference_policy
+from qerl.memory import plan_for_module
 from qerl.models.base import PolicyLoader
-from qerl.noise.base import NoiseSchedule
+from qerl.models.logprobs import stored_logprobs
+from qerl.noise.base import NoiseDraw, NoiseSchedule
+from qerl.noise.inject import noisy_norms
 from qerl.quantizers.base import Quantizer
-from qerl.resume import capture_rng, resume_position
+from qerl.quantizers.dequant_cache import dequantize_once
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
-from qerl.scoring import Scored, concat_scored
-from qerl.settings import LoRASettings, OptimizerSettings
-from qerl.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
+from qerl.rollout.hf import HF
+from qerl.training.checks import check_module_args
+from qerl.training.collect import Collector, collect_groups
+from qerl.training.policy import build_policy
+from qerl.training.resume import capture_rng, resume_position
+from qerl.training.running_rewards import RunningRewards
+from qerl.training.scoring import Scored, concat_scored
+from qerl.training.settings import LoRASettings, OptimizerSettings
+from qerl.training.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
+from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 from qerl.types import PromptBatch, SamplingConfig
-from qerl.update import TrainBatch, accumulate_gradients, clip_gradients, stored_logprobs
-from qerl.validation import ValidationSettings
 
 
 class QeRLModule(L.LightningModule):
@@ -83,9 +93,6 @@ class QeRLModule(L.LightningModule):
         dequantize_once_per_step: bool = False,
     ) -> None:
         super().__init__()
-        from qerl.module_checks import check_module_args
-        from qerl.rollout.hf import HF
-
         self.policy = policy
         self.algorithm = algorithm
         self.rewards = list(rewards)
@@ -106,34 +113,33 @@ class QeRLModule(L.LightningModule):
         self.max_nan_skips = max_nan_skips
         self.dequantize_once_per_step = dequantize_once_per_step
         self.validation = dataclasses.replace(validation)
-        self._validation_run, self.last_validation = None, {}
-        self.accuracy_index = check_module_args(self, accuracy_reward)
+        self._validation_run: ValidationRun | None = None
+        self.last_validation: dict[str, float] = {}
+        counts = {"micro_batch_size": micro_batch_size, "batches_per_step": batches_per_step,
+                  "num_samples_logged": num_samples_logged, "log_samples_every": log_samples_every,
+                  "export_adapter_every": export_adapter_every, "max_nan_skips": max_nan_skips}
+        self.accuracy_index = check_module_args(self.sampling, algorithm, self.rewards, self.lora, quantizer, self.optim,
+                                                counts, accuracy_reward)
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable weights
-        from qerl.metrics import RunningRewards
-
         self.running = RunningRewards()
         self.model = None
         self._base_weights: dict = {}  # loaded values of trainable non-LoRA weights (the KL reference needs them)
         self.tokenizer = None
-        self.noise_sigma, self.noise_seed, self.noise_in_training = 0.0, None, False
+        self.noise_draw = NoiseDraw()  # published by NoiseCallback at every training batch
         self.last_samples: list[dict[str, Any]] = []
         self._batches_drawn, self._nan_streak, self._pending_resume = 0, 0, None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         if self.model is None:
-            from qerl.module_checks import build_policy
-
-            self.model, self.tokenizer = build_policy(self)
-            from qerl.quantizers.lora import base_weight_snapshot
-
+            self.model, self.tokenizer = build_policy(self.policy, self.quantizer, self.lora, self.dtype_name,
+                                                      self.device, self.gradient_checkpointing)
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
-            from qerl.memory import plan_for_module
-
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            plan_for_module(self, datamodule)  # prints the memory plan, warns if it won't fit, resolves "auto"
+            # prints the memory plan, warns if it won't fit, resolves "auto"
+            self.micro_batch_size = plan_for_module(self, datamodule).micro_batch_size
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
@@ -151,8 +157,6 @@ class QeRLModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self):
-        from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
-
         callbacks = [RolloutSyncCallback(), AdapterExport(self.export_adapter_every)]
         if self.noise is not None:
             callbacks.append(NoiseCallback(self.noise, seed=self.seed))
@@ -164,21 +168,22 @@ class QeRLModule(L.LightningModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         if not self.dequantize_once_per_step:
             return self._training_step(dataloader_iter)
-        from qerl.dequant_cache import dequantize_once
-
         with dequantize_once(self.model):
             return self._training_step(dataloader_iter)
 
     def _training_step(self, dataloader_iter: Iterator) -> None:
         timer = StepTimer()
         self._resume_data_position(dataloader_iter)
+        parts = Collector(self.tokenizer, self.rollout, self.rewards, self.algorithm, self.sampling, self.seed,
+                          self.accuracy_index)
         kept, generated, refills = [], [], 0
         for _ in range(self.batches_per_step):
-            batch_kept, batch_generated, rounds = collect_groups(self, dataloader_iter, timer, len(generated))
-            kept.append(batch_kept)
-            generated.extend(batch_generated)
-            refills += rounds
-        pad = self.rollout.pad_id if hasattr(self.rollout, "pad_id") else 0
+            got = collect_groups(parts, dataloader_iter, timer, self.global_step, len(generated), self.noise_draw)
+            self._batches_drawn += got.batches_drawn
+            kept.append(got.kept)
+            generated.extend(got.generated)
+            refills += got.rounds
+        pad = self.rollout.pad_id
         train, seen = concat_scored(kept, pad), concat_scored(generated, pad)
         with timer.phase("score"):
             shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
@@ -192,7 +197,7 @@ class QeRLModule(L.LightningModule):
         self.running.update(seen.rewards, seen.correct)
         metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
         metrics.update(self.running.compute())
-        metrics.update(getattr(self.rollout, "last_metrics", None) or {})  # e.g. VLLM: rollout/mismatch_kl
+        metrics.update(self.rollout.last_metrics)  # e.g. VLLM: rollout/mismatch_kl
         metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
         metrics["data/refill_rounds"] = float(refills)
         if not torch.equal(shaped, train.rewards):
@@ -210,16 +215,13 @@ class QeRLModule(L.LightningModule):
         if self.algorithm.num_iterations > 1:
             batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature)
         if self.algorithm.beta > 0:
-            from qerl.quantizers.lora import reference_policy
-
             batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature,
                                                  context=lambda: reference_policy(self.model, self._base_weights))
         forward_context = None
-        if self.noise_in_training and self.noise_sigma > 0:
-            from qerl.noise.inject import noisy_norms
-
+        noise = self.noise_draw
+        if noise.in_training and noise.sigma > 0:
             def forward_context():
-                return noisy_norms(self.model, self.noise_sigma, seed=self.noise_seed)
+                return noisy_norms(self.model, noise.sigma, seed=noise.seed)
 
         metrics: dict[str, float] = {}
         for _ in range(self.algorithm.num_iterations):
@@ -260,20 +262,20 @@ class QeRLModule(L.LightningModule):
 
     # --------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        from qerl import validation
-
-        validation.start(self)
+        self._validation_run = ValidationRun(self.validation, self.sampling)
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        """Sample and score held-out prompts (no AQN noise); metrics are logged at the end (`qerl.validation`)."""
-        from qerl import validation
-
-        validation.step(self, batch)
+        """Sample and score held-out prompts (no AQN noise); metrics are logged at the end (`qerl.evaluation.validation`)."""
+        if self._validation_run is None:
+            self.on_validation_epoch_start()
+        self._validation_run.step(self.rollout, self.tokenizer, self.rewards, self.accuracy_index, batch)
 
     def on_validation_epoch_end(self) -> None:
-        from qerl import validation
-
-        validation.finish(self)
+        run, self._validation_run = self._validation_run, None
+        metrics = run.metrics() if run is not None else {}
+        if metrics:
+            self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
+            self.last_validation = dict(metrics)
 
     # --------------------------------------------------------------- checkpoints
     def on_train_epoch_start(self) -> None:

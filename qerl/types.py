@@ -1,9 +1,10 @@
 """Typed data passed between the stages of a training step."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -56,6 +57,65 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         """Generated tokens per row."""
         return self.completion_mask.sum(dim=1)
+
+    @classmethod
+    def from_rows(cls, prompts: list[list[int]], completions: list[list[int]], logprobs: list[list[float]],
+                  truncated: list[bool], texts: list[str], group_size: int, pad_id: int,
+                  device: torch.device | str = "cpu") -> Rollout:
+        """A rollout from unpadded token lists, one per row (prompts left-padded, completions right-padded)."""
+        rows, prompt_w, comp_w = len(prompts), max(len(p) for p in prompts), max(1, *(len(c) for c in completions))
+        p_ids = torch.full((rows, prompt_w), pad_id, dtype=torch.long)
+        p_mask = torch.zeros((rows, prompt_w), dtype=torch.long)
+        c_ids = torch.full((rows, comp_w), pad_id, dtype=torch.long)
+        c_mask = torch.zeros((rows, comp_w), dtype=torch.long)
+        lps = torch.zeros((rows, comp_w), dtype=torch.float32)
+        for i, (prompt, ids, lp) in enumerate(zip(prompts, completions, logprobs)):
+            p_ids[i, prompt_w - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            p_mask[i, prompt_w - len(prompt):] = 1
+            if ids:
+                c_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                c_mask[i, : len(ids)] = 1
+                lps[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        return cls(prompt_ids=p_ids.to(device), prompt_mask=p_mask.to(device), completion_ids=c_ids.to(device),
+                   completion_mask=c_mask.to(device), logprobs=lps.to(device), texts=list(texts),
+                   group_index=torch.arange(rows // group_size, device=device).repeat_interleave(group_size),
+                   truncated=torch.tensor(truncated, dtype=torch.bool, device=device), group_size=group_size)
+
+    def select(self, rows: torch.Tensor) -> Rollout:
+        """The rows where the bool mask `rows` (R,) is True - whole groups - with group indices renumbered."""
+        keep = rows.tolist()
+        picked = {f.name: getattr(self, f.name)[rows] for f in fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor) and f.name != "group_index"}
+        picked["texts"] = [t for t, k in zip(self.texts, keep) if k]
+        return self._with_groups(picked, self.group_size)
+
+    @classmethod
+    def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
+        """Join rollouts of one group size, row-wise: prompts left-padded, completions right-padded to the widest."""
+        joined: dict = {"texts": [t for r in parts for t in r.texts]}
+        for name, (value, left) in _PADDING.items():
+            tensors = [getattr(r, name) for r in parts]
+            if any(t is None for t in tensors):
+                continue  # an optional field (importance weights) is kept only when every part has it
+            width = max(t.shape[1] for t in tensors)
+            pad = pad_id if value is None else value
+            joined[name] = torch.cat([nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
+                                                        value=pad) for t in tensors])
+        joined["truncated"] = torch.cat([r.truncated for r in parts])
+        return cls._with_groups(joined, parts[0].group_size)
+
+    @classmethod
+    def _with_groups(cls, values: dict, group_size: int) -> Rollout:
+        rows = values["completion_ids"].shape[0]
+        group_index = torch.arange(rows // group_size, device=values["completion_ids"].device)
+        return cls(**values, group_index=group_index.repeat_interleave(group_size), group_size=group_size)
+
+
+#: padding of the (R, width) fields of a Rollout when rollouts are joined: (value, None = the pad id; left-padded?)
+_PADDING: dict[str, tuple[float | None, bool]] = {
+    "prompt_ids": (None, True), "prompt_mask": (0, True), "completion_ids": (None, False),
+    "completion_mask": (0, False), "logprobs": (0.0, False), "importance_weights": (0.0, False),
+}
 
 
 @dataclass

@@ -45,7 +45,7 @@ def tiny_module(**overrides):
     from qerl.module import QeRLModule
     from qerl.noise import Exponential
     from qerl.quantizers import NVFP4
-    from qerl.settings import LoRASettings, OptimizerSettings
+    from qerl.training.settings import LoRASettings, OptimizerSettings
     from qerl.types import SamplingConfig
 
     args = {

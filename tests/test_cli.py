@@ -37,14 +37,6 @@ TINY_RECIPE = {
 }
 
 
-@pytest.fixture(scope="module")
-def module_available():
-    try:
-        import qerl.module  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "qerl.module":
-            raise
-        pytest.skip("qerl.module.QeRLModule is not in this build yet")
 
 
 def write_recipe(folder: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
@@ -102,7 +94,7 @@ def test_list_unknown_kind_lists_the_kinds(capsys):
 
 
 # ---------------------------------------------------------------------------------------------- the parser
-def test_help_shows_subcommands_and_tools(module_available, capsys):
+def test_help_shows_subcommands_and_tools(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "{fit,validate,test}" in out and "qerl list" in out and "predict" not in out
@@ -126,7 +118,7 @@ BAD_RECIPES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RECIPES))
-def test_bad_recipe_is_one_clear_message_and_exit_2(case, module_available, tmp_path, capsys):
+def test_bad_recipe_is_one_clear_message_and_exit_2(case, tmp_path, capsys):
     recipe, expected = BAD_RECIPES[case]
     path = write_recipe(tmp_path, recipe)
     assert main(["fit", "--config", str(path)]) == 2
@@ -140,7 +132,7 @@ def test_bad_recipe_is_one_clear_message_and_exit_2(case, module_available, tmp_
 
 @pytest.mark.parametrize("form", ["NVFP4", {"class_path": "NVFP4"}, {"class_path": "NVFP4", "init_args": {}},
                                   "qerl.quantizers.nvfp4.NVFP4"])
-def test_short_names_and_class_path_forms_resolve(form, module_available, tmp_path):
+def test_short_names_and_class_path_forms_resolve(form, tmp_path):
     from qerl.lightning_cli import parse_recipe
 
     config = parse_recipe(write_recipe(tmp_path, edited(model__quantizer=form)))
@@ -148,7 +140,7 @@ def test_short_names_and_class_path_forms_resolve(form, module_available, tmp_pa
     assert config.data.class_path.endswith(".Arithmetic") and config.model.algorithm.class_path.endswith(".GRPO")
 
 
-def test_plugin_component_is_named_by_short_name_too(module_available, tmp_path):
+def test_plugin_component_is_named_by_short_name_too(tmp_path):
     if "INT4" not in REGISTRIES["quantizers"]:
         pytest.skip("qerl-example-plugin (INT4) is not installed")
     from qerl.lightning_cli import parse_recipe
@@ -157,7 +149,7 @@ def test_plugin_component_is_named_by_short_name_too(module_available, tmp_path)
     assert config.model.quantizer.class_path.startswith("qerl_example_plugin")
 
 
-def test_a_value_the_component_rejects_is_reported_without_traceback(module_available, tmp_path, capsys):
+def test_a_value_the_component_rejects_is_reported_without_traceback(tmp_path, capsys):
     path = write_recipe(tmp_path, edited(model__sampling={"n": 1, "max_new_tokens": 4}))
     assert main(["fit", "--config", str(path)]) == 2
     err = stderr_of(capsys)
@@ -166,7 +158,7 @@ def test_a_value_the_component_rejects_is_reported_without_traceback(module_avai
     assert err.rstrip().endswith("(QERL_DEBUG=1 shows the traceback)")
 
 
-def test_the_installed_command_exits_2_without_traceback(module_available, tmp_path):
+def test_the_installed_command_exits_2_without_traceback(tmp_path):
     path = write_recipe(tmp_path, edited(model__quantizer="NVFP5"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "qerl.cli", "fit", "--config", str(path)], cwd=tmp_path, check=False,
@@ -176,7 +168,7 @@ def test_the_installed_command_exits_2_without_traceback(module_available, tmp_p
 
 
 # ------------------------------------------------------------------------------------------- a real run
-def test_fit_runs_one_step_and_logs_to_tensorboard_under_runs(module_available, tmp_path, monkeypatch):
+def test_fit_runs_one_step_and_logs_to_tensorboard_under_runs(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.chdir(tmp_path)

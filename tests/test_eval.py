@@ -11,8 +11,8 @@ import re
 import pytest
 
 from qerl.commands.evaluate import main
-from qerl.eval_report import read_completions
-from qerl.evaluation import Completion, k_values, pass_at_k, summarize
+from qerl.evaluation.evaluate import Completion, k_values, pass_at_k, summarize
+from qerl.evaluation.report import read_completions
 from tests.eval.adapters import edit_config, save_adapter
 
 TINY = ["--model", "tiny", "--dataset", "arithmetic", "--limit", "2", "--n_samples", "2", "--max_new_tokens", "5",
@@ -167,7 +167,7 @@ def test_unknown_dataset_lists_the_known_ones_and_missing_files_name_the_path(tm
 def test_validation_runs_inside_fit_and_logs_val_metrics_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from qerl.validation import ValidationSettings
+    from qerl.evaluation.validation import ValidationSettings
     from tests.rl_helpers import tiny_data, tiny_module, tiny_trainer
 
     module = tiny_module(validation=ValidationSettings(n_samples=2, max_new_tokens=4), log_samples_every=0,

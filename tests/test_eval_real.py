@@ -7,8 +7,8 @@ import json
 import pytest
 
 from qerl.commands.evaluate import main
-from qerl.eval_report import read_completions
-from qerl.evaluation import summarize
+from qerl.evaluation.evaluate import summarize
+from qerl.evaluation.report import read_completions
 from tests.eval.adapters import save_adapter
 
 pytestmark = pytest.mark.slow

@@ -26,8 +26,8 @@ SMALL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3, "
 
 @pytest.fixture(scope="module")
 def quantized_lora():
+    from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     loader = RandomInit("tiny", overrides=SMALL, tokenizer="bytes")
     model, _ = loader.load(quantizer="NVFP4", dtype="bfloat16", device="cpu")
@@ -74,7 +74,7 @@ def test_adamw_state_and_grad_bytes_are_exact(quantized_lora):
 
 def test_activation_estimate_matches_saved_tensors(quantized_lora):
     """Bytes autograd keeps for backward (counted per storage) vs layers x layer_activation_bytes x tokens."""
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     model, shape = quantized_lora
     gen = torch.Generator().manual_seed(0)
@@ -146,13 +146,13 @@ def test_module_start_up_plan_resolves_auto_and_warns():
     assert module.micro_batch_size == 4  # no datamodule: 1 prompt x n=4 rows, all in one micro-batch
     lines: list[str] = []
     data = tiny_data()
-    est = plan_for_module(module, data, budget=1e12, echo=lines.append)
+    est = plan_for_module(module, data, budget=1e12, echo=lines.append).estimate
     assert "memory plan (GB)" in lines[-1] and "rows 8" in lines[-1]  # 2 prompts x n=4
     assert est.peak > 0
     module.micro_batch_size = "auto"
     small = estimate_memory(ModelShape.from_config(module.model.get_base_model().config),
                             RunShape(8, 256, 6, 2, rollout_rows=64, lora_rank=4), weight_bits(module.quantizer), 4)
-    plan_for_module(module, data, budget=small.peak + 1, echo=lines.append)
-    assert module.micro_batch_size == 2
+    assert plan_for_module(module, data, budget=small.peak + 1, echo=lines.append).micro_batch_size == 2
+    assert module.micro_batch_size == "auto"  # the plan is returned, the module is only read
     with pytest.warns(MemoryPlanWarning):
         plan_for_module(module, data, budget=1.0, echo=lines.append)

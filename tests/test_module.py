@@ -18,9 +18,9 @@ from rl_helpers import (
 )
 
 from qerl.algorithms import DAPO, GRPO
-from qerl.module_checks import RecipeError
 from qerl.rollout import HF
-from qerl.settings import LoRASettings
+from qerl.training.checks import RecipeError
+from qerl.training.settings import LoRASettings
 from qerl.types import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -12,16 +12,6 @@ PARAMS = [pytest.param(p, id=str(p.relative_to(ROOT / "recipes"))) for p in RECI
 FIRST_LINE = re.compile(r"^# qerl (fit|validate|test) --config (\S+)(\s.*)?$")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_the_module():
-    try:
-        import qerl.module  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "qerl.module":
-            raise
-        pytest.skip("qerl.module.QeRLModule is not in this build yet")
-
-
 @pytest.mark.parametrize("path", PARAMS)
 def test_recipe_opens_with_its_own_command(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]

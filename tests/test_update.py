@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from qerl.algorithms import DAPO, GRPO
-from qerl.logprobs import completion_logprobs, position_ids_from_mask
 from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.models.logprobs import completion_logprobs, position_ids_from_mask, stored_logprobs
 from qerl.rollout import HF
+from qerl.training.update import TrainBatch, accumulate_gradients
 from qerl.types import SamplingConfig
-from qerl.update import TrainBatch, accumulate_gradients, stored_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

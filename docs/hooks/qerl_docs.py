@@ -30,8 +30,8 @@ log = logging.getLogger("mkdocs.hooks.qerl")
 
 #: modules documented on API pages by mkdocstrings (those missing from a checkout are left out)
 API_MODULES = (
-    "qerl.registry", "qerl.types", "qerl.module", "qerl.settings", "qerl.lightning_cli",
-    "qerl.quantizers.base", "qerl.quantizers.layers", "qerl.noise.base", "qerl.algorithms.base",
+    "qerl.registry", "qerl.types", "qerl.module", "qerl.training.settings", "qerl.lightning_cli",
+    "qerl.quantizers.base", "qerl.quantizers.weight", "qerl.quantizers.layers", "qerl.noise.base", "qerl.algorithms.base",
     "qerl.rollout.base", "qerl.rewards.base", "qerl.data.base", "qerl.models.base",
 )
 #: pages other parts of the project write; a stand-in is built while one is missing

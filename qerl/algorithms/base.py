@@ -5,11 +5,17 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from qerl.algorithms.advantages import check_group_size
+from qerl.algorithms.surrogate import AGGREGATIONS, clipped_policy_loss
 from qerl.types import LossOutput, SamplingConfig
 
 
 class Algorithm(ABC):
-    """Turns rewards into advantages and log-probs into a policy loss."""
+    """Turns rewards into advantages and log-probs into a policy loss.
+
+    The loss is the clipped surrogate every built-in algorithm shares; an algorithm sets its clip range,
+    KL weight and aggregation (`AGGREGATIONS`), and overrides `loss` only for a different objective.
+    """
 
     #: policy updates per rollout batch (old log-probs are stored when > 1)
     num_iterations: int = 1
@@ -17,21 +23,25 @@ class Algorithm(ABC):
     beta: float = 0.0
     #: extra rollout rounds the module may run to refill groups dropped by `keep_groups` (0: no refill)
     max_resample_rounds: int = 0
+    #: clip range of the importance ratio: [1 - eps_low, 1 + eps_high]
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    #: how (R, T) token losses become the scalar: "sequence_mean", "token_mean" or "constant"
+    loss_aggregation: str = "sequence_mean"
+    #: the "constant" aggregation's normaliser (completions x this many tokens)
+    max_completion_length: int | None = None
 
     def configure(self, sampling: SamplingConfig) -> None:
         """Check at start-up that this algorithm fits the sampling settings (and fill what depends on them).
 
         The module calls this once before training; a mismatch raises a ValueError naming the recipe keys.
         """
-        from qerl.algorithms.advantages import check_group_size
-
         check_group_size(sampling.n)
 
     @abstractmethod
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-completion advantages from rewards of shape (R,), groups contiguous."""
 
-    @abstractmethod
     def loss(
         self,
         logprobs: torch.Tensor,
@@ -53,6 +63,12 @@ class Algorithm(ABC):
         (do not average them) to the full-batch loss whatever the aggregation.
         Left None, this call's rows are the whole batch.
         """
+        return clipped_policy_loss(
+            logprobs, old_logprobs, advantages, mask,
+            eps_low=self.eps_low, eps_high=self.eps_high, aggregate=AGGREGATIONS[self.loss_aggregation],
+            beta=self.beta, ref_logprobs=ref_logprobs, num_sequences=num_sequences, num_tokens=num_tokens,
+            max_completion_length=self.max_completion_length,
+        )
 
     def shape_rewards(self, rewards: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Adjust rewards before advantages (DAPO's overlong shaping); identity by default.

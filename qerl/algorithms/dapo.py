@@ -5,12 +5,11 @@ import torch
 
 from qerl.algorithms.advantages import group_advantages, varied_groups
 from qerl.algorithms.base import Algorithm, check_option, check_policy_options
-from qerl.algorithms.surrogate import clipped_policy_loss, token_mean
 from qerl.registry import ALGORITHMS
-from qerl.types import LossOutput, SamplingConfig
+from qerl.types import SamplingConfig
 
 
-def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int) -> torch.Tensor:
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: float) -> torch.Tensor:
     """DAPO's soft overlong punishment in [-1, 0] per completion (float32, shape of `lengths`).
 
     0 up to max_length - buffer tokens, then a linear ramp (max_length - buffer - L) / buffer
@@ -41,7 +40,8 @@ class DAPO(Algorithm):
         eps: added to the std before dividing.
     """
 
-    beta = 0.0
+    beta = 0.0  # ref_logprobs, when given, only feed the `kl` metric
+    loss_aggregation = "token_mean"
 
     def __init__(
         self,
@@ -113,21 +113,3 @@ class DAPO(Algorithm):
         """Groups whose rewards are not all equal (all groups when `dynamic_sampling` is off)."""
         varied = varied_groups(rewards, group_size)
         return varied if self.dynamic_sampling else torch.ones_like(varied)
-
-    def loss(
-        self,
-        logprobs: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        ref_logprobs: torch.Tensor | None = None,
-        *,
-        num_sequences: int | None = None,
-        num_tokens: float | None = None,
-    ) -> LossOutput:
-        """Clipped surrogate averaged over all completion tokens of the batch (ref_logprobs: `kl` metric only)."""
-        return clipped_policy_loss(
-            logprobs, old_logprobs, advantages, mask,
-            eps_low=self.eps_low, eps_high=self.eps_high, aggregate=token_mean,
-            beta=0.0, ref_logprobs=ref_logprobs, num_sequences=num_sequences, num_tokens=num_tokens,
-        )

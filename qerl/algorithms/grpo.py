@@ -7,9 +7,9 @@ import torch
 
 from qerl.algorithms.advantages import group_advantages
 from qerl.algorithms.base import Algorithm, check_option, check_policy_options
-from qerl.algorithms.surrogate import AGGREGATIONS, clipped_policy_loss
+from qerl.algorithms.surrogate import AGGREGATIONS
 from qerl.registry import ALGORITHMS
-from qerl.types import LossOutput, SamplingConfig
+from qerl.types import SamplingConfig
 
 LossAggregation = Literal["sequence_mean", "token_mean", "constant"]
 
@@ -82,21 +82,3 @@ class GRPO(Algorithm):
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(rewards, group_size, scale=self.scale_rewards, eps=self.eps)
-
-    def loss(
-        self,
-        logprobs: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        ref_logprobs: torch.Tensor | None = None,
-        *,
-        num_sequences: int | None = None,
-        num_tokens: float | None = None,
-    ) -> LossOutput:
-        return clipped_policy_loss(
-            logprobs, old_logprobs, advantages, mask,
-            eps_low=self.eps_low, eps_high=self.eps_high, aggregate=AGGREGATIONS[self.loss_aggregation],
-            beta=self.beta, ref_logprobs=ref_logprobs, num_sequences=num_sequences, num_tokens=num_tokens,
-            max_completion_length=self.max_completion_length,
-        )

@@ -6,7 +6,9 @@ log-probs cannot poison the loss or its gradient.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -40,65 +42,69 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
 
 
 # ------------------------------------------------------------------ aggregation
-# Each turns (R, T) token losses into the scalar for this micro-batch. `num_sequences`
-# and `num_tokens` are the counts of the whole optimizer-step batch, so that the
-# micro-batch scalars SUM to the full-batch loss; when None the micro-batch is the batch.
+# Each turns (R, T) token losses (zero outside the mask) into the scalar for this micro-batch. The counts are
+# those of the whole optimizer-step batch, so that the micro-batch scalars SUM to the full-batch loss; a count
+# left None means the micro-batch is the batch.
 
 
-def sequence_mean(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    max_completion_length: int | None = None,
-) -> torch.Tensor:
+Aggregation = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """Sizes of the optimizer-step batch an aggregation divides by (None: this call's rows are the batch)."""
+
+    num_sequences: int | None = None
+    num_tokens: float | None = None
+    max_completion_length: int | None = None
+
+
+def _aggregation(fn: Callable[[torch.Tensor, torch.Tensor, BatchCounts], torch.Tensor]) -> Aggregation:
+    """`fn(masked, keep, counts)` as an aggregation `(per_token, mask, num_sequences, num_tokens,
+    max_completion_length)`: positions outside the mask count as 0 whatever they hold."""
+
+    @functools.wraps(fn)
+    def aggregate(per_token: torch.Tensor, mask: torch.Tensor, num_sequences: int | None = None,
+                  num_tokens: float | None = None, max_completion_length: int | None = None) -> torch.Tensor:
+        keep = _bool_mask(mask)
+        masked = torch.where(keep, per_token, torch.zeros((), device=per_token.device))
+        return fn(masked, keep, BatchCounts(num_sequences, num_tokens, max_completion_length))
+
+    return aggregate
+
+
+@_aggregation
+def sequence_mean(masked: torch.Tensor, keep: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
     """Mean over each completion's tokens, then mean over completions (original GRPO)."""
-    keep = _bool_mask(mask)
-    sums = torch.where(keep, per_token, torch.zeros((), device=per_token.device)).sum(dim=1)
-    per_sequence = sums / keep.sum(dim=1).clamp(min=1)
-    return per_sequence.sum() / (num_sequences if num_sequences is not None else per_token.shape[0])
+    per_sequence = masked.sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+    return per_sequence.sum() / (counts.num_sequences if counts.num_sequences is not None else masked.shape[0])
 
 
-def token_mean(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    max_completion_length: int | None = None,
-) -> torch.Tensor:
+@_aggregation
+def token_mean(masked: torch.Tensor, keep: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
     """Sum over every completion token of the batch divided by their number (DAPO's token-level loss)."""
-    keep = _bool_mask(mask)
-    total = torch.where(keep, per_token, torch.zeros((), device=per_token.device)).sum()
-    denominator = num_tokens if num_tokens is not None else keep.sum().clamp(min=1)
-    return total / denominator
+    denominator = counts.num_tokens if counts.num_tokens is not None else keep.sum().clamp(min=1)
+    return masked.sum() / denominator
 
 
-def constant_normalizer(
-    per_token: torch.Tensor,
-    mask: torch.Tensor,
-    num_sequences: int | None = None,
-    num_tokens: float | None = None,
-    max_completion_length: int | None = None,
-) -> torch.Tensor:
+@_aggregation
+def constant_normalizer(masked: torch.Tensor, keep: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
     """Sum over tokens divided by (completions x max_completion_length), a constant (Dr.GRPO)."""
-    if max_completion_length is None or max_completion_length < 1:
+    limit = counts.max_completion_length
+    if limit is None or limit < 1:
         raise ValueError(
             "The 'constant' loss normaliser (Dr.GRPO) needs max_completion_length >= 1: set the algorithm's "
             "`max_completion_length` to `sampling.max_new_tokens` (or call algorithm.configure(sampling) at start-up)."
         )
-    keep = _bool_mask(mask)
     longest = int(keep.sum(dim=1).max()) if keep.numel() else 0
-    if longest > max_completion_length:
+    if longest > limit:
         raise ValueError(
             f"A completion has {longest} tokens but the Dr.GRPO normaliser max_completion_length is "
-            f"{max_completion_length}: set `max_completion_length` to at least `sampling.max_new_tokens`."
+            f"{limit}: set `max_completion_length` to at least `sampling.max_new_tokens`."
         )
-    total = torch.where(keep, per_token, torch.zeros((), device=per_token.device)).sum()
-    rows = num_sequences if num_sequences is not None else per_token.shape[0]
-    return total / (rows * max_completion_length)
+    rows = counts.num_sequences if counts.num_sequences is not None else masked.shape[0]
+    return masked.sum() / (rows * limit)
 
-
-Aggregation = Callable[..., torch.Tensor]
 
 AGGREGATIONS: dict[str, Aggregation] = {
     "sequence_mean": sequence_mean,

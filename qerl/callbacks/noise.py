@@ -6,7 +6,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from qerl.noise.base import NoiseSchedule
+from qerl.noise.base import NoiseDraw, NoiseSchedule
 
 _SEED_MIX = 1_000_003  # spreads per-step seeds of different base seeds apart
 
@@ -16,15 +16,12 @@ class NoiseCallback(L.Callback):
 
     At each train batch start it computes `sigma = schedule.sigma_at(global_step, total_steps)`
     (total_steps = `trainer.max_steps`, or `trainer.estimated_stepping_batches` when max_steps
-    is unset) and publishes, on the LightningModule:
-
-    - `pl_module.noise_sigma` (float): the sigma for this step;
-    - `pl_module.noise_seed` (int): a seed for this step's noise draw, a pure function of
-      `seed` and the step, so every consumer of one step (the rollout backend's
-      `noise(sigma, seed)`, and the training forward when enabled) draws the same Z, and a
-      resumed run draws what the uninterrupted run would have;
-    - `pl_module.noise_in_training` (bool): `apply_in_training`, i.e. whether the module should
-      also wrap its training forward (and backward) in `noisy_norms(policy, sigma, seed)`.
+    is unset) and publishes one `NoiseDraw` on the LightningModule, `pl_module.noise_draw`:
+    its `sigma`; its `seed`, a pure function of `seed` and the step, so every consumer of one
+    step (the rollout backend's `noise(sigma, seed)`, and the training forward when enabled)
+    draws the same Z, and a resumed run draws what the uninterrupted run would have; and
+    `in_training` (`apply_in_training`): whether the module also wraps its training forward
+    (and backward) in `noisy_norms(policy, sigma, seed)`.
 
     The callback itself never touches weights: the module applies the noise where it
     generates. Its state (base seed, planned total_steps, last step and sigma) is saved in
@@ -63,9 +60,7 @@ class NoiseCallback(L.Callback):
             self.on_fit_start(trainer, pl_module)
         step = int(trainer.global_step)
         sigma = float(self.schedule.sigma_at(step, self.total_steps))
-        pl_module.noise_sigma = sigma
-        pl_module.noise_seed = self.seed_for(step)
-        pl_module.noise_in_training = self.apply_in_training
+        pl_module.noise_draw = NoiseDraw(sigma, self.seed_for(step), self.apply_in_training)
         self.last_step, self.last_sigma = step, sigma
         pl_module.log("noise/sigma", sigma, on_step=True, on_epoch=False, batch_size=1)
 

@@ -1,0 +1,9 @@
+"""qerl's own subcommands besides fit/validate/test, one module each."""
+
+#: qerl's own subcommands -> "module:function(argv) -> int"
+TOOLS = {
+    "list": "qerl.commands.list_components:main",
+    "quantize": "qerl.commands.quantize:main",
+    "eval": "qerl.commands.evaluate:main",
+    "demo": "qerl.commands.demo:main",
+}

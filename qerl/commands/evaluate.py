@@ -7,7 +7,7 @@
 
 Writes summary.json (accuracy = pass@1 averaged over samples, pass@k, mean length, truncated fraction,
 tokens/s; the adapter's path and sha256) and completions.jsonl (every completion with its score), and
-prints a table. An adapter is verified to be applied (see `qerl.eval_adapter`) or refused.
+prints a table. An adapter is verified to be applied (see `qerl.evaluation.adapter`) or refused.
 """
 from __future__ import annotations
 
@@ -163,10 +163,10 @@ def run(args) -> dict:
 
     from qerl.commands.quantize import model_loader
     from qerl.data import DatasetError
-    from qerl.dequant_cache import dequantize_once
-    from qerl.eval_adapter import apply_adapter
-    from qerl.eval_report import format_table, write_report
-    from qerl.evaluation import evaluate_prompts, summarize
+    from qerl.evaluation.adapter import apply_adapter
+    from qerl.evaluation.evaluate import evaluate_prompts, summarize
+    from qerl.evaluation.report import format_table, write_report
+    from qerl.quantizers.dequant_cache import dequantize_once
     from qerl.registry import QUANTIZERS
     from qerl.types import PromptBatch, SamplingConfig
 
@@ -222,7 +222,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from qerl.data import DatasetError
-    from qerl.eval_adapter import AdapterError
+    from qerl.evaluation.adapter import AdapterError
     from qerl.models import LoadError, ModelNotFoundError
     from qerl.quantizers import QuantizationError
     from qerl.registry import RegistryError

@@ -1,25 +1,16 @@
 """AIME24 evaluation set, shipped in the package (qerl/data/files/aime24/test.jsonl)."""
 from __future__ import annotations
 
-from qerl.data.base import PromptDataModule, PromptRow
-from qerl.data.jsonl import rows_from_jsonl
-from qerl.data.shipped import shipped
+from qerl.data.shipped import ShippedEvalSet
 from qerl.registry import DATASETS
 
 
 @DATASETS.register()
-class AIME24(PromptDataModule):
+class AIME24(ShippedEvalSet):
     """AIME 2024: 30 problems with integer answers 0-999.
 
-    An evaluation set with one file: test is the whole file, and train is the same
-    file (minus any `val_size`/`val_split` hold-out) for small RL runs on it.
-    Pair with `MathAccuracy`. Other arguments: see `PromptDataModule`.
+    See `ShippedEvalSet` for the splits and `path`; other arguments: see `PromptDataModule`.
     """
 
-    def __init__(self, path: str = shipped("aime24/test.jsonl"), **kwargs) -> None:
-        """`path`: the jsonl file (default: the shipped copy); `**kwargs`: see `PromptDataModule`."""
-        super().__init__(**kwargs)
-        self.path = path
-
-    def load_rows(self, split: str) -> list[PromptRow]:
-        return rows_from_jsonl(self.path, "problem", "answer", meta_fields=("id", "url"))
+    file = "aime24/test.jsonl"
+    meta_fields = ("id", "url")

@@ -59,19 +59,12 @@ class Arithmetic(PromptDataModule):
         num_val: int = 100,
         num_test: int = 200,
         min_digits: int = 1,
-        batch_size: int = 8,
-        seed: int = 0,
-        system_prompt: str | None = None,
-        prompt_template: str = "{question}",
-        max_prompt_tokens: int | None = None,
-        on_too_long: str = "skip",
-        limit: int | None = None,
         val_size: int | None = None,
         val_split: float | None = None,
+        **kwargs,
     ) -> None:
         held = val_size if val_size is not None else (None if val_split is not None else num_val)
-        super().__init__(batch_size, seed, system_prompt, prompt_template, max_prompt_tokens, on_too_long, limit,
-                         held, val_split)
+        super().__init__(val_size=held, val_split=val_split, **kwargs)
         if not 1 <= min_digits <= digits <= 18:
             raise DatasetError(f"Arithmetic: need 1 <= min_digits <= digits <= 18, got {min_digits}, {digits}.")
         if num_operands < 2:

@@ -30,18 +30,9 @@ class JsonlPrompts(PromptDataModule):
         answer_field: str = "answer",
         answer_after: str | None = None,
         meta_fields: list[str] | None = None,
-        batch_size: int = 8,
-        seed: int = 0,
-        system_prompt: str | None = None,
-        prompt_template: str = "{question}",
-        max_prompt_tokens: int | None = None,
-        on_too_long: str = "skip",
-        limit: int | None = None,
-        val_size: int | None = None,
-        val_split: float | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(batch_size, seed, system_prompt, prompt_template, max_prompt_tokens, on_too_long, limit,
-                         val_size, val_split)
+        super().__init__(**kwargs)
         if not train_path:
             raise DatasetError("JsonlPrompts: train_path is required (a jsonl file with one object per line).")
         self.train_path = train_path

@@ -1,6 +1,6 @@
 """Fused Triton W4A16 kernels for NVFP4, MXFP4 and NF4 (see docs in ``qerl/kernels/ops.py``).
 
-Public surface, per the contract with ``qerl.quantizers`` (notes/quant_contract.md):
+Public surface, used by ``qerl.quantizers``:
 
 - ``available()``: True when Triton imports and a CUDA device is present.
 - ``quant_linear(x, layer)``: ``x @ W.T + bias`` for a ``QuantLinear``-like ``layer`` holding

@@ -11,8 +11,8 @@ from qerl.memory.estimate import (
                                   layer_activation_bytes,
                                   weight_bits,
 )
-from qerl.memory.startup import device_budget, plan_for_module, run_shape
+from qerl.memory.startup import MemoryPlan, device_budget, plan_for_module, run_shape
 
-__all__ = ["MemoryEstimate", "MemoryPlanWarning", "ModelShape", "RunShape", "auto_micro_batch", "check_fits",
-           "device_budget", "estimate_memory", "free_device_memory", "layer_activation_bytes", "plan_for_module",
-           "run_shape", "weight_bits"]
+__all__ = ["MemoryEstimate", "MemoryPlan", "MemoryPlanWarning", "ModelShape", "RunShape", "auto_micro_batch",
+           "check_fits", "device_budget", "estimate_memory", "free_device_memory", "layer_activation_bytes",
+           "plan_for_module", "run_shape", "weight_bits"]

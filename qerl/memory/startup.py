@@ -2,7 +2,7 @@
 will not fit the device, and `micro_batch_size: auto` resolved to the largest micro-batch that fits."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from qerl.memory.estimate import (
     MemoryEstimate,
@@ -13,11 +13,20 @@ from qerl.memory.estimate import (
     estimate_memory,
     weight_bits,
 )
+from qerl.models.logprobs import causal_lm
 
 #: prompt length assumed when the datamodule sets no `max_prompt_tokens`
 DEFAULT_PROMPT_TOKENS = 256
 #: share of the device's memory (free + already held by this process) a plan may use
 HEADROOM = 0.92
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The start-up plan: the estimate (None when the model's config cannot be read) and the micro-batch to use."""
+
+    estimate: MemoryEstimate | None
+    micro_batch_size: int | str
 
 
 def run_shape(module, datamodule=None) -> RunShape:
@@ -28,7 +37,7 @@ def run_shape(module, datamodule=None) -> RunShape:
     lora = module.lora
     micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
     return RunShape(rows=rows, prompt_len=int(prompt_len), response_len=int(module.sampling.max_new_tokens),
-                    micro_batch=micro, rollout_rows=int(getattr(module.rollout, "max_batch_rows", rows) or rows),
+                    micro_batch=micro, rollout_rows=int(module.rollout.max_batch_rows or rows),
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
                     lora_targets=tuple(lora.targets) if lora is not None else ())
@@ -45,29 +54,29 @@ def device_budget(device) -> float | None:
     return (free + torch.cuda.memory_allocated(device)) * HEADROOM
 
 
-def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print) -> MemoryEstimate | None:
+def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print) -> MemoryPlan:
     """Estimate `module`'s peak (its policy must be built), resolve `micro_batch_size="auto"`, print the plan
-    and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`)."""
-    from qerl.logprobs import causal_lm
+    and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`).
 
+    The module is only read; the caller takes the resolved `micro_batch_size` from the returned plan."""
     try:
         shape = ModelShape.from_config(causal_lm(module.model).config)
     except (AttributeError, TypeError) as exc:  # not a decoder-only config with the usual attribute names
         echo(f"qerl: no memory plan for {type(causal_lm(module.model)).__name__}: its config lacks {exc}.")
-        return None
+        return MemoryPlan(None, module.micro_batch_size)
     bits = weight_bits(module.quantizer)
     dtype_bytes = 4 if module.dtype_name in ("float32", "fp32") else 2
     run = run_shape(module, datamodule)
     budget = budget if budget is not None else device_budget(module.device)
-    if module.micro_batch_size == "auto":
-        module.micro_batch_size = (auto_micro_batch(shape, run, budget, bits, dtype_bytes) if budget is not None
-                                   else run.rows)
-        echo(f"qerl: micro_batch_size auto -> {module.micro_batch_size} "
+    micro = module.micro_batch_size
+    if micro == "auto":
+        micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes) if budget is not None else run.rows
+        echo(f"qerl: micro_batch_size auto -> {micro} "
              f"({'fits the device budget' if budget is not None else 'no CUDA device: all rows at once'})")
-    run = replace(run, micro_batch=module.micro_batch_size)
+    run = replace(run, micro_batch=micro)
     estimate = estimate_memory(shape, run, bits, dtype_bytes)
     echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
-    return estimate
+    return MemoryPlan(estimate, micro)

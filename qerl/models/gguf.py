@@ -6,7 +6,7 @@ import os
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
 from qerl.models.smollm2 import ModelNotFoundError, gguf_tokenizer, smollm2_folder, smollm2_gguf_path
-from qerl.models.streaming import quantize_loaded, tensor_bytes
+from qerl.models.streaming import quantize_loaded
 from qerl.registry import MODELS
 
 
@@ -64,10 +64,7 @@ class GGUFModel(PolicyLoader):
         _forget_gguf_quantization(model)
         model = model.to(device)
         report = new_report(self, quantizer, dtype, device, "load-then-quantize")
-        if quantizer is not None:
-            quantize_loaded(model, quantizer, tuple(skip), report, measure_errors)
-        else:
-            report.dense_bytes = report.final_bytes = report.peak_tensor_bytes = tensor_bytes(model)
+        quantize_loaded(model, quantizer, tuple(skip), report, measure_errors)
         self.last_report = report
         return finish_policy(model, tokenizer)
 

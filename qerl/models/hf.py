@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
 from qerl.models.smollm2 import ModelNotFoundError
-from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized, tensor_bytes
+from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized
 from qerl.registry import MODELS
 
 
@@ -61,10 +61,7 @@ class HFModel(PolicyLoader):
             model = self._stream(files, quantizer, skip, report, dtype, device, measure_errors)
         else:
             model = self._whole(dtype).to(device)
-            if quantizer is not None:
-                quantize_loaded(model, quantizer, tuple(skip), report, measure_errors)
-            else:
-                report.dense_bytes = report.final_bytes = report.peak_tensor_bytes = tensor_bytes(model)
+            quantize_loaded(model, quantizer, tuple(skip), report, measure_errors)
         self.last_report = report
         return finish_policy(model, tokenizer)
 

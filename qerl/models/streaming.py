@@ -117,7 +117,13 @@ def quantize_part(model: nn.Module, path: str, quantizer, skip: tuple[str, ...],
 
 def quantize_loaded(model: nn.Module, quantizer, skip: tuple[str, ...], report: LoadReport,
                     measure_errors: bool = False) -> nn.Module:
-    """Load-then-quantize: the model is already whole in `dtype`; quantize every targeted Linear in place."""
+    """Load-then-quantize: the model is already whole in `dtype`; quantize every targeted Linear in place.
+
+    Without a quantizer the model stays dense and the report records its size.
+    """
+    if quantizer is None:
+        report.dense_bytes = report.final_bytes = report.peak_tensor_bytes = tensor_bytes(model)
+        return model
     started = time.perf_counter()
     device = next(model.parameters()).device
     meter = MemoryMeter(device)

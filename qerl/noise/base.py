@@ -19,6 +19,22 @@ import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """The AQN noise of one training step, as `NoiseCallback` publishes it on the module (`noise_draw`).
+
+    Attributes:
+        sigma: the step's sigma (0: no noise).
+        seed: the step's noise seed, shared by every consumer of the step so all draw the same Z.
+        in_training: also wrap the training forward (and backward) in the noise, not only the rollout.
+    """
+
+    sigma: float = 0.0
+    seed: int | None = None
+    in_training: bool = False
 
 
 class NoiseSchedule(ABC):
@@ -104,3 +120,30 @@ def staged_decay(owner: str, step: int, total_steps: int, num_stages: int, start
 def stage_progress(stage: int, num_stages: int) -> float:
     """Progress t in [0, 1] of noisy stage `stage` >= 1: `(stage - 1) / (K - 2)`, 0 when K = 2."""
     return 0.0 if num_stages == 2 else (stage - 1) / (num_stages - 2)
+
+
+@dataclass(frozen=True)
+class StagedDecay(NoiseSchedule):
+    """A K-stage decay: sigma 0 in stage 0, then `curve` from sigma_start down to sigma_end (exactly, last stage).
+
+    Args:
+        sigma_start: sigma of stage 1 (the first noisy stage).
+        sigma_end: sigma of the last stage; must not exceed sigma_start.
+        num_stages: K, the number of equal stages (>= 2), stage 0 included.
+    """
+
+    sigma_start: float = 1e-2
+    sigma_end: float = 1e-4
+    num_stages: int = 10
+
+    def __post_init__(self) -> None:
+        check_decay(type(self).__name__, self.sigma_start, self.sigma_end, self.num_stages)
+
+    @staticmethod
+    @abstractmethod
+    def curve(start: float, end: float, t: float) -> float:
+        """Sigma at progress t in [0, 1] through the noisy stages (t = 0 must give `start`)."""
+
+    def sigma_at(self, step: int, total_steps: int) -> float:
+        return staged_decay(type(self).__name__, step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
+                            self.curve)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from qerl.noise.base import NoiseSchedule, check_decay, staged_decay
+from qerl.noise.base import StagedDecay
 from qerl.registry import NOISE_SCHEDULERS
 
 
 @NOISE_SCHEDULERS.register(aliases=("cos",))
 @dataclass(frozen=True)
-class Cosine(NoiseSchedule):
+class Cosine(StagedDecay):
     """Cosine AQN decay over K equal stages: 0, then sigma_start easing down to sigma_end.
 
     Stage k of K (see `qerl.noise.base` for how steps map to stages), with t = (k - 1) / (K - 2):
@@ -18,19 +18,9 @@ class Cosine(NoiseSchedule):
         sigma_0 = 0
         sigma_k = sigma_end + (sigma_start - sigma_end) * (1 + cos(pi * t)) / 2    for k >= 1
 
-    Args:
-        sigma_start: sigma of stage 1 (the first noisy stage).
-        sigma_end: sigma of the last stage; must not exceed sigma_start (0 is allowed).
-        num_stages: K, the number of equal stages (>= 2), stage 0 included.
+    Arguments (`sigma_start`, `sigma_end`, `num_stages`): see `StagedDecay`; `sigma_end` may be 0.
     """
 
-    sigma_start: float = 1e-2
-    sigma_end: float = 1e-4
-    num_stages: int = 10
-
-    def __post_init__(self) -> None:
-        check_decay("Cosine", self.sigma_start, self.sigma_end, self.num_stages)
-
-    def sigma_at(self, step: int, total_steps: int) -> float:
-        return staged_decay("Cosine", step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
-                            lambda start, end, t: end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t)))
+    @staticmethod
+    def curve(start: float, end: float, t: float) -> float:
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qerl.noise.base import NoiseSchedule, check_decay, check_progress, staged_decay
+from qerl.noise.base import StagedDecay, check_progress
 from qerl.registry import NOISE_SCHEDULERS
 
 
 @NOISE_SCHEDULERS.register(aliases=("exp", "geometric"))
 @dataclass(frozen=True)
-class Exponential(NoiseSchedule):
+class Exponential(StagedDecay):
     """Geometric AQN decay over K equal stages (QeRL default): 0, then sigma_start down to sigma_end.
 
     Stage k of K (see `qerl.noise.base` for how steps map to stages):
@@ -27,13 +27,9 @@ class Exponential(NoiseSchedule):
         num_stages: K, the number of equal stages (>= 2), stage 0 included.
     """
 
-    sigma_start: float = 1e-2
-    sigma_end: float = 1e-4
-    num_stages: int = 10
-
     def __post_init__(self) -> None:
-        start, end, _ = check_decay("Exponential", self.sigma_start, self.sigma_end, self.num_stages)
-        if end == 0 and start > 0:
+        super().__post_init__()
+        if float(self.sigma_end) == 0 and float(self.sigma_start) > 0:
             raise ValueError(
                 f"Exponential: sigma_end={self.sigma_end!r} cannot be reached by a geometric decay from "
                 f"sigma_start={self.sigma_start!r}; give sigma_end > 0, or use Linear/Cosine to decay to 0."
@@ -43,5 +39,8 @@ class Exponential(NoiseSchedule):
         if self.sigma_start == 0:
             check_progress("Exponential", step, total_steps)
             return 0.0
-        return staged_decay("Exponential", step, total_steps, self.num_stages, self.sigma_start, self.sigma_end,
-                            lambda start, end, t: start * (end / start) ** t)
+        return super().sigma_at(step, total_steps)
+
+    @staticmethod
+    def curve(start: float, end: float, t: float) -> float:
+        return start * (end / start) ** t

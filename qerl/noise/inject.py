@@ -9,12 +9,13 @@ what flows into them. No parameter is added and no kernel changes.
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+from qerl.noise.base import check_sigma
 
 DEFAULT_TARGETS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
 
@@ -103,17 +104,6 @@ def targeted_norms(
     return groups
 
 
-def check_noise_sigma(sigma: float) -> float:
-    """`sigma` as a float, or a ValueError naming the bad value."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise ValueError(f"noisy_norms: sigma={sigma!r} is not a number; give a standard deviation >= 0.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"noisy_norms: sigma={sigma!r} is invalid; it must be finite and >= 0.")
-    return value
-
-
 @contextlib.contextmanager
 def noisy_norms(
     model: nn.Module,
@@ -152,7 +142,7 @@ def noisy_norms(
         inside too; restoring the weights in place invalidates tensors saved for backward.
         Nested blocks on the same weights stack their noise; each restores what it found.
     """
-    value = check_noise_sigma(sigma)
+    value = check_sigma("noisy_norms", "sigma", sigma)
     if seed is not None and generator is not None:
         raise ValueError("noisy_norms: give seed or generator, not both.")
     groups = targeted_norms(model, targets)

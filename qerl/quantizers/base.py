@@ -1,8 +1,8 @@
 """The quantizer extension point: a `Quantizer` turns a weight into a `QuantizedWeight` and swaps Linear layers.
 
 A concrete quantizer names its storage `format` and `block_size`, quantizes a 2-D weight into named tensors
-(the `QuantLinear` buffers of docs/quant_contract: `codes`, `scales`, ...), and reads them back in
-`dequantize_tensors`. Every subclass that sets `format` is findable by it (`format_codec("nvfp4")`), which is
+(the `QuantLinear` buffers: `codes`, `scales`, ...), and reads them back in
+`dequantize_tensors`. Every subclass that declares `format` is findable by it (`format_codec("nvfp4")`), which is
 how a `QuantLinear` or a checkpoint turns stored tensors back into a weight - including plugin formats.
 
 Bad input is refused, never padded: in_features must be a multiple of `block_size` and the weight finite.
@@ -11,62 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-_FORMATS: dict[str, type[Quantizer]] = {}
+from qerl.quantizers.layers import QuantLinear
+from qerl.quantizers.weight import QuantizationError, QuantizedWeight, StorageFormat
+
 _ROWS_PER_CHUNK_ELEMENTS = 1 << 26  # bounds the temporaries of one quantize step (~64M weights at a time)
-
-
-class QuantizationError(ValueError):
-    """A weight cannot be quantized (shape, NaN/Inf); the message names the layer."""
-
-
-class QuantizedWeight:
-    """A quantized (out_features, in_features) weight: its stored tensors and how to read them back."""
-
-    def __init__(self, codec: type[Quantizer], shape: tuple[int, int], tensors: dict[str, torch.Tensor],
-                 block_size: int | None = None) -> None:
-        self.codec = codec
-        self.shape = torch.Size(shape)
-        self.tensors = tensors
-        self.block_size = block_size or codec.block_size  # per instance for formats with a configurable group
-
-    @property
-    def format(self) -> str:
-        return self.codec.format
-
-    @property
-    def nbytes(self) -> int:
-        """Every stored byte: codes, scales, second-level scales."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8.0 * self.nbytes / self.shape.numel()
-
-    def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-        """The weight the format represents, shape (out_features, in_features)."""
-        return self.codec.dequantize_tensors(self.tensors, self.shape, dtype)
-
-    def to(self, device: torch.device | str) -> QuantizedWeight:
-        return QuantizedWeight(self.codec, tuple(self.shape), {k: v.to(device) for k, v in self.tensors.items()},
-                               self.block_size)
-
-    def __repr__(self) -> str:
-        return f"QuantizedWeight({self.format}, shape={tuple(self.shape)}, {self.bits_per_weight:.3f} bits/weight)"
-
-
-def format_codec(name: str) -> type[Quantizer]:
-    """The quantizer class that owns storage format `name` ("nvfp4", "mxfp4", "nf4", plugin formats)."""
-    if name not in _FORMATS:
-        raise QuantizationError(
-            f"Unknown quantized storage format {name!r}. Known formats: {', '.join(sorted(_FORMATS)) or '(none)'}. "
-            "If it comes from a plugin, install the plugin (see `qerl list quantizers`)."
-        )
-    return _FORMATS[name]
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -74,21 +26,8 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(p == name or p in parts or name.endswith("." + p) for p in patterns)
 
 
-class Quantizer(ABC):
+class Quantizer(StorageFormat, ABC):
     """Turns bf16/fp32 weights into a 4-bit format and swaps Linear layers."""
-
-    format: ClassVar[str] = ""
-    block_size: int = 0  # weights per block along in_features (a subclass may make it an __init__ argument)
-    uses_qerl_kernels: ClassVar[bool] = False  # True: QuantLinear may call qerl.kernels.quant_linear on CUDA
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        owner = _FORMATS.get(cls.format)
-        if cls.format and "format" in cls.__dict__ and owner is not None and owner.__qualname__ != cls.__qualname__:
-            raise TypeError(f"{cls.__module__}.{cls.__qualname__} claims storage format {cls.format!r}, already owned "
-                            f"by {owner.__module__}.{owner.__qualname__}; pick a new format name.")
-        if cls.format:
-            _FORMATS.setdefault(cls.format, cls)  # a subclass that keeps its parent's format reads it the same way
 
     # ------------------------------------------------------------------ per weight
     @abstractmethod
@@ -138,8 +77,6 @@ class Quantizer(ABC):
         path component, or a suffix). `lm_head` is always kept in bf16, embeddings are not Linear and stay too.
         Each weight is quantized on its own device, one layer at a time.
         """
-        from qerl.quantizers.layers import QuantLinear
-
         patterns = tuple(dict.fromkeys(("lm_head", *skip)))
         targets = [n for n, m in model.named_modules()
                    if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and not _matches(n, patterns)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qerl.quantizers.base import format_codec
 from qerl.quantizers.layers import QuantLinear
+from qerl.quantizers.weight import format_codec
 
 CHECKPOINT_FORMAT = "qerl-quantized"
 CHECKPOINT_VERSION = 1

@@ -1,4 +1,4 @@
-"""`QuantLinear`: a frozen 4-bit Linear (W4A16) holding the packed weight as buffers (docs: quant_contract)."""
+"""`QuantLinear`: a frozen 4-bit Linear (W4A16) holding the packed weight as buffers."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qerl.quantizers.base import QuantizationError, QuantizedWeight, format_codec
+from qerl.quantizers.weight import QuantizationError, QuantizedWeight, format_codec
 
 
 @functools.cache
@@ -61,6 +61,7 @@ class QuantLinear(nn.Module):
         for key, value in tensors.items():
             self.register_buffer(key, value)
         self.register_buffer("bias", bias)
+        self._dense: dict[torch.dtype, torch.Tensor] | None = None  # dense copies while `keep_dense(True)`
 
     @classmethod
     def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None = None,
@@ -90,7 +91,17 @@ class QuantLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """The (out_features, in_features) weight this layer multiplies by."""
-        return self._codec.dequantize_tensors(self.quantized_tensors(), torch.Size((self.out_features, self.in_features)), dtype)
+        if self._dense is not None and dtype in self._dense:
+            return self._dense[dtype]
+        weight = self._codec.dequantize_tensors(self.quantized_tensors(), torch.Size((self.out_features, self.in_features)),
+                                                dtype)
+        if self._dense is not None:
+            self._dense[dtype] = weight
+        return weight
+
+    def keep_dense(self, enabled: bool) -> None:
+        """While enabled, keep the dequantized weight after its first use (per dtype); disabling frees the copies."""
+        self._dense = {} if enabled else None
 
     def block_scales(self) -> torch.Tensor:
         """float32 scale per block (NF4: absmax, double quant decoded); the stored scales for other formats."""

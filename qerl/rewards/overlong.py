@@ -1,6 +1,9 @@
 """DAPO's soft overlong penalty, from each completion's token length."""
 from __future__ import annotations
 
+import torch
+
+from qerl.algorithms.dapo import overlong_penalty
 from qerl.registry import REWARDS
 from qerl.rewards.base import Reward
 
@@ -16,15 +19,18 @@ class OverlongPenalty(Reward):
     completion (list of ints, e.g. `Rollout.lengths.tolist()`), and `max_new_tokens`
     - the sampling cap (int, e.g. `SamplingConfig.max_new_tokens`).
 
+    The same penalty as `DAPO(overlong_buffer=C)` shapes rewards with (`qerl.algorithms.dapo.overlong_penalty`).
+
     Args:
-        buffer_tokens: C in tokens; if None, `buffer_fraction * max_new_tokens`.
+        buffer_tokens: C in tokens (0: only completions over the limit score -1); if None,
+            `buffer_fraction * max_new_tokens` (at least one token).
         buffer_fraction: C as a fraction of `max_new_tokens` (DAPO: 4096 of 20480 = 0.2).
     """
 
     def __init__(self, weight: float = 1.0, buffer_tokens: int | None = None, buffer_fraction: float = 0.2) -> None:
         super().__init__(weight)
-        if buffer_tokens is not None and buffer_tokens <= 0:
-            raise ValueError(f"OverlongPenalty: buffer_tokens must be positive, got {buffer_tokens}.")
+        if buffer_tokens is not None and buffer_tokens < 0:
+            raise ValueError(f"OverlongPenalty: buffer_tokens must be >= 0, got {buffer_tokens}.")
         if not 0.0 < buffer_fraction <= 1.0:
             raise ValueError(f"OverlongPenalty: buffer_fraction must be in (0, 1], got {buffer_fraction}.")
         self.buffer_tokens = buffer_tokens
@@ -41,13 +47,8 @@ class OverlongPenalty(Reward):
         if len(lengths) != len(completions):
             raise ValueError(f"OverlongPenalty: {len(lengths)} lengths for {len(completions)} completions.")
         limit = int(meta["max_new_tokens"])
-        buffer = self.buffer_tokens if self.buffer_tokens is not None else self.buffer_fraction * limit
-        buffer = max(1.0, min(float(buffer), float(limit)))
-        return [self.penalty(n, limit, buffer) for n in lengths]
-
-    @staticmethod
-    def penalty(length: int, limit: int, buffer: float) -> float:
-        if length > limit:
-            return -1.0
-        free = limit - buffer
-        return 0.0 if length <= free else (free - length) / buffer
+        if self.buffer_tokens is not None:
+            buffer = min(float(self.buffer_tokens), float(limit))
+        else:
+            buffer = max(1.0, min(self.buffer_fraction * limit, float(limit)))
+        return overlong_penalty(torch.tensor(lengths), limit, buffer).tolist()

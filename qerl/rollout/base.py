@@ -7,7 +7,21 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from qerl.models.logprobs import causal_lm
+from qerl.noise.inject import noisy_norms
 from qerl.types import Rollout, SamplingConfig
+
+
+def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config = getattr(causal_lm(model), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    if extra is not None:
+        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    return sorted(ids)
 
 
 class RolloutBackend(ABC):
@@ -16,12 +30,36 @@ class RolloutBackend(ABC):
     Lifecycle: `setup(policy, tokenizer)` once, then per step `sync_weights(policy)`
     (a no-op for a backend that generates with the policy itself), `noise(sigma, seed)`
     around generation, and `generate(...)`.
+
+    What the training module reads from every backend:
+    `pad_id` (the token padding rollouts, set in `setup`), `last_metrics` (metrics of the last
+    `generate` call, e.g. `rollout/mismatch_kl`; empty by default) and `max_batch_rows`
+    (completions generated together, for the memory plan; None: the backend does not bound it).
     """
 
+    pad_id: int = 0
+    eos_ids: list[int] = []  # noqa: RUF012 (replaced per instance in setup)
+    max_batch_rows: int | None = None
+    policy: nn.Module | None = None
+    tokenizer = None
+    _last_metrics: dict[str, float] = {}  # noqa: RUF012 (only ever replaced, through the setter)
+
     def setup(self, policy: nn.Module, tokenizer) -> None:
-        """Bind to the policy and tokenizer (build an engine if the backend keeps one)."""
+        """Bind to the policy and tokenizer (build an engine if the backend keeps one); sets `eos_ids` and `pad_id`."""
         self.policy = policy
         self.tokenizer = tokenizer
+        self.eos_ids = eos_token_ids(policy, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Metrics of the last `generate` call (namespaced `rollout/...`); none by default."""
+        return self._last_metrics
+
+    @last_metrics.setter
+    def last_metrics(self, metrics: dict[str, float]) -> None:
+        self._last_metrics = dict(metrics)
 
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
@@ -33,8 +71,6 @@ class RolloutBackend(ABC):
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
         """Apply AQN noise of `sigma` to the generating model's norms for the duration."""
-        from qerl.noise.inject import noisy_norms
-
         with noisy_norms(self.policy, sigma, seed=seed):
             yield
 

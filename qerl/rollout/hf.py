@@ -2,24 +2,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from qerl.logprobs import causal_lm, position_ids_from_mask
+from qerl.models.logprobs import causal_lm, position_ids_from_mask
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.sampling import sample_next
+from qerl.rollout.sampling import left_pad, sample_next
 from qerl.types import Rollout, SamplingConfig
-
-
-def _eos_ids(model: nn.Module, tokenizer) -> list[int]:
-    ids: set[int] = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    config = getattr(causal_lm(model), "generation_config", None)
-    extra = getattr(config, "eos_token_id", None)
-    if extra is not None:
-        ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
-    return sorted(ids)
 
 
 class _LastLogits:
@@ -55,12 +43,6 @@ class HF(RolloutBackend):
         self.policy = None
         self.tokenizer = None
 
-    def setup(self, policy: nn.Module, tokenizer) -> None:
-        super().setup(policy, tokenizer)
-        self.eos_ids = _eos_ids(policy, tokenizer)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
-
     # ---------------------------------------------------------------- generate
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
         if self.policy is None:
@@ -81,16 +63,7 @@ class HF(RolloutBackend):
                     parts.append(self._generate_rows(rows[start : start + self.max_batch_rows], sampling, generator, device))
         finally:
             self.policy.train(was_training)
-        return self._assemble(parts, len(prompt_ids), sampling.n, device)
-
-    def _left_pad(self, rows: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
-            mask[i, width - len(r) :] = 1
-        return ids, mask
+        return self._assemble(parts, sampling.n, device)
 
     def _generate_rows(self, rows, sampling: SamplingConfig, generator, device) -> dict[str, torch.Tensor]:
         if self.fast if self.fast is not None else device.type == "cuda":
@@ -106,7 +79,7 @@ class HF(RolloutBackend):
                 unique.append(row)
             index.append(len(unique) - 1)
         index = torch.tensor(index, device=device)
-        ids, mask = self._left_pad(unique, device)
+        ids, mask = left_pad(unique, self.pad_id, device)
         out = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True,
                  logits_to_keep=1)
         cache = out.past_key_values
@@ -159,33 +132,17 @@ class HF(RolloutBackend):
             hit[i] = any(s in tail for s in stops)
         return hit
 
-    def _assemble(self, parts: list[dict], num_prompts: int, n: int, device) -> Rollout:
-        prompt_w = max(p["prompt_ids"].shape[1] for p in parts)
-        comp_w = max(p["completion_ids"].shape[1] for p in parts)
-
-        def left(t, value):
-            return torch.cat([nn.functional.pad(x, (prompt_w - x.shape[1], 0), value=value) for x in t])
-
-        def right(t, value):
-            return torch.cat([nn.functional.pad(x, (0, comp_w - x.shape[1]), value=value) for x in t])
-
-        completion_ids = right([p["completion_ids"] for p in parts], self.pad_id)
-        completion_mask = right([p["completion_mask"] for p in parts], 0)
-        texts = [
-            self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
-            for ids, m in zip(completion_ids, completion_mask)
-        ]
-        return Rollout(
-            prompt_ids=left([p["prompt_ids"] for p in parts], self.pad_id),
-            prompt_mask=left([p["prompt_mask"] for p in parts], 0),
-            completion_ids=completion_ids,
-            completion_mask=completion_mask,
-            logprobs=right([p["logprobs"] for p in parts], 0.0),
-            texts=texts,
-            group_index=torch.arange(num_prompts, device=device).repeat_interleave(n),
-            truncated=torch.cat([p["truncated"] for p in parts]),
-            group_size=n,
-        )
+    def _assemble(self, parts: list[dict], n: int, device) -> Rollout:
+        rollouts = []
+        for p in parts:
+            texts = [self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+                     for ids, m in zip(p["completion_ids"], p["completion_mask"])]
+            fields = {k: p[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs",
+                                        "truncated")}
+            rows = p["completion_ids"].shape[0]
+            rollouts.append(Rollout(**fields, texts=texts, group_index=torch.zeros(rows, dtype=torch.long, device=device),
+                                    group_size=n))
+        return Rollout.concat(rollouts, self.pad_id)  # group indices follow from the rows
 
     def release_memory(self) -> None:
         if getattr(self, "_fast_engine", None) is not None:

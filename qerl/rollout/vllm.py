@@ -96,22 +96,17 @@ class VLLM(RolloutBackend):
         self.setup_s: float | None = None
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
-        self.last_metrics: dict[str, float] = {}
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
 
     # ------------------------------------------------------------------ setup
     def setup(self, policy: nn.Module, tokenizer) -> None:
         from qerl.rollout import vllm_engine as engine
-        from qerl.rollout.hf import _eos_ids
 
         super().setup(policy, tokenizer)
-        self.eos_ids = _eos_ids(policy, tokenizer)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         self.lora_config = self._check_adapter(policy)
         engine.import_vllm()  # fail before the export if vLLM is missing
-        from qerl.logprobs import causal_lm
+        from qerl.models.logprobs import causal_lm
 
         lm = causal_lm(policy)
         if self.llm is not None:  # set up again (a new stage, or a rebuilt policy): the engine must hold its base
@@ -253,11 +248,12 @@ class VLLM(RolloutBackend):
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
         """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly."""
-        from qerl.noise.inject import check_noise_sigma, noisy_norms
+        from qerl.noise.base import check_sigma
+        from qerl.noise.inject import noisy_norms
         from qerl.rollout import vllm_sync
         from qerl.rollout.vllm_engine import engine_name
 
-        if check_noise_sigma(sigma) == 0.0:
+        if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
         self._ready()

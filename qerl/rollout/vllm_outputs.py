@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qerl.models.logprobs import stored_logprobs
 from qerl.types import Rollout
 
 
@@ -29,34 +30,14 @@ def rollout_from_outputs(outputs, prompt_ids: list[list[int]], n: int, pad_id: i
             ids = list(c.token_ids)
             logps = [float(d[t].logprob) if d is not None and t in d else 0.0 for d, t in zip(c.logprobs or [], ids)]
             rows.append((list(prompt), ids, logps, c.finish_reason == "length"))
-    prompt_w = max(len(r[0]) for r in rows)
-    comp_w = max(1, max(len(r[1]) for r in rows))
-    num = len(rows)
-    p_ids = torch.full((num, prompt_w), pad_id, dtype=torch.long)
-    p_mask = torch.zeros((num, prompt_w), dtype=torch.long)
-    c_ids = torch.full((num, comp_w), pad_id, dtype=torch.long)
-    c_mask = torch.zeros((num, comp_w), dtype=torch.long)
-    logprobs = torch.zeros((num, comp_w), dtype=torch.float32)
-    for i, (prompt, ids, logps, _) in enumerate(rows):
-        p_ids[i, prompt_w - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        p_mask[i, prompt_w - len(prompt):] = 1
-        if ids:
-            c_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            c_mask[i, : len(ids)] = 1
-            logprobs[i, : len(logps)] = torch.tensor(logps, dtype=torch.float32)
     texts = [tokenizer.decode(r[1], skip_special_tokens=True) for r in rows]
-    return Rollout(
-        prompt_ids=p_ids.to(device), prompt_mask=p_mask.to(device), completion_ids=c_ids.to(device),
-        completion_mask=c_mask.to(device), logprobs=logprobs.to(device), texts=texts,
-        group_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(n),
-        truncated=torch.tensor([r[3] for r in rows], dtype=torch.bool, device=device), group_size=n)
+    prompts, completions, logprobs, truncated = (list(column) for column in zip(*rows))
+    return Rollout.from_rows(prompts, completions, logprobs, truncated, texts, n, pad_id, device)
 
 
 @torch.no_grad()
 def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8) -> torch.Tensor:
     """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad)."""
-    from qerl.update import stored_logprobs
-
     was_training = policy.training
     policy.eval()
     try:

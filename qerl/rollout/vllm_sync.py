@@ -49,14 +49,6 @@ def load_named_weights(worker, tensors: dict[str, torch.Tensor]) -> list[str]:
     return sorted(loaded) if loaded is not None else sorted(tensors)
 
 
-def norm_modules(worker, names: list[str]) -> dict[str, str]:
-    """{name: class} for each of `names` that is a vLLM `RMSNorm` in the engine's model (checked by class)."""
-    from vllm.model_executor.layers.layernorm import RMSNorm
-
-    modules = dict(_model(worker).named_modules())
-    return {n: type(modules[n]).__name__ for n in names if isinstance(modules.get(n), RMSNorm)}
-
-
 def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> int:
     """Add each `noise[name]` (float32, length d) to the weight of the engine's RMSNorm `name`, in place.
 

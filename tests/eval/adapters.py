@@ -9,8 +9,8 @@ import torch
 
 def save_adapter(directory: str, loader=None, rank: int = 4, b_scale: float = 0.5, seed: int = 0) -> str:
     """A peft adapter for `loader` (default `RandomInit("tiny")`) whose B weights are ~N(0, b_scale^2); 0 = untrained."""
+    from qerl.lora.apply import apply_lora
     from qerl.models import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     model, _ = (loader or RandomInit("tiny")).load(dtype="float32")
     peft_model = apply_lora(model, rank=rank, alpha=2.0 * rank)

@@ -5,8 +5,15 @@ import math
 
 import torch
 
+from qerl.evaluation.quality import (
+    agreement,
+    chat_prompts,
+    dequantized_copy,
+    final_number,
+    greedy_generate,
+    solution_perplexity,
+)
 from qerl.models import RandomInit
-from qerl.quality import agreement, chat_prompts, dequantized_copy, final_number, greedy_generate, solution_perplexity
 
 
 def test_final_number():

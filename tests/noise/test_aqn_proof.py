@@ -20,11 +20,9 @@ FEEDS = {"input_layernorm": ("q_proj", "k_proj", "v_proj"), "post_attention_laye
 
 @pytest.fixture
 def quantized_lora_llama(make_llama):
-    try:
-        from qerl.quantizers import NVFP4
-        from qerl.quantizers.lora import apply_lora
-    except ImportError as err:  # the Quantizers issue provides these
-        pytest.skip(f"qerl.quantizers (NVFP4, apply_lora) not available yet: {err}")
+    from qerl.lora.apply import apply_lora
+    from qerl.quantizers import NVFP4
+
     model = NVFP4().quantize_model(make_llama(dtype=torch.float32))
     model = apply_lora(model, rank=4, alpha=8.0, targets=PROJ)
     with torch.no_grad():  # LoRA B starts at zero; give the adapters a real contribution

@@ -23,7 +23,8 @@ class ToyModule(L.LightningModule):
         self.seen: list[tuple[int, float, int, bool]] = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append((self.global_step, self.noise_sigma, self.noise_seed, self.noise_in_training))
+        d = self.noise_draw
+        self.seen.append((self.global_step, d.sigma, d.seed, d.in_training))
         if self.stop_at is not None and self.global_step + 1 >= self.stop_at:
             self.trainer.should_stop = True
         return self.layer(batch).pow(2).mean()
@@ -106,7 +107,8 @@ class IteratorModule(ToyModule):
 
     def training_step(self, dataloader_iter):
         batch, _, _ = next(dataloader_iter)  # (batch, batch_idx, dataloader_idx)
-        self.seen.append((self.global_step, self.noise_sigma, self.noise_seed, self.noise_in_training))
+        d = self.noise_draw
+        self.seen.append((self.global_step, d.sigma, d.seed, d.in_training))
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(self.layer(batch).pow(2).mean())

@@ -56,8 +56,8 @@ def test_bad_input_is_refused():
 
 
 def test_quant_linear_lora_and_checkpoint_work_unchanged(make_tiny_llama, tmp_path):
+    from qerl.lora.apply import apply_lora
     from qerl.quantizers.checkpoint import load_quantized, save_quantized
-    from qerl.quantizers.lora import apply_lora
 
     model = _int4(group_size=32).quantize_model(make_tiny_llama())
     layer = model.model.layers[0].mlp.gate_proj

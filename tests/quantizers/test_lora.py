@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from qerl.lora.apply import LoraTargetError, apply_lora, trainable_parameter_names
 from qerl.quantizers import MXFP4, NF4, NVFP4, QuantLinear
-from qerl.quantizers.lora import LoraTargetError, apply_lora, trainable_parameter_names
 
 FORMATS = [NVFP4(), MXFP4(), NF4(double_quant=True)]
 
@@ -112,7 +112,7 @@ def test_saved_adapter_reproduces_the_lora_delta_on_the_bf16_base(make_tiny_llam
 
 
 def test_reference_policy_is_the_base_even_when_norms_train(make_tiny_llama):
-    from qerl.quantizers.lora import base_weight_snapshot, reference_policy
+    from qerl.lora.apply import base_weight_snapshot, reference_policy
 
     torch.manual_seed(0)
     base = NVFP4().quantize_model(make_tiny_llama())

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from qerl.logprobs import completion_logprobs
 from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.models.logprobs import completion_logprobs
 from qerl.rollout import HF
 from qerl.rollout.fast import FastPathError, batch_buckets
 from qerl.types import SamplingConfig
@@ -115,7 +115,7 @@ def test_gumbel_sampling_matches_the_processed_distribution(policy):
 def test_lora_update_and_aqn_noise_reach_the_engine(policy):
     """One engine (state reused across calls): after a LoRA update, and inside AQN noise, its log-probs follow
     the changed model (teacher forcing), and differ from before."""
-    from qerl.quantizers.lora import apply_lora
+    from qerl.lora.apply import apply_lora
 
     model, tok = policy
     peft_model = apply_lora(copy.deepcopy(model), rank=4, alpha=8.0)
@@ -163,8 +163,8 @@ def test_smollm2_greedy_equals_slow_path(smollm2):
 
 # ------------------------------------------------------------------------------------------------ GPU
 def _gpu_policy(quantizer, lora: bool):
+    from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     model, tok = RandomInit("tiny", overrides={"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
                                                    "num_key_value_heads": 2}).load(quantizer=quantizer, device="cuda")
@@ -212,8 +212,8 @@ def test_gpu_graph_replay_equals_eager_and_updates_reach_graph(quantizer):
 def test_qwen2_nvfp4_lora_greedy_equals_slow_path():
     """Qwen2 shape (q/k/v bias), 4-bit QuantLinear base and an active LoRA: the engine's own LoRA/norm/rope
     blocks compute what the peft and HF modules compute."""
+    from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit
-    from qerl.quantizers.lora import apply_lora
 
     model, tok = RandomInit("tiny", tokenizer="bytes").load(quantizer="NVFP4", dtype=torch.float32)
     model = apply_lora(model, rank=4, alpha=8.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qerl.logprobs import completion_logprobs
 from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.models.logprobs import completion_logprobs
 from qerl.rollout import HF
 from qerl.rollout.sampling import processed_logprobs, sample_next
 from qerl.types import SamplingConfig

@@ -21,9 +21,9 @@ NORMS = [f"model.layers.{i}.{n}.weight" for i in range(2) for n in ("input_layer
 
 
 def tiny_policy(rank: int = 4, train_norms: bool = True, **config):
+    from qerl.lora.apply import apply_lora
     from qerl.models import RandomInit
     from qerl.quantizers import NVFP4
-    from qerl.quantizers.lora import apply_lora
 
     model, tokenizer = RandomInit(config={**CONFIG, **config}, seed=0).load(quantizer=NVFP4(), dtype="float32",
                                                                             device="cpu")
@@ -47,7 +47,7 @@ def engine():
 
 
 def hf_logprobs(policy, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     p, c = torch.tensor([prompt]), torch.tensor([completion])
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_an_optimizer_step_moves_engine_and_policy_logprobs_the_same_way(engine)
     before_engine = backend.score(PROMPT, CONTINUATION).sum()
     assert abs(float(before_engine - before_hf)) < LOGPROB_TOL
     optimizer = torch.optim.SGD(trainable.values(), lr=0.1)
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     p, c = torch.tensor([PROMPT]), torch.tensor([CONTINUATION])
     loss = -completion_logprobs(policy.train(), p, torch.ones_like(p), c, torch.ones_like(c)).logprobs.sum()
@@ -177,7 +177,7 @@ def test_qeRL_module_trains_two_steps_with_the_vllm_rollout(engine, tmp_path):
     from rl_helpers import lora_state, tiny_data, tiny_module, tiny_trainer
 
     from qerl.models import RandomInit
-    from qerl.settings import LoRASettings
+    from qerl.training.settings import LoRASettings
 
     backend, _, _ = engine
     first_id = backend._lora_id
@@ -201,7 +201,7 @@ def test_qeRL_module_trains_two_steps_with_the_vllm_rollout(engine, tmp_path):
 
 def test_importance_weights_scale_the_policy_gradient_token_by_token():
     from qerl.algorithms import GRPO
-    from qerl.update import TrainBatch, accumulate_gradients
+    from qerl.training.update import TrainBatch, accumulate_gradients
 
     policy, _ = tiny_policy()
     g = torch.Generator().manual_seed(0)
@@ -254,7 +254,7 @@ def test_nvfp4_export_for_the_gpu_engine_writes_compressed_tensors_names(tmp_pat
 
     from safetensors.torch import load_file
 
-    from qerl.logprobs import causal_lm
+    from qerl.models.logprobs import causal_lm
     from qerl.rollout.vllm_engine import export_quantized, has_nvfp4_layers
 
     policy, tokenizer = tiny_policy()

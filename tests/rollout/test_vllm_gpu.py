@@ -32,7 +32,7 @@ PROMPT, CONTINUATION = list(b"12+35="), list(b"47<")
 
 def tiny_policy(quantizer: str = "NVFP4"):
     from qerl.models import RandomInit
-    from qerl.quantizers.lora import apply_lora
+    from qerl.lora.apply import apply_lora
 
     model, tokenizer = RandomInit(config=CONFIG, seed=0).load(quantizer=quantizer, dtype="bfloat16", device="cuda")
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def engine():
 
 
 def policy_logprobs(policy, prompt, completion) -> torch.Tensor:
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     p, c = torch.tensor([prompt], device="cuda"), torch.tensor([completion], device="cuda")
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_after_an_optimizer_step_engine_and_policy_logprobs_move_together(engine
     trainable = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     saved = {n: p.detach().clone() for n, p in trainable.items()}
     before_hf, before_engine = policy_logprobs(policy, PROMPT, CONTINUATION), backend.score(PROMPT, CONTINUATION)
-    from qerl.logprobs import completion_logprobs
+    from qerl.models.logprobs import completion_logprobs
 
     p = torch.tensor([PROMPT], device="cuda")
     c = torch.tensor([CONTINUATION], device="cuda")

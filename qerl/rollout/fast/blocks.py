@@ -28,7 +28,7 @@ def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), weight=module.weight, eps=eps)
 
 
-def _plain_lora(module: nn.Module) -> bool:
+def plain_lora(module: nn.Module) -> bool:
     return (hasattr(module, "lora_A") and hasattr(module, "base_layer") and not module.disable_adapters
             and not module.merged and not getattr(module, "lora_variant", None))
 
@@ -47,7 +47,7 @@ def base_outputs(bases: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
 
 def project(module: nn.Module, x: torch.Tensor, casts: dict) -> torch.Tensor:
     """module(x); for a plain peft LoRA layer, the same sum with fewer kernels (`casts` shares input casts)."""
-    if not _plain_lora(module):
+    if not plain_lora(module):
         return module(x)
     out = module.base_layer(x)
     for name in module.active_adapters:

@@ -18,6 +18,7 @@ from qerl.rollout.fast.layout import decoder_layout, weights_fingerprint
 from qerl.rollout.fast.lora import LoraPack
 from qerl.rollout.fast.state import DecodeState
 from qerl.rollout.fast.step import SampleSpec, StepRunner, full_step, sample_record
+from qerl.rollout.sampling import left_pad
 from qerl.types import SamplingConfig
 
 
@@ -72,7 +73,7 @@ class FastEngine:
         """The same dict as `HF._generate_rows`: prompt ids/mask, completion ids/mask, log-probs, truncated."""
         hf = self.backend
         layout = decoder_layout(hf.policy)
-        ids, mask = hf._left_pad(rows, device)
+        ids, mask = left_pad(rows, hf.pad_id, device)
         batch, width = ids.shape
         max_new = int(sampling.max_new_tokens)
         state = self._state_for(layout, batch, width + max_new, max_new, device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qerl.logprobs import causal_lm
+from qerl.models.logprobs import causal_lm
 
 
 class FastPathError(RuntimeError):

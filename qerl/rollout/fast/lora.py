@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qerl.quantizers.layers import QuantLinear
-from qerl.rollout.fast.blocks import _plain_lora
+from qerl.rollout.fast.blocks import plain_lora
 
 
 class _Group:
@@ -43,7 +43,7 @@ class _Group:
 
 
 def _packable(modules: list[nn.Module]) -> bool:
-    return all(_plain_lora(m) and len(m.active_adapters) == 1 and m.active_adapters[0] in m.lora_A
+    return all(plain_lora(m) and len(m.active_adapters) == 1 and m.active_adapters[0] in m.lora_A
                for m in modules)
 
 

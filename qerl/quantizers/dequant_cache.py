@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 from torch import nn
+
+from qerl.quantizers.layers import QuantLinear
 
 
 @contextlib.contextmanager
@@ -17,21 +18,11 @@ def dequantize_once(model: nn.Module) -> Iterator[int]:
     forward and backward (decoding dominates generation on a CPU). Yields how many layers are cached.
     On exit the layers decode on demand again and the copies are freed.
     """
-    from qerl.quantizers.layers import QuantLinear
-
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     for layer in layers:
-        store: dict[torch.dtype, torch.Tensor] = {}
-        decode = type(layer).dequantize
-
-        def cached(dtype: torch.dtype = torch.bfloat16, _layer=layer, _store=store, _decode=decode) -> torch.Tensor:
-            if dtype not in _store:
-                _store[dtype] = _decode(_layer, dtype)
-            return _store[dtype]
-
-        object.__setattr__(layer, "dequantize", cached)
+        layer.keep_dense(True)
     try:
         yield len(layers)
     finally:
         for layer in layers:
-            layer.__dict__.pop("dequantize", None)
+            layer.keep_dense(False)

@@ -137,8 +137,8 @@ def apply_adapter(model: nn.Module, path: str, model_name: str):
     """(PeftModel, AdapterInfo): `path` loaded onto `model` (quantized or dense) and verified to be active."""
     from peft import LoraConfig, PeftModel
 
+    from qerl.lora.apply import _lora_linear_class
     from qerl.quantizers.layers import QuantLinear
-    from qerl.quantizers.lora import _lora_linear_class
 
     config, tensors, weights = read_adapter(path)
     check_adapter_fits(model, config, tensors, model_name, path)

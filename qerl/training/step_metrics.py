@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from qerl.scoring import Scored
+from qerl.training.scoring import Scored
 
 
 class StepTimer:

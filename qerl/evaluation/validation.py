@@ -2,7 +2,7 @@
 
 Lightning decides when (`trainer.val_check_interval`: every N training batches, or
 `trainer.check_val_every_n_epoch`); the data module supplies the held-out prompts (`val_size`/`val_split`);
-`QeRLModule.validation_step` hands each batch to `ValidationRun`, which scores it with `qerl.evaluation`
+`QeRLModule.validation_step` hands each batch to `ValidationRun`, which scores it with `qerl.evaluation.evaluate`
 and logs `val/accuracy`, `val/pass@k`, `val/mean_length`, `val/truncated_frac`, `val/mean_reward` and
 `val/tokens_per_s` at the end of the loop. Sampling here never carries AQN noise.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from qerl.evaluation.evaluate import EvalTotals, evaluate_batch, summarize
+from qerl.rewards.base import Reward
+from qerl.rollout.base import RolloutBackend
 from qerl.types import PromptBatch, SamplingConfig
 
 
@@ -45,54 +48,26 @@ class ValidationRun:
     """Collects the scored completions of one validation loop and turns them into `val/` metrics."""
 
     def __init__(self, settings: ValidationSettings, training: SamplingConfig) -> None:
-        from qerl.evaluation import EvalTotals
-
         self.sampling = settings.sampling(training)
         self.records: list = []
         self.totals = EvalTotals()
         self.prompts_seen = 0
 
-    def step(self, module, batch) -> None:
-        """Sample and score one batch of held-out prompts with the module's rollout backend and rewards."""
-        from qerl.evaluation import evaluate_batch
-
+    def step(self, rollout: RolloutBackend, tokenizer, rewards: list[Reward], accuracy_index: int, batch) -> None:
+        """Sample and score one batch of held-out prompts with the training's rollout backend and rewards."""
         batch = batch[0] if isinstance(batch, tuple) else batch
         if not isinstance(batch, PromptBatch):
             raise TypeError(f"validation_step expects a PromptBatch from the data module's val_dataloader, got "
                             f"{type(batch).__name__}.")
-        self.records.extend(evaluate_batch(module.rollout, module.tokenizer, batch, module.rewards,
+        self.records.extend(evaluate_batch(rollout, tokenizer, batch, rewards,
                                            dataclasses.replace(self.sampling, stop=list(self.sampling.stop)),
-                                           self.prompts_seen, module.accuracy_index, self.totals))
+                                           self.prompts_seen, accuracy_index, self.totals))
         self.prompts_seen += len(batch)
 
     def metrics(self) -> dict[str, float]:
         """`val/<metric>` of everything collected (empty when no batch ran)."""
-        from qerl.evaluation import summarize
-
         if not self.records:
             return {}
         summary = summarize(self.records, self.totals)
         keep = ("accuracy", "mean_length", "truncated_frac", "mean_reward", "tokens_per_s", "num_prompts")
         return {f"val/{k}": float(v) for k, v in summary.items() if k in keep or k.startswith("pass@")}
-
-
-def start(module) -> None:
-    """Begin a validation loop (called from `QeRLModule.on_validation_epoch_start`)."""
-    module._validation_run = ValidationRun(module.validation, module.sampling)
-
-
-def step(module, batch) -> None:
-    """One held-out batch (called from `QeRLModule.validation_step`)."""
-    if getattr(module, "_validation_run", None) is None:
-        start(module)
-    module._validation_run.step(module, batch)
-
-
-def finish(module) -> dict[str, float]:
-    """Log the loop's `val/` metrics (called from `QeRLModule.on_validation_epoch_end`); return them."""
-    run, module._validation_run = getattr(module, "_validation_run", None), None
-    metrics = run.metrics() if run is not None else {}
-    if metrics:
-        module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
-        module.last_validation = dict(metrics)
-    return metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from qerl.rewards.base import Reward
 from qerl.types import PromptBatch, Rollout
@@ -66,56 +65,23 @@ def score_rollout(
     return Scored(rollout=rollout, prompts=prompts, scores=scores, rewards=total, correct=correct)
 
 
-def _rows_of_groups(keep: torch.Tensor, n: int) -> torch.Tensor:
-    return keep.repeat_interleave(n)
-
-
 def select_groups(scored: Scored, keep: torch.Tensor) -> Scored:
     """The groups where `keep` (num_groups,) is True, rows and prompts alike."""
-    n = scored.rollout.group_size
-    rows = _rows_of_groups(keep.to(scored.rewards.device), n)
+    rows = keep.to(scored.rewards.device).repeat_interleave(scored.rollout.group_size)
     idx = keep.nonzero().flatten().tolist()
-    r = scored.rollout
-    rollout = Rollout(
-        prompt_ids=r.prompt_ids[rows], prompt_mask=r.prompt_mask[rows], completion_ids=r.completion_ids[rows],
-        completion_mask=r.completion_mask[rows], logprobs=r.logprobs[rows],
-        texts=[t for t, k in zip(r.texts, rows.tolist()) if k],
-        group_index=torch.arange(len(idx), device=r.group_index.device).repeat_interleave(n),
-        truncated=r.truncated[rows], group_size=n,
-        importance_weights=r.importance_weights[rows] if r.importance_weights is not None else None,
-    )
     p = scored.prompts
     prompts = PromptBatch(prompts=[p.prompts[i] for i in idx], answers=[p.answers[i] for i in idx],
                           meta=[p.meta[i] for i in idx] if p.meta else [])
-    return Scored(rollout=rollout, prompts=prompts, scores={k: v[rows] for k, v in scored.scores.items()},
-                  rewards=scored.rewards[rows], correct=scored.correct[rows])
-
-
-def _cat(tensors: list[torch.Tensor], pad, left: bool) -> torch.Tensor:
-    width = max(t.shape[1] for t in tensors)
-    padded = [nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=pad)
-              for t in tensors]
-    return torch.cat(padded)
+    return Scored(rollout=scored.rollout.select(rows), prompts=prompts,
+                  scores={k: v[rows] for k, v in scored.scores.items()}, rewards=scored.rewards[rows],
+                  correct=scored.correct[rows])
 
 
 def concat_scored(parts: list[Scored], pad_id: int) -> Scored:
     """Join scored rollouts of the same group size into one (prompts left-padded, completions right-padded)."""
     if len(parts) == 1:
         return parts[0]
-    n = parts[0].rollout.group_size
-    rs = [p.rollout for p in parts]
-    groups = sum(p.num_groups for p in parts)
-    device = rs[0].group_index.device
-    rollout = Rollout(
-        prompt_ids=_cat([r.prompt_ids for r in rs], pad_id, True), prompt_mask=_cat([r.prompt_mask for r in rs], 0, True),
-        completion_ids=_cat([r.completion_ids for r in rs], pad_id, False),
-        completion_mask=_cat([r.completion_mask for r in rs], 0, False),
-        logprobs=_cat([r.logprobs for r in rs], 0.0, False), texts=[t for r in rs for t in r.texts],
-        group_index=torch.arange(groups, device=device).repeat_interleave(n),
-        truncated=torch.cat([r.truncated for r in rs]), group_size=n,
-        importance_weights=(_cat([r.importance_weights for r in rs], 0.0, False)
-                            if all(r.importance_weights is not None for r in rs) else None),
-    )
+    rollout = Rollout.concat([p.rollout for p in parts], pad_id)
     prompts = PromptBatch(prompts=[x for p in parts for x in p.prompts.prompts],
                           answers=[x for p in parts for x in p.prompts.answers],
                           meta=[x for p in parts for x in (p.prompts.meta or [{}] * len(p.prompts))])

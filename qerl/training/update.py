@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qerl.algorithms.base import Algorithm
-from qerl.logprobs import completion_logprobs, trim_padding
+from qerl.models.logprobs import completion_logprobs, micro_batches, rollout_inputs
 from qerl.types import Rollout
 
 
@@ -22,29 +22,6 @@ class TrainBatch:
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
-
-
-def micro_batches(num_rows: int, size: int):
-    for start in range(0, num_rows, size):
-        yield slice(start, min(num_rows, start + size))
-
-
-def _inputs(rollout: Rollout, rows: slice):
-    return trim_padding(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
-                        rollout.completion_mask[rows])
-
-
-@torch.no_grad()
-def stored_logprobs(model: nn.Module, rollout: Rollout, micro_batch_size: int, temperature: float,
-                    context: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
-    """(R, T) log-probs of the rollout's completions without gradients (old policy, or reference inside `context`)."""
-    out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-    for rows in micro_batches(rollout.num_rows, micro_batch_size):
-        p_ids, p_mask, c_ids, c_mask = _inputs(rollout, rows)
-        with context() if context is not None else contextlib.nullcontext():
-            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature).logprobs
-        out[rows, : lp.shape[1]] = lp
-    return out
 
 
 @dataclass
@@ -75,11 +52,11 @@ def accumulate_gradients(
     weighted: dict[str, float] = {}
     extremes: dict[str, float] = {}
     for rows in micro_batches(num_sequences, micro_batch_size):
-        p_ids, p_mask, c_ids, c_mask = _inputs(rollout, rows)
+        p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
         width = c_ids.shape[1]
         with forward_context() if forward_context is not None else contextlib.nullcontext():
             lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature, with_entropy=True)
-            if getattr(rollout, "importance_weights", None) is not None:  # truncated IS: same values, weighted grads
+            if rollout.importance_weights is not None:  # truncated IS: same values, weighted grads
                 weight = rollout.importance_weights[rows, :width].to(lp.logprobs.dtype)
                 lp.logprobs = lp.logprobs.detach() + weight * (lp.logprobs - lp.logprobs.detach())
             old = batch.old_logprobs[rows, :width] if batch.old_logprobs is not None else lp.logprobs.detach()

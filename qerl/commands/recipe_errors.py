@@ -81,12 +81,20 @@ def unknown_key(key: str, parser: argparse.ArgumentParser) -> str:
 
 
 def init_parameters(cls: type) -> list[str]:
-    """Names a recipe may give under `init_args` for `cls` (its `__init__` parameters)."""
-    try:
-        params = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    """Names a recipe may give under `init_args` for `cls`: its `__init__` parameters, and through `**kwargs`
+    those of the parent classes it hands them to (as jsonargparse resolves them)."""
+    names: list[str] = []
+    for owner in cls.__mro__:
+        if "__init__" not in owner.__dict__ or owner is object:
+            continue
+        try:
+            params = list(inspect.signature(owner.__init__).parameters.values())[1:]  # without self
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def unknown_init_arg(key: str, class_path: str, option: str) -> str:

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 
-from qerl.evaluation import Completion
+from qerl.evaluation.evaluate import Completion
 
 SUMMARY_FILE = "summary.json"
 COMPLETIONS_FILE = "completions.jsonl"

@@ -128,8 +128,3 @@ def reference_policy(model: nn.Module, base_weights: dict[str, torch.Tensor] | N
 def trainable_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters that will receive gradients."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-def lora_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
-    """The LoRA A/B parameters of a model wrapped by `apply_lora`."""
-    return [p for n, p in model.named_parameters() if "lora_" in n]

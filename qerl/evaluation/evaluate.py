@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from qerl.rewards.base import Reward
+from qerl.training.scoring import score_rollout
 from qerl.types import PromptBatch, SamplingConfig
 
 _SEED_MIX = 1_000_003
@@ -72,8 +73,6 @@ def evaluate_batch(rollout_backend, tokenizer, prompts: PromptBatch, rewards: li
     The batch's sampling seed is derived from `sampling.seed` and `first_prompt`, so a prompt's samples do not
     depend on the batches before it. Generation time and tokens are added to `totals`.
     """
-    from qerl.scoring import score_rollout
-
     ids = tokenizer(list(prompts.prompts), add_special_tokens=False)["input_ids"]
     seeded = dataclasses.replace(sampling, stop=list(sampling.stop), seed=batch_seed(sampling.seed, first_prompt))
     start, cpu_start = time.perf_counter(), time.process_time()

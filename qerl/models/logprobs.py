@@ -6,10 +6,14 @@ float32 logits tensor never exists, in the forward or in the backward pass.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from qerl.types import Rollout
 
 #: logits elements (rows x positions x vocab) materialised at once, ~256 MB in float32
 DEFAULT_LOGITS_BUDGET = 1 << 26
@@ -102,3 +106,28 @@ def trim_padding(prompt_ids, prompt_mask, completion_ids, completion_mask):
     longest = int(completion_mask.sum(dim=1).max()) if completion_mask.numel() else 0
     longest = max(1, longest)
     return (prompt_ids[:, first:], prompt_mask[:, first:], completion_ids[:, :longest], completion_mask[:, :longest])
+
+
+def micro_batches(num_rows: int, size: int):
+    """Row slices of at most `size` rows covering `num_rows`."""
+    for start in range(0, num_rows, size):
+        yield slice(start, min(num_rows, start + size))
+
+
+def rollout_inputs(rollout: Rollout, rows: slice):
+    """The prompt and completion tensors of `rows`, their shared padding trimmed."""
+    return trim_padding(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
+                        rollout.completion_mask[rows])
+
+
+@torch.no_grad()
+def stored_logprobs(model: nn.Module, rollout: Rollout, micro_batch_size: int, temperature: float,
+                    context: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+    """(R, T) log-probs of the rollout's completions without gradients (old policy, or reference inside `context`)."""
+    out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+    for rows in micro_batches(rollout.num_rows, micro_batch_size):
+        p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
+        with context() if context is not None else contextlib.nullcontext():
+            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature).logprobs
+        out[rows, : lp.shape[1]] = lp
+    return out

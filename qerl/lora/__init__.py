@@ -1,0 +1,1 @@
+"""LoRA on a quantized base through peft."""

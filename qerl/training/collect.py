@@ -1,0 +1,100 @@
+"""Collecting one step's training groups: prompts -> rollout (AQN on) -> rewards, refilled while groups are dropped."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qerl.algorithms.base import Algorithm
+from qerl.noise.base import NoiseDraw
+from qerl.rewards.base import Reward
+from qerl.rollout.base import RolloutBackend
+from qerl.training.scoring import Scored, concat_scored, score_rollout, select_groups
+from qerl.training.step_metrics import StepTimer
+from qerl.types import PromptBatch, SamplingConfig
+
+
+@dataclass
+class Collector:
+    """The parts collecting a step's groups uses: tokenizer, rollout backend, rewards, algorithm, sampling."""
+
+    tokenizer: Any
+    rollout: RolloutBackend
+    rewards: list[Reward]
+    algorithm: Algorithm
+    sampling: SamplingConfig
+    seed: int
+    accuracy_index: int = 0
+
+
+@dataclass
+class Collected:
+    """One prompt batch's groups to train on, every scored rollout generated, refill rounds, batches drawn."""
+
+    kept: Scored
+    generated: list[Scored]
+    rounds: int
+    batches_drawn: int
+
+
+_SEED_MIX = 1_000_003
+
+
+def rollout_seed(base: int, step: int, draw: int) -> int:
+    """Sampling seed of rollout `draw` of optimizer step `step`: a pure function, so a resumed run draws the same."""
+    return (int(base) * _SEED_MIX + int(step) * 1009 + int(draw)) % (2**63)
+
+
+def draw_prompts(dataloader_iter: Iterator) -> PromptBatch:
+    """The next prompt batch (Lightning's iterator yields (batch, batch_idx, dataloader_idx))."""
+    item = next(dataloader_iter)
+    return item[0] if isinstance(item, tuple) else item
+
+
+def generate_and_score(parts: Collector, batch: PromptBatch, timer: StepTimer, step: int, draw: int,
+                       noise: NoiseDraw) -> Scored:
+    """Sample `sampling.n` completions per prompt with this step's AQN noise, then score them."""
+    ids = parts.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
+    base = parts.sampling.seed if parts.sampling.seed is not None else parts.seed
+    sampling = dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop), seed=rollout_seed(base, step, draw))
+    noisy = parts.rollout.noise(noise.sigma, noise.seed) if noise.sigma > 0 else contextlib.nullcontext()
+    with timer.phase("rollout"), noisy:
+        rollout = parts.rollout.generate(ids, sampling)
+    parts.rollout.release_memory()
+    with timer.phase("score"):
+        return score_rollout(parts.rewards, rollout, batch, parts.sampling.max_new_tokens, parts.accuracy_index)
+
+
+def collect_groups(parts: Collector, dataloader_iter: Iterator, timer: StepTimer, step: int, draw: int,
+                   noise: NoiseDraw) -> Collected:
+    """One prompt batch of groups to train on, refilled from the next prompts while the algorithm drops groups.
+
+    At most `algorithm.max_resample_rounds` extra batches are drawn; if the epoch runs out or the rounds are
+    spent, training uses what was kept (or, when nothing was, the last rollout: a zero-signal step).
+    """
+    algorithm, n = parts.algorithm, parts.sampling.n
+    batch = draw_prompts(dataloader_iter)
+    target, generated, kept, have, rounds, drawn = len(batch), [], [], 0, 0, 1
+    while True:
+        scored = generate_and_score(parts, batch, timer, step, draw + len(generated), noise)
+        generated.append(scored)
+        keep = algorithm.keep_groups(scored.rewards, n).bool()
+        if bool(keep.any()):
+            kept.append(scored if bool(keep.all()) else select_groups(scored, keep))
+        have += int(keep.sum())
+        if have >= target or rounds >= algorithm.max_resample_rounds:
+            break
+        try:
+            batch = draw_prompts(dataloader_iter)
+        except StopIteration:
+            break
+        drawn += 1
+        rounds += 1
+    result = concat_scored(kept, parts.rollout.pad_id) if kept else generated[-1]
+    if result.num_groups > target:
+        result = select_groups(result, torch.arange(result.num_groups, device=result.rewards.device) < target)
+    return Collected(result, generated, rounds, drawn)

@@ -1,0 +1,33 @@
+"""Building the trained policy of a QeRLModule: loaded (quantized on load), LoRA added, the rest frozen."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from qerl.lora.apply import LoraTargetError, apply_lora
+from qerl.models.base import PolicyLoader
+from qerl.models.logprobs import causal_lm
+from qerl.quantizers.base import Quantizer
+from qerl.training.checks import _KEY, RecipeError
+from qerl.training.settings import LoRASettings
+
+
+def build_policy(policy: PolicyLoader, quantizer: Quantizer | None, lora: LoRASettings | None, dtype: str, device,
+                 gradient_checkpointing: bool) -> tuple[nn.Module, Any]:
+    """Load the policy (quantized on load), add LoRA, freeze the rest; return (model, tokenizer)."""
+    model, tokenizer = policy.load(quantizer=quantizer, dtype=dtype, device=device)
+    if lora is not None:
+        try:
+            model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                               targets=tuple(lora.targets), train_norms=lora.train_norms)
+        except LoraTargetError as exc:
+            raise RecipeError(f"`{_KEY}.lora.targets`: {exc}") from None
+    else:
+        for param in model.parameters():
+            param.requires_grad_(param.is_floating_point())
+    if gradient_checkpointing:
+        causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not any(p.requires_grad for p in model.parameters()):
+        raise RecipeError(f"Nothing to train: no parameter of the policy requires a gradient (check `{_KEY}.lora`).")
+    return model, tokenizer
