@@ -1,10 +1,10 @@
-"""The worker process behind `SympyEquivalence`: reads JSON lines `{"id", "pred", "gold"}`, answers verdicts.
+"""The worker process behind `VerifySandbox`: reads JSON lines `{"id", "source", "gold"}`, answers verdicts.
 
-Run as `python -m qerl.rewards.sympy_worker TIMEOUT_S MEMORY_MB`. Each item gets a
-soft time limit (SIGALRM); the parent kills the whole process if an item
-outlives the hard limit (C-level big-integer work ignores signals). The address
-space is capped so runaway expressions fail with MemoryError instead of
-swapping the machine.
+Run as `python -m qerl.rewards.verify_worker TIMEOUT_S MEMORY_MB`. Each item gets a
+soft time limit (SIGALRM, raising an exception math-verify does not catch); the parent
+kills the whole process if an item outlives the hard limit (C-level big-integer work
+ignores signals). The address space is capped so runaway expressions fail with
+MemoryError instead of swapping the machine.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import signal
 import sys
 
 
-class _ItemTimeout(Exception):
-    pass
+class ItemTimeout(BaseException):
+    """The soft limit; a BaseException so `except Exception` inside math-verify and sympy lets it through."""
 
 
 def _on_alarm(signum, frame):
-    raise _ItemTimeout
+    raise ItemTimeout
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.setrecursionlimit(3_000)
     signal.signal(signal.SIGALRM, _on_alarm)
-    from qerl.rewards.answer_compare import compare_answers
+    from qerl.rewards.math_judge import judge
 
     out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
@@ -42,12 +42,12 @@ def main(argv: list[str]) -> None:
             continue
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
-            verdict = compare_answers(str(request["pred"]), str(request["gold"]))
-        except _ItemTimeout:
+            verdict = judge(str(request["source"]), str(request["gold"]))
+        except ItemTimeout:
             verdict = "timeout"
         except MemoryError:
             verdict = "error"
-        except Exception:  # noqa: BLE001 - any sympy failure on model text is a wrong answer, never a crash
+        except Exception:  # noqa: BLE001 - any failure on model text is a wrong answer, never a crash
             verdict = "error"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
