@@ -46,8 +46,9 @@ class Marker:
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TAG_RE = re.compile(r"<answer>(.{0,800}?)</answer>", re.DOTALL | re.IGNORECASE)
-_HASHES_RE = re.compile(r"####[ \t]*([^\n]{0,%d})(\n?)" % MAX_CONTENT_CHARS)
-_ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*([^\n]{0,%d})(\n?)" % MAX_CONTENT_CHARS, re.IGNORECASE)
+# the line after a marker is read in a lookahead, so a second marker on the same line is still found
+_HASHES_RE = re.compile(r"####[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS)
+_ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS, re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"[.!?;](?=\s)|,\s|\s-{1,2}\s")
 
 
@@ -73,7 +74,7 @@ def final_answer_markers(region: str) -> list[Marker]:
             line = m.group(1)
             cut = _SENTENCE_END_RE.search(line)
             content = line[:cut.start()] if cut else line
-            closed = bool(cut) or bool(m.group(2)) or m.end() < len(region)
+            closed = bool(cut) or bool(m.group(2)) or m.end() + len(line) < len(region)
             found.append(Marker(kind, m.start(), content, closed))
     return sorted(found, key=lambda marker: marker.start)
 

@@ -9,6 +9,7 @@ qerl-side guards, each where math-verify itself errs (see docs/rewards-and-datas
 - numbers too big to evaluate (`10^{10^{10}}`, `(9^{9999})^{9999}`, `100000!`) are refused before
   comparison, which would otherwise compute them for minutes in C code no signal reaches;
 - numbers in a base (`52_8`) compare as written: math-verify drops the subscript and reads 52;
+- `1\\,000` (a thin space between digit groups) is read as 1000: math-verify reads it as 1 times 000;
 - a gold math-verify cannot parse (no sympy value) matches only a boxed answer written like it;
 - a boxed answer longer than `MAX_ANSWER_CHARS` is refused unparsed (the ANTLR parser is slow on it).
 """
@@ -32,7 +33,10 @@ MAX_NODES = 5_000
 FLOAT_ROUNDING = 6
 """Decimals a float answer is rounded to before comparing (math-verify's default): 0.0833333 equals 1/12."""
 NUMERIC_PRECISION = 15
-"""Significant digits of the numeric check (math-verify's default): exact integers such as 2^64+1 stay apart."""
+"""Significant digits of the numeric check (math-verify's default): exact integers such as 2^64+1 stay apart.
+
+Relations and sets compare both ways (`allow_set_relation_comp`): `x > 3` equals `(3, \\infty)` whichever is the gold.
+"""
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # the "timeout disabled" notice: the worker times out
 _PRED_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
@@ -45,6 +49,7 @@ _CHOICE_STATEMENTS = (  # tried in this order; the last match of the first that 
     re.compile(r"\(([A-E])\)"),
 )
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_THIN_SPACE_GROUP_RE = re.compile(r"(?<=\d)\\[,;: ](?=\d{3}(?!\d))")
 _BASE_NUMBER_RE = re.compile(r"^\s*[0-9A-F]+_\{?\s*\d+\s*\}?\s*$")
 
 
@@ -59,6 +64,7 @@ def judge(source: str, gold: str) -> str:
         return _judge_choice(source, letter.group(1))
     if _last_box_too_long(source):
         return DIFFERENT
+    source = _THIN_SPACE_GROUP_RE.sub("", source)
     if _BASE_NUMBER_RE.match(gold):
         return _text_fallback(source, gold, DIFFERENT)
     gold_parsed = parse(_as_boxed(gold), extraction_config=_GOLD_CONFIG, parsing_timeout=None)
@@ -70,7 +76,7 @@ def judge(source: str, gold: str) -> str:
     if any(too_big(x) for x in pred + gold_parsed if isinstance(x, (sympy.Basic, sympy.MatrixBase))):
         return DIFFERENT
     same = verify(gold_parsed, pred, float_rounding=FLOAT_ROUNDING, numeric_precision=NUMERIC_PRECISION,
-                  timeout_seconds=None)
+                  allow_set_relation_comp=True, timeout_seconds=None)
     return EQUAL if same else DIFFERENT
 
 

@@ -18,6 +18,10 @@ class ItemTimeout(BaseException):
     """The soft limit; a BaseException so `except Exception` inside math-verify and sympy lets it through."""
 
 
+_WARM_UP = (("so $x = \\frac{1}{2}$ and \\boxed{(1, 2)}", "(1,2)"), ("\\boxed{(x+1)^2}", "x^2+2x+1"),
+            ("$\\sin^2 x + \\cos^2 x$", "1"), ("\\boxed{x \\ge 5}", "[5, \\infty)"))
+
+
 def _on_alarm(signum, frame):
     raise ItemTimeout
 
@@ -32,6 +36,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     from qerl.rewards.math_judge import judge
 
+    for source, gold in _WARM_UP:  # regexes, the LaTeX parser and sympy's simplify load lazily (~1 s at first use)
+        judge(source, gold)
     out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
