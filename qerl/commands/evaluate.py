@@ -4,6 +4,7 @@
     qerl eval --model smollm2 --quantizer NVFP4 --adapter runs/x/adapter/final --dataset math500 \
         --n_samples 4 --temperature 0.6 --top_p 0.95 --max_new_tokens 1024 --output_dir out/eval-math500
     qerl eval --dataset jsonl --data_path my.jsonl --reward GSM8KAccuracy
+    qerl eval --dataset jsonl --data_path my.jsonl --question_field problem --answer_field solution --reward MathAccuracy
 
 Writes summary.json (accuracy = pass@1 averaged over samples, pass@k, mean length, truncated fraction,
 tokens/s; the adapter's path and sha256) and completions.jsonl (every completion with its score), and
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, aime24, amc23, arithmetic, jsonl, or any "
                                                       "registered dataset")
     p.add_argument("--data_path", default=None, help="the jsonl file for --dataset jsonl (or another test file)")
+    p.add_argument("--question_field", default=None, help="--dataset jsonl: key of the question text (default question)")
+    p.add_argument("--answer_field", default=None, help="--dataset jsonl: key of the gold answer (default answer)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
     p.add_argument("--system_prompt", default="boxed", help="system prompt text or preset (boxed, think_answer); "
@@ -122,7 +125,14 @@ def dataset_module(args):
         kwargs["train_path" if cls.__name__ == "JsonlPrompts" else "test_path"] = args.data_path
     elif cls.__name__ == "JsonlPrompts":
         raise DatasetError("--dataset jsonl needs --data_path FILE (one JSON object per line with 'question' and "
-                           "'answer').")
+                           "'answer', or the keys named by --question_field and --answer_field).")
+    for flag in ("question_field", "answer_field"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if cls.__name__ != "JsonlPrompts":
+            raise DatasetError(f"--{flag} is for --dataset jsonl; --dataset {args.dataset} has fixed fields.")
+        kwargs[flag] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -49,6 +49,7 @@ _TAG_RE = re.compile(r"<answer>(.{0,800}?)</answer>", re.DOTALL | re.IGNORECASE)
 # the line after a marker is read in a lookahead, so a second marker on the same line is still found
 _HASHES_RE = re.compile(r"####[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS)
 _ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS, re.IGNORECASE)
+_BARE_START_RE = re.compile(r"[-\u2212$\\.\d]")
 _SENTENCE_END_RE = re.compile(r"[.!?;](?=\s)|,\s|\s-{1,2}\s")
 
 
@@ -82,7 +83,8 @@ def final_answer_markers(region: str) -> list[Marker]:
 def stated_number(region: str | None, truncated: bool = False) -> Fraction | None:
     """The value of the final answer a completion states, under GSM8K's strict rule; None if it states none.
 
-    The last marker counts. No credit (None) when: it is not exactly one number (a hedge,
+    The last marker counts; with no marker, a reply that is nothing but one number (`57`, `$12.`)
+    states it. No credit (None) when: it is not exactly one number (a hedge,
     an expression, a ratio, a range); two boxes or two `<answer>` blocks disagree; or the
     completion was `truncated` and the text ran out before the answer's sentence ended.
     """
@@ -90,7 +92,10 @@ def stated_number(region: str | None, truncated: bool = False) -> Fraction | Non
         return None
     markers = final_answer_markers(region)
     if not markers:
-        return None
+        bare = region.strip()  # "Reply with only the final number.": the whole reply is the statement
+        if truncated or not _BARE_START_RE.match(bare):
+            return None
+        return single_number(bare)
     for kind in ("boxed", "answer_tag"):
         values = {single_number(m.content) for m in markers if m.kind == kind}
         if len(values) > 1:

@@ -6,14 +6,31 @@ import re
 
 from qerl.registry import REWARDS
 from qerl.rewards.base import Reward
-from qerl.rewards.final_answer import answer_region
-from qerl.rewards.verify_sandbox import EQUAL, GOLD_ERROR, NO_ANSWER, VerifySandbox
+from qerl.rewards.final_answer import answer_region, boxed_contents
+from qerl.rewards.verify_sandbox import DIFFERENT, EQUAL, GOLD_ERROR, NO_ANSWER, VerifySandbox
 from qerl.rewards.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TAG_RE = re.compile(r"<answer>(.{0,4000}?)</answer>", re.DOTALL | re.IGNORECASE)
+_INTEGER_RE = re.compile(r"-?\d{1,30}")
+
+
+def plainly_equal(source: str, gold: str) -> bool | None:
+    """A verdict without the worker when it is plain: the one box holds the gold as written, or both are integers.
+
+    None when math-verify has to judge (several boxes, anything but the same text or two integers).
+    """
+    boxes = boxed_contents(source) if "boxed" in source or "fbox" in source else []
+    if len(boxes) != 1 or _BOX_RE.search(boxes[0][1]):
+        return None
+    pred = boxes[0][1].strip()
+    if pred == gold:
+        return True
+    if _INTEGER_RE.fullmatch(pred) and _INTEGER_RE.fullmatch(gold):
+        return int(pred) == int(gold)
+    return None
 
 
 def answer_source(completion: object, truncated: bool = False) -> str | None:
@@ -42,7 +59,8 @@ class MathAccuracy(Reward):
     math-verify (Hugging Face) extracts the answer and compares it with the gold: numbers,
     fractions and floats (rounded to 6 decimals), expressions (sympy), equations and
     inequalities in any notation, sets, intervals, tuples, matrices, percentages and units.
-    It runs in a worker process limited to `timeout_s` per answer (see `VerifySandbox`;
+    A single box holding the gold as written (or an integer) is decided at once; the rest
+    runs in a worker process limited to `timeout_s` per answer (see `VerifySandbox`;
     rewards with the same limits share one worker). Only text after the last `</think>`
     is read. A gold answer that neither parses nor matches as text is logged once and its
     rows score 0. See docs/rewards-and-datasets.md for the policy and qerl's guards.
@@ -75,6 +93,9 @@ class MathAccuracy(Reward):
         source = answer_source(completion, truncated)
         if source is None:
             return self._count(NO_ANSWER)
+        plain = plainly_equal(source, answer)
+        if plain is not None:
+            return self._count(EQUAL, 1.0) if plain else self._count(DIFFERENT)
         verdict = self.checker.judge(source, answer)
         if verdict == GOLD_ERROR:
             self._bad_gold(answer)

@@ -19,6 +19,8 @@ STATED = [  # a stated final answer that is one number -> credit
     ("Answer: 14{,}916", "14916", 1),
     ("The answer is x = 12.", "12", 1),
     ("The answer is 41. Wait, 48 - 6 = 42, so the answer is 42.", "42", 1),
+    ("57", "57", 1),
+    (" $12.50\n", "12.5", 1),
 ]
 
 HEDGES = [  # no credit, whichever number is gold
@@ -44,6 +46,8 @@ HEDGES = [  # no credit, whichever number is gold
     ("#### 4.2 \\times 10^3", "3", 0),
     ("#### \u221242", "42", 0),
     ("48 + 24 = 72", "72", 0),
+    ("72 or 73", "72", 0),
+    ("57, I think", "57", 0),
     ("<think>The answer is 72.", "72", 0),
     ("The answer is seventy-two.", "72", 0),
 ]
@@ -56,4 +60,5 @@ TRUNCATED = [  # scored with truncated=[True]: the answer's sentence must end be
     ("\\boxed{72} and then", "72", 1),
     ("The answer is 72.\nNow let me check", "72", 1),
     ("#### 72\nQuestion: next", "72", 1),
+    ("57", "57", 0),
 ]
