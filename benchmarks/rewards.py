@@ -45,7 +45,7 @@ def baseline_gsm8k(completions, golds):
 
 def baseline_math(completions, golds):
     boxes = [boxed_contents(c) for c in completions]
-    return [float(bool(b) and b[-1][1].strip() == g.strip()) for b, g in zip(boxes, golds)]
+    return [float(bool(b) and b[-1][2].strip() == g.strip()) for b, g in zip(boxes, golds)]
 
 
 def timed(fn, completions, golds, repeats: int) -> tuple[float, list[float]]:

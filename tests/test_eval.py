@@ -224,3 +224,10 @@ def test_jsonl_fields_are_chosen_on_the_command_line(tmp_path, capsys):
     assert "missing field 'question'" in err and "--question_field/--answer_field" in err
     assert main([*TINY, "--question_field", "problem", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--question_field is for --dataset jsonl" in capsys.readouterr().err
+
+
+def test_flexible_is_recorded_and_only_for_gsm8k(tmp_path, capsys):
+    summary, _ = run_eval(tmp_path, "flex", "--flexible")
+    assert summary["reward"] == "GSM8KAccuracy (flexible)"
+    assert main([*TINY, "--flexible", "--reward", "MathAccuracy", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--flexible is a GSM8KAccuracy setting" in capsys.readouterr().err

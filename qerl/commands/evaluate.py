@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "'none' for none")
     p.add_argument("--prompt_template", default="{question}", help="user message; {question} is replaced")
     p.add_argument("--reward", default=None, help="reward deciding correctness (default: the dataset's)")
+    p.add_argument("--flexible", action="store_true",
+                   help="GSM8KAccuracy(flexible=True): lm-eval's last-number rule instead of the strict one")
     p.add_argument("--n_samples", type=int, default=4, help="completions per problem")
     p.add_argument("--temperature", type=float, default=0.6, help="0 is greedy")
     p.add_argument("--top_p", type=float, default=0.95)
@@ -146,6 +148,10 @@ def reward_for(args, module):
     if name is None:
         raise ValueError(f"--dataset {type(module).__name__} has no default reward; name one with --reward "
                          f"({', '.join(REWARDS.names())}).")
+    if args.flexible:
+        if name != "GSM8KAccuracy":
+            raise ValueError(f"--flexible is a GSM8KAccuracy setting; the reward here is {name}.")
+        return REWARDS.get(name)(flexible=True)
     return REWARDS.get(name)()
 
 
@@ -216,7 +222,8 @@ def run(args) -> dict:
     summary = summarize(records, totals)
     run_info = {"model": name, "quantizer": type(quantizer).__name__ if quantizer else None, "dtype": args.dtype,
                 "device": device, "adapter": dataclasses.asdict(adapter) if adapter else None,
-                "dataset": type(module).__name__, "split": args.split, "limit": args.limit, "reward": reward.name,
+                "dataset": type(module).__name__, "split": args.split, "limit": args.limit,
+                "reward": reward.name + (" (flexible)" if getattr(reward, "flexible", False) else ""),
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__,

@@ -40,6 +40,7 @@ class Marker:
 
     kind: str  # "boxed", "answer_tag", "hashes", "answer_is"
     start: int
+    end: int
     content: str
     closed: bool
 
@@ -47,14 +48,15 @@ class Marker:
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TAG_RE = re.compile(r"<answer>(.{0,800}?)</answer>", re.DOTALL | re.IGNORECASE)
 # the line after a marker is read in a lookahead, so a second marker on the same line is still found
-_HASHES_RE = re.compile(r"####[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS)
-_ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*(?=([^\n]{0,%d})(\n?))" % MAX_CONTENT_CHARS, re.IGNORECASE)
+_LINE_AHEAD = rf"(?=([^\n]{{0,{MAX_CONTENT_CHARS}}})(\n?))"
+_HASHES_RE = re.compile(r"####[ \t]*" + _LINE_AHEAD)
+_ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*" + _LINE_AHEAD, re.IGNORECASE)
 _BARE_START_RE = re.compile(r"[-\u2212$\\.\d]")
-_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s)|,\s|\s-{1,2}\s")
+_SENTENCE_END_RE = re.compile(r"[.!?;](?=\s)|,\s|\s-{1,2}\s|<")
 
 
-def boxed_contents(text: str) -> list[tuple[int, str]]:
-    """(start, contents) of every closed `\\boxed{...}` / `\\fbox{...}` (nested braces kept), in order."""
+def boxed_contents(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, contents) of every closed `\\boxed{...}` / `\\fbox{...}` (nested braces kept), in order."""
     out = []
     for m in list(_BOX_RE.finditer(text))[-MAX_MARKERS:]:
         depth, i, end = 1, m.end(), min(len(text), m.end() + 4 * MAX_CONTENT_CHARS)
@@ -62,21 +64,22 @@ def boxed_contents(text: str) -> list[tuple[int, str]]:
             depth += (text[i] == "{") - (text[i] == "}")
             i += 1
         if depth == 0:
-            out.append((m.start(), text[m.end():i - 1]))
+            out.append((m.start(), i, text[m.end():i - 1]))
     return out
 
 
 def final_answer_markers(region: str) -> list[Marker]:
     """Every stated final answer in `region` (`\\boxed{}`, `<answer>`, `#### N`, "the answer is N"), by position."""
-    found = [Marker("boxed", s, c, True) for s, c in boxed_contents(region)]
-    found += [Marker("answer_tag", m.start(), m.group(1), True) for m in list(_TAG_RE.finditer(region))[-MAX_MARKERS:]]
+    found = [Marker("boxed", s, e, c, True) for s, e, c in boxed_contents(region)]
+    found += [Marker("answer_tag", m.start(), m.end(), m.group(1), True)
+              for m in list(_TAG_RE.finditer(region))[-MAX_MARKERS:]]
     for kind, pattern in (("hashes", _HASHES_RE), ("answer_is", _ANSWER_IS_RE)):
         for m in list(pattern.finditer(region))[-MAX_MARKERS:]:
             line = m.group(1)
             cut = _SENTENCE_END_RE.search(line)
             content = line[:cut.start()] if cut else line
             closed = bool(cut) or bool(m.group(2)) or m.end() + len(line) < len(region)
-            found.append(Marker(kind, m.start(), content, closed))
+            found.append(Marker(kind, m.start(), m.end() + len(content), content, closed))
     return sorted(found, key=lambda marker: marker.start)
 
 
@@ -85,7 +88,7 @@ def stated_number(region: str | None, truncated: bool = False) -> Fraction | Non
 
     The last marker counts; with no marker, a reply that is nothing but one number (`57`, `$12.`)
     states it. No credit (None) when: it is not exactly one number (a hedge,
-    an expression, a ratio, a range); two boxes or two `<answer>` blocks disagree; or the
+    an expression, a ratio, a range); a box or `<answer>` block says something else; or the
     completion was `truncated` and the text ran out before the answer's sentence ended.
     """
     if region is None:
@@ -96,14 +99,15 @@ def stated_number(region: str | None, truncated: bool = False) -> Fraction | Non
         if truncated or not _BARE_START_RE.match(bare):
             return None
         return single_number(bare)
-    for kind in ("boxed", "answer_tag"):
-        values = {single_number(m.content) for m in markers if m.kind == kind}
-        if len(values) > 1:
-            return None
     last = markers[-1]
     if truncated and not last.closed:
         return None
-    return single_number(last.content)
+    value = single_number(last.content)
+    for m in markers:
+        encloses_last = m.start <= last.start < m.end and m is not last
+        if m.kind in ("boxed", "answer_tag") and not encloses_last and single_number(m.content) != value:
+            return None  # a box or <answer> block that says something else: a hedge
+    return value
 
 
 _SPACING_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
@@ -116,9 +120,10 @@ _NUMBER_RE = re.compile(
 )
 _PREFIX_RE = re.compile(r"^(?:[A-Za-z][A-Za-z']*\s+){0,8}(?:[A-Za-z]\s*=|=|:)?\s*")
 _UNIT_RE = re.compile(r"^\s*(?:\\?%|percent)?(?:\s*[A-Za-z][A-Za-z'/.\-]*){0,4}\s*$")
-HEDGE_WORDS = frozenset(
-    "or and to not no but maybe perhaps probably about around approximately roughly nearly almost "
-    "between plus minus times either if else otherwise than over under least most".split())
+HEDGE_WORDS = frozenset((
+    "or", "and", "to", "not", "no", "but", "maybe", "perhaps", "probably", "about", "around", "approximately",
+    "roughly", "nearly", "almost", "between", "plus", "minus", "times", "either", "if", "else", "otherwise",
+    "than", "over", "under", "least", "most"))
 """Words that make a stated number a hedge or an expression when they follow it."""
 
 
@@ -156,7 +161,7 @@ def _normalize(content: str) -> str | None:
         return None
     s = content.replace("\u2212", "-").replace("{,}", ",").replace("\\!", "")
     s = _TEXT_RE.sub(r" \1 ", _SPACING_RE.sub(" ", s))
-    s = s.replace("\\left", "").replace("\\right", "").strip()
+    s = s.replace("\\left", "").replace("\\right", "").replace("**", "").strip().rstrip(".!").strip()
     while len(s) >= 2 and s[0] == s[-1] == "$" or (s.startswith("\\(") and s.endswith("\\)")):
         s = s[2:-2].strip() if s.startswith("\\(") else s[1:-1].strip()
     s = s.rstrip(".!").strip()

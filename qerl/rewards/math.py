@@ -23,9 +23,9 @@ def plainly_equal(source: str, gold: str) -> bool | None:
     None when math-verify has to judge (several boxes, anything but the same text or two integers).
     """
     boxes = boxed_contents(source) if "boxed" in source or "fbox" in source else []
-    if len(boxes) != 1 or _BOX_RE.search(boxes[0][1]):
+    if len(boxes) != 1 or _BOX_RE.search(boxes[0][2]):
         return None
-    pred = boxes[0][1].strip()
+    pred = boxes[0][2].strip()
     if pred == gold:
         return True
     if _INTEGER_RE.fullmatch(pred) and _INTEGER_RE.fullmatch(gold):

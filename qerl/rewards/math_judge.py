@@ -123,16 +123,13 @@ def too_big(expr: sympy.Basic | sympy.MatrixBase) -> bool:
 
     Nodes are checked children first, so an exponent is only evaluated once its own parts passed.
     """
-    count = 0
-    for node in sympy.postorder_traversal(expr):
-        count += 1
-        if count > MAX_NODES:
+    for count, node in enumerate(sympy.postorder_traversal(expr)):
+        if count >= MAX_NODES:
             return True
         if isinstance(node, (sympy.factorial, sympy.binomial, sympy.gamma)) and _numeric_over(node.args, 1_000):
             return True
-        if isinstance(node, sympy.Pow) and node.exp.is_number:
-            if _digits(node) > MAX_DIGITS:
-                return True
+        if isinstance(node, sympy.Pow) and node.exp.is_number and _digits(node) > MAX_DIGITS:
+            return True
     return False
 
 

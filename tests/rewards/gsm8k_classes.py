@@ -20,6 +20,10 @@ STATED = [  # a stated final answer that is one number -> credit
     ("The answer is x = 12.", "12", 1),
     ("The answer is 41. Wait, 48 - 6 = 42, so the answer is 42.", "42", 1),
     ("57", "57", 1),
+    ("The answer is $72$.", "72", 1),
+    ("The final answer is **72**.", "72", 1),
+    ("<answer>#### 72</answer>", "72", 1),
+    ("The answer is \\(72\\)", "72", 1),
     (" $12.50\n", "12.5", 1),
 ]
 
@@ -30,6 +34,7 @@ HEDGES = [  # no credit, whichever number is gold
     ("The answer is 42 or 43.", "42", 0),
     ("<answer>41 or 42</answer>", "41", 0),
     ("\\boxed{41} or \\boxed{42}", "42", 0),
+    ("So \\boxed{41}.\n#### 42", "42", 0),
     ("\\boxed{42 \\pm 1}", "42", 0),
     ("\\boxed{\\pm 42}", "42", 0),
     ("The answer is between 40 and 50.", "45", 0),
