@@ -228,6 +228,6 @@ def test_jsonl_fields_are_chosen_on_the_command_line(tmp_path, capsys):
 
 def test_flexible_is_recorded_and_only_for_gsm8k(tmp_path, capsys):
     summary, _ = run_eval(tmp_path, "flex", "--flexible")
-    assert summary["reward"] == "GSM8KAccuracy (flexible)"
+    assert summary["run"]["reward"] == "GSM8KAccuracy (flexible)"
     assert main([*TINY, "--flexible", "--reward", "MathAccuracy", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--flexible is a GSM8KAccuracy setting" in capsys.readouterr().err
