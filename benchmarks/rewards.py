@@ -22,8 +22,7 @@ from qerl.data import GSM8K, MATH500
 from qerl.data.jsonl import read_jsonl
 from qerl.data.shipped import shipped
 from qerl.rewards import GSM8KAccuracy, MathAccuracy
-from qerl.rewards.latex import last_boxed
-from qerl.rewards.numbers import extract_final_number
+from qerl.rewards.final_answer import boxed_contents
 
 
 def gsm8k_outputs() -> tuple[list[str], list[str], list[str]]:
@@ -41,11 +40,12 @@ def math500_outputs() -> tuple[list[str], list[str], list[str]]:
 
 
 def baseline_gsm8k(completions, golds):
-    return [float(str(extract_final_number(c)) == g) for c, g in zip(completions, golds)]
+    return [float(c.rsplit("####", 1)[-1].strip() == g.strip()) for c, g in zip(completions, golds)]
 
 
 def baseline_math(completions, golds):
-    return [float((last_boxed(c) or "").strip() == g.strip()) for c, g in zip(completions, golds)]
+    boxes = [boxed_contents(c) for c in completions]
+    return [float(bool(b) and b[-1][2].strip() == g.strip()) for b, g in zip(boxes, golds)]
 
 
 def timed(fn, completions, golds, repeats: int) -> tuple[float, list[float]]:
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     math_reward = MathAccuracy(timeout_s=1.0)
-    math_reward(["\\boxed{x+1}"], ["1+x"])  # start the sympy worker outside the timing
+    math_reward(["\\boxed{x+1}"], ["1+x"])  # start the math-verify worker outside the timing
     suites = {
         "GSM8K": (gsm8k_outputs(), GSM8KAccuracy(), baseline_gsm8k),
         "MATH500": (math500_outputs(), math_reward, baseline_math),

@@ -207,3 +207,27 @@ def test_progress_is_reported_after_every_batch(tmp_path, capsys):
     assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
     right = sum(r.correct for r in rows)
     assert f"{right}/{len(rows)} completions correct so far" in lines[-1]
+
+
+def test_jsonl_fields_are_chosen_on_the_command_line(tmp_path, capsys):
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"problem": "What is 2+3?", "sol": "5"}) + "\n"
+                    + json.dumps({"problem": "What is 4+4?", "sol": "8"}) + "\n")
+    base = ["--model", "tiny", "--dataset", "jsonl", "--data_path", str(data), "--n_samples", "1",
+            "--max_new_tokens", "3", "--dtype", "float32", "--system_prompt", "none"]
+    out = tmp_path / "fields"
+    assert main([*base, "--question_field", "problem", "--answer_field", "sol", "--output_dir", str(out)]) == 0
+    rows = read_completions(str(out / "completions.jsonl"))
+    assert sorted(r.answer for r in rows) == ["5", "8"]
+    assert main([*base, "--output_dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "missing field 'question'" in err and "--question_field/--answer_field" in err
+    assert main([*TINY, "--question_field", "problem", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--question_field is for --dataset jsonl" in capsys.readouterr().err
+
+
+def test_flexible_is_recorded_and_only_for_gsm8k(tmp_path, capsys):
+    summary, _ = run_eval(tmp_path, "flex", "--flexible")
+    assert summary["run"]["reward"] == "GSM8KAccuracy (flexible)"
+    assert main([*TINY, "--flexible", "--reward", "MathAccuracy", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--flexible is a GSM8KAccuracy setting" in capsys.readouterr().err

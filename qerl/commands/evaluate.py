@@ -4,6 +4,7 @@
     qerl eval --model smollm2 --quantizer NVFP4 --adapter runs/x/adapter/final --dataset math500 \
         --n_samples 4 --temperature 0.6 --top_p 0.95 --max_new_tokens 1024 --output_dir out/eval-math500
     qerl eval --dataset jsonl --data_path my.jsonl --reward GSM8KAccuracy
+    qerl eval --dataset jsonl --data_path my.jsonl --question_field problem --answer_field solution --reward MathAccuracy
 
 Writes summary.json (accuracy = pass@1 averaged over samples, pass@k, mean length, truncated fraction,
 tokens/s; the adapter's path and sha256) and completions.jsonl (every completion with its score), and
@@ -39,12 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, aime24, amc23, arithmetic, jsonl, or any "
                                                       "registered dataset")
     p.add_argument("--data_path", default=None, help="the jsonl file for --dataset jsonl (or another test file)")
+    p.add_argument("--question_field", default=None, help="--dataset jsonl: key of the question text (default question)")
+    p.add_argument("--answer_field", default=None, help="--dataset jsonl: key of the gold answer (default answer)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
     p.add_argument("--system_prompt", default="boxed", help="system prompt text or preset (boxed, think_answer); "
                                                              "'none' for none")
     p.add_argument("--prompt_template", default="{question}", help="user message; {question} is replaced")
     p.add_argument("--reward", default=None, help="reward deciding correctness (default: the dataset's)")
+    p.add_argument("--flexible", action="store_true",
+                   help="GSM8KAccuracy(flexible=True): lm-eval's last-number rule instead of the strict one")
     p.add_argument("--n_samples", type=int, default=4, help="completions per problem")
     p.add_argument("--temperature", type=float, default=0.6, help="0 is greedy")
     p.add_argument("--top_p", type=float, default=0.95)
@@ -122,7 +127,14 @@ def dataset_module(args):
         kwargs["train_path" if cls.__name__ == "JsonlPrompts" else "test_path"] = args.data_path
     elif cls.__name__ == "JsonlPrompts":
         raise DatasetError("--dataset jsonl needs --data_path FILE (one JSON object per line with 'question' and "
-                           "'answer').")
+                           "'answer', or the keys named by --question_field and --answer_field).")
+    for flag in ("question_field", "answer_field"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if cls.__name__ != "JsonlPrompts":
+            raise DatasetError(f"--{flag} is for --dataset jsonl; --dataset {args.dataset} has fixed fields.")
+        kwargs[flag] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -136,6 +148,10 @@ def reward_for(args, module):
     if name is None:
         raise ValueError(f"--dataset {type(module).__name__} has no default reward; name one with --reward "
                          f"({', '.join(REWARDS.names())}).")
+    if args.flexible:
+        if name != "GSM8KAccuracy":
+            raise ValueError(f"--flexible is a GSM8KAccuracy setting; the reward here is {name}.")
+        return REWARDS.get(name)(flexible=True)
     return REWARDS.get(name)()
 
 
@@ -206,7 +222,8 @@ def run(args) -> dict:
     summary = summarize(records, totals)
     run_info = {"model": name, "quantizer": type(quantizer).__name__ if quantizer else None, "dtype": args.dtype,
                 "device": device, "adapter": dataclasses.asdict(adapter) if adapter else None,
-                "dataset": type(module).__name__, "split": args.split, "limit": args.limit, "reward": reward.name,
+                "dataset": type(module).__name__, "split": args.split, "limit": args.limit,
+                "reward": reward.name + (" (flexible)" if getattr(reward, "flexible", False) else ""),
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__,

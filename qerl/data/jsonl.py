@@ -62,7 +62,8 @@ def rows_from_jsonl(
         for key in (question_field, answer_field):
             if key not in row or row[key] is None:
                 raise DatasetError(f"{os.fspath(path)}:{number}: missing field {key!r} (row has "
-                                   f"{', '.join(sorted(row)) or 'no fields'}). Set question_field/answer_field.")
+                                   f"{', '.join(sorted(row)) or 'no fields'}). Set question_field/answer_field "
+                                   "(qerl eval: --question_field/--answer_field).")
         answer = answer_text(row[answer_field])
         if answer_after is not None:
             if answer_after not in answer:

@@ -1,73 +1,102 @@
-"""MATH-style accuracy: the last `\\boxed{}` answer is equivalent to the gold answer."""
+"""MATH-style accuracy: the answer as written (boxed first) is equivalent to the gold, judged by math-verify."""
 from __future__ import annotations
 
 import logging
+import re
 
 from qerl.registry import REWARDS
 from qerl.rewards.base import Reward
-from qerl.rewards.equivalence import EQUAL, GOLD_ERROR, SympyEquivalence
-from qerl.rewards.latex import last_boxed, normalize_answer
-from qerl.rewards.numbers import MAX_TEXT_CHARS, parse_plain_number
+from qerl.rewards.final_answer import answer_region, boxed_contents
+from qerl.rewards.verify_sandbox import DIFFERENT, EQUAL, GOLD_ERROR, NO_ANSWER, VerifySandbox
 from qerl.rewards.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
 
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_TAG_RE = re.compile(r"<answer>(.{0,4000}?)</answer>", re.DOTALL | re.IGNORECASE)
+_INTEGER_RE = re.compile(r"-?\d{1,30}")
 
-def predicted_answer(completion: str) -> str | None:
-    """The last `\\boxed{...}` of a completion, else the last `<answer>...</answer>` block, else None."""
-    tail = completion[-MAX_TEXT_CHARS:]
-    boxed = last_boxed(tail)
-    if boxed is not None:
-        return boxed
-    end = tail.rfind("</answer>")
-    start = tail.rfind("<answer>", 0, end) if end != -1 else -1
-    return tail[start + len("<answer>"):end] if start != -1 else None
+
+def plainly_equal(source: str, gold: str) -> bool | None:
+    """A verdict without the worker when it is plain: the one box holds the gold as written, or both are integers.
+
+    None when math-verify has to judge (several boxes, anything but the same text or two integers).
+    """
+    boxes = boxed_contents(source) if "boxed" in source or "fbox" in source else []
+    if len(boxes) != 1 or _BOX_RE.search(boxes[0][2]):
+        return None
+    pred = boxes[0][2].strip()
+    if pred == gold:
+        return True
+    if _INTEGER_RE.fullmatch(pred) and _INTEGER_RE.fullmatch(gold):
+        return int(pred) == int(gold)
+    return None
+
+
+def answer_source(completion: object, truncated: bool = False) -> str | None:
+    """What math-verify reads from a completion, or None when it states no answer.
+
+    The answer region (after the last `</think>`; None while `<think>` is open) when it holds
+    a `\\boxed{}` (boxed answers are read first); else the last `<answer>` block; else the
+    region as written - unless the completion was truncated at `max_new_tokens`: then only a
+    box or a closed `<answer>` block counts.
+    """
+    region = answer_region(completion)
+    if region is None or not region.strip():
+        return None
+    if _BOX_RE.search(region):
+        return region
+    blocks = list(_TAG_RE.finditer(region))
+    if blocks:
+        return blocks[-1].group(1)
+    return None if truncated else region
 
 
 @REWARDS.register()
 class MathAccuracy(Reward):
-    """1 if the last `\\boxed{}` answer equals the gold after normalisation, numerically or symbolically (sympy).
+    """1 if the answer as written (boxed first, then `<answer>`, then the text) is equivalent to the gold (math-verify).
 
-    Steps: take the last `\\boxed{...}` (nested braces; else the last `<answer>` block),
-    normalise both sides (spaces, `\\left`/`\\right`, `\\dfrac`, degrees, units, `x=`),
-    compare as text, then as exact numbers, then with sympy in a worker process
-    limited to `timeout_s` per answer (see `SympyEquivalence`; rewards with the same
-    limits share one worker). A gold answer that neither matches as text nor parses
-    is logged once and its rows score 0.
+    math-verify (Hugging Face) extracts the answer and compares it with the gold: numbers,
+    fractions and floats (rounded to 6 decimals), expressions (sympy), equations and
+    inequalities in any notation, sets, intervals, tuples, matrices, percentages and units.
+    A single box holding the gold as written (or an integer) is decided at once; the rest
+    runs in a worker process limited to `timeout_s` per answer (see `VerifySandbox`;
+    rewards with the same limits share one worker). Only text after the last `</think>`
+    is read. A gold answer that neither parses nor matches as text is logged once and its
+    rows score 0. See docs/rewards-and-datasets.md for the policy and qerl's guards.
 
     Args:
-        timeout_s: time limit per answer for the sympy check.
-        memory_mb: memory cap of the sympy worker process.
+        timeout_s: time limit per answer (soft inside the worker; the worker is killed at + 1 s).
+        memory_mb: memory cap of the worker process.
     """
 
     def __init__(self, weight: float = 1.0, timeout_s: float = 1.0, memory_mb: int = 2048) -> None:
         super().__init__(weight)
-        self.checker = SympyEquivalence.shared(timeout_s=timeout_s, memory_mb=memory_mb)
+        self.checker = VerifySandbox.shared(timeout_s=timeout_s, memory_mb=memory_mb)
         self._bad_gold = WarnOnce(log, "MathAccuracy: gold answer {!r} cannot be parsed; its rows score 0 "
                                        "unless the prediction matches it as text.")
         self.verdicts: dict[str, int] = {}
 
     def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
         self.check_batch(completions, answers)
-        return [self.score(c, a) for c, a in zip(completions, answers)]
+        truncated = meta.get("truncated") or [False] * len(completions)
+        if len(truncated) != len(completions):
+            raise ValueError(f"MathAccuracy: {len(truncated)} truncated flags for {len(completions)} completions.")
+        return [self.score(c, a, bool(t)) for c, a, t in zip(completions, answers, truncated)]
 
-    def score(self, completion: str, answer: str) -> float:
+    def score(self, completion: str, answer: str, truncated: bool = False) -> float:
         """1.0 or 0.0 for one completion."""
-        answer = str(answer)
-        gold = normalize_answer(last_boxed(answer) or answer)
-        if gold is None:
+        answer = str(answer).strip()
+        if not answer:
             self._bad_gold(answer)
-            return self._count("gold_error")
-        raw = predicted_answer(completion) if isinstance(completion, str) else None
-        pred = normalize_answer(raw) if raw is not None else None
-        if pred is None:
-            return self._count("no_answer")
-        if pred == gold:
-            return self._count("equal", 1.0)
-        p, g = parse_plain_number(pred), parse_plain_number(gold)
-        if p is not None and g is not None:
-            return self._count("equal", 1.0) if p == g else self._count("different")
-        verdict = self.checker.compare(pred, gold)
+            return self._count(GOLD_ERROR)
+        source = answer_source(completion, truncated)
+        if source is None:
+            return self._count(NO_ANSWER)
+        plain = plainly_equal(source, answer)
+        if plain is not None:
+            return self._count(EQUAL, 1.0) if plain else self._count(DIFFERENT)
+        verdict = self.checker.judge(source, answer)
         if verdict == GOLD_ERROR:
             self._bad_gold(answer)
         return self._count(verdict, 1.0 if verdict == EQUAL else 0.0)

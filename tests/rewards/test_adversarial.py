@@ -1,4 +1,4 @@
-"""Inputs built to hang or crash a checker score 0, and no item needs the worker killed."""
+"""Inputs built to hang or crash a checker score 0 within the 1 s limit, and no item needs the worker killed."""
 import pytest
 
 from qerl.rewards import GSM8KAccuracy, MathAccuracy, OverlongPenalty, SoftThinkAnswerFormat, ThinkAnswerFormat
@@ -23,6 +23,18 @@ ADVERSARIAL = {
     "long polynomial": "\\boxed{" + "+".join(f"x^{{{i}}}" for i in range(300)) + "}",
     "nul bytes": "\\boxed{\x00\x00}",
     "non-string": None,
+    "tower refused before evaluation": "\\boxed{(9^{9999})^{9999}}",
+    "huge symbolic power": "\\boxed{x^{100000}}",
+    "5000-digit box": "\\boxed{" + "9" * 5000 + "}",
+    "5000-digit marker": "#### " + "9" * 5000,
+    "many answer phrases": "The answer is " * 20_000,
+    "many dollars": "$" * 200_000,
+    "1000 nested roots": "\\boxed{" + "\\sqrt{" * 1000 + "2" + "}" * 1000 + "}",
+    "wide matrix": "\\boxed{\\begin{pmatrix}" + "1&" * 3000 + "1\\end{pmatrix}}",
+    "many unclosed answer tags": "<answer>" * 100_000,
+    "many boxes": "\\boxed{1}" * 50_000,
+    "unboxed power tower": "So the answer is $10^{10^{10^{10}}}$.",
+    "think never closed": "<think>" + "\\boxed{5}" * 10,
 }
 
 

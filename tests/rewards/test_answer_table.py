@@ -1,4 +1,4 @@
-"""The verdict table (>= 200 cases) run through the real rewards, sympy worker included."""
+"""The verdict table (>= 200 cases) run through the real rewards, math-verify worker included."""
 import pytest
 from answer_cases import GSM8K, MATH
 
@@ -26,6 +26,11 @@ def test_table_is_large_and_balanced():
 @pytest.mark.parametrize("completion,gold,expected,note", GSM8K, ids=[c[3] for c in GSM8K])
 def test_gsm8k_verdicts(completion, gold, expected, note):
     assert GSM8KAccuracy()([completion], [gold]) == [float(expected)], note
+
+
+@pytest.mark.parametrize("completion,gold", [(c[0], c[1]) for c in GSM8K if c[3].startswith("strict:")])
+def test_flexible_keeps_the_last_number_rule(completion, gold):
+    assert GSM8KAccuracy(flexible=True)([completion], [gold]) == [1.0]
 
 
 def test_math_verdicts(math_reward):

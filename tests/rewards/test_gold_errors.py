@@ -17,9 +17,9 @@ def test_gsm8k_bad_gold_warns_once(caplog):
 def test_math_bad_gold_warns_once(caplog):
     reward = MathAccuracy()
     with caplog.at_level(logging.WARNING):
-        scores = reward(["\\boxed{5}", "\\boxed{6}", "\\boxed{\\frac12}"], ["\\weird{5}", "\\weird{5}", "0.5"])
+        scores = reward(["\\boxed{5}", "\\boxed{6}", "\\boxed{\\frac12}"], ["}{", "}{", "0.5"])
     assert scores == [0.0, 0.0, 1.0]
-    assert sum("\\weird{5}" in r.message for r in caplog.records) == 1
+    assert sum("}{" in r.message for r in caplog.records) == 1
     assert reward.verdicts["gold_error"] == 2
 
 

@@ -1,7 +1,7 @@
-"""Symbolic answer equivalence in a killable worker process with a per-item time limit.
+"""math-verify verdicts in a killable worker process with a per-item time limit (the sandbox).
 
-The trainer never imports sympy: pairs of normalised answers go over a pipe to
-`python -m qerl.rewards.sympy_worker`. If the worker does not answer within
+The trainer never imports math-verify or sympy: (answer text, gold) pairs go over a pipe to
+`python -m qerl.rewards.verify_worker`. If the worker does not answer within
 `timeout_s` (+ a grace second) it is killed and restarted on the next call;
 that item's verdict is "timeout" (scored 0).
 """
@@ -20,17 +20,18 @@ from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
-EQUAL, DIFFERENT, GOLD_ERROR, TIMEOUT, ERROR = "equal", "different", "gold_error", "timeout", "error"
+EQUAL, DIFFERENT, NO_ANSWER, GOLD_ERROR, TIMEOUT, ERROR = (
+    "equal", "different", "no_answer", "gold_error", "timeout", "error")
 GRACE_S = 1.0
 
 
-class SympyEquivalence:
-    """Compares two normalised answers with sympy in a child process.
+class VerifySandbox:
+    """Judges answers with math-verify in a child process (`qerl.rewards.math_judge.judge`).
 
     Args:
         timeout_s: time limit per pair (soft inside the worker, hard = timeout_s + 1 s).
         memory_mb: address-space cap of the worker (0 = none).
-        startup_timeout_s: how long the first start (importing sympy) may take.
+        startup_timeout_s: how long the first start (importing math-verify and sympy) may take.
     """
 
     def __init__(self, timeout_s: float = 1.0, memory_mb: int = 2048, startup_timeout_s: float = 120.0) -> None:
@@ -44,10 +45,10 @@ class SympyEquivalence:
         self._lock = threading.Lock()
         atexit.register(self.close)
 
-    _shared: ClassVar[dict[tuple[float, int], SympyEquivalence]] = {}
+    _shared: ClassVar[dict[tuple[float, int], VerifySandbox]] = {}
 
     @classmethod
-    def shared(cls, timeout_s: float = 1.0, memory_mb: int = 2048) -> SympyEquivalence:
+    def shared(cls, timeout_s: float = 1.0, memory_mb: int = 2048) -> VerifySandbox:
         """One checker (one worker process) per setting, shared by every reward in this process."""
         key = (float(timeout_s), int(memory_mb))
         if key not in cls._shared:
@@ -63,8 +64,8 @@ class SympyEquivalence:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def compare(self, pred: str, gold: str) -> str:
-        """EQUAL, DIFFERENT, GOLD_ERROR, TIMEOUT or ERROR."""
+    def judge(self, source: str, gold: str) -> str:
+        """EQUAL, DIFFERENT, NO_ANSWER, GOLD_ERROR, TIMEOUT or ERROR for the answer `source` states."""
         with self._lock:
             try:
                 self._ensure_started()
@@ -72,7 +73,7 @@ class SympyEquivalence:
                 log.warning("%s; scoring this answer 0.", exc)
                 return ERROR
             self._next_id += 1
-            request = json.dumps({"id": self._next_id, "pred": pred, "gold": gold}) + "\n"
+            request = json.dumps({"id": self._next_id, "source": source, "gold": gold}) + "\n"
             try:
                 self._proc.stdin.write(request.encode())
                 self._proc.stdin.flush()
@@ -94,7 +95,7 @@ class SympyEquivalence:
             return str(message.get("verdict", ERROR))
 
     def close(self) -> None:
-        """Stop the worker (it is started again on the next `compare`)."""
+        """Stop the worker (it is started again on the next `judge`)."""
         if self._proc is not None and self._proc.poll() is None:
             try:
                 self._proc.stdin.close()
@@ -115,15 +116,16 @@ class SympyEquivalence:
         env["OMP_NUM_THREADS"] = "1"
         self._buffer = b""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "qerl.rewards.sympy_worker", str(self.timeout_s), str(self.memory_mb)],
+            [sys.executable, "-m", "qerl.rewards.verify_worker", str(self.timeout_s), str(self.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
         )
         ready = self._read_line(self.startup_timeout_s)
         if ready is None or "ready" not in ready:
             self._kill()
             raise RuntimeError(
-                f"the sympy worker (python -m qerl.rewards.sympy_worker) did not start within "
-                f"{self.startup_timeout_s:.0f} s; is sympy installed in {sys.executable}?"
+                f"the answer checker (python -m qerl.rewards.verify_worker) did not start within "
+                f"{self.startup_timeout_s:.0f} s; is math-verify installed in {sys.executable}? "
+                "(pip install 'math-verify==0.9.0')"
             )
 
     def _read_line(self, timeout: float) -> str | None:
