@@ -121,6 +121,17 @@ def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
         generation.save_pretrained(directory)
 
 
+def unchanged_source_folder(lm: nn.Module) -> str | None:
+    """The NVFP4 compressed-tensors folder `lm` was loaded from (`HFModel`, pre-quantized), when every stored base
+    tensor still has the checksum it had right after loading; vLLM can then serve that folder as it is."""
+    source = getattr(lm, "qerl_compressed_source", None)
+    if source is None or source.format != "nvfp4" or not os.path.isdir(source.path):
+        return None
+    from qerl.quantizers.fingerprint import stored_fingerprint
+
+    return source.path if stored_fingerprint(lm) == source.fingerprint else None
+
+
 def has_nvfp4_layers(lm: nn.Module) -> bool:
     from qerl.quantizers.layers import QuantLinear
 
