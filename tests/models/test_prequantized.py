@@ -146,13 +146,13 @@ def _built(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize(("kind", "expected"), [
-    ("missing scale", "checkpoint tensor 'model.layers.1.mlp.up_proj.weight_scale' (nvfp4-pack-quantized needs "
-                      "shape (128, 4)) is missing from model.safetensors"),
+    ("missing scale", ("checkpoint tensor 'model.layers.1.mlp.up_proj.weight_scale' (nvfp4-pack-quantized needs "
+                      "shape (128, 4)) is missing from model.safetensors")),
     ("missing global", "checkpoint tensor 'model.layers.0.self_attn.k_proj.weight_global_scale'"),
-    ("shape", "checkpoint tensor 'model.layers.0.mlp.gate_proj.weight_packed' has shape (128, 32) but config.json's "
-              "Linear (192x64) needs (192, 32)"),
-    ("ignored but packed", "checkpoint tensor 'model.layers.0.self_attn.q_proj.weight_packed' is packed, but the "
-                           "quantization_config ignores 'model.layers.0.self_attn.q_proj'"),
+    ("shape", ("checkpoint tensor 'model.layers.0.mlp.gate_proj.weight_packed' has shape (128, 32) but config.json's "
+              "Linear (192x64) needs (192, 32)")),
+    ("ignored but packed", ("checkpoint tensor 'model.layers.0.self_attn.q_proj.weight_packed' is packed, but the "
+                           "quantization_config ignores 'model.layers.0.self_attn.q_proj'")),
     ("missing dense", "checkpoint tensor 'model.layers.1.mlp.down_proj.weight' (shape (64, 128)) is missing"),
 ])
 def test_partial_or_mismatched_checkpoints_name_the_tensor(ct_folders, tmp_path, monkeypatch, kind, expected):

@@ -54,7 +54,7 @@ def test_training_from_a_folder_matches_training_from_quantize_on_load(tmp_path,
         recorder = MetricsRecorder()
         tiny_trainer(tmp_path / name, 2, callbacks=[recorder]).fit(module, tiny_data())
         runs.append((module, recorder.steps))
-    (from_folder, steps_a), (on_load, steps_b) = runs
+    (from_folder, steps_a), (_on_load, steps_b) = runs
     keys = ("train/loss", "reward/total_mean", "train/grad_norm", "train/entropy")
     assert len(steps_a) == 2 and [[s[k] for k in keys] for s in steps_a] == [[s[k] for k in keys] for s in steps_b]
     packed = [m for m in from_folder.model.modules() if isinstance(m, QuantLinear)]
