@@ -52,6 +52,7 @@ def test_qerl_export_loads_back_bit_for_bit(tmp_path, capsys):
 
 
 def test_library_folder_reexports_without_drift(tmp_path, capsys):
+    pytest.importorskip("compressed_tensors")
     _, folder = write_ct_checkpoint(tmp_path / "lib", "NVFP4A16", seed=1)
     for fmt in ("compressed-tensors", "qerl"):
         assert main(["quantize", "--model", str(folder), "--quantizer", "NVFP4", "--output", str(tmp_path / fmt),
@@ -84,6 +85,7 @@ def test_library_folder_reexports_without_drift(tmp_path, capsys):
 
 
 def test_vllm_serves_the_loaded_folder_until_the_base_changes(tmp_path):
+    pytest.importorskip("compressed_tensors")
     from qerl.quantizers.lora import apply_lora
     from qerl.rollout.vllm_engine import unchanged_source_folder
 
@@ -119,8 +121,9 @@ def test_vllm_engine_starts_from_the_folder_on_gpu(tmp_path):
     from qerl.rollout.vllm import VLLM
     from qerl.types import SamplingConfig
 
-    _, folder = write_ct_checkpoint(tmp_path / "lib", "NVFP4A16", seed=0, hidden_size=256, intermediate_size=512,
-                                    num_attention_heads=4, num_key_value_heads=2)
+    folder = tmp_path / "ct"  # written by qerl (no compressed-tensors version needed on the GPU machine)
+    assert main(["quantize", "--model", "tiny", "--set", "hidden_size=256", "intermediate_size=512",
+                 "--quantizer", "NVFP4", "--format", "compressed-tensors", "--output", str(folder)]) == 0
     model, tokenizer = HFModel(str(folder)).load("NVFP4", device="cuda")
     policy = apply_lora(model, rank=8, alpha=16, dropout=0.0, targets=("q_proj", "v_proj"), train_norms=False)
     backend = VLLM(gpu_memory_utilization=0.2, max_model_len=128, enforce_eager=True)
