@@ -37,6 +37,12 @@ class CompressedSource:
     path: str
     format: str
     fingerprint: dict
+    files: dict  # file path -> (size, mtime_ns) when loaded: a folder rewritten since is not the loaded model
+
+    def folder_unchanged(self) -> bool:
+        """Whether every file the model was read from is still there with the same size and modification time."""
+        return all(os.path.isfile(f) and (os.stat(f).st_size, os.stat(f).st_mtime_ns) == v
+                   for f, v in self.files.items())
 
 
 def folder_scheme(folder: str) -> CompressedScheme | None:
@@ -224,5 +230,8 @@ def load_compressed(folder: str, files: list[str], scheme: CompressedScheme, qua
         dense_bytes = report.dense_bytes
         model = stream_quantized(model, source, None, (), report, dtype, device)
         report.dense_bytes = dense_bytes
-    model.qerl_compressed_source = CompressedSource(os.path.abspath(folder), scheme.format, stored_fingerprint(model))
+    stamps = {os.path.abspath(f): (os.stat(f).st_size, os.stat(f).st_mtime_ns)
+              for f in [*files, os.path.join(folder, "config.json")]}
+    model.qerl_compressed_source = CompressedSource(os.path.abspath(folder), scheme.format, stored_fingerprint(model),
+                                                    stamps)
     return model

@@ -123,9 +123,10 @@ def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
 
 def unchanged_source_folder(lm: nn.Module) -> str | None:
     """The NVFP4 compressed-tensors folder `lm` was loaded from (`HFModel`, pre-quantized), when every stored base
-    tensor still has the checksum it had right after loading; vLLM can then serve that folder as it is."""
+    tensor still has the checksum it had right after loading and the folder's files are untouched; vLLM can then
+    serve that folder as it is."""
     source = getattr(lm, "qerl_compressed_source", None)
-    if source is None or source.format != "nvfp4" or not os.path.isdir(source.path):
+    if source is None or source.format != "nvfp4" or not source.folder_unchanged():
         return None
     from qerl.quantizers.fingerprint import stored_fingerprint
 

@@ -106,6 +106,10 @@ def test_vllm_serves_the_loaded_folder_until_the_base_changes(tmp_path):
     codes = lm.model.layers[0].self_attn.q_proj.base_layer.codes
     codes[0, 0] ^= 1  # one flipped bit of one packed code
     assert unchanged_source_folder(lm) is None
+    codes[0, 0] ^= 1
+    assert unchanged_source_folder(lm) == str(folder.resolve())
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")  # the folder was rewritten
+    assert unchanged_source_folder(lm) is None
     fresh, _ = RandomInit({"model_type": "llama", "tie_word_embeddings": False}).load("NVFP4")
     assert unchanged_source_folder(fresh) is None  # not loaded from a folder: exported as before
 
