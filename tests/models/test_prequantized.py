@@ -170,3 +170,19 @@ def test_partial_or_mismatched_checkpoints_name_the_tensor(ct_folders, tmp_path,
         HFModel(folder).load("NVFP4")
     assert expected in _one_line(exc_info)
     assert built == []
+
+
+def test_target_matching_agrees_with_compressed_tensors():
+    from compressed_tensors.utils.match import is_match
+    from ct_checkpoints import tiny_llama_and_tokenizer
+
+    from qerl.quantizers.compressed_tensors_scheme import CompressedScheme
+
+    model, _ = tiny_llama_and_tokenizer()
+    cases = [(("Linear",), ("lm_head", "re:.*down_proj$", "model.layers.0.self_attn.q_proj")),
+             (("re:.*mlp.*",), ("re:.*layers\\.1\\..*",)), (("model.layers.1.self_attn.o_proj", "LlamaMLP"), ())]
+    for targets, ignore in cases:
+        scheme = CompressedScheme("nvfp4-pack-quantized", "nvfp4", 16, targets, ignore)
+        ours = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and scheme.quantizes(n, m)]
+        theirs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and is_match(n, m, targets, ignore)]
+        assert ours == theirs and ours, (targets, ours)
