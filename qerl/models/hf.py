@@ -5,6 +5,7 @@ import os
 from contextlib import ExitStack
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
+from qerl.models.prequantized import check_quantizer, folder_scheme, load_compressed
 from qerl.models.smollm2 import ModelNotFoundError
 from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized
 from qerl.registry import MODELS
@@ -51,6 +52,14 @@ class HFModel(PolicyLoader):
         if local and not os.path.isfile(os.path.join(self.path, "config.json")):
             raise ModelNotFoundError(f"HFModel: {self.path} has no config.json; is it a Hugging Face model folder?")
         files = safetensors_files(self.path) if local else []
+        scheme = folder_scheme(self.path) if local else None
+        if scheme is not None:
+            check_quantizer(scheme, quantizer, self.path)
+            tokenizer = self._tokenizer()
+            report = new_report(self, quantizer, dtype, device, "pre-quantized")
+            model = load_compressed(self.path, files, scheme, quantizer, tuple(skip), report, dtype, device)
+            self.last_report = report
+            return finish_policy(model, tokenizer)
         stream = self.stream if self.stream is not None else (quantizer is not None and bool(files))
         if stream and not files:
             raise LoadError(f"HFModel(stream=True): {self.path!r} is not a local folder with *.safetensors files; "

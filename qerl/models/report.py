@@ -15,7 +15,8 @@ class LoadReport:
     Attributes:
         source: the loader that produced the model (its repr).
         mode: "dense" (no quantizer), "load-then-quantize" (whole model built in `dtype`, then quantized) or
-            "streamed" (one decoder layer materialized in `dtype` at a time, quantized, its dense copy freed).
+            "streamed" (one decoder layer materialized in `dtype` at a time, quantized, its dense copy freed) or
+            "pre-quantized" (packed layers read as stored from a compressed-tensors folder, never dense).
         quantizer: quantizer class name, or None.
         device: where the model lives.
         dtype: dtype of the unquantized tensors (embeddings, norms, lm_head, and each layer before quantization).

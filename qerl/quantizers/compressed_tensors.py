@@ -7,6 +7,9 @@ Per quantized Linear `name`:
   `name.weight_scale`         float8_e4m3fn (out, in/16): our `scales` unchanged
   `name.weight_global_scale`  float32 (1,): compressed-tensors stores the DIVISOR 448*6/amax, so we write
                               1 / global_scale; it dequantizes as e2m1 * weight_scale / weight_global_scale.
+Because 1 / (1 / g) is not always g in float32, the safetensors header also records each layer's exact g
+(`qerl_nvfp4_global_scales`: JSON name -> float.hex), which qerl's loader uses while it still agrees with the
+stored divisor; other readers (vLLM, compressed-tensors) ignore header metadata.
 Everything else (embeddings, norms, lm_head, skipped Linears) is written as it is, and config.json gets a
 `quantization_config` (quant_method compressed-tensors, W4A16: no activation quantization) whose `ignore`
 lists the Linear layers kept in bf16.
@@ -29,6 +32,7 @@ COMPRESSED_FORMAT = "nvfp4-pack-quantized"
 COMPRESSED_FORMATS = {"nvfp4": (COMPRESSED_FORMAT, {"group_size": 16, "strategy": "tensor_group"}),
                       "mxfp4": ("mxfp4-pack-quantized", {"group_size": 32, "strategy": "group"})}
 WEIGHTS_FILE = "model.safetensors"
+GLOBAL_SCALES_METADATA = "qerl_nvfp4_global_scales"
 
 
 class ExportError(ValueError):
@@ -78,6 +82,13 @@ def compressed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def global_scales_metadata(model: nn.Module) -> dict[str, str]:
+    """The safetensors header entry recording each NVFP4 layer's exact float32 global scale (hex)."""
+    exact = {name: float(m.global_scale.float()).hex() for name, m in model.named_modules()
+             if isinstance(m, QuantLinear) and m.format == "nvfp4"}
+    return {GLOBAL_SCALES_METADATA: json.dumps(exact, separators=(",", ":"))}
+
+
 def export_compressed_tensors(model: nn.Module, directory: str | Path) -> Path:
     """Write `model` (NVFP4 QuantLinear layers) as a compressed-tensors checkpoint vLLM can serve."""
     from safetensors.torch import save_file
@@ -85,7 +96,7 @@ def export_compressed_tensors(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.cpu() for k, v in compressed_state_dict(model).items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", **global_scales_metadata(model)})
     ignore = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear))
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):

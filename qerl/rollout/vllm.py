@@ -119,15 +119,18 @@ class VLLM(RolloutBackend):
         self._base_checksum = engine.base_checksum(lm)
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
-        self.model_dir = engine.scratch_dir()
-        weakref.finalize(self, shutil.rmtree, self.model_dir, True)  # tmpfs is RAM: never leave copies behind
         packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
-        if packed:
-            engine.export_quantized(lm, tokenizer, self.model_dir)
-        else:
-            self._warn_dense(engine.quantized_format(lm), dtype, on_cuda)
-            engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
-        self.served_as = f"{packed} (compressed-tensors)" if packed else dtype
+        served = engine.unchanged_source_folder(lm) if packed else None  # a pre-quantized folder, as loaded
+        if served is None:
+            self.model_dir = served = engine.scratch_dir()
+            weakref.finalize(self, shutil.rmtree, self.model_dir, True)  # tmpfs is RAM: never leave copies behind
+            if packed:
+                engine.export_quantized(lm, tokenizer, self.model_dir)
+            else:
+                self._warn_dense(engine.quantized_format(lm), dtype, on_cuda)
+                engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
+        self.served_as = (f"{packed} (compressed-tensors{', the loaded folder' if not self.model_dir else ''})"
+                          if packed else dtype)
         if self.cache_dir:
             os.environ["VLLM_CACHE_ROOT"] = os.path.abspath(self.cache_dir)
         kv_gb = self.kv_cache_memory_gb
@@ -135,13 +138,14 @@ class VLLM(RolloutBackend):
             kv_gb = 1.0
         try:
             self.llm = engine.build_llm(
-                self.model_dir, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
+                served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
                 gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
                 tensor_parallel_size=self.tensor_parallel_size, enable_sleep_mode=self.enable_sleep_mode and on_cuda,
                 seed=self.seed, kv_cache_memory_gb=kv_gb, max_num_seqs=self.max_num_seqs,
                 enforce_eager=self.enforce_eager or not on_cuda, extra=self.engine_kwargs)
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
-            shutil.rmtree(self.model_dir, ignore_errors=True)
+            if self.model_dir:  # only our scratch copy, never the user's folder
+                shutil.rmtree(self.model_dir, ignore_errors=True)
         self.sync_weights(policy)
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())

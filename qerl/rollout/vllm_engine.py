@@ -80,10 +80,11 @@ def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.
     return out
 
 
-def base_checksum(lm: nn.Module) -> tuple[float, ...]:
-    """A cheap fingerprint of the base weights (float64 sum and count of each tensor, float32 view)."""
-    tensors = dense_base_state_dict(lm, torch.float32)
-    return tuple(v for k in sorted(tensors) for v in (float(tensors[k].double().sum()), float(tensors[k].numel())))
+def base_checksum(lm: nn.Module) -> dict[str, tuple]:
+    """A fingerprint of the base weights from their raw stored bytes (no dense or float copy of any layer)."""
+    from qerl.quantizers.fingerprint import stored_fingerprint
+
+    return stored_fingerprint(lm)
 
 
 def export_dense(lm: nn.Module, tokenizer, directory: str, dtype: torch.dtype) -> str:
@@ -124,6 +125,18 @@ def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
     generation = getattr(lm, "generation_config", None)
     if generation is not None:
         generation.save_pretrained(directory)
+
+
+def unchanged_source_folder(lm: nn.Module) -> str | None:
+    """The NVFP4 compressed-tensors folder `lm` was loaded from (`HFModel`, pre-quantized), when every stored base
+    tensor still has the checksum it had right after loading and the folder's files are untouched; vLLM can then
+    serve that folder as it is."""
+    source = getattr(lm, "qerl_compressed_source", None)
+    if source is None or source.format != "nvfp4" or not source.folder_unchanged():
+        return None
+    from qerl.quantizers.fingerprint import stored_fingerprint
+
+    return source.path if stored_fingerprint(lm) == source.fingerprint else None
 
 
 #: qerl formats vLLM serves packed (compressed-tensors W4A16: CompressedTensorsW4A16Fp4 / ...W4A4Mxfp4 via Marlin)
