@@ -193,6 +193,9 @@ class QeRLModule(L.LightningModule):
         metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
         metrics.update(self.running.compute())
         metrics.update(getattr(self.rollout, "last_metrics", None) or {})  # e.g. VLLM: rollout/mismatch_kl
+        if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
+            metrics.update(dict.fromkeys(("noise/realized_sigma", "noise/moved_fraction"), 0.0) if self.noise_sigma <= 0
+                           else self.rollout.noise_metrics)
         metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
         metrics["data/refill_rounds"] = float(refills)
         if not torch.equal(shaped, train.rewards):

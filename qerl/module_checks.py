@@ -83,6 +83,13 @@ def build_policy(module: QeRLModule):
     else:
         for param in model.parameters():
             param.requires_grad_(param.is_floating_point())
+    if module.noise is not None:  # AQN noise down to 1e-4 needs norm weights wider than bf16 (qerl.noise.precision)
+        from qerl.noise.precision import keep_norms_float32
+
+        try:
+            keep_norms_float32(model)
+        except ValueError as exc:
+            raise RecipeError(f"`{_KEY}.noise` is set but the policy cannot carry AQN noise: {exc}") from None
     if module.gradient_checkpointing:
         from qerl.logprobs import causal_lm
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from qerl.noise.precision import RealizedNoise, measure_noise, warn_if_not_held
+
 DEFAULT_TARGETS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
 
 # peft wraps a module it trains or adapts; the weight the model runs lives below the wrapper.
@@ -103,6 +105,19 @@ def targeted_norms(
     return groups
 
 
+class AppliedNoise(dict):
+    """{norm name: Z} of one `noisy_norms` block, plus what the weights really moved by (`realized`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (clean copy, Z)
+        self.realized = RealizedNoise(0.0, 0.0, 0.0, 0, "")
+
+    def measure(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> RealizedNoise:
+        """`RealizedNoise` of (norm weight perturbed here, tensor an engine multiplies by instead) pairs."""
+        return measure_noise((used, *self.clean[id(weight)]) for weight, used in pairs if id(weight) in self.clean)
+
+
 def check_noise_sigma(sigma: float) -> float:
     """`sigma` as a float, or a ValueError naming the bad value."""
     try:
@@ -133,8 +148,11 @@ def noisy_norms(
     weights) and rounded once to the weight's dtype. bfloat16 rounds most small noise away:
     a weight of exactly 1.0 moves up only where Z > 2^-8 and down only where Z < -2^-9, so
     (measured, 10^6 channels) sigma = 1e-2 moves 77% of them, 1e-3 only 2.5% (all downward,
-    a mean shift of -1e-4) and sigma <= 3e-4 none. Keep the norms of the generating model in
-    float32 when small sigmas matter.
+    a mean shift of -1e-4) and sigma <= 3e-4 none. Keep the targeted norms in float32
+    (`qerl.noise.precision.keep_norms_float32`; `QeRLModule` does it whenever `noise` is set):
+    then every sigma in [1e-6, 1] is held. What the weights really moved by is measured after
+    the add (`applied.realized`), and a RuntimeWarning names the realized sigma and the fix
+    when the dtype lost more than 10% of the noise.
 
     Args:
         model: any module holding the norms (an HF model, a peft model, a LightningModule).
@@ -145,7 +163,9 @@ def noisy_norms(
         generator: a torch.Generator to draw from instead of `seed` (Z is drawn on its device).
 
     Yields:
-        The noise applied: {norm name: Z (float32, on the generator's device)}; empty at sigma 0.
+        An `AppliedNoise`: {norm name: Z (float32, on the generator's device)} (empty at sigma 0), with
+        `.realized` (a `RealizedNoise` measured on the model's weights) and `.measure(pairs)` for the
+        weights another engine multiplies by.
 
     Notes:
         Autograd: if a forward that needs gradients runs inside the block, run its backward
@@ -157,14 +177,14 @@ def noisy_norms(
         raise ValueError("noisy_norms: give seed or generator, not both.")
     groups = targeted_norms(model, targets)
     if value == 0.0:
-        yield {}
+        yield AppliedNoise()
         return
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     device = generator.device if generator is not None else torch.device("cpu")
 
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    applied: dict[str, torch.Tensor] = {}
+    applied = AppliedNoise()
     try:
         with torch.no_grad():
             for name, weights in groups.items():
@@ -175,9 +195,13 @@ def noisy_norms(
                     if weight.numel() != size:
                         raise ValueError(f"noisy_norms: copies of {name!r} differ in size ({weight.numel()} vs {size}).")
                     saved.append((weight, weight.detach().clone()))
+                    applied.clean[id(weight)] = (saved[-1][1], z)
                     wide = torch.promote_types(weight.dtype, torch.float32)
                     noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
                     weight.copy_(noisy.to(weight.dtype))
+            applied.realized = applied.measure([(w, w) for w, _ in saved])
+        warn_if_not_held(applied.realized, value, type(model).__name__,
+                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).")
         yield applied
     finally:
         with torch.no_grad():

@@ -30,12 +30,17 @@ class RolloutBackend(ABC):
     def sync_weights(self, policy: nn.Module) -> None:
         """Push updated trainable weights (LoRA, norms) into the engine; no-op by default."""
 
+    #: `noise/realized_sigma` and `noise/moved_fraction` of the last `noise` block, measured on the weights
+    #: the generating engine multiplies by (after its dtype); empty before any noise
+    noise_metrics: dict[str, float] = {}
+
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
-        """Apply AQN noise of `sigma` to the generating model's norms for the duration."""
+        """Apply AQN noise of `sigma` to the generating model's norms for the duration; sets `noise_metrics`."""
         from qerl.noise.inject import noisy_norms
 
-        with noisy_norms(self.policy, sigma, seed=seed):
+        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+            self.noise_metrics = applied.realized.metrics()
             yield
 
     def release_memory(self) -> None:
