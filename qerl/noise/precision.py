@@ -101,7 +101,7 @@ def _output_in_input_dtype(module: nn.Module, args: tuple, kwargs: dict, output)
 def keep_norms_float32(model: nn.Module, targets: Sequence[str] | str | None = None) -> int:
     """Store the targeted norm weights in float32 so AQN noise down to ~1e-6 survives; return how many changed.
 
-    Each converted norm keeps its Parameter object (optimizer and peft references stay valid). An RMSNorm
+    Norms already in float32 (or wider) are left as they are. Each converted norm keeps its Parameter object (optimizer and peft references stay valid). An RMSNorm
     with HF's `variance_epsilon` then normalizes and scales in float32 and rounds once to the input dtype (the
     clean outputs move by at most that one rounding); any other norm keeps its forward, and a hook casts its
     output back to the input dtype. Raises the `targeted_norms` error when a target matches no norm.
@@ -115,11 +115,12 @@ def keep_norms_float32(model: nn.Module, targets: Sequence[str] | str | None = N
         weight = module._parameters.get("weight")
         if weight is None or id(weight) not in wanted:
             continue
-        if weight.dtype not in (torch.float32, torch.float64):
-            if weight.grad is not None:
-                weight.grad = None  # a gradient of the old dtype cannot be kept
-            weight.data = weight.data.to(torch.float32)
-            changed += 1
+        if weight.dtype in (torch.float32, torch.float64):  # a float32 model: nothing to widen
+            continue
+        if weight.grad is not None:
+            weight.grad = None  # a gradient of the old dtype cannot be kept
+        weight.data = weight.data.to(torch.float32)
+        changed += 1
         if getattr(module, "_qerl_float32_norm", False):
             continue
         module._qerl_float32_norm = True

@@ -150,3 +150,29 @@ def test_gpu_fast_engine_graphs_hold_the_noise_of_every_sigma():
         assert (noisy.logprobs[m] - ref[m]).abs().max() < 0.05  # graphs read the float32 noisy weights
     assert hf._fast_engine.runner.replays > 0
     assert torch.equal(hf.generate(ids, cfg).completion_ids, clean.completion_ids)
+
+
+def test_a_bf16_run_at_sigma_5e_4_logs_the_realized_sigma(tmp_path):
+    """Done-when of issue #20: a bfloat16 training run at constant sigma 5e-4 writes noise/realized_sigma
+    within 10% of 5e-4 (read back from the TensorBoard event file) and noise/moved_fraction > 0.99."""
+    import sys
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from rl_helpers import tiny_data, tiny_module, tiny_trainer
+
+    from qerl.models import RandomInit
+    from qerl.noise import Constant
+
+    module = tiny_module(policy=RandomInit(config=WIDE, seed=0), noise=Constant(sigma=5e-4), dtype="bfloat16",
+                         log_samples_every=0)
+    trainer = tiny_trainer(tmp_path, 2)
+    trainer.fit(module, tiny_data())
+    assert all(w.dtype == torch.float32 for w in norm_weights(module.model))
+    events = EventAccumulator(trainer.log_dir).Reload()
+    sigma = [e.value for e in events.Scalars("noise/realized_sigma")]
+    moved = [e.value for e in events.Scalars("noise/moved_fraction")]
+    assert len(sigma) == 2 and len(moved) == 2
+    assert all(abs(s / 5e-4 - 1) < 0.1 for s in sigma) and all(m > 0.99 for m in moved), (sigma, moved)
