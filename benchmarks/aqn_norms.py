@@ -69,7 +69,7 @@ def norm_rows(model, tokens: int, repeats: int) -> list[dict]:
     rows = []
     with torch.no_grad():
         for what, fn in (("HF module", lambda m: m(x)), ("fast engine", lambda m: rms_norm(m, x))):
-            base, f32 = timed(lambda: fn(norm), repeats), timed(lambda: fn(wide), repeats)
+            base, f32 = timed(lambda fn=fn: fn(norm), repeats), timed(lambda fn=fn: fn(wide), repeats)
             rows.append({"row": f"norm {what} {tokens}x{x.shape[1]}", "bf16": base * 1e6, "float32": f32 * 1e6,
                          "unit": "us"})
     return rows
@@ -132,22 +132,32 @@ def main() -> int:
     p.add_argument("--norm-tokens", type=int, nargs="+", default=[8, 2048])
     p.add_argument("--vllm", action="store_true", help="also time the VLLM backend (two engine builds)")
     p.add_argument("--kv-gb", type=float, default=None, help="vLLM kv_cache_memory_gb (CPU build: e.g. 0.5)")
+    p.add_argument("--skip-slow", action="store_true", help="on CPU, skip the HF(fast=False) decode row")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = policy(args, device)
-    rows = [r for t in args.norm_tokens for r in norm_rows(model, t, max(20, args.repeats))]
-    rows.append(decode_row(model, tok, args, fast=True))
-    if device == "cpu":
-        rows.append(decode_row(model, tok, args, fast=False))
-    if args.vllm:
-        rows.append(vllm_row(model, tok, args))
     card = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# AQN float32 norms vs bf16 norms - issue #20 - {card} - {datetime.date.today().isoformat()}")
-    print(f"{'row':<44} {'bf16':>12} {'float32':>12} {'float32/bf16':>13}")
-    for r in rows:
+    print(f"{'row':<44} {'bf16':>12} {'float32':>12} {'float32/bf16':>13}", flush=True)
+    rows = []
+
+    def show(r: dict) -> None:
+        rows.append(r)
         print(f"{r['row']:<44} {r['bf16']:>10.1f}{r['unit'][:2]:>2} {r['float32']:>10.1f}{r['unit'][:2]:>2} "
-              f"{r['float32'] / r['bf16']:>12.3f}x")
+              f"{r['float32'] / r['bf16']:>12.3f}x", flush=True)
+
+    for t in args.norm_tokens:
+        for r in norm_rows(model, t, max(20, args.repeats)):
+            show(r)
+    show(decode_row(model, tok, args, fast=True))
+    if device == "cpu" and not args.skip_slow:
+        show(decode_row(model, tok, args, fast=False))
+    if args.vllm:
+        show(vllm_row(model, tok, args))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "rows": rows},

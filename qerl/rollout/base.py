@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import ClassVar
 
 from torch import nn
 
@@ -32,7 +33,7 @@ class RolloutBackend(ABC):
 
     #: `noise/realized_sigma` and `noise/moved_fraction` of the last `noise` block, measured on the weights
     #: the generating engine multiplies by (after its dtype); empty before any noise
-    noise_metrics: dict[str, float] = {}
+    noise_metrics: ClassVar[dict[str, float]] = {}  # each backend assigns a new dict, never mutates this one
 
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
