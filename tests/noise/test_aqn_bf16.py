@@ -176,3 +176,20 @@ def test_a_bf16_run_at_sigma_5e_4_logs_the_realized_sigma(tmp_path):
     moved = [e.value for e in events.Scalars("noise/moved_fraction")]
     assert len(sigma) == 2 and len(moved) == 2
     assert all(abs(s / 5e-4 - 1) < 0.1 for s in sigma) and all(m > 0.99 for m in moved), (sigma, moved)
+
+
+def test_noise_on_a_policy_without_the_targeted_norms_stops_at_setup_naming_the_key():
+    from types import SimpleNamespace
+
+    from qerl.module_checks import RecipeError, build_policy
+    from qerl.noise import Constant
+
+    class NoNorms:
+        def load(self, **kwargs):
+            return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)), None
+
+    module = SimpleNamespace(policy=NoNorms(), quantizer=None, dtype_name="bfloat16", device="cpu", lora=None,
+                             noise=Constant(sigma=5e-4), gradient_checkpointing=False)
+    with pytest.raises(RecipeError, match=r"`model.init_args.noise` is set.*unknown norm name.*Norm layers this "
+                                          r"model has: 1"):
+        build_policy(module)
