@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
 import json
 import os
 import sys
@@ -116,6 +117,9 @@ def vllm_row(model, tok, args) -> dict:
         result[label] = args.batch * args.new / seconds
         backend.close()
         del backend, m
+        gc.collect()  # the first engine's memory, before the second one starts
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return {"row": f"vllm b{args.batch} new{args.new}", **result, "unit": "tok/s"}
 
 
