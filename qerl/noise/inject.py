@@ -201,7 +201,7 @@ def noisy_norms(
                     weight.copy_(noisy.to(weight.dtype))
             applied.realized = applied.measure([(w, w) for w, _ in saved])
         warn_if_not_held(applied.realized, value, type(model).__name__,
-                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).")
+                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model)
         yield applied
     finally:
         with torch.no_grad():

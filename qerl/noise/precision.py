@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import nn
 
 #: share of sigma the rounding may change (RMS of change - Z) before the noise counts as not held
 HELD_TOLERANCE = 0.1
-_warned: set[tuple[str, str]] = set()
+_warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {(where, dtype)} already warned
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,15 @@ def measure_noise(weights: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tens
     return measure_changes(torch.cat(changes), torch.cat(drawn), "/".join(sorted(set(dtypes))))
 
 
-def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str) -> bool:
-    """Warn (once per place and dtype) when the weights lost more than 10% of sigma to rounding; True if held."""
+def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str, owner: object) -> bool:
+    """Warn (once per `owner` - the model or engine - and dtype) when the weights lost more than 10% of sigma to
+    rounding; True if the noise was held."""
     if sigma <= 0 or realized.channels == 0 or realized.rounding <= HELD_TOLERANCE * sigma:
         return True
+    seen = _warned.setdefault(owner, set())
     key = (where, realized.dtype)
-    if key not in _warned:
-        _warned.add(key)
+    if key not in seen:
+        seen.add(key)
         warnings.warn(
             f"AQN: {where} holds its norm weights in {realized.dtype}, which cannot hold noise of sigma={sigma:.3g}: "
             f"the realized sigma is {realized.sigma:.3g} ({100 * realized.moved:.1f}% of {realized.channels} channels "

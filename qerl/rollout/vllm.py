@@ -237,7 +237,7 @@ class VLLM(RolloutBackend):
             noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
             try:
                 moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
-                self.noise_metrics = engine_realized(moved, sigma).metrics()
+                self.noise_metrics = engine_realized(moved, sigma, self).metrics()
                 self.llm.reset_prefix_cache()
                 yield
             finally:

@@ -67,8 +67,9 @@ def float32_rms_norms(enabled: bool = True) -> Iterator[None]:
         RMSNorm.__init__ = original
 
 
-def engine_realized(moved: dict, sigma: float) -> RealizedNoise:
-    """`RealizedNoise` from `vllm_sync.add_norm_noise`'s answer; warns when the engine's dtype lost the noise."""
+def engine_realized(moved: dict, sigma: float, owner: object) -> RealizedNoise:
+    """`RealizedNoise` from `vllm_sync.add_norm_noise`'s answer; warns (once per `owner`, the backend) when the
+    engine's dtype lost the noise."""
     realized = measure_changes(moved["changes"], moved["drawn"], moved["dtype"])
-    warn_if_not_held(realized, sigma, "the vLLM engine", FIX)
+    warn_if_not_held(realized, sigma, "the vLLM engine", FIX, owner)
     return realized

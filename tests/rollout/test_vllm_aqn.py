@@ -5,6 +5,8 @@ bf16 NVFP4 + LoRA policy whose targeted norms are float32, as `QeRLModule` makes
 """
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -65,13 +67,20 @@ def test_cpu_vllm_engine_holds_every_sigma_in_float32_norms():
         backend.close()
 
 
+class Engine:
+    """Stands in for the backend that owns an engine (warnings come once per owner)."""
+
+
 def test_engine_noise_lost_to_bf16_warns_with_the_realized_sigma():
     from qerl.rollout.vllm_norms import engine_realized
 
     z = torch.randn(512, generator=torch.Generator().manual_seed(0)).double() * 5e-4
     lost = (1 + z).bfloat16().double() - 1
     with pytest.warns(RuntimeWarning, match=r"vLLM engine holds its norm weights in bfloat16.*realized sigma"):
-        realized = engine_realized({"changes": lost, "drawn": z, "dtype": "bfloat16"}, 5e-4)
+        realized = engine_realized({"changes": lost, "drawn": z, "dtype": "bfloat16"}, 5e-4, owner := Engine())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per engine
+        engine_realized({"changes": lost, "drawn": z, "dtype": "bfloat16"}, 5e-4, owner)
     assert realized.moved < 0.05
 
 
