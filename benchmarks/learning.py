@@ -1,11 +1,12 @@
 """Evidence of learning (issues 5, 7 and 9): SmolLM2-135M-Instruct GRPO runs side by side on one GPU.
 
-Runs the `recipes/smollm2` arithmetic recipe in several variants at once (separate processes sharing the GPU),
+Runs the `recipes/smollm2` arithmetic recipe in several variants x seeds at once (separate processes, spread
+round-robin over `--gpus` GPUs with CUDA_VISIBLE_DEVICES; run names are `<variant>-s<seed>`),
 each stopped by `--max-steps` or `--max-minutes` (Lightning's `max_time`, so the run still exports its final
 adapter), then scores the held-out arithmetic test split and GSM8K with `qerl eval` before (each base format)
 and after (each run's final adapter). Everything lands under `--out`: the TensorBoard logs, the adapters, each
 eval's `summary.json`, and `learning.json` (the scalar curves read back from TensorBoard plus the eval table).
-`benchmarks/learning_plot.py` turns that JSON into the docs' plot and table.
+`spread` in that JSON gives, per variant, the mean, standard deviation, min and max over the seeds.
 
 Variants (name: recipe, overrides):
   nvfp4-aqn : grpo-nvfp4-arithmetic.yaml (NVFP4 + LoRA + AQN)
@@ -14,6 +15,11 @@ Variants (name: recipe, overrides):
   bf16-aqn  : the same with the NVFP4 recipe's AQN schedule
 
     PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
+
+The AQN study of issue #20 (3 seeds, dense parts in bf16 so the float32-norm noise is what is tested):
+
+    PYTHONPATH=. python benchmarks/learning.py --gguf GGUF --out $OUT/learning --variants nvfp4-aqn nvfp4 bf16 \
+        --seeds 0 1 2 --dtype bfloat16 --gpus 8 --max-minutes 6 --gsm8k-limit -1 --budget-s 540
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ VARIANTS = {
     "bf16-aqn": ("grpo-bf16-arithmetic.yaml", ["--model.noise", AQN]),
 }
 KEEP = ("train/accuracy", "train/entropy", "reward/total_mean", "val/accuracy", "noise/sigma", "perf/step_s",
-        "rollout/length_mean", "train/grad_norm", "train/clip_frac")  # curves kept in learning.json
+        "rollout/length_mean", "train/grad_norm", "train/clip_frac", "noise/realized_sigma", "noise/moved_fraction")
+SPREAD = ("train_acc_last20", "entropy_last20", "val_acc_final", "heldout_after")  # mean/std over seeds  # curves kept in learning.json
 BASES = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number.", "--max_new_tokens", "16"]
 
@@ -44,14 +51,28 @@ def qerl(*args: str) -> list[str]:
     return [sys.executable, "-m", "qerl.cli", *args]
 
 
-def fit_cmd(name: str, args) -> list[str]:
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+def variant_of(run: str) -> str:
+    """The variant of a run name (`nvfp4-aqn-s2` -> `nvfp4-aqn`; a name without a seed is its own variant)."""
+    head, _, tail = run.rpartition("-s")
+    return head if head in VARIANTS and tail.isdigit() else run
+
+
+def fit_cmd(name: str, args, seed: int | None = None) -> list[str]:
+    """`qerl fit` of variant `name` with `seed` (default `args.seed`); logged as run `name-s<seed>`."""
     recipe, extra = VARIANTS[name]
+    seed = args.seed if seed is None else seed
+    if getattr(args, "dtype", None):
+        extra = [*extra, "--model.dtype", args.dtype]
     return qerl("fit", "--config", os.path.join(ROOT, "recipes", "smollm2", recipe),
                 "--model.policy", json.dumps({"class_path": "GGUFModel", "init_args": {"path": args.gguf}}),
                 "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
                 "--trainer.logger.init_args.save_dir", os.path.join(args.out, "runs"),
-                "--trainer.logger.init_args.name", name, "--trainer.callbacks", "[]",
-                "--trainer.enable_checkpointing", "false", "--seed_everything", str(args.seed), *extra)
+                "--trainer.logger.init_args.name", run_name(name, seed), "--trainer.callbacks", "[]",
+                "--trainer.enable_checkpointing", "false", "--seed_everything", str(seed), *extra)
 
 
 def eval_cmd(tag: str, quantizer: str | None, adapter: str | None, dataset: list[str], args) -> list[str]:
@@ -69,18 +90,23 @@ def gsm8k(args) -> list[str]:
     return out + (["--limit", str(args.gsm8k_limit)] if args.gsm8k_limit else [])
 
 
-def launch(cmd: list[str], log: str, env: dict) -> subprocess.Popen:
+def launch(cmd: list[str], log: str, env: dict, gpu: int | None = None) -> subprocess.Popen:
     os.makedirs(os.path.dirname(log), exist_ok=True)
+    if gpu is not None:
+        env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
-def run_queue(cmds: list[tuple[str, list[str]]], width: int, env: dict, out: str, deadline: float) -> dict:
-    """Run (tag, cmd) pairs, `width` at a time; returns tag -> exit code (None: not started before the deadline)."""
-    pending, running, codes = list(cmds), {}, {}
+def run_queue(cmds: list[tuple[str, list[str]]], width: int, env: dict, out: str, deadline: float,
+              gpus: int = 1) -> dict:
+    """Run (tag, cmd) pairs, `width` at a time (round-robin over `gpus` GPUs); returns tag -> exit code
+    (None: not started before the deadline)."""
+    pending, running, codes, started = list(cmds), {}, {}, 0
     while pending or running:
         while pending and len(running) < width and time.time() < deadline:
             tag, cmd = pending.pop(0)
-            running[tag] = launch(cmd, os.path.join(out, "logs", f"{tag}.log"), env)
+            running[tag] = launch(cmd, os.path.join(out, "logs", f"{tag}.log"), env, started % gpus if gpus > 1 else None)
+            started += 1
         if not running:
             codes.update({tag: None for tag, _ in pending})
             break
@@ -97,7 +123,8 @@ def curves(out: str) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = {}
-    for name in VARIANTS:
+    for run in sorted(os.listdir(os.path.join(out, "runs")) if os.path.isdir(os.path.join(out, "runs")) else []):
+        name = run
         for folder in sorted(glob.glob(os.path.join(out, "runs", name, "version_*"))):
             acc = EventAccumulator(folder, size_guidance={"scalars": 0})
             acc.Reload()
@@ -127,16 +154,18 @@ def summarize(record: dict) -> list[dict]:
     for name, c in record.get("curves", {}).items():
         acc = c.get("train/accuracy", [])
         last = acc[-1][0] + 1 if acc else 0
-        base = "nvfp4" if name.startswith("nvfp4") else "bf16"
+        variant = variant_of(name)
+        base = "nvfp4" if variant.startswith("nvfp4") else "bf16"
         val = c.get("val/accuracy", [])
         at = {step: v for step, v in val}
         rows.append({
-            "run": name, "base": base, "aqn": name.endswith("aqn"), "steps": last,
+            "run": name, "variant": variant, "base": base, "aqn": variant.endswith("aqn"), "steps": last,
             "step_s_median": round(sorted(v for _, v in c.get("perf/step_s", [[0, 0.0]]))[
                 len(c.get("perf/step_s", [[0, 0.0]])) // 2], 3),
             "train_acc_first20": mean(acc, 0, 20), "train_acc_last20": mean(acc, last - 20, last),
             "entropy_first20": mean(c.get("train/entropy", []), 0, 20),
             "entropy_last20": mean(c.get("train/entropy", []), last - 20, last),
+            "realized_sigma_last20": mean(c.get("noise/realized_sigma", []), last - 20, last),
             "val_acc_step200": at.get(199), "val_acc_final": val[-1][1] if val else None,
             "heldout_before": evals.get(f"arith-{base}", {}).get("accuracy"),
             "heldout_after": evals.get(f"arith-{name}-after", {}).get("accuracy"),
@@ -144,6 +173,22 @@ def summarize(record: dict) -> list[dict]:
             "gsm8k_after": evals.get(f"gsm8k-{name}-after", {}).get("accuracy"),
         })
     return rows
+
+
+def spread(rows: list[dict]) -> dict:
+    """{variant: {metric: {mean, std, min, max, n}}} over the runs (seeds) of each variant; std is the sample std."""
+    out: dict = {}
+    for variant in sorted({r["variant"] for r in rows}):
+        out[variant] = {}
+        for key in SPREAD:
+            vals = [r[key] for r in rows if r["variant"] == variant and r.get(key) is not None]
+            if not vals:
+                continue
+            m = sum(vals) / len(vals)
+            std = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+            out[variant][key] = {"mean": round(m, 4), "std": round(std, 4), "min": min(vals), "max": max(vals),
+                                 "n": len(vals)}
+    return out
 
 
 def write(args, start: float, codes: dict) -> dict:
@@ -156,6 +201,7 @@ def write(args, start: float, codes: dict) -> dict:
               "exit_codes": codes, "wall_s": round(time.time() - start, 1),
               "curves": curves(args.out), "evals": evals(args.out)}
     record["rows"] = summarize(record)
+    record["spread"] = spread(record["rows"])
     with open(os.path.join(args.out, "learning.json"), "w") as f:
         json.dump(record, f, indent=1)
     return record
@@ -168,7 +214,11 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--max-minutes", type=int, default=6, help="wall-clock cap of each training run")
-    p.add_argument("--seed", type=int, default=0, help="seed_everything of every run (sampling, LoRA init)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seed_everything values (sampling, LoRA init): every variant runs once per seed")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="model.dtype of every run (default: each recipe's; the SmolLM2 NVFP4 recipe says float32)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the runs over (0: all that torch sees)")
     p.add_argument("--gsm8k-limit", type=int, default=0, help="GSM8K problems (0: the whole test set, -1: none)")
     p.add_argument("--gsm8k-tokens", type=int, default=256)
     p.add_argument("--gsm8k-after", nargs="*", default=["nvfp4-aqn", "bf16"],
@@ -181,25 +231,32 @@ def main() -> int:
     args.out = os.path.abspath(args.out)
     start = time.time()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    fits = {name: launch(fit_cmd(name, args), os.path.join(args.out, "logs", f"fit-{name}.log"), env)
-            for name in args.variants}
+    args.seed = args.seeds[0]
+    import torch
+
+    gpus = args.gpus or max(1, torch.cuda.device_count())
+    runs = [(name, seed) for seed in args.seeds for name in args.variants]
+    fits = {run_name(name, seed): launch(fit_cmd(name, args, seed),
+                                         os.path.join(args.out, "logs", f"fit-{run_name(name, seed)}.log"), env,
+                                         i % gpus if gpus > 1 else None)
+            for i, (name, seed) in enumerate(runs)}
     before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, ARITH, args), ) for b, q in BASES.items()]
     if args.gsm8k_limit >= 0:
         before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
-    codes = run_queue(before, 2, env, args.out, start + args.budget_s)
+    codes = run_queue(before, 2, env, args.out, start + args.budget_s, gpus)
     codes.update({f"fit-{n}": proc.wait() for n, proc in fits.items()})
     write(args, start, codes)
     after = []
-    for name in args.variants:
+    for name in fits:
         final = glob.glob(os.path.join(args.out, "runs", name, "version_*", "adapter", "final"))
         if final:
             quant = "NVFP4" if name.startswith("nvfp4") else None
             after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], ARITH, args)))
-            if name in args.gsm8k_after and args.gsm8k_limit >= 0:
+            if variant_of(name) in args.gsm8k_after and args.gsm8k_limit >= 0:
                 after.append((f"gsm8k-{name}-after",
                               eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))
     write(args, start, codes)
-    codes.update(run_queue(after, args.width, env, args.out, start + args.budget_s))
+    codes.update(run_queue(after, args.width, env, args.out, start + args.budget_s, gpus))
     record = write(args, start, codes)
     print(json.dumps({"exit_codes": codes, "wall_s": record["wall_s"],
                       "evals": {k: v.get("accuracy") for k, v in record["evals"].items()}}, indent=1))

@@ -134,7 +134,8 @@ class QeRLModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is None:
             self.model, self.tokenizer = build_policy(self.policy, self.quantizer, self.lora, self.dtype_name,
-                                                      self.device, self.gradient_checkpointing)
+                                                      self.device, self.gradient_checkpointing,
+                                                      noise=self.noise is not None)
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -198,6 +199,9 @@ class QeRLModule(L.LightningModule):
         metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
         metrics.update(self.running.compute())
         metrics.update(self.rollout.last_metrics)  # e.g. VLLM: rollout/mismatch_kl
+        if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
+            metrics.update(dict.fromkeys(("noise/realized_sigma", "noise/moved_fraction"), 0.0)
+                           if self.noise_draw.sigma <= 0 else self.rollout.noise_metrics)
         metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
         metrics["data/refill_rounds"] = float(refills)
         if not torch.equal(shaped, train.rewards):

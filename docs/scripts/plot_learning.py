@@ -19,7 +19,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 PANELS = (("train/accuracy", "train accuracy (64 sampled completions, 10-step mean)", 10),
           ("val/accuracy", "held-out accuracy (128 problems, greedy)", 1),
           ("train/entropy", "policy entropy (nats/token, 10-step mean)", 10),
-          ("noise/sigma", "AQN sigma", 1))
+          ("noise/sigma", "AQN sigma (as applied: noise/realized_sigma where logged)", 1))
 STYLE = {"nvfp4-aqn": ("tab:red", "-"), "nvfp4": ("tab:red", "--"), "bf16": ("tab:blue", "--"),
          "bf16-aqn": ("tab:blue", "-")}
 
@@ -31,6 +31,15 @@ def latest() -> list[dict]:
         raise FileNotFoundError(f"no learning-*.json in {RESULTS}; run benchmarks/learning.py on a GPU first")
     newest = max(r["date"] for r in records)
     return sorted((r for r in records if r["date"] == newest), key=lambda r: r.get("args", {}).get("seed", 0))
+
+
+def run_seed(run: str, record: dict, index: int) -> tuple[str, int, int]:
+    """(variant, seed, 0 for the first seed) of a run: `nvfp4-aqn-s2` (several seeds in one file, newer
+    benchmarks/learning.py) or `nvfp4-aqn` with the seed in the file's args (one file per seed)."""
+    head, _, tail = run.rpartition("-s")
+    if head in STYLE and tail.isdigit():
+        return head, int(tail), int(tail != str(min(record.get("args", {}).get("seeds", [int(tail)]))))
+    return run, record.get("args", {}).get("seed", 0), index
 
 
 def smooth(points: list, window: int) -> tuple[list, list]:
@@ -50,12 +59,14 @@ def render_png() -> bytes:
     records = latest()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
     for ax, (tag, title, window) in zip(axes.flat, PANELS):
-        for i, record in enumerate(records):
-            seed = record.get("args", {}).get("seed", 0)
+        for j, record in enumerate(records):
             for run, curves in record["curves"].items():
+                if tag == "noise/sigma" and "noise/realized_sigma" in curves:
+                    curves = {tag: curves["noise/realized_sigma"]}
                 if tag not in curves:
                     continue
-                color, line = STYLE.get(run, ("gray", ":"))
+                variant, seed, i = run_seed(run, record, j)
+                color, line = STYLE.get(variant, ("gray", ":"))
                 steps, values = smooth(curves[tag], window)
                 ax.plot(steps, values, color=color, ls=line, lw=1.6 if i == 0 else 0.9, alpha=1.0 if i == 0 else 0.55,
                         label=f"{run} (seed {seed})", marker="o" if tag == "val/accuracy" else None, ms=3 if i == 0 else 2)

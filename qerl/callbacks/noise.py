@@ -24,7 +24,9 @@ class NoiseCallback(L.Callback):
     (and backward) in `noisy_norms(policy, sigma, seed)`.
 
     The callback itself never touches weights: the module applies the noise where it
-    generates. Its state (base seed, planned total_steps, last step and sigma) is saved in
+    generates, and logs what the generating engine really applied next to `noise/sigma`:
+    `noise/realized_sigma` and `noise/moved_fraction` (measured on the engine's weights after
+    its dtype; see `qerl.noise.precision`). Its state (base seed, planned total_steps, last step and sigma) is saved in
     checkpoints; a resumed run keeps the planned total_steps, so the schedule continues
     where it stopped (steps past that total stay in the last stage).
 

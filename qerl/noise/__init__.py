@@ -16,6 +16,10 @@ def __getattr__(name: str):
         from qerl.noise import inject
 
         return getattr(inject, name)
+    if name == "keep_norms_float32":
+        from qerl.noise import precision
+
+        return precision.keep_norms_float32
     raise AttributeError(f"module 'qerl.noise' has no attribute {name!r}")
 
 
@@ -27,6 +31,7 @@ __all__ = [
     "Linear",
     "NoNoise",
     "NoiseSchedule",
+    "keep_norms_float32",
     "noisy_norms",
     "targeted_norms",
 ]

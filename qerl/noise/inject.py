@@ -9,99 +9,27 @@ what flows into them. No parameter is added and no kernel changes.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from qerl.noise.base import check_sigma
-
-DEFAULT_TARGETS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
-
-# peft wraps a module it trains or adapts; the weight the model runs lives below the wrapper.
-_WRAPPER_SUFFIX = re.compile(r"(\.original_module|\.modules_to_save\.[^.]+|\.base_layer)+$")
+from qerl.noise.precision import RealizedNoise, measure_noise, warn_if_not_held
+from qerl.noise.targets import DEFAULT_TARGETS, targeted_norms
 
 
-def _logical_name(module_name: str) -> str:
-    """The module's name without peft wrapper segments ('...input_layernorm.modules_to_save.default')."""
-    return _WRAPPER_SUFFIX.sub("", module_name)
+class AppliedNoise(dict):
+    """{norm name: Z} of one `noisy_norms` block, plus what the weights really moved by (`realized`)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (clean copy, Z)
+        self.realized = RealizedNoise(0.0, 0.0, 0.0, 0, "")
 
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
-
-
-def _norm_like_suffixes(model: nn.Module) -> list[str]:
-    found = {
-        _logical_name(name).rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if "norm" in type(module).__name__.lower() and isinstance(module._parameters.get("weight"), torch.Tensor)
-    }
-    return sorted(found)
-
-
-def _check_targets(targets: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(targets, str):
-        targets = (targets,)
-    targets = tuple(targets)
-    if not targets:
-        raise ValueError("noisy_norms: targets is empty; name at least one norm (to switch AQN off, use sigma=0).")
-    for target in targets:
-        if not isinstance(target, str) or not target.strip(".").strip():
-            raise ValueError(f"noisy_norms: target {target!r} is not a module name suffix like 'input_layernorm'.")
-    return targets
-
-
-def targeted_norms(
-    model: nn.Module, targets: Sequence[str] | str = DEFAULT_TARGETS
-) -> dict[str, list[nn.Parameter]]:
-    """Norm weights that AQN would perturb, keyed by the norm's name without peft wrapper segments.
-
-    A module is targeted when its name ends with `.<target>` (or equals it) for one of
-    `targets` - so `layers.0.input_layernorm` is found inside
-    `base_model.model.model.layers.0.input_layernorm` - and it owns a 1-D `weight`.
-    The names `q_norm`, `k_norm` and the final `norm` are never matched by the defaults.
-    One key can hold several tensors (a peft `modules_to_save` copy next to the original);
-    they receive the same noise.
-
-    Raises:
-        ValueError: a target matches no module (the message lists the norm names the model has),
-            or matches a module whose weight is not a per-channel (1-D) scale.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"noisy_norms: expected a torch.nn.Module, got {type(model).__name__}.")
-    targets = _check_targets(targets)
-    groups: dict[str, list[nn.Parameter]] = {}
-    hits = dict.fromkeys(targets, 0)
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if not isinstance(weight, torch.Tensor):
-            continue
-        logical = _logical_name(name)
-        for target in targets:
-            if not _matches(logical, target):
-                continue
-            if weight.dim() != 1:
-                raise ValueError(
-                    f"noisy_norms: target {target!r} matches {name!r} ({type(module).__name__}, weight shape "
-                    f"{tuple(weight.shape)}), which is not a norm with a per-channel scale. "
-                    f"Target norm layers, e.g. {', '.join(DEFAULT_TARGETS)}."
-                )
-            hits[target] += 1
-            if id(weight) not in seen:
-                seen.add(id(weight))
-                groups.setdefault(logical, []).append(weight)
-            break
-    missing = [t for t, n in hits.items() if n == 0]
-    if missing:
-        have = _norm_like_suffixes(model)
-        raise ValueError(
-            f"noisy_norms: unknown norm name(s) {', '.join(repr(t) for t in missing)} in targets: no module of "
-            f"{type(model).__name__} ends with that name. Norm layers this model has: {', '.join(have) or '(none)'}."
-        )
-    return groups
+    def measure(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> RealizedNoise:
+        """`RealizedNoise` of (norm weight perturbed here, tensor an engine multiplies by instead) pairs."""
+        return measure_noise((used, *self.clean[id(weight)]) for weight, used in pairs if id(weight) in self.clean)
 
 
 @contextlib.contextmanager
@@ -123,8 +51,11 @@ def noisy_norms(
     weights) and rounded once to the weight's dtype. bfloat16 rounds most small noise away:
     a weight of exactly 1.0 moves up only where Z > 2^-8 and down only where Z < -2^-9, so
     (measured, 10^6 channels) sigma = 1e-2 moves 77% of them, 1e-3 only 2.5% (all downward,
-    a mean shift of -1e-4) and sigma <= 3e-4 none. Keep the norms of the generating model in
-    float32 when small sigmas matter.
+    a mean shift of -1e-4) and sigma <= 3e-4 none. Keep the targeted norms in float32
+    (`qerl.noise.precision.keep_norms_float32`; `QeRLModule` does it whenever `noise` is set):
+    then every sigma in [1e-6, 1] is held. What the weights really moved by is measured after
+    the add (`applied.realized`), and a RuntimeWarning names the realized sigma and the fix
+    when the dtype lost more than 10% of the noise.
 
     Args:
         model: any module holding the norms (an HF model, a peft model, a LightningModule).
@@ -135,7 +66,9 @@ def noisy_norms(
         generator: a torch.Generator to draw from instead of `seed` (Z is drawn on its device).
 
     Yields:
-        The noise applied: {norm name: Z (float32, on the generator's device)}; empty at sigma 0.
+        An `AppliedNoise`: {norm name: Z (float32, on the generator's device)} (empty at sigma 0), with
+        `.realized` (a `RealizedNoise` measured on the model's weights) and `.measure(pairs)` for the
+        weights another engine multiplies by.
 
     Notes:
         Autograd: if a forward that needs gradients runs inside the block, run its backward
@@ -147,14 +80,14 @@ def noisy_norms(
         raise ValueError("noisy_norms: give seed or generator, not both.")
     groups = targeted_norms(model, targets)
     if value == 0.0:
-        yield {}
+        yield AppliedNoise()
         return
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     device = generator.device if generator is not None else torch.device("cpu")
 
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    applied: dict[str, torch.Tensor] = {}
+    applied = AppliedNoise()
     try:
         with torch.no_grad():
             for name, weights in groups.items():
@@ -165,9 +98,13 @@ def noisy_norms(
                     if weight.numel() != size:
                         raise ValueError(f"noisy_norms: copies of {name!r} differ in size ({weight.numel()} vs {size}).")
                     saved.append((weight, weight.detach().clone()))
+                    applied.clean[id(weight)] = (saved[-1][1], z)
                     wide = torch.promote_types(weight.dtype, torch.float32)
                     noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
                     weight.copy_(noisy.to(weight.dtype))
+            applied.realized = applied.measure([(w, w) for w, _ in saved])
+        warn_if_not_held(applied.realized, value, type(model).__name__,
+                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model)
         yield applied
     finally:
         with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import ClassVar
 
 from torch import nn
 
@@ -68,10 +69,15 @@ class RolloutBackend(ABC):
     def sync_weights(self, policy: nn.Module) -> None:
         """Push updated trainable weights (LoRA, norms) into the engine; no-op by default."""
 
+    #: `noise/realized_sigma` and `noise/moved_fraction` of the last `noise` block, measured on the weights
+    #: the generating engine multiplies by (after its dtype); empty before any noise
+    noise_metrics: ClassVar[dict[str, float]] = {}  # each backend assigns a new dict, never mutates this one
+
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
-        """Apply AQN noise of `sigma` to the generating model's norms for the duration."""
-        with noisy_norms(self.policy, sigma, seed=seed):
+        """Apply AQN noise of `sigma` to the generating model's norms for the duration; sets `noise_metrics`."""
+        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+            self.noise_metrics = applied.realized.metrics()
             yield
 
     def release_memory(self) -> None:

@@ -33,8 +33,8 @@ class VLLM(RolloutBackend):
     The engine is built in `setup` from the policy's base weights: on CUDA an NVFP4 base goes in as a
     compressed-tensors checkpoint (vLLM's FP4 kernels), otherwise the base is dequantized to `dtype`.
     The adapter is handed over in memory (`lora_transfer: memory`) or through a tmpfs folder
-    (`folder`); AQN noise is added to the engine's own RMSNorm layers (the same Z as on the policy)
-    and copied back out bit-exactly after generation. Log-probs in the Rollout are the engine's
+    (`folder`); AQN noise is added to the engine's own RMSNorm layers (the same Z as on the policy; float32
+    weights when the policy keeps its norms in float32) and copied back out bit-exactly after generation. Log-probs in the Rollout are the engine's
     (after temperature and top-p); `last_metrics` reports the engine/policy mismatch.
 
     Args:
@@ -136,13 +136,17 @@ class VLLM(RolloutBackend):
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
+        from qerl.rollout.vllm_norms import float32_rms_norms, wants_float32_norms
+
         try:
-            self.llm = engine.build_llm(
-                served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
-                gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
-                tensor_parallel_size=self.tensor_parallel_size, enable_sleep_mode=self.enable_sleep_mode and on_cuda,
-                seed=self.seed, kv_cache_memory_gb=kv_gb, max_num_seqs=self.max_num_seqs,
-                enforce_eager=self.enforce_eager or not on_cuda, extra=self.engine_kwargs)
+            with float32_rms_norms(wants_float32_norms(lm, dtype)):  # AQN noise needs float32 norm weights
+                self.llm = engine.build_llm(
+                    served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
+                    gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                    tensor_parallel_size=self.tensor_parallel_size,
+                    enable_sleep_mode=self.enable_sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
+                    max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
+                    extra=self.engine_kwargs)
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -251,11 +255,15 @@ class VLLM(RolloutBackend):
     # ------------------------------------------------------------------ noise
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
-        """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly."""
+        """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly.
+
+        `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
+        float32 norms, see `qerl.rollout.vllm_norms`)."""
         from qerl.noise.base import check_sigma
         from qerl.noise.inject import noisy_norms
         from qerl.rollout import vllm_sync
         from qerl.rollout.vllm_engine import engine_name
+        from qerl.rollout.vllm_norms import engine_realized
 
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
@@ -264,7 +272,8 @@ class VLLM(RolloutBackend):
         with noisy_norms(self.policy, sigma, seed=seed) as applied:
             noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
             try:
-                self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))
+                moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
+                self.noise_metrics = engine_realized(moved, sigma, self).metrics()
                 self.llm.reset_prefix_cache()
                 yield
             finally:

@@ -49,11 +49,14 @@ def load_named_weights(worker, tensors: dict[str, torch.Tensor]) -> list[str]:
     return sorted(loaded) if loaded is not None else sorted(tensors)
 
 
-def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> int:
+def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> dict:
     """Add each `noise[name]` (float32, length d) to the weight of the engine's RMSNorm `name`, in place.
 
     Clean copies are kept on the worker and put back by `restore_norms`. Same numerics as
-    `qerl.noise.inject.noisy_norms`: added in float32, rounded once to the weight's dtype.
+    `qerl.noise.inject.noisy_norms`: added in float32, rounded once to the weight's dtype (the engine's
+    norms are float32 when the `VLLM` backend built it for a policy with float32 norms).
+    Returns what the engine's weights really moved by: {"changes": noisy - clean, "drawn": Z (both float64,
+    all channels in order), "dtype": the weights' dtype(s)}.
     """
     from vllm.model_executor.layers.layernorm import RMSNorm
 
@@ -65,15 +68,19 @@ def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> int:
         have = sorted(n for n, m in modules.items() if isinstance(m, RMSNorm))
         raise ValueError(f"no vLLM RMSNorm named {missing[:3]} in the engine's model; its RMSNorm layers are "
                          f"{have[:6]}{' ...' if len(have) > 6 else ''}")
-    clean = {}
+    clean, changes, dtypes = {}, [], set()
     with torch.no_grad():
         for name, z in noise.items():
             weight = modules[name].weight
             clean[name] = weight.detach().clone()
             wide = torch.promote_types(weight.dtype, torch.float32)
             weight.copy_((weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)).to(weight.dtype))
+            changes.append((weight.detach().double() - clean[name].double()).cpu())
+            dtypes.add(str(weight.dtype).removeprefix("torch."))
     setattr(worker, NOISE_ATTR, clean)
-    return len(clean)
+    return {"changes": torch.cat(changes) if changes else torch.zeros(0, dtype=torch.float64),
+            "drawn": torch.cat([z.double().cpu() for z in noise.values()]) if noise else torch.zeros(0),
+            "dtype": "/".join(sorted(dtypes))}
 
 
 def restore_norms(worker) -> int:
@@ -85,6 +92,14 @@ def restore_norms(worker) -> int:
             modules[name].weight.copy_(weight)
     setattr(worker, NOISE_ATTR, None)
     return len(clean)
+
+
+def norm_dtypes(worker) -> dict[str, str]:
+    """{name: dtype} of the engine's RMSNorm weights (float32 ones hold AQN noise)."""
+    from vllm.model_executor.layers.layernorm import RMSNorm
+
+    return {n: str(m.weight.dtype).removeprefix("torch.") for n, m in _model(worker).named_modules()
+            if isinstance(m, RMSNorm) and isinstance(getattr(m, "weight", None), torch.Tensor)}
 
 
 def read_weights(worker, names: list[str]) -> dict[str, torch.Tensor]:

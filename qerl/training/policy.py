@@ -8,14 +8,18 @@ from torch import nn
 from qerl.lora.apply import LoraTargetError, apply_lora
 from qerl.models.base import PolicyLoader
 from qerl.models.logprobs import causal_lm
+from qerl.noise.precision import keep_norms_float32
 from qerl.quantizers.base import Quantizer
 from qerl.training.checks import _KEY, RecipeError
 from qerl.training.settings import LoRASettings
 
 
 def build_policy(policy: PolicyLoader, quantizer: Quantizer | None, lora: LoRASettings | None, dtype: str, device,
-                 gradient_checkpointing: bool) -> tuple[nn.Module, Any]:
-    """Load the policy (quantized on load), add LoRA, freeze the rest; return (model, tokenizer)."""
+                 gradient_checkpointing: bool, noise: bool = False) -> tuple[nn.Module, Any]:
+    """Load the policy (quantized on load), add LoRA, freeze the rest; return (model, tokenizer).
+
+    With `noise` (AQN on), the targeted norm weights are kept in float32 so noise down to 1e-4 survives
+    (`qerl.noise.precision`)."""
     model, tokenizer = policy.load(quantizer=quantizer, dtype=dtype, device=device)
     if lora is not None:
         try:
@@ -26,6 +30,11 @@ def build_policy(policy: PolicyLoader, quantizer: Quantizer | None, lora: LoRASe
     else:
         for param in model.parameters():
             param.requires_grad_(param.is_floating_point())
+    if noise:
+        try:
+            keep_norms_float32(model)
+        except ValueError as exc:
+            raise RecipeError(f"`{_KEY}.noise` is set but the policy cannot carry AQN noise: {exc}") from None
     if gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):

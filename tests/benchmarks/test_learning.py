@@ -14,11 +14,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmar
 import learning
 
 
-def printed_config(name: str, tmp_path) -> dict:
+def printed_config(name: str, tmp_path, seed: int | None = None, dtype: str | None = None) -> dict:
     from qerl.cli import main
 
-    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path), seed=5)
-    argv = learning.fit_cmd(name, args)[3:]  # drop `python -m qerl.cli`
+    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path), seed=5,
+                              dtype=dtype)
+    argv = learning.fit_cmd(name, args, seed)[3:]  # drop `python -m qerl.cli`
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = main([*argv, "--print_config"])
@@ -31,7 +32,7 @@ def test_every_variant_is_a_valid_recipe_with_its_overrides(name, tmp_path):
     cfg = printed_config(name, tmp_path)
     assert cfg["trainer"]["max_steps"] == 7 and cfg["seed_everything"] == 5
     assert cfg["trainer"]["max_time"] == "00:00:03:00"
-    assert cfg["trainer"]["logger"]["init_args"]["name"] == name
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == f"{name}-s5"
     assert cfg["model"]["policy"]["init_args"]["path"] == str(tmp_path / "m.gguf")
     assert (cfg["model"]["quantizer"] is None) == name.startswith("bf16")
     noise = cfg["model"]["noise"]
@@ -40,6 +41,23 @@ def test_every_variant_is_a_valid_recipe_with_its_overrides(name, tmp_path):
         assert noise["init_args"]["sigma_start"] == pytest.approx(0.01)
     else:
         assert noise is None
+
+
+def test_seed_and_dtype_of_a_run_reach_its_config_and_name(tmp_path):
+    cfg = printed_config("nvfp4-aqn", tmp_path, seed=2, dtype="bfloat16")
+    assert cfg["seed_everything"] == 2 and cfg["model"]["dtype"] == "bfloat16"
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "nvfp4-aqn-s2"
+    assert printed_config("nvfp4", tmp_path)["model"]["dtype"] == "float32"  # the recipe's own without --dtype
+    assert [learning.variant_of(r) for r in ("nvfp4-aqn-s2", "bf16-s10", "nvfp4-aqn", "other-s1")] == [
+        "nvfp4-aqn", "bf16", "nvfp4-aqn", "other-s1"]
+
+
+def test_spread_over_seeds_gives_mean_and_sample_std_per_variant():
+    rows = [{"variant": "nvfp4-aqn", "train_acc_last20": v, "heldout_after": None} for v in (0.6, 0.7, 0.8)]
+    rows.append({"variant": "bf16", "train_acc_last20": 0.5})
+    out = learning.spread(rows)
+    assert out["nvfp4-aqn"]["train_acc_last20"] == {"mean": 0.7, "std": 0.1, "min": 0.6, "max": 0.8, "n": 3}
+    assert "heldout_after" not in out["nvfp4-aqn"] and out["bf16"]["train_acc_last20"]["std"] == 0.0
 
 
 def test_summary_rows_are_computed_from_curves_and_evals():
@@ -53,6 +71,7 @@ def test_summary_rows_are_computed_from_curves_and_evals():
     }
     (row,) = learning.summarize(record)
     assert row["run"] == "nvfp4-aqn" and row["base"] == "nvfp4" and row["aqn"] is True
+    assert row["variant"] == "nvfp4-aqn" and row["realized_sigma_last20"] is None
     assert row["steps"] == 40 and row["step_s_median"] == 2.0
     assert row["train_acc_first20"] == 0.0 and row["train_acc_last20"] == 1.0
     assert row["entropy_first20"] == pytest.approx(2.0 - 9.5 / 20, abs=1e-4)

@@ -2,7 +2,9 @@
 
 A captured decode step is bound by its number of kernels as much as by weight bytes, so the engine:
 - runs RMSNorm as one `F.rms_norm` (reading the module's weight in place, so AQN noise applies) instead of
-  HF's eight elementwise kernels; unknown norm types are called as modules;
+  HF's eight elementwise kernels; a float32 weight next to bf16 activations (AQN norms kept in float32) costs
+  two casts more: normalized and scaled in float32, rounded once to the activation dtype, as
+  `qerl.noise.precision` makes the HF module do; unknown norm types are called as modules;
 - runs a peft LoRA layer as base(x) + (x A^T) B^T * scaling, added in place, with the input cast to the
   adapter dtype once for the projections that share it (q/k/v, gate/up); LoRA weights are read in place;
   a layer with adapters disabled, merged, or a LoRA variant (DoRA...) is called as the module;
@@ -21,11 +23,19 @@ from qerl.quantizers.layers import QuantLinear
 _RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
 
 
+def norm_scale(module: nn.Module) -> torch.Tensor:
+    """The per-channel scale `rms_norm` multiplies by: the module's own weight, in its own dtype (read in place)."""
+    return module.weight
+
+
 def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     eps = getattr(module, "variance_epsilon", None)
     if type(module).__name__ not in _RMS_NORMS or eps is None:
         return module(x)
-    return F.rms_norm(x, (x.shape[-1],), weight=module.weight, eps=eps)
+    weight = norm_scale(module)
+    if weight.dtype == x.dtype:
+        return F.rms_norm(x, (x.shape[-1],), weight=weight, eps=eps)
+    return F.rms_norm(x.to(weight.dtype), (x.shape[-1],), weight=weight, eps=eps).to(x.dtype)
 
 
 def plain_lora(module: nn.Module) -> bool:

@@ -62,6 +62,13 @@ class FastEngine:
             raise RuntimeError("FastEngine: its HF backend no longer exists; build a new engine.")
         return backend
 
+    def norm_scales(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(policy norm weight, the scale the decode step multiplies by) for every decoder norm AQN targets."""
+        from qerl.rollout.fast.blocks import norm_scale
+
+        layout = decoder_layout(self.backend.policy)
+        return [(m.weight, norm_scale(m)) for lv in layout.layers for m in (lv.input_norm, lv.post_norm)]
+
     def release(self) -> None:
         """Drop the KV cache and the captured graphs (they are rebuilt on the next call)."""
         self.state = None

@@ -1,0 +1,134 @@
+"""Norm weights that can hold AQN noise, and the noise a generating model really carries (measured, not planned).
+
+bfloat16 has 8 significant bits: next to a norm weight of ~1 it cannot store a change below ~2^-9, so
+N(0, sigma^2) noise with sigma <= 3e-4 rounds away entirely and 1e-3 survives on 2.5% of the channels.
+`keep_norms_float32` stores the targeted norm weights in float32 (a few MB even at 32B) while the rest of the
+model stays in its dtype; `measure_noise` reports what a set of weights really moved by, and `warn_if_not_held`
+says so, once per place, when a dtype rounded the noise away.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: share of sigma the rounding may change (RMS of change - Z) before the noise counts as not held
+HELD_TOLERANCE = 0.1
+_warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> {(where, dtype)} already warned
+
+
+@dataclass(frozen=True)
+class RealizedNoise:
+    """What a noise draw did to the weights an engine multiplies by.
+
+    Attributes:
+        sigma: standard deviation over the targeted channels of (noisy weight - clean weight).
+        moved: share of the channels whose weight changed at all.
+        rounding: RMS of (change - Z): the part of the drawn noise Z that the weight's dtype could not hold.
+        channels: how many channels were measured.
+        dtype: the dtype(s) of the measured weights.
+    """
+
+    sigma: float
+    moved: float
+    rounding: float
+    channels: int
+    dtype: str
+
+    def metrics(self) -> dict[str, float]:
+        """The TensorBoard scalars: `noise/realized_sigma` and `noise/moved_fraction`."""
+        return {"noise/realized_sigma": self.sigma, "noise/moved_fraction": self.moved}
+
+
+def measure_changes(changes: torch.Tensor, drawn: torch.Tensor, dtype: str) -> RealizedNoise:
+    """`RealizedNoise` of per-channel weight changes (noisy - clean) against the drawn noise of the same channels."""
+    changes, drawn = changes.detach().double().flatten().cpu(), drawn.detach().double().flatten().cpu()
+    if changes.numel() == 0:
+        return RealizedNoise(0.0, 0.0, 0.0, 0, dtype)
+    sigma = float(changes.std(correction=0))
+    rounding = float((changes - drawn).pow(2).mean().sqrt())
+    return RealizedNoise(sigma, float((changes != 0).double().mean()), rounding, changes.numel(), dtype)
+
+
+def measure_noise(weights: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> RealizedNoise:
+    """`RealizedNoise` over (noisy weight as the engine uses it, clean weight, drawn Z) triples."""
+    changes, drawn, dtypes = [], [], []
+    for noisy, clean, z in weights:
+        changes.append(noisy.detach().double().flatten().cpu() - clean.detach().double().flatten().cpu())
+        drawn.append(z.detach().double().flatten().cpu())
+        dtypes.append(str(noisy.dtype).removeprefix("torch."))
+    if not changes:
+        return RealizedNoise(0.0, 0.0, 0.0, 0, "")
+    return measure_changes(torch.cat(changes), torch.cat(drawn), "/".join(sorted(set(dtypes))))
+
+
+def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str, owner: object) -> bool:
+    """Warn (once per `owner` - the model or engine - and dtype) when the weights lost more than 10% of sigma to
+    rounding; True if the noise was held."""
+    if sigma <= 0 or realized.channels == 0 or realized.rounding <= HELD_TOLERANCE * sigma:
+        return True
+    seen = _warned.setdefault(owner, set())
+    key = (where, realized.dtype)
+    if key not in seen:
+        seen.add(key)
+        warnings.warn(
+            f"AQN: {where} holds its norm weights in {realized.dtype}, which cannot hold noise of sigma={sigma:.3g}: "
+            f"the realized sigma is {realized.sigma:.3g} ({100 * realized.moved:.1f}% of {realized.channels} channels "
+            f"moved). {fix}", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _float32_rms_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """HF's RMSNorm with a float32 weight: normalize and scale in float32, round once to the input dtype.
+
+    HF's own forward rounds the normalized x to bf16 before the scale, and a bf16 value times (1 + 1e-4) rounds
+    straight back to itself; scaling the float32 x first lets the noise through (as vLLM's native RMSNorm does).
+    """
+    x = hidden_states.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return (x * self.weight).to(hidden_states.dtype)
+
+
+def _output_in_input_dtype(module: nn.Module, args: tuple, kwargs: dict, output):
+    x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+    if isinstance(output, torch.Tensor) and isinstance(x, torch.Tensor) and output.dtype != x.dtype:
+        return output.to(x.dtype)
+    return output
+
+
+def keep_norms_float32(model: nn.Module, targets: Sequence[str] | str | None = None) -> int:
+    """Store the targeted norm weights in float32 so AQN noise down to ~1e-6 survives; return how many changed.
+
+    Norms already in float32 (or wider) are left as they are. Each converted norm keeps its Parameter object (optimizer and peft references stay valid). An RMSNorm
+    with HF's `variance_epsilon` then normalizes and scales in float32 and rounds once to the input dtype (the
+    clean outputs move by at most that one rounding); any other norm keeps its forward, and a hook casts its
+    output back to the input dtype. Raises the `targeted_norms` error when a target matches no norm.
+    """
+    from qerl.noise.targets import DEFAULT_TARGETS, targeted_norms
+
+    targets = DEFAULT_TARGETS if targets is None else targets
+    wanted = {id(w) for weights in targeted_norms(model, targets).values() for w in weights}
+    changed = 0
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is None or id(weight) not in wanted:
+            continue
+        if weight.dtype in (torch.float32, torch.float64):  # a float32 model: nothing to widen
+            continue
+        if weight.grad is not None:
+            weight.grad = None  # a gradient of the old dtype cannot be kept
+        weight.data = weight.data.to(torch.float32)
+        changed += 1
+        if getattr(module, "_qerl_float32_norm", False):
+            continue
+        module._qerl_float32_norm = True
+        if isinstance(getattr(module, "variance_epsilon", None), float):
+            module.forward = types.MethodType(_float32_rms_forward, module)
+        else:
+            module.register_forward_hook(_output_in_input_dtype, with_kwargs=True)
+    return changed
