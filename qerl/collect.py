@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from qerl.distributed import global_draw
 from qerl.scoring import Scored, concat_scored, score_rollout, select_groups
 from qerl.step_metrics import StepTimer
 from qerl.types import PromptBatch
@@ -34,8 +35,8 @@ def generate_and_score(module: QeRLModule, batch: PromptBatch, timer: StepTimer,
     """Sample `sampling.n` completions per prompt with this step's AQN noise, then score them."""
     ids = module.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
     base = module.sampling.seed if module.sampling.seed is not None else module.seed
-    sampling = dataclasses.replace(module.sampling, stop=list(module.sampling.stop),
-                                   seed=rollout_seed(base, module.global_step, draw))
+    sampling = dataclasses.replace(module.sampling, stop=list(module.sampling.stop),  # rank r of W: draws r, W+r, ..
+                                   seed=rollout_seed(base, module.global_step, global_draw(draw)))
     sigma = module.noise_sigma
     noise = module.rollout.noise(sigma, module.noise_seed) if sigma > 0 else contextlib.nullcontext()
     with timer.phase("rollout"), noise:

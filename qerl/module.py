@@ -170,6 +170,9 @@ class QeRLModule(L.LightningModule):
             return self._training_step(dataloader_iter)
 
     def _training_step(self, dataloader_iter: Iterator) -> None:
+        from qerl import distributed
+
+        distributed.take_over_gradient_sync(self._trainer)  # under DDP: one all-reduce per step, in _optimize
         timer = StepTimer()
         self._resume_data_position(dataloader_iter)
         kept, generated, refills = [], [], 0
@@ -184,22 +187,28 @@ class QeRLModule(L.LightningModule):
             shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
             advantages = self.algorithm.advantages(shaped, self.sampling.n)
         with timer.phase("train"):
-            if bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all()):
+            finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
+            if distributed.on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
                 update = self._optimize(TrainBatch(train.rollout, advantages))
             else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
                 update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
         self._remember_samples(seen)
-        self.running.update(seen.rewards, seen.correct)
-        metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
+        self.running.update(seen.rewards, seen.correct)  # torchmetrics: reduced over ranks in compute()
+        every, rollout_s = distributed.gather_scored(seen, timer.phases.get("rollout", 0.0))  # all ranks' groups
+        metrics = {**reward_metrics(every), **rollout_metrics(every, rollout_s), **update}
         metrics.update(self.running.compute())
         metrics.update(getattr(self.rollout, "last_metrics", None) or {})  # e.g. VLLM: rollout/mismatch_kl
-        metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
+        kept_groups, seen_groups = distributed.sum_over_ranks([train.num_groups, seen.num_groups], self.device)
+        metrics["data/groups_kept_frac"] = kept_groups / max(1.0, seen_groups)
         metrics["data/refill_rounds"] = float(refills)
-        if not torch.equal(shaped, train.rewards):
-            metrics["reward/shaped_mean"] = float(shaped.mean())
+        shaped_sum, shaped_rows, reshaped = distributed.sum_over_ranks(
+            [float(shaped.sum()), shaped.numel(), float(not torch.equal(shaped, train.rewards))], self.device)
+        if reshaped:
+            metrics["reward/shaped_mean"] = shaped_sum / max(1.0, shaped_rows)
         metrics.update(timer.metrics())
         metrics["perf/peak_mem"] = peak_memory_gb(self.device)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)  # mean over processes
+        # mean over processes: the same value on every rank except perf/, mismatch and refill counters
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 
@@ -221,16 +230,22 @@ class QeRLModule(L.LightningModule):
             def forward_context():
                 return noisy_norms(self.model, self.noise_sigma, seed=self.noise_seed)
 
+        from qerl import distributed
+
+        totals = distributed.global_totals(batch.rollout.num_rows, float(batch.rollout.completion_mask.sum()),
+                                           self.device)  # None in one process
         metrics: dict[str, float] = {}
         for _ in range(self.algorithm.num_iterations):
             opt.zero_grad(set_to_none=True)
             result = accumulate_gradients(self.model, self.algorithm, batch, mbs, temperature, self.manual_backward,
-                                          forward_context)
-            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if result.finite else math.nan
-            metrics = update_metrics(result.metrics)
+                                          forward_context, totals)
+            finite = distributed.sum_gradients(self.trainable_parameters(), result.finite)  # every rank agrees
+            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if finite else math.nan
+            metrics = update_metrics(distributed.combine_update_metrics(result.metrics, self.device) if finite
+                                     else {"loss": math.nan})  # the same keys on every rank
             metrics["train/grad_norm"] = grad_norm
             metrics["train/lr"] = float(opt.param_groups[0]["lr"])
-            if not (result.finite and math.isfinite(grad_norm)):
+            if not (finite and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 return self._skip_step(metrics)
             self._nan_streak = 0
