@@ -53,6 +53,16 @@ def on_every_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item() == 1.0)
 
 
+def broadcast_only_trainable(module: torch.nn.Module) -> None:
+    """Let a DDP wrapper broadcast only the trainable weights from rank 0 when it is built.
+
+    Every rank loads the same frozen base itself; broadcasting it would move gigabytes and fails on gloo for
+    4-bit formats' float8 scales. Buffers and frozen parameters are listed in the attribute DDP reads.
+    """
+    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+    module._ddp_params_and_buffers_to_ignore = frozen + [name for name, _ in module.named_buffers()]
+
+
 def take_over_gradient_sync(trainer: Any) -> None:
     """Stop the DDP wrapper from all-reducing inside each backward; `sum_gradients` does it once per step."""
     wrapper = getattr(getattr(trainer, "strategy", None), "model", None)
@@ -122,8 +132,7 @@ def gather_scored(scored: Any, rollout_seconds: float) -> tuple[Any, float]:
             "rewards": scored.rewards.detach().cpu(), "correct": scored.correct.detach().cpu(),
             "lengths": scored.rollout.lengths.detach().cpu(), "truncated": scored.rollout.truncated.detach().cpu(),
             "seconds": float(rollout_seconds)}
-    parts: list[dict] = [None] * world()[0]  # type: ignore[list-item]
-    torch.distributed.all_gather_object(parts, mine)
+    parts = gather_objects(mine)
     joined = SimpleNamespace(
         scores={k: torch.cat([p["scores"][k] for p in parts]) for k in mine["scores"]},
         rewards=torch.cat([p["rewards"] for p in parts]), correct=torch.cat([p["correct"] for p in parts]),
@@ -139,3 +148,22 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (`[obj]` in one process)."""
+    if not is_distributed():
+        return [obj]
+    parts: list[Any] = [None] * world()[0]
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
+def own_rng(resume: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's `qerl` entry with `rng` set to this rank's saved generator states (when the checkpoint
+    holds one per rank and the run has as many ranks); unchanged otherwise (rank 0's states for everyone)."""
+    by_rank = resume.get("rng_by_rank")
+    size, rank = world()
+    if by_rank and len(by_rank) == size:
+        return {**resume, "rng": by_rank[rank]}
+    return resume

@@ -130,6 +130,9 @@ class QeRLModule(L.LightningModule):
 
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
+            from qerl.distributed import broadcast_only_trainable
+
+            broadcast_only_trainable(self)  # under DDP every rank loads the frozen base itself
             from qerl.memory import plan_for_module
 
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -298,11 +301,19 @@ class QeRLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["qerl"] = {"rng": capture_rng(), "batches_drawn": self._batches_drawn,
+        from qerl.distributed import gather_objects
+
+        rng = capture_rng()
+        checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
+        by_rank = gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
+        if len(by_rank) > 1:
+            checkpoint["qerl"]["rng_by_rank"] = by_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_resume = checkpoint.get("qerl", {})
+        from qerl.distributed import own_rng
+
+        self._pending_resume = own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
 
     def _resume_data_position(self, dataloader_iter: Iterator) -> None:

@@ -1,0 +1,81 @@
+"""One tiny GRPO run under Lightning (1 process, or `--devices 2` with `strategy="ddp"` on gloo), for the DDP tests.
+
+Lightning's DDP launcher starts the other ranks by running this same command line again. After every step,
+rank 0 rewrites `<out>/run.pt` (logged metrics, the gradients the optimizer saw, the LoRA weights) and every
+rank `<out>/grads-rank<r>.pt`. `--kill-after N` SIGKILLs every rank at the end of step N + 1, before that
+step's checkpoint is written (the step-N checkpoint is on disk): a job killed mid-run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: rl_helpers
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer  # noqa: E402
+
+
+class Recorder(MetricsRecorder):
+    """Logged metrics and the gradients right before each optimizer step, written out after every step."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out, self.grads = out, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()
+                           if p.requires_grad and p.grad is not None})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        torch.save(self.grads, os.path.join(self.out, f"grads-rank{trainer.global_rank}.pt"))
+        if trainer.is_global_zero:
+            torch.save({"metrics": self.steps, "grads": self.grads, "lora": lora_state(pl_module),
+                        "world_size": trainer.world_size, "global_step": trainer.global_step},
+                       os.path.join(self.out, "run.pt"))
+
+
+class KillAfter(L.Callback):
+    """SIGKILL at the end of step `step` + 1 (checkpoint callbacks run after this one: that step is not saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches-per-step", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--ckpt-dir")
+    parser.add_argument("--ckpt-path")
+    parser.add_argument("--kill-after", type=int)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    L.seed_everything(0, verbose=False)  # as `qerl fit` does
+    module = tiny_module(batches_per_step=args.batches_per_step, micro_batch_size=3)
+    os.makedirs(args.out, exist_ok=True)
+    callbacks = [Recorder(args.out)]
+    if args.kill_after is not None:
+        callbacks.append(KillAfter(args.kill_after))
+    if args.ckpt_dir:
+        callbacks.append(ModelCheckpoint(dirpath=args.ckpt_dir, every_n_train_steps=1, save_last=True, save_top_k=-1))
+    extra = {"strategy": "ddp", "devices": args.devices} if args.devices > 1 else {}
+    trainer = tiny_trainer(args.out, args.max_steps, callbacks=callbacks, enable_checkpointing=bool(args.ckpt_dir),
+                           **extra)
+    trainer.fit(module, tiny_data(batch_size=args.batch_size), ckpt_path=args.ckpt_path)
+
+
+if __name__ == "__main__":
+    main()
