@@ -136,7 +136,10 @@ class QeRLModule(L.LightningModule):
             from qerl.memory import plan_for_module
 
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            plan_for_module(self, datamodule)  # prints the memory plan, warns if it won't fit, resolves "auto"
+            from qerl.distributed import world
+
+            quiet = world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
+            plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print)  # also resolves "auto"
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):

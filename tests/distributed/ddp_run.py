@@ -58,13 +58,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches-per-step", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--micro-batch-size", default="auto")
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--ckpt-path")
     parser.add_argument("--kill-after", type=int)
     args = parser.parse_args()
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)  # as `qerl fit` does
-    module = tiny_module(batches_per_step=args.batches_per_step, micro_batch_size=3)
+    micro = int(args.micro_batch_size) if args.micro_batch_size.isdigit() else args.micro_batch_size
+    module = tiny_module(batches_per_step=args.batches_per_step, micro_batch_size=micro)
     os.makedirs(args.out, exist_ok=True)
     callbacks = [Recorder(args.out)]
     if args.kill_after is not None:

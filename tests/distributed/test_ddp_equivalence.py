@@ -48,7 +48,7 @@ def _launch(out: Path, *args: str, expect_kill: bool = False) -> dict:
         assert proc.returncode == -signal.SIGKILL, log[-3000:]
     else:
         assert proc.returncode == 0, log[-3000:]
-    return torch.load(out / "run.pt", weights_only=False)
+    return {**torch.load(out / "run.pt", weights_only=False), "log": log}
 
 
 def _reap(session: int) -> None:
@@ -124,7 +124,16 @@ def test_a_killed_two_rank_run_resumes_exactly(runs):
 
 
 def test_the_checkpoint_keeps_each_ranks_rng(runs):
-    state = torch.load(runs["ckpt"] / "last.ckpt", weights_only=True)
+    state = torch.load(runs["ckpt"] / "epoch=0-step=2.ckpt", weights_only=True)  # written by the killed run
+    assert state["global_step"] == 2
     by_rank = state["qerl"]["rng_by_rank"]
     assert len(by_rank) == 2 and all("torch" in s for s in by_rank)
-    assert state["global_step"] == 2
+    assert not (runs["ckpt"] / "epoch=0-step=3.ckpt").exists() or runs["resumed"]["global_step"] == STEPS
+
+
+def test_the_memory_plan_and_auto_micro_batch_are_per_rank(runs):
+    """One process plans 2 x 2 prompts x 4 completions = 16 rows; each of 2 ranks plans its own 8 (printed once)."""
+    one, two = runs["one"]["log"], runs["killed"]["log"]
+    assert "micro_batch_size auto -> 16" in one and "rows 16," in one
+    assert two.count("micro_batch_size auto -> 8") == 1 and two.count("rows 8,") == 1
+    assert "per rank: each of the 2 processes" in two
