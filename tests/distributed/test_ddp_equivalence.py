@@ -128,7 +128,6 @@ def test_the_checkpoint_keeps_each_ranks_rng(runs):
     assert state["global_step"] == 2
     by_rank = state["qerl"]["rng_by_rank"]
     assert len(by_rank) == 2 and all("torch" in s for s in by_rank)
-    assert not (runs["ckpt"] / "epoch=0-step=3.ckpt").exists() or runs["resumed"]["global_step"] == STEPS
 
 
 def test_the_memory_plan_and_auto_micro_batch_are_per_rank(runs):
