@@ -51,6 +51,19 @@ class KillAfter(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def rollout_args(args) -> dict:
+    """`--rollout vllm`: a vLLM engine per rank (or per `--tp` ranks) on a tiny Qwen2 vLLM serves (head_dim 64)."""
+    if args.rollout == "hf":
+        return {}
+    from qerl.models import RandomInit
+    from qerl.rollout.vllm import VLLM
+
+    config = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 2}
+    return {"policy": RandomInit(config=config, seed=0),
+            "rollout": VLLM(max_model_len=256, dtype="float32", kv_cache_memory_gb=0.25, max_num_seqs=16,
+                            tensor_parallel_size=args.tp, gpu_memory_utilization=0.2, measure_mismatch=False)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -59,6 +72,9 @@ def main() -> None:
     parser.add_argument("--batches-per-step", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", default="auto")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--tp", type=int, default=1, help="VLLM tensor_parallel_size")
     parser.add_argument("--ckpt-dir")
     parser.add_argument("--ckpt-path")
     parser.add_argument("--kill-after", type=int)
@@ -66,14 +82,16 @@ def main() -> None:
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)  # as `qerl fit` does
     micro = int(args.micro_batch_size) if args.micro_batch_size.isdigit() else args.micro_batch_size
-    module = tiny_module(batches_per_step=args.batches_per_step, micro_batch_size=micro)
+    module = tiny_module(batches_per_step=args.batches_per_step, micro_batch_size=micro, **rollout_args(args))
     os.makedirs(args.out, exist_ok=True)
     callbacks = [Recorder(args.out)]
     if args.kill_after is not None:
         callbacks.append(KillAfter(args.kill_after))
     if args.ckpt_dir:
         callbacks.append(ModelCheckpoint(dirpath=args.ckpt_dir, every_n_train_steps=1, save_last=True, save_top_k=-1))
-    extra = {"strategy": "ddp", "devices": args.devices} if args.devices > 1 else {}
+    extra = {"accelerator": args.accelerator, "devices": args.devices}
+    if args.devices > 1:
+        extra["strategy"] = "ddp"
     trainer = tiny_trainer(args.out, args.max_steps, callbacks=callbacks, enable_checkpointing=bool(args.ckpt_dir),
                            **extra)
     trainer.fit(module, tiny_data(batch_size=args.batch_size), ckpt_path=args.ckpt_path)

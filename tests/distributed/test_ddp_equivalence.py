@@ -7,69 +7,23 @@ checkpoint on disk; the same 2 ranks resumed from that checkpoint to step 4.
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import torch
+from ddp_launch import launch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 STEPS = 4
 COMPARED = ["train/loss", "train/grad_norm", "train/entropy", "train/ratio_mean", "reward/total_mean",
             "reward/total_std", "train/accuracy", "rollout/length_mean", "rollout/length_max",
             "reward/running_mean", "train/accuracy_running", "noise/sigma", "train/lr"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(out: Path, *args: str, expect_kill: bool = False) -> dict:
-    """Run ddp_run.py (its own session, so every rank it starts can be waited for); return rank 0's run.pt."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
-        env.pop(key, None)
-    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_run.py"), "--out", str(out), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=600)  # an upper safety bound, not a timing
-    finally:
-        _reap(proc.pid)
-    if expect_kill:
-        assert proc.returncode == -signal.SIGKILL, log[-3000:]
-    else:
-        assert proc.returncode == 0, log[-3000:]
-    return {**torch.load(out / "run.pt", weights_only=False), "log": log}
-
-
-def _reap(session: int) -> None:
-    """Wait for the ranks of a launch (same session) to exit; kill what is left after 60 s."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(session, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(session, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    one = _launch(root / "one", "--devices", "1", "--batches-per-step", "2", "--max-steps", str(STEPS))
-    killed = _launch(root / "two", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir", str(root / "ckpt"),
+    one = launch(root / "one", "--devices", "1", "--batches-per-step", "2", "--max-steps", str(STEPS))
+    killed = launch(root / "two", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir", str(root / "ckpt"),
                      "--kill-after", "2", expect_kill=True)
-    resumed = _launch(root / "resumed", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir",
+    resumed = launch(root / "resumed", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir",
                       str(root / "ckpt"), "--ckpt-path", str(root / "ckpt" / "last.ckpt"))
     ranks = [torch.load(root / "two" / f"grads-rank{r}.pt", weights_only=False) for r in (0, 1)]
     return {"one": one, "killed": killed, "resumed": resumed, "rank_grads": ranks, "ckpt": root / "ckpt"}
