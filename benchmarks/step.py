@@ -97,9 +97,10 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 
 
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
+    from step_ranks import slowest
+
     from qerl.distributed import global_totals, sum_gradients, sum_over_ranks
     from qerl.update import TrainBatch, accumulate_gradients, clip_gradients
-    from step_ranks import slowest
 
     phases = {}
     sync()
@@ -133,14 +134,14 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
 
 
 def run_row(spec: dict, args) -> dict:
+    from step_ranks import own_prompts
+
     from qerl.algorithms import GRPO
+    from qerl.distributed import world
     from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
     from qerl.rollout import HF
     from qerl.rollout.fast import FastEngine
     from qerl.types import SamplingConfig
-
-    from qerl.distributed import world
-    from step_ranks import own_prompts
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ranks, rank = world()

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "benchmarks"))
 
-from step_ranks import compare_to_baseline, launched, own_prompts  # noqa: E402
+from step_ranks import compare_to_baseline, launched, own_prompts
 
 
 def test_each_rank_takes_a_contiguous_equal_share_of_the_global_prompts():

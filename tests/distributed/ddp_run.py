@@ -14,10 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: rl_helpers
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer  # noqa: E402
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
 
 
 class Recorder(MetricsRecorder):
