@@ -18,6 +18,7 @@ group (one process) every function here is the identity.
 """
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -106,10 +107,12 @@ def sum_gradients(parameters: list[torch.nn.Parameter], finite: bool) -> bool:
 
 def combine_update_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
     """The update's metrics over all ranks: `*_min`/`*_max` as extremes, the rest (shares of the global
-    loss, token-weighted means over the global token count) summed. Every rank must hold the same keys."""
+    loss, token-weighted means over the global token count) summed. A key some rank lacks (a value it
+    skipped as non-finite) counts there as 0 in a sum and is left out of an extreme."""
     if not is_distributed():
         return metrics
-    keys = sorted(metrics)
+    keys = sorted({k for part in gather_objects(sorted(metrics)) for k in part})
+    empty = {"_min": math.inf, "_max": -math.inf, "": 0.0}
     out = {}
     for suffix, op in (("_min", torch.distributed.ReduceOp.MIN), ("_max", torch.distributed.ReduceOp.MAX),
                        ("", torch.distributed.ReduceOp.SUM)):
@@ -117,7 +120,8 @@ def combine_update_metrics(metrics: dict[str, float], device: torch.device) -> d
             [k for k in keys if k not in out]
         if not chosen:
             continue
-        values = torch.tensor([float(metrics[k]) for k in chosen], dtype=torch.float64, device=device)
+        values = torch.tensor([float(metrics.get(k, empty[suffix])) for k in chosen], dtype=torch.float64,
+                              device=device)
         torch.distributed.all_reduce(values, op=op)
         out.update(zip(chosen, values.tolist()))
     return {k: out[k] for k in keys}
