@@ -88,11 +88,31 @@ def step(module, batch) -> None:
     module._validation_run.step(module, batch)
 
 
+def gather_ranks(run: ValidationRun) -> None:
+    """Under DDP (each rank validated its share of the held-out prompts): every rank's completions, prompts
+    renumbered after the previous ranks', so the `val/` metrics are over all of them. No-op in one process."""
+    from qerl.distributed import gather_objects, is_distributed
+
+    if not is_distributed():
+        return
+    from qerl.evaluation import EvalTotals
+
+    records, offset, parts = [], 0, gather_objects((run.records, run.totals, run.prompts_seen))
+    for part_records, _, seen in parts:
+        records.extend(dataclasses.replace(r, prompt_index=r.prompt_index + offset) for r in part_records)
+        offset += seen
+    run.records = records
+    run.totals = EvalTotals(tokens=sum(p[1].tokens for p in parts), seconds=max(p[1].seconds for p in parts),
+                            cpu_seconds=sum(p[1].cpu_seconds for p in parts))
+
+
 def finish(module) -> dict[str, float]:
     """Log the loop's `val/` metrics (called from `QeRLModule.on_validation_epoch_end`); return them."""
     run, module._validation_run = getattr(module, "_validation_run", None), None
+    if run is not None:
+        gather_ranks(run)  # every rank runs this hook: under DDP the metrics are over all ranks' prompts
     metrics = run.metrics() if run is not None else {}
-    if metrics:
-        module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
+    if metrics:  # the same values on every rank (sync_dist only keeps Lightning from warning)
+        module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         module.last_validation = dict(metrics)
     return metrics

@@ -36,6 +36,7 @@ class Recorder(MetricsRecorder):
         torch.save(self.grads, os.path.join(self.out, f"grads-rank{trainer.global_rank}.pt"))
         if trainer.is_global_zero:
             torch.save({"metrics": self.steps, "grads": self.grads, "lora": lora_state(pl_module),
+                        "validation": dict(pl_module.last_validation),
                         "world_size": trainer.world_size, "global_step": trainer.global_step},
                        os.path.join(self.out, "run.pt"))
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", default="auto")
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--val-size", type=int, default=0, help="held-out prompts, validated every 2 steps")
     parser.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--tp", type=int, default=1, help="VLLM tensor_parallel_size")
     parser.add_argument("--ckpt-dir")
@@ -92,9 +94,11 @@ def main() -> None:
     extra = {"accelerator": args.accelerator, "devices": args.devices}
     if args.devices > 1:
         extra["strategy"] = "ddp"
+    if args.val_size:
+        extra["val_check_interval"] = 2
     trainer = tiny_trainer(args.out, args.max_steps, callbacks=callbacks, enable_checkpointing=bool(args.ckpt_dir),
                            **extra)
-    trainer.fit(module, tiny_data(batch_size=args.batch_size), ckpt_path=args.ckpt_path)
+    trainer.fit(module, tiny_data(batch_size=args.batch_size, val_size=args.val_size), ckpt_path=args.ckpt_path)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Three real Lightning runs of the tiny NVFP4 + LoRA GRPO policy (`ddp_run.py`), shared by the tests:
 one process drawing two batches of 2 prompts per step (`batches_per_step: 2`); 2 ranks (`strategy: ddp`,
 2 CPU processes) drawing one batch of 2 prompts each, SIGKILLed at the end of step 3 with the step-2
-checkpoint on disk; the same 2 ranks resumed from that checkpoint to step 4.
+checkpoint on disk; the same 2 ranks resumed from that checkpoint to step 4. All validate 5 held-out prompts
+every 2 steps.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ COMPARED = ["train/loss", "train/grad_norm", "train/entropy", "train/ratio_mean"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    one = launch(root / "one", "--devices", "1", "--batches-per-step", "2", "--max-steps", str(STEPS))
+    one = launch(root / "one", "--devices", "1", "--batches-per-step", "2", "--max-steps", str(STEPS),
+                 "--val-size", "5")
     killed = launch(root / "two", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir", str(root / "ckpt"),
-                     "--kill-after", "2", expect_kill=True)
+                    "--kill-after", "2", "--val-size", "5", expect_kill=True)
     resumed = launch(root / "resumed", "--devices", "2", "--max-steps", str(STEPS), "--ckpt-dir",
-                      str(root / "ckpt"), "--ckpt-path", str(root / "ckpt" / "last.ckpt"))
+                      str(root / "ckpt"), "--ckpt-path", str(root / "ckpt" / "last.ckpt"), "--val-size", "5")
     ranks = [torch.load(root / "two" / f"grads-rank{r}.pt", weights_only=False) for r in (0, 1)]
     return {"one": one, "killed": killed, "resumed": resumed, "rank_grads": ranks, "ckpt": root / "ckpt"}
 
@@ -90,3 +92,12 @@ def test_the_memory_plan_and_auto_micro_batch_are_per_rank(runs):
     assert "micro_batch_size auto -> 16" in one and "rows 16," in one
     assert two.count("micro_batch_size auto -> 8") == 1 and two.count("rows 8,") == 1
     assert "per rank: each of the 2 processes" in two
+
+
+def test_validation_metrics_cover_every_ranks_held_out_prompts(runs):
+    """5 held-out prompts: one process validates all 5; 2 ranks validate 3 each (Lightning pads the shares),
+    and the logged val/ metrics are over all 6, not rank 0's 3."""
+    one, two = runs["one"]["validation"], runs["killed"]["validation"]
+    assert one["val/num_prompts"] == 5
+    assert two["val/num_prompts"] == 6
+    assert 0.0 <= two["val/accuracy"] <= 1.0
