@@ -62,7 +62,8 @@ def rollout_args(args) -> dict:
     config = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 2}
     return {"policy": RandomInit(config=config, seed=0),
             "rollout": VLLM(max_model_len=256, dtype="float32", kv_cache_memory_gb=0.25, max_num_seqs=16,
-                            tensor_parallel_size=args.tp, gpu_memory_utilization=0.2, measure_mismatch=False)}
+                            tensor_parallel_size=args.tp, gpu_memory_utilization=0.2, measure_mismatch=False,
+                            quantized_base=False)}  # the DDP layout is under test, not the FP4 engine
 
 
 def main() -> None:
