@@ -47,8 +47,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def policy(args, device: str):
-    from qerl.models.random_init import RandomInit
     from qerl.lora.apply import apply_lora
+    from qerl.models.random_init import RandomInit
 
     overrides = {k: v for k, v in (("hidden_size", args.hidden), ("num_hidden_layers", args.layers)) if v}
     if args.hidden:

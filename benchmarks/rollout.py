@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import gc
 import json
 import os
 import subprocess
@@ -295,9 +294,10 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
             cmd = [sys.executable, __file__, "--child", tmp.name, "--vllm-util", str(args.vllm_util), "--rows",
                    *[f"{model}:{b}:{n}:{w}" for b, n, w in rows]] + (["--gguf", args.gguf] if args.gguf else [])
-            done = subprocess.run(cmd)
+            done = subprocess.run(cmd, check=False)
             try:
-                results += json.load(open(tmp.name))
+                with open(tmp.name) as f:
+                    results += json.load(f)
             except (ValueError, OSError):
                 results += [{"model": model, "backend": b, "batch": n, "new": w,
                              "status": f"child process failed (exit {done.returncode})"} for b, n, w in rows]

@@ -39,6 +39,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_ranks
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
@@ -103,6 +104,9 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 
 
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
+    from step_ranks import slowest
+
+    from qerl.distributed import global_totals, sum_gradients, sum_over_ranks
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {}
@@ -123,16 +127,19 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     t2 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     params = [p for p in policy.parameters() if p.requires_grad]
+    tokens = float(rollout.completion_mask.sum())
+    totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
     result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages), micro_batch, cfg.temperature,
-                                  lambda loss: loss.backward())
+                                  lambda loss: loss.backward(), totals=totals)
+    sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
     clip_gradients(params, 1.0)
     opt.step()
     sync()
     phases["train"] = time.perf_counter() - t2
     phases["step"] = time.perf_counter() - t0
-    return {"phases": phases, "finite": result.finite, "loss": result.metrics.get("loss"),
+    return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
             "device_used_gib_rollout": used_at_rollout,
-            "completion_tokens": int(rollout.completion_mask.sum())}
+            "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
 def device_used_gib() -> float | None:
@@ -162,15 +169,20 @@ def vllm_backend(policy, tok, batch: int, new: int, args):
 
 
 def run_row(spec: dict, args) -> dict:
+    from step_ranks import own_prompts
+
     from qerl.algorithms import GRPO
+    from qerl.distributed import world
     from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
     from qerl.rollout import HF
     from qerl.rollout.fast import FastEngine
     from qerl.types import SamplingConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    row = dict(spec)
+    ranks, rank = world()
+    row = dict(spec, gpus=ranks)
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
+    local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
     STAGE["now"] = "load"
     policy, tok, hf_cfg, load_s = build(model, fmt, device, not args.no_checkpointing)
     row["load_s"] = round(load_s, 1)
@@ -178,7 +190,7 @@ def run_row(spec: dict, args) -> dict:
         row["after_load_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)
     STAGE["now"] = "step"
     shape = ModelShape.from_config(hf_cfg)
-    run = RunShape(rows=batch, prompt_len=PROMPT, response_len=new, micro_batch=batch, rollout_rows=batch,
+    run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
                    gradient_checkpointing=not args.no_checkpointing)
     bits = weight_bits(QUANT[fmt])
     if args.micro_batch == "auto":
@@ -192,19 +204,21 @@ def run_row(spec: dict, args) -> dict:
 
     estimate = estimate_memory(shape, replace(run, micro_batch=micro), quant_bits=bits)
     row.update(micro_batch=micro, est_peak_gb=round(estimate.peak / 1e9, 2), estimate=estimate.as_dict())
-    print(estimate.table(), flush=True)
+    if rank == 0:
+        print(estimate.table(), flush=True)
     group = min(GROUP, batch)
     gen = torch.Generator().manual_seed(0)
     prompt_ids = torch.randint(3, 259 if model == "tiny" else 40000, (batch // group, PROMPT), generator=gen).tolist()
+    prompt_ids = own_prompts(prompt_ids, ranks, rank)
     cfg = SamplingConfig(n=group, temperature=1.0, top_p=1.0, max_new_tokens=new, seed=0)
     backend = None
     if args.synthetic_rollout:
         row["rollout"] = "synthetic (training phase only)"
     elif args.rollout == "vllm":
-        backend, row["setup_s"] = vllm_backend(policy, tok, batch, new, args)
+        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args)
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()})
     else:
-        backend = HF(max_batch_rows=batch)
+        backend = HF(max_batch_rows=local)
         backend.setup(policy, tok)
         backend._fast_engine = FastEngine(backend)
         backend._fast_engine.eos_ids = []  # ignore EOS: every completion is `new` tokens
@@ -223,7 +237,8 @@ def run_row(spec: dict, args) -> dict:
         if device == "cuda":
             row["after_step_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)  # weights + LoRA, grads, AdamW
         steps.append(out)
-        print(f"  step: {out['phases']} peak {out['peak_gb']} GB", flush=True)
+        if rank == 0:
+            print(f"  step: {out['phases']} peak {out['peak_gb']} GB", flush=True)
     last = steps[-1]
     ph = last["phases"]
     flops = train_flops(hf_cfg, batch, PROMPT + new, new, not args.no_checkpointing)
@@ -244,13 +259,13 @@ def run_row(spec: dict, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'model':<5}{'fmt':<7}{'batch':>6}{'new':>6}{'mb':>4}{'load s':>8}{'peak GB':>9}{'est GB':>8}"
+    head = (f"{'model':<5}{'fmt':<7}{'gpus':>5}{'batch':>6}{'new':>6}{'mb':>4}{'load s':>8}{'peak GB':>9}{'est GB':>8}"
             f"{'step s':>8}{'1st s':>7}{'rollout':>8}{'tok/s':>8}{'TFLOP/s':>9}  status")
     lines = [head]
     for r in rows:
         def f(key, fmt="{}", r=r):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
-        lines.append(f"{r['model']:<5}{r['format']:<7}{r['batch']:>6}{r['new']:>6}{f('micro_batch'):>4}{f('load_s'):>8}"
+        lines.append(f"{r['model']:<5}{r['format']:<7}{f('gpus'):>5}{r['batch']:>6}{r['new']:>6}{f('micro_batch'):>4}{f('load_s'):>8}"
                      f"{f('peak_gb'):>9}{f('est_peak_gb'):>8}{f('step_s'):>8}{f('first_step_s'):>7}"
                      f"{f('rollout_share', '{:.0%}'):>8}{f('tokens_per_s'):>8}{f('train_tflops'):>9}  {r['status']}")
     return "\n".join(lines)
@@ -265,6 +280,8 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument("--synthetic-rollout", action="store_true",
                         help="random full-length completions instead of sampling: training-phase memory/time only")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="under torchrun: skip rank 0's one-GPU run of each row before the data-parallel one")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--rollout", choices=("fast", "vllm"), default="fast", help="the rollout engine")
     parser.add_argument("--vllm-util", type=float, default=0.35, help="gpu_memory_utilization of the vLLM engine")
@@ -283,27 +300,45 @@ def main() -> None:
                              f"format in {list(QUANT)}, e.g. 32b:nvfp4:8:512")
         specs.append({"model": parts[0], "format": parts[1], "batch": int(parts[2]), "new": int(parts[3]),
                       "steps": int(parts[4]) if len(parts) == 5 else 2})
+    from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
+
+    ranks, rank, local_rank = launched()
+    bind_device(local_rank)
     card = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
-    path = os.path.join(args.out, f"step-{card}-{datetime.date.today().isoformat()}{'-' + args.tag if args.tag else ''}.json")
+    tag = f"-x{ranks}" if ranks > 1 else ""
+    path = os.path.join(args.out, f"step-{card}{tag}-{datetime.date.today().isoformat()}"
+                                  f"{'-' + args.tag if args.tag else ''}.json")
     start, rows = time.perf_counter(), []
-    for spec in specs:
-        if time.perf_counter() - start > args.budget_s:
+    if ranks > 1:  # the one-GPU baseline: rank 0 alone, before the others are joined; then every row on all ranks
+        plan = ([("baseline", s) for s in specs] if rank == 0 and not args.no_baseline else []) + \
+            [("ranks", s) for s in specs]
+    else:
+        plan = [("ranks", s) for s in specs]
+    for phase, spec in plan:
+        if phase == "ranks":
+            join(ranks)
+        if agree(time.perf_counter() - start > args.budget_s):  # rank 0 decides for every rank
             rows.append(dict(spec, status="not run (time budget)"))
         else:
             try:
                 rows.append(run_row(spec, args))
+                compare_to_baseline(rows)
             except torch.OutOfMemoryError as exc:
                 rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:120]))
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        if rank != 0:
+            continue
         os.makedirs(args.out, exist_ok=True)
         with open(path, "w") as fh:
             json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                       "prompt": PROMPT, "group": GROUP, "rollout": args.rollout, "memory_cap_gib": args.memory_cap_gib,
-                       "rows": rows}, fh, indent=1)
-    print(table(rows))
-    print(f"wrote {path}")
+                       "prompt": PROMPT, "group": GROUP, "gpus": ranks, "rollout": args.rollout,
+                       "memory_cap_gib": args.memory_cap_gib, "rows": rows}, fh, indent=1)
+    leave()
+    if rank == 0:
+        print(table(rows))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

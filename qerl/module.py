@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from qerl import distributed
 from qerl.algorithms.base import Algorithm
 from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
 from qerl.evaluation.validation import ValidationRun, ValidationSettings
@@ -138,9 +139,12 @@ class QeRLModule(L.LightningModule):
                                                       noise=self.noise is not None)
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
+            distributed.broadcast_only_trainable(self)  # under DDP every rank loads the frozen base itself
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            quiet = distributed.world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
             # prints the memory plan, warns if it won't fit, resolves "auto"
-            self.micro_batch_size = plan_for_module(self, datamodule).micro_batch_size
+            self.micro_batch_size = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print
+                                                    ).micro_batch_size
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
@@ -173,6 +177,7 @@ class QeRLModule(L.LightningModule):
             return self._training_step(dataloader_iter)
 
     def _training_step(self, dataloader_iter: Iterator) -> None:
+        distributed.take_over_gradient_sync(self._trainer)  # under DDP: one all-reduce per step, in _optimize
         timer = StepTimer()
         self._resume_data_position(dataloader_iter)
         parts = Collector(self.tokenizer, self.rollout, self.rewards, self.algorithm, self.sampling, self.seed,
@@ -190,25 +195,31 @@ class QeRLModule(L.LightningModule):
             shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
             advantages = self.algorithm.advantages(shaped, self.sampling.n)
         with timer.phase("train"):
-            if bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all()):
+            finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
+            if distributed.on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
                 update = self._optimize(TrainBatch(train.rollout, advantages))
             else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
                 update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
         self._remember_samples(seen)
-        self.running.update(seen.rewards, seen.correct)
-        metrics = {**reward_metrics(seen), **rollout_metrics(seen, timer.phases.get("rollout", 0.0)), **update}
+        self.running.update(seen.rewards, seen.correct)  # torchmetrics: reduced over ranks in compute()
+        every, rollout_s = distributed.gather_scored(seen, timer.phases.get("rollout", 0.0))  # all ranks' groups
+        metrics = {**reward_metrics(every), **rollout_metrics(every, rollout_s), **update}
         metrics.update(self.running.compute())
         metrics.update(self.rollout.last_metrics)  # e.g. VLLM: rollout/mismatch_kl
         if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
             metrics.update(dict.fromkeys(("noise/realized_sigma", "noise/moved_fraction"), 0.0)
                            if self.noise_draw.sigma <= 0 else self.rollout.noise_metrics)
-        metrics["data/groups_kept_frac"] = train.num_groups / max(1, seen.num_groups)
+        kept_groups, seen_groups = distributed.sum_over_ranks([train.num_groups, seen.num_groups], self.device)
+        metrics["data/groups_kept_frac"] = kept_groups / max(1.0, seen_groups)
         metrics["data/refill_rounds"] = float(refills)
-        if not torch.equal(shaped, train.rewards):
-            metrics["reward/shaped_mean"] = float(shaped.mean())
+        shaped_sum, shaped_rows, reshaped = distributed.sum_over_ranks(
+            [float(shaped.sum()), shaped.numel(), float(not torch.equal(shaped, train.rewards))], self.device)
+        if reshaped:
+            metrics["reward/shaped_mean"] = shaped_sum / max(1.0, shaped_rows)
         metrics.update(timer.metrics())
         metrics["perf/peak_mem"] = peak_memory_gb(self.device)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)  # mean over processes
+        # mean over processes: the same value on every rank except perf/, mismatch and refill counters
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 
@@ -227,16 +238,20 @@ class QeRLModule(L.LightningModule):
             def forward_context():
                 return noisy_norms(self.model, noise.sigma, seed=noise.seed)
 
+        totals = distributed.global_totals(batch.rollout.num_rows, float(batch.rollout.completion_mask.sum()),
+                                           self.device)  # None in one process
         metrics: dict[str, float] = {}
         for _ in range(self.algorithm.num_iterations):
             opt.zero_grad(set_to_none=True)
             result = accumulate_gradients(self.model, self.algorithm, batch, mbs, temperature, self.manual_backward,
-                                          forward_context)
-            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if result.finite else math.nan
-            metrics = update_metrics(result.metrics)
+                                          forward_context, totals)
+            finite = distributed.sum_gradients(self.trainable_parameters(), result.finite)  # every rank agrees
+            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if finite else math.nan
+            metrics = update_metrics(distributed.combine_update_metrics(result.metrics, self.device) if finite
+                                     else {"loss": math.nan})  # the same keys on every rank
             metrics["train/grad_norm"] = grad_norm
             metrics["train/lr"] = float(opt.param_groups[0]["lr"])
-            if not (result.finite and math.isfinite(grad_norm)):
+            if not (finite and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 return self._skip_step(metrics)
             self._nan_streak = 0
@@ -276,9 +291,11 @@ class QeRLModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         run, self._validation_run = self._validation_run, None
+        if run is not None:
+            run.gather_ranks()  # every rank runs this hook: under DDP the metrics are over all ranks' prompts
         metrics = run.metrics() if run is not None else {}
-        if metrics:
-            self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1)
+        if metrics:  # the same values on every rank (sync_dist only keeps Lightning from warning)
+            self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
             self.last_validation = dict(metrics)
 
     # --------------------------------------------------------------- checkpoints
@@ -289,11 +306,19 @@ class QeRLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["qerl"] = {"rng": capture_rng(), "batches_drawn": self._batches_drawn,
+        from qerl.distributed import gather_objects
+
+        rng = capture_rng()
+        checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
+        by_rank = gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
+        if len(by_rank) > 1:
+            checkpoint["qerl"]["rng_by_rank"] = by_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_resume = checkpoint.get("qerl", {})
+        from qerl.distributed import own_rng
+
+        self._pending_resume = own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
 
     def _resume_data_position(self, dataloader_iter: Iterator) -> None:

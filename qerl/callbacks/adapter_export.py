@@ -27,9 +27,12 @@ class AdapterExport(L.Callback):
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> str | None:
         model = getattr(pl_module, "model", None)
-        if model is None or not hasattr(model, "save_pretrained") or not trainer.is_global_zero:
+        if model is None or not hasattr(model, "save_pretrained"):
             return None
-        path = os.path.join(run_dir(trainer), "adapter", name)
+        folder = run_dir(trainer)  # on every rank: under DDP `trainer.log_dir` is a broadcast from rank 0
+        if not trainer.is_global_zero:
+            return None
+        path = os.path.join(folder, "adapter", name)
         model.save_pretrained(path)
         self.exported.append(path)
         return path

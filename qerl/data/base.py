@@ -192,7 +192,7 @@ class PromptDataModule(L.LightningDataModule):
                         type(self).__name__)
 
         rows = self.prepared(split)
-        sampler = EpochShuffle(rows, self.seed) if shuffle else None
+        sampler = EpochShuffle(rows, self.seed, self.batch_size) if shuffle else None
         return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_prompts)
 
     def train_dataloader(self):

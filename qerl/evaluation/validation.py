@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from qerl.distributed import gather_objects, is_distributed
 from qerl.evaluation.evaluate import EvalTotals, evaluate_batch, summarize
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
@@ -63,6 +64,19 @@ class ValidationRun:
                                            dataclasses.replace(self.sampling, stop=list(self.sampling.stop)),
                                            self.prompts_seen, accuracy_index, self.totals))
         self.prompts_seen += len(batch)
+
+    def gather_ranks(self) -> None:
+        """Under DDP (each rank validated its share of the held-out prompts): every rank's completions, prompts
+        renumbered after the previous ranks', so the `val/` metrics are over all of them. No-op in one process."""
+        if not is_distributed():
+            return
+        records, offset, parts = [], 0, gather_objects((self.records, self.totals, self.prompts_seen))
+        for part_records, _, seen in parts:
+            records.extend(dataclasses.replace(r, prompt_index=r.prompt_index + offset) for r in part_records)
+            offset += seen
+        self.records = records
+        self.totals = EvalTotals(tokens=sum(p[1].tokens for p in parts), seconds=max(p[1].seconds for p in parts),
+                                 cpu_seconds=sum(p[1].cpu_seconds for p in parts))
 
     def metrics(self) -> dict[str, float]:
         """`val/<metric>` of everything collected (empty when no batch ran)."""

@@ -30,7 +30,8 @@ class MemoryPlan:
 
 
 def run_shape(module, datamodule=None) -> RunShape:
-    """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`)."""
+    """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`; under DDP that is
+    one rank's share, as each rank draws its own batches)."""
     prompts = int(getattr(datamodule, "batch_size", 1) or 1) * int(getattr(module, "batches_per_step", 1))
     prompt_len = getattr(datamodule, "max_prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
     rows = prompts * int(module.sampling.n)
@@ -78,5 +79,9 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
+    from qerl.distributed import world
+
+    if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
+        echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
     return MemoryPlan(estimate, micro)

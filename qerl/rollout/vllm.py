@@ -40,7 +40,8 @@ class VLLM(RolloutBackend):
     Args:
         gpu_memory_utilization: fraction of GPU memory vLLM may take (on the CPU build: of RAM).
         max_model_len: longest prompt + completion the engine serves.
-        tensor_parallel_size: GPUs the engine shards over.
+        tensor_parallel_size: GPUs the engine shards over (under DDP: groups of that many ranks share one engine,
+            see `qerl.rollout.vllm_ranks` and docs/multi-gpu.md).
         enable_sleep_mode: free the engine's weights/KV cache while training (`release_memory`), wake to generate.
         dtype: engine dtype ("auto": the policy's dense dtype, float16 becomes bfloat16).
         max_lora_rank: engine's LoRA rank limit (None: the smallest vLLM value >= the adapter's rank).
@@ -98,6 +99,7 @@ class VLLM(RolloutBackend):
         self.policy = self.tokenizer = self.llm = None
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
+        self._tp_group = None
 
     # ------------------------------------------------------------------ setup
     def setup(self, policy: nn.Module, tokenizer) -> None:
@@ -136,8 +138,11 @@ class VLLM(RolloutBackend):
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
+        from qerl.rollout import vllm_ranks  # under DDP: an engine per rank, or per tensor-parallel group
         from qerl.rollout.vllm_norms import float32_rms_norms, wants_float32_norms
 
+        placement = vllm_ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
+        self._tp_group = vllm_ranks.make_group(self.tensor_parallel_size)
         try:
             with float32_rms_norms(wants_float32_norms(lm, dtype)):  # AQN noise needs float32 norm weights
                 self.llm = engine.build_llm(
@@ -146,7 +151,7 @@ class VLLM(RolloutBackend):
                     tensor_parallel_size=self.tensor_parallel_size,
                     enable_sleep_mode=self.enable_sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
-                    extra=self.engine_kwargs)
+                    extra={**placement, **self.engine_kwargs})
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
@@ -295,9 +300,9 @@ class VLLM(RolloutBackend):
 
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
-        prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
-        params = [self.sampling_params(sampling, i) for i in range(len(prompts))]
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request(), use_tqdm=False)
+        from qerl.rollout.vllm_ranks import generate_outputs
+
+        outputs = generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         self.last_metrics = {}

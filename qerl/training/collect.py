@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from qerl.algorithms.base import Algorithm
+from qerl.distributed import global_draw
 from qerl.noise.base import NoiseDraw
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
@@ -60,7 +61,7 @@ def generate_and_score(parts: Collector, batch: PromptBatch, timer: StepTimer, s
     """Sample `sampling.n` completions per prompt with this step's AQN noise, then score them."""
     ids = parts.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
     base = parts.sampling.seed if parts.sampling.seed is not None else parts.seed
-    sampling = dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop), seed=rollout_seed(base, step, draw))
+    sampling = dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop), seed=rollout_seed(base, step, global_draw(draw)))  # rank r of W: draws r, W+r, ..
     noisy = parts.rollout.noise(noise.sigma, noise.seed) if noise.sigma > 0 else contextlib.nullcontext()
     with timer.phase("rollout"), noisy:
         rollout = parts.rollout.generate(ids, sampling)

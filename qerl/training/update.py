@@ -40,18 +40,24 @@ def accumulate_gradients(
     temperature: float,
     backward: Callable[[torch.Tensor], None],
     forward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+    totals: tuple[int, float] | None = None,
 ) -> UpdateResult:
     """Run every micro-batch forward and backward; the micro-batch losses sum to the full-batch loss.
 
+    `totals` (completions, completion tokens) normalizes the loss when this batch is one rank's share of a
+    larger step (`qerl.distributed.global_totals`); the losses and token-weighted metrics are then this
+    rank's shares, summed over ranks later. Default: this batch's own counts.
     Stops at the first non-finite loss (before its backward) and reports `finite=False`.
     """
     rollout = batch.rollout
     num_sequences = rollout.num_rows
     num_tokens = float(rollout.completion_mask.sum().clamp(min=1))
+    if totals is not None:
+        num_sequences, num_tokens = int(totals[0]), max(1.0, float(totals[1]))
     sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
     weighted: dict[str, float] = {}
     extremes: dict[str, float] = {}
-    for rows in micro_batches(num_sequences, micro_batch_size):
+    for rows in micro_batches(rollout.num_rows, micro_batch_size):
         p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
         width = c_ids.shape[1]
         with forward_context() if forward_context is not None else contextlib.nullcontext():

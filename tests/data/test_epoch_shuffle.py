@@ -36,3 +36,29 @@ def test_datamodule_train_loader_resumes_later_epochs_in_the_same_order():
     assert orders[0] != orders[1] != orders[2]
     resumed = dm.train_dataloader()  # what a run resumed in epoch 2 builds
     assert epoch_orders(resumed, [2]) == orders[2:]
+
+
+def test_ranks_take_interleaved_whole_batches_of_the_one_process_order():
+    """Rank r of W draws batches r, W + r, ...: W ranks see what one process draws in W batches; none overlap."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    data = list(range(23))  # 6 batches of 4 (the last one short)
+    one = [b.tolist() for b in DataLoader(data, batch_size=4, sampler=EpochShuffle(data, seed=5, batch_size=4))]
+    assert len(one) == 6 and len(one[-1]) == 3
+    for world in (2, 3, 4):
+        per_rank = [[b.tolist() for b in DataLoader(data, batch_size=4, sampler=EpochShuffle(
+            data, seed=5, batch_size=4, num_replicas=world, rank=r))] for r in range(world)]
+        steps = 6 // world
+        assert all(len(batches) == steps for batches in per_rank)  # every rank steps equally often
+        for step in range(steps):
+            for r in range(world):
+                assert per_rank[r][step] == one[step * world + r]
+    sampler = EpochShuffle(data, seed=5, batch_size=4, num_replicas=2, rank=1)
+    assert isinstance(sampler, DistributedSampler) and len(sampler) == len(list(sampler)) == 4 + 4 + 3
+
+
+def test_a_rank_outside_the_world_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochShuffle(list(range(8)), seed=0, num_replicas=2, rank=2)

@@ -126,10 +126,10 @@ def test_a_model_without_the_targeted_norms_keeps_the_clear_error():
 # ------------------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 def test_gpu_fast_engine_graphs_hold_the_noise_of_every_sigma():
+    from qerl.lora.apply import apply_lora
     from qerl.models.logprobs import completion_logprobs
     from qerl.models.random_init import RandomInit
     from qerl.quantizers import NVFP4
-    from qerl.lora.apply import apply_lora
 
     model, tok = RandomInit("tiny", overrides={"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
                                                "num_key_value_heads": 2}).load(quantizer=NVFP4(), device="cuda")
@@ -179,9 +179,9 @@ def test_a_bf16_run_at_sigma_5e_4_logs_the_realized_sigma(tmp_path):
 
 
 def test_noise_on_a_policy_without_the_targeted_norms_stops_at_setup_naming_the_key():
+    from qerl.noise import Constant
     from qerl.training.checks import RecipeError
     from qerl.training.policy import build_policy
-    from qerl.noise import Constant
 
     class NoNorms:
         def load(self, **kwargs):

@@ -21,9 +21,9 @@ PROMPT, CONTINUATION = [5, 17, 33, 9, 41, 2, 77], [12, 88, 3, 54, 19, 7]
 
 
 def bf16_policy(device: str):
+    from qerl.lora.apply import apply_lora
     from qerl.models import RandomInit
     from qerl.quantizers import NVFP4
-    from qerl.lora.apply import apply_lora
 
     model, tok = RandomInit(config=CONFIG, seed=0).load(quantizer=NVFP4(), dtype="bfloat16", device=device)
     torch.manual_seed(0)

@@ -31,8 +31,8 @@ PROMPT, CONTINUATION = list(b"12+35="), list(b"47<")
 
 
 def tiny_policy(quantizer: str = "NVFP4"):
-    from qerl.models import RandomInit
     from qerl.lora.apply import apply_lora
+    from qerl.models import RandomInit
 
     model, tokenizer = RandomInit(config=CONFIG, seed=0).load(quantizer=quantizer, dtype="bfloat16", device="cuda")
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ FORMAT_CHILD = textwrap.dedent("""
 def test_mxfp4_goes_through_vllms_mxfp4_path_and_nf4_is_served_dense_with_a_warning(quantizer, scheme):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", FORMAT_CHILD, quantizer, os.path.dirname(__file__)],
-                          capture_output=True, text=True, env=env, timeout=400)
+                          capture_output=True, text=True, env=env, timeout=400, check=False)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     assert line, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads(line[-1][7:])
@@ -151,7 +151,7 @@ def test_after_an_optimizer_step_engine_and_policy_logprobs_move_together(engine
 
 
 def test_aqn_reaches_the_engine_and_the_norms_come_back_bit_exact(engine):
-    backend, policy, _ = engine
+    backend, _, _ = engine
     clean, clean_score = engine_norms(backend), backend.score(PROMPT, CONTINUATION)
     with backend.noise(0.05, seed=3):
         noisy = engine_norms(backend)
