@@ -27,7 +27,7 @@ class LoadReport:
         peak_layer_dense_bytes: most dense bytes of one decoder layer alive before it was quantized (streamed mode);
             equals dense bytes of all layers for load-then-quantize.
         peak_device_bytes: the allocator's view: `torch.cuda.max_memory_allocated` on GPU (reset when loading
-            starts), or the process RSS high-water mark on CPU (`ru_maxrss`, which includes everything the process
+            starts, less what was already allocated then), or the process RSS high-water mark on CPU (`ru_maxrss`, which includes everything the process
             held before loading, so it is only an upper bound).
         peak_device_source: which of the two `peak_device_bytes` is.
         seconds: wall time of the load.

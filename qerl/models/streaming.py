@@ -68,14 +68,17 @@ def relative_error(weight: torch.Tensor, quantized: nn.Module, rows: int = 4096)
 
 
 class MemoryMeter:
-    """Tracks the most model-tensor bytes alive at once, and the allocator's peak on `device`."""
+    """Tracks the most model-tensor bytes alive at once, and the allocator's peak on `device` above what the
+    process already held when loading started (another model, a vLLM engine's KV cache)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_tensor_bytes = 0
+        self.baseline = 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            self.baseline = int(torch.cuda.memory_allocated(device))
 
     def note(self, model: nn.Module) -> int:
         now = tensor_bytes(model)
@@ -85,7 +88,8 @@ class MemoryMeter:
     def device_peak(self) -> tuple[int | None, str]:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            return int(torch.cuda.max_memory_allocated(self.device)), "torch.cuda.max_memory_allocated"
+            peak = int(torch.cuda.max_memory_allocated(self.device)) - self.baseline
+            return peak, "torch.cuda.max_memory_allocated (above what was allocated before the load)"
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process RSS high-water mark (ru_maxrss)"
 
 

@@ -132,11 +132,11 @@ def test_streaming_on_gpu_keeps_cuda_peak_near_the_final_size():
     model, _ = loader.load(NVFP4(), device="cuda")
     r = loader.last_report
     assert model.model.layers[0].mlp.up_proj.codes.is_cuda
-    assert r.peak_device_source == "torch.cuda.max_memory_allocated"
+    assert r.peak_device_source.startswith("torch.cuda.max_memory_allocated")
     numbers = (f"peak {r.peak_device_bytes / 1e6:.0f} MB, final {r.final_bytes / 1e6:.0f} MB, dense "
                f"{r.dense_bytes / 1e6:.0f} MB, largest dense layer {r.peak_layer_dense_bytes / 1e6:.0f} MB")
     print(numbers)
     # streamed: the peak is the final size plus a few layers in flight, never a whole dense copy (16 layers).
-    # A bound relative to the dense size (0.6x, held on the H100) failed on the H200 (587 MB vs 0.6 x 488 MB):
-    # allocator rounding and the quantizer's temporaries differ by card, the layer count does not.
+    # The allocator's peak is counted above what the process held before the load: in a whole GPU suite a vLLM
+    # engine's KV cache (30 GB) sat in the same process and made a peak of 30,525 MB (H200, 2026-12-02).
     assert r.peak_device_bytes < r.final_bytes + 6 * r.peak_layer_dense_bytes, numbers
