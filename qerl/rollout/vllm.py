@@ -122,6 +122,8 @@ class VLLM(RolloutBackend):
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
         packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
+        shape_problem = engine.marlin_shape_problem(lm) if packed else None
+        packed = None if shape_problem else packed
         served = engine.unchanged_source_folder(lm) if packed else None  # a pre-quantized folder, as loaded
         if served is None:
             self.model_dir = served = engine.scratch_dir()
@@ -129,7 +131,7 @@ class VLLM(RolloutBackend):
             if packed:
                 engine.export_quantized(lm, tokenizer, self.model_dir)
             else:
-                self._warn_dense(engine.quantized_format(lm), dtype, on_cuda)
+                self._warn_dense(engine.quantized_format(lm), dtype, on_cuda, shape_problem)
                 engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
         self.served_as = (f"{packed} (compressed-tensors{', the loaded folder' if not self.model_dir else ''})"
                           if packed else dtype)
@@ -160,11 +162,13 @@ class VLLM(RolloutBackend):
         engine.probe(self.llm, self.pad_id, self.lora_request())
         self.setup_s = time.perf_counter() - started
 
-    def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool) -> None:
+    def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool, shape_problem: str | None = None) -> None:
         """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights)."""
         if fmt is None:
             return
-        if not on_cuda:
+        if shape_problem:
+            why = shape_problem
+        elif not on_cuda:
             why = "the CPU build of vLLM has no FP4 weight kernels"
         elif not self.quantized_base:
             why = f"`{_KEY}.quantized_base` is false"

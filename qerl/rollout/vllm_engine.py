@@ -157,6 +157,22 @@ def served_format(lm: nn.Module) -> str | None:
     return fmt if fmt in SERVED_FORMATS else None
 
 
+#: vLLM's Marlin W4A16 kernels need in_features % 128 == 0 and out_features % 64 == 0 for every packed layer
+MARLIN_K, MARLIN_N = 128, 64
+
+
+def marlin_shape_problem(lm: nn.Module) -> str | None:
+    """Why vLLM's FP4 (Marlin) kernels cannot take `lm`'s quantized layers, or None when they can. vLLM itself
+    fails at start-up with "Invalid thread config ... MKN = [.., 576, 960]" for SmolLM2's 576-wide layers."""
+    from qerl.quantizers.layers import QuantLinear
+
+    for name, m in lm.named_modules():
+        if isinstance(m, QuantLinear) and (m.in_features % MARLIN_K or m.out_features % MARLIN_N):
+            return (f"layer {engine_name(name)} is {m.out_features}x{m.in_features}; vLLM's Marlin FP4 kernels "
+                    f"need in_features % {MARLIN_K} == 0 and out_features % {MARLIN_N} == 0")
+    return None
+
+
 def has_nvfp4_layers(lm: nn.Module) -> bool:
     return quantized_format(lm) == "nvfp4"
 

@@ -1,0 +1,32 @@
+"""How the `VLLM` backend decides to serve a policy's base: packed (vLLM's FP4 kernels) or dense."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from qerl.models import RandomInit
+from qerl.rollout.vllm_engine import check_version, marlin_shape_problem, quantized_format, served_format
+
+
+@pytest.mark.parametrize("quantizer, served", [("NVFP4", "nvfp4"), ("MXFP4", "mxfp4"), ("NF4", None), (None, None)])
+def test_nvfp4_and_mxfp4_are_served_packed_nf4_and_dense_are_not(quantizer, served):
+    model, _ = RandomInit(config={"hidden_size": 128, "intermediate_size": 256}, seed=0).load(quantizer=quantizer)
+    assert served_format(model) == served
+    assert quantized_format(model) == (quantizer.lower() if quantizer else None)
+    assert marlin_shape_problem(model) is None
+
+
+def test_widths_marlin_cannot_take_are_named():
+    # SmolLM2's 576-wide layers made vLLM fail at start-up ("Invalid thread config ... MKN = [16384, 576, 960]")
+    model, _ = RandomInit(config={"hidden_size": 192, "intermediate_size": 256, "num_attention_heads": 3,
+                                  "num_key_value_heads": 3}, seed=0).load(quantizer="NVFP4")
+    problem = marlin_shape_problem(model)
+    assert problem.startswith("layer model.layers.0.self_attn.q_proj is 192x192") and "% 128 == 0" in problem
+
+
+def test_only_tested_vllm_versions_pass_without_a_warning():
+    assert check_version("0.22.0") is None and check_version("0.32.0+cpu") is None
+    with warnings.catch_warnings():
+        message = check_version("0.23.1")
+    assert "vLLM 0.23.1 is installed" in message and "vllm 0.22.0 (CUDA)" in message
