@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from qerl.commands import TOOLS
 from qerl.commands.recipe_errors import explain_parse_error
+from qerl.registry import RegistryError, load_all
 
 SUBCOMMANDS = ("fit", "validate", "test")
 #: exceptions from building the run (a component's __init__ rejecting a value) shown without a traceback
@@ -94,8 +95,6 @@ class QeRLCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, model_class=None, datamodule_class=None, **kwargs: Any) -> None:
-        from qerl.registry import load_all
-
         load_all()
         if model_class is None:
             from qerl.module import QeRLModule as model_class
@@ -195,8 +194,6 @@ def run_lightning_cli(argv: list[str]) -> int:
     """Entry point used by `qerl.cli.main` for fit/validate/test; returns the exit status."""
     if not argv:
         argv = ["--help"]
-    from qerl.registry import RegistryError
-
     try:
         QeRLCLI(args=list(argv))
     except SystemExit as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import lightning as L
 
 from qerl.data.prompts import format_prompt, resolve_system_prompt
+from qerl.data.sampler import EpochShuffle
 from qerl.types import PromptBatch
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,6 @@ class PromptDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool):
         from torch.utils.data import DataLoader
-
-        from qerl.data.sampler import EpochShuffle
 
         if self.tokenizer is None:  # Lightning sets up the data before the module hands over its tokenizer
             log.warning("%s: no tokenizer was set; prompts are plain text without a chat template.",

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from qerl.data.base import DatasetError, PromptRow
+from qerl.registry import DATASETS, RegistryError
 
 
 def dataset_names() -> list[str]:
     """Every registered dataset name (built-ins and plugins)."""
-    from qerl.registry import DATASETS
-
     return DATASETS.names()
 
 
@@ -17,8 +16,6 @@ def load_dataset_rows(name: str, split: str = "test", limit: int | None = None, 
     `kwargs` go to the data module's constructor (e.g. `path=...`, `digits=1`).
     An unknown name raises an error listing the known names.
     """
-    from qerl.registry import DATASETS, RegistryError
-
     try:
         cls = DATASETS.get(name)
     except RegistryError as exc:

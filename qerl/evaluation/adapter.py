@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qerl.lora.apply import _lora_linear_class
+from qerl.quantizers.layers import QuantLinear
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -136,9 +139,6 @@ def _probe_logits(model: nn.Module, vocab: int) -> torch.Tensor:
 def apply_adapter(model: nn.Module, path: str, model_name: str):
     """(PeftModel, AdapterInfo): `path` loaded onto `model` (quantized or dense) and verified to be active."""
     from peft import LoraConfig, PeftModel
-
-    from qerl.lora.apply import _lora_linear_class
-    from qerl.quantizers.layers import QuantLinear
 
     config, tensors, weights = read_adapter(path)
     check_adapter_fits(model, config, tensors, model_name, path)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qerl.quantizers.layers import QuantLinear
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -30,8 +32,6 @@ def dequantized_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> n
     same dequantized weight), but generation no longer dequantizes every layer at every decoding step, which
     is what makes a 50-question CPU evaluation affordable.
     """
-    from qerl.quantizers.layers import QuantLinear
-
     dense = copy.deepcopy(model)
     for name, layer in [(n, m) for n, m in dense.named_modules() if isinstance(m, QuantLinear)]:
         bias = layer.bias is not None

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from qerl.models.report import LoadReport
+from qerl.registry import QUANTIZERS
 
 DEFAULT_SKIP = ("lm_head",)
 
@@ -42,8 +43,6 @@ def resolve_quantizer(quantizer):
     if quantizer is None or quantizer == "none":
         return None
     if isinstance(quantizer, str):
-        from qerl.registry import QUANTIZERS
-
         return QUANTIZERS.get(quantizer)()
     if isinstance(quantizer, type):
         return quantizer()

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
+from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.models.smollm2 import smollm2_tokenizer
 from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized
 from qerl.registry import MODELS
 
@@ -95,9 +97,6 @@ class RandomInit(PolicyLoader):
         return AutoConfig.for_model(model_type, **keys)
 
     def make_tokenizer(self, vocab_size: int):
-        from qerl.models.byte_tokenizer import byte_tokenizer
-        from qerl.models.smollm2 import smollm2_tokenizer
-
         choice = self.tokenizer if self.tokenizer != "auto" else ("bytes" if vocab_size < 1024 else "smollm2")
         makers = {"bytes": byte_tokenizer, "smollm2": smollm2_tokenizer}
         if choice not in makers:

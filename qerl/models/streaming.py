@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from qerl.models.report import LoadReport
+from qerl.quantizers.layers import QuantLinear
 
 #: fill(name, shape, dtype, device) -> tensor holding the state-dict entry `name`
 TensorSource = Callable[[str, torch.Size, torch.dtype, torch.device], torch.Tensor]
@@ -50,8 +51,6 @@ def tensor_bytes(module: nn.Module, include_meta: bool = False, dtype: torch.dty
 
 def quantized_modules(module: nn.Module) -> dict[str, nn.Module]:
     """Name -> QuantLinear for every quantized layer under `module`."""
-    from qerl.quantizers.layers import QuantLinear
-
     return {n: m for n, m in module.named_modules() if isinstance(m, QuantLinear)}
 
 

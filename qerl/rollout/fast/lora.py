@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qerl.quantizers.layers import QuantLinear
-from qerl.rollout.fast.blocks import plain_lora
+from qerl.rollout.fast.blocks import base_outputs, plain_lora, project
 
 
 class _Group:
@@ -66,8 +66,6 @@ class LoraPack:
 
 def run_group(group: _Group | None, modules: list[nn.Module], x: torch.Tensor, casts: dict) -> list[torch.Tensor]:
     """The outputs of `modules` on the shared input x: base layers + packed LoRA, or the modules themselves."""
-    from qerl.rollout.fast.blocks import base_outputs, project
-
     if group is None:
         if all(isinstance(m, QuantLinear) for m in modules):
             return base_outputs(modules, x)
