@@ -56,6 +56,19 @@ def skip_batches(iterator: Iterator, count: int) -> int:
     return skipped
 
 
+def rewind_fetch_count(dataloader_iter: Iterator) -> None:
+    """Set Lightning's count of fetched batches back to 0 before the skip (which counts each batch again).
+
+    On a restart Lightning starts its count at the batches the checkpointed epoch had run, though the fresh
+    loader starts at the top; without this the skipped batches count twice and the resumed epoch ends early
+    (with a wasted step when nothing is left). Lightning keeps the count on the iterator's fetcher.
+    """
+    fetcher = getattr(dataloader_iter, "data_fetcher", None)
+    if fetcher is not None and isinstance(getattr(fetcher, "fetched", None), int):
+        fetcher.fetched = 0
+        fetcher.done = fetcher.length == 0 if fetcher.length is not None else False
+
+
 def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader_iter: Iterator) -> int:
     """Continue a run from its checkpoint's `qerl` entry; return the prompt batches drawn so far this epoch.
 
@@ -65,6 +78,7 @@ def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader
     """
     drawn = int(pending.get("batches_drawn", 0)) if pending.get("epoch") == epoch else 0
     if drawn and not is_stateful(loader):
+        rewind_fetch_count(dataloader_iter)
         skip_batches(dataloader_iter, drawn)
     if "rng" in pending:
         restore_rng(pending["rng"])
