@@ -119,6 +119,7 @@ class QeRLModule(L.LightningModule):
         self.noise_sigma, self.noise_seed, self.noise_in_training = 0.0, None, False
         self.last_samples: list[dict[str, Any]] = []
         self._batches_drawn, self._nan_streak, self._pending_resume = 0, 0, None
+        self._step_metrics: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -200,6 +201,7 @@ class QeRLModule(L.LightningModule):
         metrics.update(timer.metrics())
         metrics["perf/peak_mem"] = peak_memory_gb(self.device)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)  # mean over processes
+        self._step_metrics = {k: float(v) for k, v in metrics.items()}  # a checkpoint carries them (see below)
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 
@@ -285,6 +287,12 @@ class QeRLModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["qerl"] = {"rng": capture_rng(), "batches_drawn": self._batches_drawn,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
+        if self._step_metrics is not None and self._trainer is not None:
+            # a checkpoint saved at a step's end is written before Lightning hands that step's metrics to the
+            # logger: keep them, so a run resumed from it logs them if a kill lost them (qerl.run_folder purges
+            # the killed run's copy at `log_step`, so they show once)
+            checkpoint["qerl"]["metrics"] = self._step_metrics
+            checkpoint["qerl"]["log_step"] = int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_resume = checkpoint.get("qerl", {})
@@ -296,3 +304,6 @@ class QeRLModule(L.LightningModule):
         if pending is not None:
             loader = self.trainer.train_dataloader if self._trainer is not None else None
             self._batches_drawn = resume_position(pending, self.current_epoch, loader, dataloader_iter)
+            if pending.get("metrics") and "log_step" in pending:
+                for logger in self.loggers:
+                    logger.log_metrics(pending["metrics"], step=int(pending["log_step"]))

@@ -145,9 +145,16 @@ def _version_of(path: str, location) -> Any:
 
 
 def _logged_step(data: dict) -> int:
-    """The logger step the run was at (Lightning logs at its count of optimizer-stepped batches)."""
-    loop = data.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(loop.get("_batches_that_stepped", data["global_step"]))
+    """The logger step the resumed run logs first (Lightning logs at its count of optimizer-stepped batches; a
+    checkpoint saved at a batch's end holds the count before that batch's increment, which a restart adds)."""
+    if "log_step" in data.get("qerl", {}):  # QeRLModule re-logs the checkpointed step's metrics at this step
+        return int(data["qerl"]["log_step"])
+    fit = data.get("loops", {}).get("fit_loop", {})
+    stepped = fit.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+    if stepped is None:
+        return int(data["global_step"])
+    current = fit.get("epoch_loop.batch_progress", {}).get("current", {})
+    return int(stepped) + int(current.get("completed", 0) < current.get("processed", 0))
 
 
 def plan_resume(ckpt_path: str | None, trainer_config: Any, warn=None) -> ResumePlan | None:
