@@ -127,26 +127,27 @@ class QeRLCLI(LightningCLI):
         # LightningCLI warns when given args while sys.argv also has some; `qerl` always passes both on purpose
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
 
-    def before_instantiate_classes(self) -> None:
-        """Resolve `--ckpt_path` (checked, within the run it belongs to) before anything is built."""
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path` (checked, within the run it belongs to) before Lightning reads it or builds anything."""
         from qerl.checkpoint_io import CheckpointError
         from qerl.run_folder import continue_run
 
         self._resume = None
-        if self.subcommand is None:
-            return
-        try:
-            self._resume = continue_run(self.config[self.subcommand], self.subcommand == "fit")
-        except CheckpointError as exc:
-            if debug_mode():
-                raise
-            self._fail_input(exc)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            try:
+                self._resume = continue_run(self.config[subcommand], subcommand == "fit")
+            except CheckpointError as exc:
+                if debug_mode():
+                    raise
+                self._fail_input(exc)
         if self._resume is not None and self._resume.version is not None:  # config.yaml of the run stays as it was
             from qerl.quiet import hide_warning
 
             hide_warning(r"Checkpoint directory .* exists and is not empty")  # the run's own folder, resumed
             self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True,
                                        "config_filename": f"config-resume-step{self._resume.step}.yaml"}
+        super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
         try:
