@@ -134,10 +134,13 @@ class QeRLModule(L.LightningModule):
             from qerl.memory import plan_for_module
 
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts
+                datamodule.set_tokenizer(self.tokenizer)
             plan_for_module(self, datamodule)  # prints the memory plan, warns if it won't fit, resolves "auto"
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
+        if datamodule is not None and hasattr(datamodule, "set_tokenizer") and \
+                getattr(datamodule, "tokenizer", None) is not self.tokenizer:
             datamodule.set_tokenizer(self.tokenizer)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

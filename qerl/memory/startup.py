@@ -14,8 +14,24 @@ from qerl.memory.estimate import (
     weight_bits,
 )
 
-#: prompt length assumed when the datamodule sets no `max_prompt_tokens`
+#: prompt length assumed when the datamodule sets no `max_prompt_tokens` and its prompts cannot be measured
 DEFAULT_PROMPT_TOKENS = 256
+
+
+def longest_prompt(datamodule) -> int | None:
+    """Tokens of the longest formatted training prompt, when the datamodule has its tokenizer (else None).
+
+    The plan sizes activations for this length: the 256-token default made the quickstart's ~40-token
+    additions plan 12.3 GB for a run that peaks at 4.8 GB.
+    """
+    prepared, length = getattr(datamodule, "prepared", None), getattr(datamodule, "prompt_length", None)
+    if not callable(prepared) or not callable(length) or getattr(datamodule, "tokenizer", None) is None:
+        return None
+    try:
+        rows = prepared("train")
+    except Exception:  # noqa: BLE001 - a data problem is reported by the data module itself, not by the plan
+        return None
+    return max((length(prompt) for prompt, _, _ in rows), default=None)
 #: share of the device's memory (free + already held by this process) a plan may use
 HEADROOM = 0.92
 
@@ -23,7 +39,8 @@ HEADROOM = 0.92
 def run_shape(module, datamodule=None) -> RunShape:
     """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`)."""
     prompts = int(getattr(datamodule, "batch_size", 1) or 1) * int(getattr(module, "batches_per_step", 1))
-    prompt_len = getattr(datamodule, "max_prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
+    prompt_len = (getattr(datamodule, "max_prompt_tokens", None) or longest_prompt(datamodule)
+                  or DEFAULT_PROMPT_TOKENS)
     rows = prompts * int(module.sampling.n)
     lora = module.lora
     micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
