@@ -14,7 +14,7 @@ from qerl.collect import collect_groups
 from qerl.models.base import PolicyLoader
 from qerl.noise.base import NoiseSchedule
 from qerl.quantizers.base import Quantizer
-from qerl.resume import capture_rng, resume_position
+from qerl.resume import capture_rng, resume_position, step_log_metrics
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
 from qerl.scoring import Scored, concat_scored
@@ -294,7 +294,7 @@ class QeRLModule(L.LightningModule):
             # a checkpoint saved at a step's end is written before Lightning hands that step's metrics to the
             # logger: keep them, so a run resumed from it logs them if a kill lost them (qerl.run_folder purges
             # the killed run's copy at `log_step`, so they show once)
-            checkpoint["qerl"]["metrics"] = self._step_metrics
+            checkpoint["qerl"]["metrics"] = step_log_metrics(self.trainer, self._step_metrics)
             checkpoint["qerl"]["log_step"] = int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

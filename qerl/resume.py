@@ -69,6 +69,19 @@ def rewind_fetch_count(dataloader_iter: Iterator) -> None:
         fetcher.done = fetcher.length == 0 if fetcher.length is not None else False
 
 
+def step_log_metrics(trainer: Any, fallback: dict[str, float]) -> dict[str, float]:
+    """Every value of the current step that goes to the loggers (the module's and its callbacks', e.g. noise/sigma).
+
+    Lightning keeps them in its logger connector until the step ends; without it, `fallback` (the module's own).
+    """
+    try:
+        logged = trainer._logger_connector.metrics["log"]
+    except (AttributeError, AssertionError, KeyError, TypeError):
+        return dict(fallback)
+    out = {k: float(v) for k, v in logged.items() if k not in ("epoch", "step")}
+    return out or dict(fallback)
+
+
 def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader_iter: Iterator) -> int:
     """Continue a run from its checkpoint's `qerl` entry; return the prompt batches drawn so far this epoch.
 
