@@ -207,3 +207,15 @@ def test_progress_is_reported_after_every_batch(tmp_path, capsys):
     assert [line.split()[2] for line in lines] == ["1/2", "2/2"]
     right = sum(r.correct for r in rows)
     assert f"{right}/{len(rows)} completions correct so far" in lines[-1]
+
+
+def test_dataset_args_set_the_arithmetic_digits_of_the_quickstart_task(capsys):
+    from qerl.commands.evaluate import build_parser, dataset_module
+
+    module = dataset_module(build_parser().parse_args(["--dataset", "arithmetic", "--dataset_args", '{"digits": 1}']))
+    assert module.digits == 1
+    assert all(int(a) <= 18 for a in (r.answer for r in module.rows("test")))  # sums of two 1-digit numbers
+    assert main(["--dataset", "arithmetic", "--dataset_args", '{"digit": 1}']) == 2
+    assert "digit" in capsys.readouterr().err
+    assert main(["--dataset", "arithmetic", "--dataset_args", "digits=1"]) == 2
+    assert "--dataset_args is not valid JSON" in capsys.readouterr().err
