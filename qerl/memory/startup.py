@@ -51,6 +51,35 @@ def run_shape(module, datamodule=None) -> RunShape:
                     lora_targets=tuple(lora.targets) if lora is not None else ())
 
 
+def torch_device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def resident_bytes() -> float | None:
+    """This process's resident memory now (Linux /proc), or None."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def add_cpu_process_rows(estimate: MemoryEstimate, module, shape: ModelShape, dtype_bytes: int) -> None:
+    """On a CPU the plan is the process's resident memory: add what a GPU plan leaves out - the dense copy of the
+    4-bit layers that `dequantize_once_per_step` keeps through a step, and the interpreter, torch and libraries
+    (what the process holds now beyond the counted weights)."""
+    if getattr(module, "dequantize_once_per_step", False) and getattr(module, "quantizer", None) is not None:
+        estimate.static["dense copy of 4-bit layers"] = shape.layer_linear_params() * shape.layers * dtype_bytes
+    rss = resident_bytes()
+    if rss is not None:
+        counted = sum(v for k, v in estimate.static.items() if k != "dense copy of 4-bit layers")
+        estimate.static["process (python, torch, libs)"] = max(0.0, rss - counted)
+
+
 def device_budget(device) -> float | None:
     """Bytes this process may plan for on a CUDA `device`: free memory plus what it already holds (the loaded
     policy is part of the plan), times `HEADROOM`; None off CUDA."""
@@ -83,6 +112,8 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
              f"({'fits the device budget' if budget is not None else 'no CUDA device: all rows at once'})")
     run = replace(run, micro_batch=module.micro_batch_size)
     estimate = estimate_memory(shape, run, bits, dtype_bytes)
+    if budget is None and getattr(module, "device", None) is not None and torch_device_type(module.device) == "cpu":
+        add_cpu_process_rows(estimate, module, shape, dtype_bytes)
     echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
