@@ -21,6 +21,8 @@ HIDDEN_WARNINGS = {
     r"Total length of `\w+` across ranks is zero": "no validation rows held out means no validation",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated": "inside Lightning, nothing for a user to change",
     r"The '\w+_dataloader' does not have many workers": "prompts are a few strings: workers would only cost",
+    r"Could not find a config file in .* - will assume that the vocabulary was not modified":
+        "peft, saving an adapter of a GGUF model (no config.json): qerl's LoRA never changes the vocabulary",
 }
 #: log lines (their start) of libraries that are advertisements, not information
 HIDDEN_LOG_LINES = ("💡 Tip:",)
