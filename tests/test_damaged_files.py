@@ -99,6 +99,9 @@ def test_damaged_last_falls_back_to_the_newest_intact_checkpoint_naming_both(tmp
     assert plan.ckpt_path.endswith("epoch=0-step=4.ckpt") and plan.step == 4 and plan.version == 0
     assert len(lines) == 1 and "last.ckpt" in lines[0] and "epoch=0-step=4.ckpt" in lines[0], lines
     assert not list(folder.glob("*.partial"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "epoch=0-step=4.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_missing_data_file_is_named_before_the_model_loads(tmp_path, capsys):
