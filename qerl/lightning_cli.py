@@ -158,8 +158,8 @@ class QeRLCLI(LightningCLI):
             self._fail("could not build the run", exc, status=2)
 
     def instantiate_trainer(self, **kwargs: Any):
-        from qerl.checkpoint_io import use_atomic_checkpoints
         from qerl.callbacks.progress import use_step_progress_bar
+        from qerl.checkpoint_io import use_atomic_checkpoints
 
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
