@@ -77,7 +77,7 @@ def add_cpu_process_rows(estimate: MemoryEstimate, module, shape: ModelShape, dt
     rss = resident_bytes()
     if rss is not None:
         counted = sum(v for k, v in estimate.static.items() if k != "dense copy of 4-bit layers")
-        estimate.static["process (python, torch, libs)"] = max(0.0, rss - counted)
+        estimate.static["process (torch, libraries)"] = max(0.0, rss - counted)
 
 
 def device_budget(device) -> float | None:
