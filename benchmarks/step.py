@@ -106,7 +106,7 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
     from step_ranks import slowest
 
-    from qerl.distributed import global_totals, sum_gradients, sum_over_ranks
+    from qerl.training.distributed import global_totals, sum_gradients, sum_over_ranks
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {}
@@ -172,10 +172,10 @@ def run_row(spec: dict, args) -> dict:
     from step_ranks import own_prompts
 
     from qerl.algorithms import GRPO
-    from qerl.distributed import world
     from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
     from qerl.rollout import HF
     from qerl.rollout.fast import FastEngine
+    from qerl.training.distributed import world
     from qerl.types import SamplingConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

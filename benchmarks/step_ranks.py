@@ -6,7 +6,7 @@ Rank 0 first runs every row alone on its GPU with the whole batch (the one-GPU b
 on the same machine) while the other ranks wait in the process-group rendezvous; then all W ranks join and
 run the row again, each with batch / W completions of its own prompts. The data-parallel step is the one
 `QeRLModule` takes under `strategy: ddp`: each rank rolls out and back-propagates its share with the step's
-global loss normalizers, and the LoRA gradients are summed in one all-reduce (`qerl.distributed`). Step time is
+global loss normalizers, and the LoRA gradients are summed in one all-reduce (`qerl.training.distributed`). Step time is
 the slowest rank's; tokens/s is the global batch's completion tokens over it.
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from qerl.commands import TOOLS
+from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error
 from qerl.registry import RegistryError, load_all
 
@@ -95,6 +96,7 @@ class QeRLCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, model_class=None, datamodule_class=None, **kwargs: Any) -> None:
+        quiet_library_output()
         load_all()
         if model_class is None:
             from qerl.module import QeRLModule as model_class
@@ -125,6 +127,28 @@ class QeRLCLI(LightningCLI):
         # LightningCLI warns when given args while sys.argv also has some; `qerl` always passes both on purpose
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
 
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path` (checked, within the run it belongs to) before Lightning reads it or builds anything."""
+        from qerl.training.checkpoint_io import CheckpointError
+        from qerl.training.run_folder import continue_run
+
+        self._resume = None
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            try:
+                self._resume = continue_run(self.config[subcommand], subcommand == "fit")
+            except CheckpointError as exc:
+                if debug_mode():
+                    raise
+                self._fail_input(exc)
+        if self._resume is not None and self._resume.version is not None:  # config.yaml of the run stays as it was
+            from qerl.commands.quiet import hide_warning
+
+            hide_warning(r"Checkpoint directory .* exists and is not empty")  # the run's own folder, resumed
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True,
+                                       "config_filename": f"config-resume-step{self._resume.step}.yaml"}
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -133,13 +157,39 @@ class QeRLCLI(LightningCLI):
                 raise
             self._fail("could not build the run", exc, status=2)
 
+    def instantiate_trainer(self, **kwargs: Any):
+        from qerl.callbacks.progress import use_step_progress_bar
+        from qerl.training.checkpoint_io import use_atomic_checkpoints
+
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        use_step_progress_bar(trainer)
+        return trainer
+
     def _run_subcommand(self, subcommand: str) -> None:
+        from qerl.training.run_folder import check_inputs, remove_stub
+
         try:
-            super()._run_subcommand(subcommand)
+            check_inputs(self.datamodule, subcommand)  # data files are read and named before the model loads
         except Exception as exc:
             if debug_mode() or not is_user_error(exc):
                 raise
+            self._fail_input(exc)
+        log_dir = self.trainer.log_dir
+        fresh = log_dir is not None and not os.path.exists(log_dir)
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as exc:
+            if fresh and self.trainer.global_step == 0:
+                remove_stub(log_dir)  # a run that failed before its first checkpoint leaves no folder behind
+            if debug_mode() or not is_user_error(exc):
+                raise
             self._fail(f"{subcommand} stopped", exc, status=1)
+
+    def _fail_input(self, exc: Exception) -> None:
+        """One line for a missing or damaged input file, before anything is loaded; exit 2."""
+        sys.stderr.write(f"{_command(self._argv)}: error: {exc}\n")
+        raise SystemExit(2) from None
 
     def _fail(self, what: str, exc: Exception, status: int) -> None:
         sys.stderr.write(

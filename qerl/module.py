@@ -9,7 +9,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from qerl import distributed
 from qerl.algorithms.base import Algorithm
 from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
 from qerl.evaluation.validation import ValidationRun, ValidationSettings
@@ -24,10 +23,11 @@ from qerl.quantizers.dequant_cache import dequantize_once
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.hf import HF
+from qerl.training import distributed
 from qerl.training.checks import check_module_args
 from qerl.training.collect import Collector, collect_groups
 from qerl.training.policy import build_policy
-from qerl.training.resume import capture_rng, resume_position
+from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 from qerl.training.running_rewards import RunningRewards
 from qerl.training.scoring import Scored, concat_scored
 from qerl.training.settings import LoRASettings, OptimizerSettings
@@ -130,6 +130,7 @@ class QeRLModule(L.LightningModule):
         self.noise_draw = NoiseDraw()  # published by NoiseCallback at every training batch
         self.last_samples: list[dict[str, Any]] = []
         self._batches_drawn, self._nan_streak, self._pending_resume = 0, 0, None
+        self._step_metrics: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -141,13 +142,16 @@ class QeRLModule(L.LightningModule):
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
             distributed.broadcast_only_trainable(self)  # under DDP every rank loads the frozen base itself
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts
+                datamodule.set_tokenizer(self.tokenizer)
             quiet = distributed.world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
             # prints the memory plan, warns if it won't fit, resolves "auto"
             self.micro_batch_size = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print
                                                     ).micro_batch_size
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "set_tokenizer"):
+        if datamodule is not None and hasattr(datamodule, "set_tokenizer") and \
+                getattr(datamodule, "tokenizer", None) is not self.tokenizer:
             datamodule.set_tokenizer(self.tokenizer)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -220,6 +224,7 @@ class QeRLModule(L.LightningModule):
         metrics["perf/peak_mem"] = peak_memory_gb(self.device)
         # mean over processes: the same value on every rank except perf/, mismatch and refill counters
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1, sync_dist=True)
+        self._step_metrics = {k: float(v) for k, v in metrics.items()}  # a checkpoint carries them (see below)
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 
@@ -306,19 +311,21 @@ class QeRLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        from qerl.distributed import gather_objects
-
         rng = capture_rng()
         checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
-        by_rank = gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
+        by_rank = distributed.gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
         if len(by_rank) > 1:
             checkpoint["qerl"]["rng_by_rank"] = by_rank
+        if self._step_metrics is not None and self._trainer is not None:
+            # a checkpoint saved at a step's end is written before Lightning hands that step's metrics to the
+            # logger: keep them, so a run resumed from it logs them if a kill lost them (qerl.training.run_folder purges
+            # the killed run's copy at `log_step`, so they show once)
+            checkpoint["qerl"]["metrics"] = step_log_metrics(self.trainer, self._step_metrics)
+            checkpoint["qerl"]["log_step"] = int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from qerl.distributed import own_rng
-
-        self._pending_resume = own_rng(checkpoint.get("qerl", {}))
+        self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
 
     def _resume_data_position(self, dataloader_iter: Iterator) -> None:
@@ -327,3 +334,6 @@ class QeRLModule(L.LightningModule):
         if pending is not None:
             loader = self.trainer.train_dataloader if self._trainer is not None else None
             self._batches_drawn = resume_position(pending, self.current_epoch, loader, dataloader_iter)
+            if pending.get("metrics") and "log_step" in pending:
+                for logger in self.loggers:
+                    logger.log_metrics(pending["metrics"], step=int(pending["log_step"]))

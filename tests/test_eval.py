@@ -231,3 +231,15 @@ def test_flexible_is_recorded_and_only_for_gsm8k(tmp_path, capsys):
     assert summary["run"]["reward"] == "GSM8KAccuracy (flexible)"
     assert main([*TINY, "--flexible", "--reward", "MathAccuracy", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--flexible is a GSM8KAccuracy setting" in capsys.readouterr().err
+
+
+def test_dataset_args_set_the_arithmetic_digits_of_the_quickstart_task(capsys):
+    from qerl.commands.evaluate import build_parser, dataset_module
+
+    module = dataset_module(build_parser().parse_args(["--dataset", "arithmetic", "--dataset_args", '{"digits": 1}']))
+    assert module.digits == 1
+    assert all(int(a) <= 18 for a in (r.answer for r in module.rows("test")))  # sums of two 1-digit numbers
+    assert main(["--dataset", "arithmetic", "--dataset_args", '{"digit": 1}']) == 2
+    assert "digit" in capsys.readouterr().err
+    assert main(["--dataset", "arithmetic", "--dataset_args", "digits=1"]) == 2
+    assert "--dataset_args is not valid JSON" in capsys.readouterr().err

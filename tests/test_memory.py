@@ -156,3 +156,23 @@ def test_module_start_up_plan_resolves_auto_and_warns():
     assert module.micro_batch_size == "auto"  # the plan is returned, the module is only read
     with pytest.warns(MemoryPlanWarning):
         plan_for_module(module, data, budget=1.0, echo=lines.append)
+
+
+def test_cpu_plan_sizes_real_prompts_and_counts_the_process():
+    """On a CPU the plan measures the datamodule's prompts (not a 256-token default) and counts the process's
+    resident memory, so its peak is never below what the process already holds."""
+    from qerl.memory.startup import resident_bytes
+    from tests.rl_helpers import tiny_data, tiny_module
+
+    module = tiny_module(dequantize_once_per_step=True)
+    module.setup("fit")
+    data = tiny_data()
+    data.set_tokenizer(module.tokenizer)
+    longest = max(data.prompt_length(p) for p, _, _ in data.prepared("train"))
+    lines: list[str] = []
+    est = plan_for_module(module, data, echo=lines.append)
+    assert f"prompt {longest} + response" in lines[-1] and longest < 256
+    assert est.static["dense copy of 4-bit layers"] > 0
+    rss = resident_bytes()
+    if rss is not None:
+        assert est.peak >= 0.9 * rss and est.static["process (torch, libraries)"] > 0

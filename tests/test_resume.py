@@ -80,7 +80,7 @@ trainer:
     init_args: {{save_dir: {root}, name: run}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{dirpath: {root}/checkpoints, every_n_train_steps: 1, save_last: true}}
+      init_args: {{every_n_train_steps: 1, save_last: true}}
 model:
   policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
   quantizer: NVFP4
@@ -104,9 +104,9 @@ def test_qerl_fit_ckpt_path_last_continues_the_run(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, root=tmp_path)))
     assert main(["fit", "--config", str(recipe)]) == 0
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert main(["fit", "--config", str(recipe), "--trainer.max_steps=3", "--ckpt_path=last"]) == 0
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["qerl"]["batches_drawn"] == 3
 
 

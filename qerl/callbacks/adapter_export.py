@@ -12,6 +12,16 @@ def run_dir(trainer: L.Trainer) -> str:
     return trainer.log_dir or trainer.default_root_dir
 
 
+def ordinary_permissions(folder: str) -> None:
+    """Files as the umask allows (safetensors writes 0600, which other users and tools then cannot read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in os.listdir(folder):
+        file = os.path.join(folder, name)
+        if os.path.isfile(file):
+            os.chmod(file, 0o666 & ~mask)
+
+
 class AdapterExport(L.Callback):
     """Writes `<log_dir>/adapter/step-<N>` every `every_n_steps` steps (0: never) and `<log_dir>/adapter/final`.
 
@@ -34,6 +44,7 @@ class AdapterExport(L.Callback):
             return None
         path = os.path.join(folder, "adapter", name)
         model.save_pretrained(path)
+        ordinary_permissions(path)
         self.exported.append(path)
         return path
 

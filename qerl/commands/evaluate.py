@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dataset", default="gsm8k", help="gsm8k, math500, aime24, amc23, arithmetic, jsonl, or any "
                                                       "registered dataset")
+    p.add_argument("--dataset_args", default=None, metavar="JSON",
+                   help="the dataset's settings as a JSON object, e.g. '{\"digits\": 1}' for arithmetic (the "
+                        "quickstart's task); `qerl list datasets` names them")
     p.add_argument("--data_path", default=None, help="the jsonl file for --dataset jsonl (or another test file)")
     p.add_argument("--question_field", default=None, help="--dataset jsonl: key of the question text (default question)")
     p.add_argument("--answer_field", default=None, help="--dataset jsonl: key of the gold answer (default answer)")
@@ -135,6 +138,16 @@ def dataset_module(args):
         if cls.__name__ != "JsonlPrompts":
             raise DatasetError(f"--{flag} is for --dataset jsonl; --dataset {args.dataset} has fixed fields.")
         kwargs[flag] = value
+    if args.dataset_args:
+        try:
+            extra = json.loads(args.dataset_args)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"--dataset_args is not valid JSON ({exc.msg} at character {exc.pos}): "
+                               f"{args.dataset_args!r}; write an object such as '{{\"digits\": 1}}'.") from None
+        if not isinstance(extra, dict):
+            raise DatasetError(f"--dataset_args must be a JSON object of {cls.__name__}'s settings, "
+                               f"got {args.dataset_args!r}.")
+        kwargs.update(extra)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -192,6 +205,10 @@ def run(args) -> dict:
         raise DatasetError(f"--dataset {type(module).__name__} --split {args.split}: no rows (the val split exists "
                            "only where rows are held out of train); use --split test.")
     reward = reward_for(args, module)
+    if args.adapter:  # a missing or damaged adapter is named before the model loads
+        from qerl.evaluation.adapter import read_adapter
+
+        read_adapter(args.adapter)
     backend, rollout_args = rollout_backend(args)
     quantizer = QUANTIZERS.get(args.quantizer)() if args.quantizer and args.quantizer.lower() != "none" else None
     loader = model_loader(args.model, seed=args.model_seed)
@@ -227,7 +244,7 @@ def run(args) -> dict:
                 "system_prompt": args.system_prompt, "prompt_template": args.prompt_template,
                 "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
                 "max_new_tokens": args.max_new_tokens, "rollout": type(backend).__name__,
-                "rollout_args": rollout_args, "seed": args.seed,
+                "rollout_args": rollout_args, "dataset_args": args.dataset_args, "seed": args.seed,
                 "dequantize_once": bool(once and quantizer is not None),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "torch": torch.__version__}
     output_dir = args.output_dir or os.path.join("eval", f"{args.dataset.lower()}-{time.strftime('%Y%m%d-%H%M%S')}")

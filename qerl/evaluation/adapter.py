@@ -77,12 +77,20 @@ def read_adapter(path: str) -> tuple[dict, dict[str, torch.Tensor], str]:
         raise AdapterError(f"{config_file} line {exc.lineno}: not valid JSON ({exc.msg}).") from None
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters are supported.")
-    if weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    size = os.path.getsize(weights)
+    try:
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        tensors = load_file(weights)
-    else:
-        tensors = torch.load(weights, map_location="cpu", weights_only=True)
+            tensors = load_file(weights)
+        else:
+            tensors = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a header/zip/pickle error of a damaged file means one thing to a user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise AdapterError(f"adapter weights {weights} are damaged ({size:,} bytes; {first}): export the adapter "
+                           "again or use another step's folder.") from None
+    if not tensors:
+        raise AdapterError(f"adapter weights {weights} hold no tensors ({size:,} bytes).")
     return config, tensors, weights
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from qerl.distributed import gather_objects, is_distributed
 from qerl.evaluation.evaluate import EvalTotals, evaluate_batch, summarize
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
+from qerl.training.distributed import gather_objects, is_distributed
 from qerl.types import PromptBatch, SamplingConfig
 
 

@@ -15,8 +15,24 @@ from qerl.memory.estimate import (
 )
 from qerl.models.logprobs import causal_lm
 
-#: prompt length assumed when the datamodule sets no `max_prompt_tokens`
+#: prompt length assumed when the datamodule sets no `max_prompt_tokens` and its prompts cannot be measured
 DEFAULT_PROMPT_TOKENS = 256
+
+
+def longest_prompt(datamodule) -> int | None:
+    """Tokens of the longest formatted training prompt, when the datamodule has its tokenizer (else None).
+
+    The plan sizes activations for this length: the 256-token default made the quickstart's ~40-token
+    additions plan 12.3 GB for a run that peaks at 4.8 GB.
+    """
+    prepared, length = getattr(datamodule, "prepared", None), getattr(datamodule, "prompt_length", None)
+    if not callable(prepared) or not callable(length) or getattr(datamodule, "tokenizer", None) is None:
+        return None
+    try:
+        rows = prepared("train")
+    except Exception:  # noqa: BLE001 - a data problem is reported by the data module itself, not by the plan
+        return None
+    return max((length(prompt) for prompt, _, _ in rows), default=None)
 #: share of the device's memory (free + already held by this process) a plan may use
 HEADROOM = 0.92
 
@@ -33,7 +49,8 @@ def run_shape(module, datamodule=None) -> RunShape:
     """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`; under DDP that is
     one rank's share, as each rank draws its own batches)."""
     prompts = int(getattr(datamodule, "batch_size", 1) or 1) * int(getattr(module, "batches_per_step", 1))
-    prompt_len = getattr(datamodule, "max_prompt_tokens", None) or DEFAULT_PROMPT_TOKENS
+    prompt_len = (getattr(datamodule, "max_prompt_tokens", None) or longest_prompt(datamodule)
+                  or DEFAULT_PROMPT_TOKENS)
     rows = prompts * int(module.sampling.n)
     lora = module.lora
     micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
@@ -42,6 +59,35 @@ def run_shape(module, datamodule=None) -> RunShape:
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
                     lora_targets=tuple(lora.targets) if lora is not None else ())
+
+
+def torch_device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def resident_bytes() -> float | None:
+    """This process's resident memory now (Linux /proc), or None."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def add_cpu_process_rows(estimate: MemoryEstimate, module, shape: ModelShape, dtype_bytes: int) -> None:
+    """On a CPU the plan is the process's resident memory: add what a GPU plan leaves out - the dense copy of the
+    4-bit layers that `dequantize_once_per_step` keeps through a step, and the interpreter, torch and libraries
+    (what the process holds now beyond the counted weights)."""
+    if getattr(module, "dequantize_once_per_step", False) and getattr(module, "quantizer", None) is not None:
+        estimate.static["dense copy of 4-bit layers"] = shape.layer_linear_params() * shape.layers * dtype_bytes
+    rss = resident_bytes()
+    if rss is not None:
+        counted = sum(v for k, v in estimate.static.items() if k != "dense copy of 4-bit layers")
+        estimate.static["process (torch, libraries)"] = max(0.0, rss - counted)
 
 
 def device_budget(device) -> float | None:
@@ -76,10 +122,12 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
              f"({'fits the device budget' if budget is not None else 'no CUDA device: all rows at once'})")
     run = replace(run, micro_batch=micro)
     estimate = estimate_memory(shape, run, bits, dtype_bytes)
+    if budget is None and getattr(module, "device", None) is not None and torch_device_type(module.device) == "cpu":
+        add_cpu_process_rows(estimate, module, shape, dtype_bytes)
     echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
-    from qerl.distributed import world
+    from qerl.training.distributed import world
 
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
         echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qerl.distributed import world
+from qerl.training.distributed import world
 
 _KEY = "rollout.init_args"
 

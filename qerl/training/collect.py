@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from qerl.algorithms.base import Algorithm
-from qerl.distributed import global_draw
 from qerl.noise.base import NoiseDraw
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
+from qerl.training.distributed import global_draw
 from qerl.training.scoring import Scored, concat_scored, score_rollout, select_groups
 from qerl.training.step_metrics import StepTimer
 from qerl.types import PromptBatch, SamplingConfig

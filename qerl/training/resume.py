@@ -56,6 +56,32 @@ def skip_batches(iterator: Iterator, count: int) -> int:
     return skipped
 
 
+def rewind_fetch_count(dataloader_iter: Iterator) -> None:
+    """Set Lightning's count of fetched batches back to 0 before the skip (which counts each batch again).
+
+    On a restart Lightning starts its count at the batches the checkpointed epoch had run, though the fresh
+    loader starts at the top; without this the skipped batches count twice and the resumed epoch ends early
+    (with a wasted step when nothing is left). Lightning keeps the count on the iterator's fetcher.
+    """
+    fetcher = getattr(dataloader_iter, "data_fetcher", None)
+    if fetcher is not None and isinstance(getattr(fetcher, "fetched", None), int):
+        fetcher.fetched = 0
+        fetcher.done = fetcher.length == 0 if fetcher.length is not None else False
+
+
+def step_log_metrics(trainer: Any, fallback: dict[str, float]) -> dict[str, float]:
+    """Every value of the current step that goes to the loggers (the module's and its callbacks', e.g. noise/sigma).
+
+    Lightning keeps them in its logger connector until the step ends; without it, `fallback` (the module's own).
+    """
+    try:
+        logged = trainer._logger_connector.metrics["log"]
+    except (AttributeError, AssertionError, KeyError, TypeError):
+        return dict(fallback)
+    out = {k: float(v) for k, v in logged.items() if k not in ("epoch", "step")}
+    return out or dict(fallback)
+
+
 def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader_iter: Iterator) -> int:
     """Continue a run from its checkpoint's `qerl` entry; return the prompt batches drawn so far this epoch.
 
@@ -65,6 +91,7 @@ def resume_position(pending: dict[str, Any], epoch: int, loader: Any, dataloader
     """
     drawn = int(pending.get("batches_drawn", 0)) if pending.get("epoch") == epoch else 0
     if drawn and not is_stateful(loader):
+        rewind_fetch_count(dataloader_iter)
         skip_batches(dataloader_iter, drawn)
     if "rng" in pending:
         restore_rng(pending["rng"])

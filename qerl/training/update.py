@@ -45,7 +45,7 @@ def accumulate_gradients(
     """Run every micro-batch forward and backward; the micro-batch losses sum to the full-batch loss.
 
     `totals` (completions, completion tokens) normalizes the loss when this batch is one rank's share of a
-    larger step (`qerl.distributed.global_totals`); the losses and token-weighted metrics are then this
+    larger step (`qerl.training.distributed.global_totals`); the losses and token-weighted metrics are then this
     rank's shares, summed over ranks later. Default: this batch's own counts.
     Stops at the first non-finite loss (before its backward) and reports `finite=False`.
     """

@@ -1,4 +1,4 @@
-"""qerl.distributed on a real 2-process gloo group: counts, the gradient all-reduce, metric combining, RNG pick."""
+"""qerl.training.distributed on a real 2-process gloo group: counts, the gradient all-reduce, metric combining, RNG pick."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 def _rank_main(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    from qerl import distributed as d
+    from qerl.training import distributed as d
 
     cpu = torch.device("cpu")
     results = {"world": d.world(), "draws": [d.global_draw(i) for i in range(3)],

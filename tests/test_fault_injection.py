@@ -1,0 +1,134 @@
+"""kill -9 at chosen points of a short `qerl fit` (tiny random model), then `--ckpt_path last`: the resumed run
+logs the same metrics as an uninterrupted one, into the same run folder, each step once."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+COMPARED = ["train/loss", "train/grad_norm", "reward/total_mean", "train/entropy", "noise/sigma", "train/lr",
+            "rollout/length_mean"]
+
+
+def recipe(save_dir: Path, kill: dict | None = None) -> dict:
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"every_n_train_steps": 2, "save_last": True}}]
+    if kill:
+        callbacks.append({"class_path": "fault_hooks.KillAt", "init_args": kill})
+    return {
+        "seed_everything": 0,
+        "trainer": {"max_steps": STEPS, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(save_dir), "name": "fault"}},
+                    "callbacks": callbacks},
+        "model": {"policy": {"class_path": "RandomInit", "init_args": {"config": "tiny", "seed": 0}},
+                  "quantizer": "NVFP4", "lora": {"rank": 4, "alpha": 8.0},
+                  "noise": {"class_path": "Exponential",
+                            "init_args": {"sigma_start": 0.01, "sigma_end": 0.001, "num_stages": 3}},
+                  "algorithm": "GRPO", "rewards": ["rl_helpers.DigitReward"],
+                  "sampling": {"n": 4, "max_new_tokens": 6, "temperature": 1.0},
+                  "optimizer": {"lr": 0.01, "warmup_steps": 2}, "dtype": "float32", "micro_batch_size": 8,
+                  "log_samples_every": 0},
+        "data": {"class_path": "Arithmetic",
+                 "init_args": {"digits": 1, "batch_size": 2, "num_train": 8, "num_test": 4, "val_size": 0}},
+    }
+
+
+def qerl_fit(folder: Path, config: dict, *extra: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("QERL_DEBUG", None)
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run([sys.executable, "-m", "qerl.cli", "fit", "--config", str(path), *extra], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def logged(version_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every compared tag's (step, value) as TensorBoard shows it (purged restarts applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(version_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in COMPARED}
+
+
+def partial_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(".partial")]
+
+
+def assert_same_run(resumed: dict, baseline: dict) -> None:
+    for tag in COMPARED:
+        steps = [s for s, _ in resumed[tag]]
+        assert steps == list(range(STEPS)), (tag, steps)  # one folder, each step once
+        for (step, value), (_, expected) in zip(resumed[tag], baseline[tag], strict=True):
+            assert value == pytest.approx(expected, rel=1e-5, abs=1e-7), (tag, step, value, expected)
+    assert any(v > 0 for _, v in baseline["train/grad_norm"])  # not a comparison of all-zero runs
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("straight")
+    done = qerl_fit(folder, recipe(folder / "runs"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return logged(folder / "runs" / "fault" / "version_0")
+
+
+def test_kill_between_checkpoints_then_resume_matches_the_uninterrupted_run(baseline, tmp_path):
+    runs = tmp_path / "runs"
+    killed = qerl_fit(tmp_path, recipe(runs, kill={"step": 3}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done = qerl_fit(tmp_path, recipe(runs), "--ckpt_path", "last")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (runs / "fault").iterdir()) == ["version_0"]
+    assert_same_run(logged(runs / "fault" / "version_0"), baseline)
+    assert "Warning" not in done.stderr, done.stderr[-3000:]  # no library warning on an exact resume
+
+
+def other_filesystem_than(path: Path) -> Path | None:
+    """A writable folder on a filesystem other than `path`'s (/dev/shm, a tmpfs), or None."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(path).st_dev:
+        return shm
+    return None
+
+
+def test_kill_while_last_ckpt_is_written_run_folder_and_tmpdir_on_different_filesystems(baseline, tmp_path):
+    fast = other_filesystem_than(tmp_path)
+    if fast is None:
+        pytest.skip("needs /dev/shm on a filesystem other than the temp folder's, to put the run folder and TMPDIR "
+                    "on different filesystems")
+    from qerl.training.checkpoint_io import read_checkpoint
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    runs = Path(tempfile.mkdtemp(prefix="qerl-fault-", dir=fast))
+    try:
+        killed = qerl_fit(tmp_path, recipe(runs, kill={"step": 4, "during_save": 2}), tmpdir=tmpdir)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        checkpoints = runs / "fault" / "version_0" / "checkpoints"
+        assert len(partial_files(checkpoints)) == 1  # the half-written last.ckpt, beside it, not in TMPDIR
+        assert read_checkpoint(str(checkpoints / "last.ckpt"))["global_step"] == 2  # the old one, whole
+        assert read_checkpoint(str(checkpoints / "epoch=0-step=4.ckpt"))["global_step"] == 4
+
+        done = qerl_fit(tmp_path, recipe(runs), "--ckpt_path", "last", tmpdir=tmpdir)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "epoch=0-step=4.ckpt" in done.stderr  # the newest intact checkpoint, not the older last.ckpt
+        assert partial_files(runs) == [] and list(tmpdir.rglob("*.ckpt")) == []
+        assert read_checkpoint(str(checkpoints / "last.ckpt"))["global_step"] == STEPS
+        assert_same_run(logged(runs / "fault" / "version_0"), baseline)
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
