@@ -170,7 +170,7 @@ def test_cpu_plan_sizes_real_prompts_and_counts_the_process():
     data.set_tokenizer(module.tokenizer)
     longest = max(data.prompt_length(p) for p, _, _ in data.prepared("train"))
     lines: list[str] = []
-    est = plan_for_module(module, data, echo=lines.append)
+    est = plan_for_module(module, data, echo=lines.append).estimate
     assert f"prompt {longest} + response" in lines[-1] and longest < 256
     assert est.static["dense copy of 4-bit layers"] > 0
     rss = resident_bytes()
