@@ -96,21 +96,27 @@ def rollout_backend(args):
     from qerl.registry import ROLLOUT_BACKENDS
 
     cls = ROLLOUT_BACKENDS.get(args.rollout)
-    kwargs = {}
-    if args.rollout_args:
-        try:
-            kwargs = json.loads(args.rollout_args)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--rollout_args is not valid JSON ({exc.msg} at character {exc.pos}): "
-                             f"{args.rollout_args!r}; write an object such as '{{\"max_batch_rows\": 64}}'.") from None
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"--rollout_args must be a JSON object of {cls.__name__}'s settings, got {args.rollout_args!r}.")
+    kwargs = json_object_arg("rollout_args", args.rollout_args, cls.__name__, '{"max_batch_rows": 64}', ValueError)
     accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"--rollout_args: {cls.__name__} has no setting {', '.join(map(repr, unknown))}; "
                          f"its settings are {', '.join(accepted)}.")
     return cls(**kwargs), kwargs
+
+
+def json_object_arg(flag: str, text: str | None, owner: str, example: str, error: type[Exception]) -> dict:
+    """The JSON object given to `--<flag>` (empty when not given); `error` names the flag and what to write."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"--{flag} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}; write an object "
+                    f"such as '{example}'.") from None
+    if not isinstance(value, dict):
+        raise error(f"--{flag} must be a JSON object of {owner}'s settings, got {text!r}.")
+    return value
 
 
 def dataset_module(args):
@@ -138,16 +144,7 @@ def dataset_module(args):
         if cls.__name__ != "JsonlPrompts":
             raise DatasetError(f"--{flag} is for --dataset jsonl; --dataset {args.dataset} has fixed fields.")
         kwargs[flag] = value
-    if args.dataset_args:
-        try:
-            extra = json.loads(args.dataset_args)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"--dataset_args is not valid JSON ({exc.msg} at character {exc.pos}): "
-                               f"{args.dataset_args!r}; write an object such as '{{\"digits\": 1}}'.") from None
-        if not isinstance(extra, dict):
-            raise DatasetError(f"--dataset_args must be a JSON object of {cls.__name__}'s settings, "
-                               f"got {args.dataset_args!r}.")
-        kwargs.update(extra)
+    kwargs.update(json_object_arg("dataset_args", args.dataset_args, cls.__name__, '{"digits": 1}', DatasetError))
     try:
         return cls(**kwargs)
     except TypeError as exc:
