@@ -207,6 +207,8 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     try:
         return vllm.LLM(**kwargs)
     except Exception as exc:  # vLLM raises many types for a model it refuses; all mean "cannot build the engine"
+        if isinstance(exc, torch.OutOfMemoryError) or "memory" in str(exc).lower():
+            raise VLLMSetupError(memory_message(exc, gpu_memory_utilization, kv_cache_memory_gb)) from exc
         raise VLLMSetupError(
             f"vLLM could not start an engine for the exported policy in {directory} "
             f"({type(exc).__name__}: {exc}). Check that vLLM supports this architecture and shape (e.g. the CPU "
@@ -215,6 +217,39 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     finally:
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
+
+
+def memory_message(exc: Exception, gpu_memory_utilization: float, kv_cache_memory_gb: float | None) -> str:
+    """One line for an engine that does not fit: the setting to change and the numbers it was planned with."""
+    gib = 2**30
+    said = f"vLLM said: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    if kv_cache_memory_gb is not None:
+        free = _available_ram() if not torch.cuda.is_available() else torch.cuda.mem_get_info()[0]
+        free_text = f"{free / gib:.1f} GiB free" if free is not None else "free memory unknown"
+        return (f"The vLLM engine does not fit: `rollout.init_args.kv_cache_memory_gb` is {kv_cache_memory_gb:g} "
+                f"GiB for the KV cache with {free_text}; lower it (or max_model_len / max_num_seqs) and start "
+                f"again. ({said})")
+    total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    if not total:
+        return (f"The vLLM engine does not fit in memory with `rollout.init_args.gpu_memory_utilization` "
+                f"{gpu_memory_utilization:g}; lower it or set kv_cache_memory_gb. ({said})")
+    free, held = torch.cuda.mem_get_info()[0], torch.cuda.memory_allocated()
+    fits = max(0.0, (free - gib) / total)
+    return (f"The vLLM engine does not fit: `rollout.init_args.gpu_memory_utilization` {gpu_memory_utilization:g} asks "
+            f"{gpu_memory_utilization * total / gib:.1f} of the card's {total / gib:.1f} GiB, while this process "
+            f"already holds {held / gib:.1f} GiB (the policy) and {free / gib:.1f} GiB are free; set it to at most "
+            f"{fits:.2f}, or turn on enable_sleep_mode, or lower max_model_len / max_num_seqs. ({said})")
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def probe(llm, token_id: int, lora_request) -> None:

@@ -30,3 +30,21 @@ def test_only_tested_vllm_versions_pass_without_a_warning():
     with warnings.catch_warnings():
         message = check_version("0.23.1")
     assert "vLLM 0.23.1 is installed" in message and "vllm 0.22.0 (CUDA)" in message
+
+
+@pytest.mark.slow
+def test_an_engine_that_does_not_fit_names_the_setting_and_the_numbers(monkeypatch):
+    """Real vLLM (CPU build): a KV cache larger than the machine fails at setup, before any training step."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from qerl.lora.apply import apply_lora
+    from qerl.rollout.vllm import VLLM
+    from qerl.rollout.vllm_engine import VLLMSetupError
+
+    model, tok = RandomInit(config={"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2,
+                                    "num_key_value_heads": 2}, seed=0).load(quantizer="NVFP4", dtype="float32")
+    backend = VLLM(max_model_len=128, kv_cache_memory_gb=500, max_num_seqs=4, dtype="float32")
+    with pytest.raises(VLLMSetupError) as err:
+        backend.setup(apply_lora(model, rank=4, alpha=8.0), tok)
+    message = str(err.value)
+    assert message.startswith("The vLLM engine does not fit: `rollout.init_args.kv_cache_memory_gb` is 500 GiB")
+    assert "GiB free" in message and "vLLM said:" in message and "\n" not in message
