@@ -24,7 +24,7 @@ from qerl.rollout import vllm_engine as engine
 from qerl.rollout import vllm_sync
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.vllm_engine import SERVED_FORMATS, engine_name, scratch_dir
-from qerl.rollout.vllm_outputs import check_lengths, mismatch, rollout_from_outputs
+from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
 from qerl.types import Rollout, SamplingConfig
 
 #: max_lora_rank values vLLM accepts
@@ -299,6 +299,7 @@ class VLLM(RolloutBackend):
         outputs = generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
+        check_finite_logprobs(rollout, self.served_as)
         self.last_metrics = {}
         if self.measure_mismatch or self.importance_sampling_cap is not None:
             self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,

@@ -35,6 +35,24 @@ def rollout_from_outputs(outputs, prompt_ids: list[list[int]], n: int, pad_id: i
     return Rollout.from_rows(prompts, completions, logprobs, truncated, texts, n, pad_id, device)
 
 
+class EngineOutputError(RuntimeError):
+    """The vLLM engine returned numbers training cannot use; the message says what to change."""
+
+
+def check_finite_logprobs(rollout: Rollout, served_as: str | None) -> None:
+    """Stop with one line when the engine's log-probs of its own sampled tokens are not finite.
+
+    Seen on an H200 with vllm 0.22: engines serving the base dense returned NaN for every token, which otherwise
+    surfaces steps later as a "non-finite loss" that points at the learning rate."""
+    mask = rollout.completion_mask.bool()
+    bad = int((~torch.isfinite(rollout.logprobs) & mask).sum())
+    if bad:
+        raise EngineOutputError(
+            f"VLLM: the engine (base served as {served_as}) returned non-finite log-probs for {bad} of "
+            f"{int(mask.sum())} sampled tokens. Known with dense-served bases on CUDA (vllm 0.22): use an NVFP4 or "
+            "MXFP4 base, which vLLM serves packed, or `rollout: HF`.")
+
+
 @torch.no_grad()
 def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8) -> torch.Tensor:
     """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad)."""

@@ -48,3 +48,19 @@ def test_an_engine_that_does_not_fit_names_the_setting_and_the_numbers(monkeypat
     message = str(err.value)
     assert message.startswith("The vLLM engine does not fit: `rollout.init_args.kv_cache_memory_gb` is 500 GiB")
     assert "GiB free" in message and "vLLM said:" in message and "\n" not in message
+
+
+def test_non_finite_engine_logprobs_stop_with_one_line_naming_the_way_out():
+    from types import SimpleNamespace
+
+    import torch
+
+    from qerl.rollout.vllm_outputs import EngineOutputError, check_finite_logprobs
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # the shapes of Rollout.completion_mask / .logprobs
+    padded_nan = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, float("nan"), 0.0]])  # NaN only at padding
+    check_finite_logprobs(SimpleNamespace(completion_mask=mask, logprobs=padded_nan), "bfloat16")
+    all_nan = SimpleNamespace(completion_mask=mask, logprobs=torch.full((2, 3), float("nan")))
+    with pytest.raises(EngineOutputError, match=r"served as bfloat16\) returned non-finite log-probs for 3 of 3 .*"
+                                                r"NVFP4 or MXFP4 base.*rollout: HF"):
+        check_finite_logprobs(all_nan, "bfloat16")
