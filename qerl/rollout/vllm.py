@@ -21,9 +21,10 @@ from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
-from qerl.rollout import vllm_sync
+from qerl.rollout import vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.vllm_engine import SERVED_FORMATS, engine_name, scratch_dir
+from qerl.rollout.vllm_norms import engine_realized, float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
 from qerl.types import Rollout, SamplingConfig
 
@@ -142,9 +143,6 @@ class VLLM(RolloutBackend):
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
-        from qerl.rollout import vllm_ranks  # under DDP: an engine per rank, or per tensor-parallel group
-        from qerl.rollout.vllm_norms import float32_rms_norms, wants_float32_norms
-
         placement = vllm_ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
         self._tp_group = vllm_ranks.make_group(self.tensor_parallel_size)
         try:
@@ -264,8 +262,6 @@ class VLLM(RolloutBackend):
 
         `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
         float32 norms, see `qerl.rollout.vllm_norms`)."""
-        from qerl.rollout.vllm_norms import engine_realized
-
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
@@ -294,9 +290,7 @@ class VLLM(RolloutBackend):
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
-        from qerl.rollout.vllm_ranks import generate_outputs
-
-        outputs = generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
+        outputs = vllm_ranks.generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         check_finite_logprobs(rollout, self.served_as)
@@ -322,8 +316,6 @@ class VLLM(RolloutBackend):
 
     def engine_linear_methods(self) -> dict[str, int]:
         """How the engine serves the base: {vLLM scheme / quant-method class: number of linear layers}."""
-        from qerl.rollout import vllm_sync
-
         self._ready()
         return self.llm.collective_rpc(vllm_sync.linear_methods)[0]
 

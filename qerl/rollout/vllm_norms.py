@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from qerl.noise.precision import RealizedNoise, measure_changes, warn_if_not_held
+from qerl.noise.targets import targeted_norms
 
 FIX = ("The engine keeps float32 RMSNorm weights only when it runs in this process "
        "(VLLM_ENABLE_V1_MULTIPROCESSING=0, tensor_parallel_size 1) and the policy's targeted norms are float32 "
@@ -31,8 +32,6 @@ FIX = ("The engine keeps float32 RMSNorm weights only when it runs in this proce
 
 def wants_float32_norms(lm: nn.Module, engine_dtype: str) -> bool:
     """True when the policy keeps its AQN-targeted norms in float32 and the engine runs in a narrower dtype."""
-    from qerl.noise.inject import targeted_norms
-
     if engine_dtype == "float32":
         return False
     try:

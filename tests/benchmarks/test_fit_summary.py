@@ -1,0 +1,35 @@
+"""benchmarks/fit_summary.py reads a run's TensorBoard scalars: early and late means of the key tags."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("fit_summary", os.path.join(ROOT, "benchmarks", "fit_summary.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_early_and_late_means_of_a_rising_reward(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(20):
+        writer.add_scalar("reward/total_mean", step / 19, step)
+        writer.add_scalar("train/accuracy", 0.5, step)
+    writer.close()
+    summary = load_script().summarize(str(tmp_path), window=5)
+    assert summary["reward/total_mean"] == {"steps": 20, "early": pytest.approx(2 / 19, abs=1e-5),
+                                            "late": pytest.approx(17 / 19, abs=1e-5)}
+    assert summary["train/accuracy"]["early"] == summary["train/accuracy"]["late"] == 0.5
+
+
+def test_a_folder_without_scalars_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no TensorBoard scalars found"):
+        load_script().summarize(str(tmp_path), window=5)
