@@ -160,7 +160,8 @@ def vllm_backend(policy, tok, batch: int, new: int, args):
             return params
 
     backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
-                        enable_sleep_mode=args.vllm_sleep)
+                        enable_sleep_mode=args.vllm_sleep, compile=not args.vllm_no_compile,
+                        kv_cache_memory_gb=args.vllm_kv_gib)
     sync()
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -216,7 +217,9 @@ def run_row(spec: dict, args) -> dict:
         row["rollout"] = "synthetic (training phase only)"
     elif args.rollout == "vllm":
         backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args)
-        row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()})
+        row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
+                   vllm={"gpu_memory_utilization": args.vllm_util, "kv_cache_memory_gb": args.vllm_kv_gib,
+                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep})
     else:
         backend = HF(max_batch_rows=local)
         backend.setup(policy, tok)
@@ -285,6 +288,10 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--rollout", choices=("fast", "vllm"), default="fast", help="the rollout engine")
     parser.add_argument("--vllm-util", type=float, default=0.35, help="gpu_memory_utilization of the vLLM engine")
+    parser.add_argument("--vllm-no-compile", action="store_true",
+                        help="VLLM(compile=False): no torch.compile, full CUDA graphs for decode only (faster setup)")
+    parser.add_argument("--vllm-kv-gib", type=float, default=None,
+                        help="VLLM kv_cache_memory_gb: a fixed KV cache instead of a share of gpu_memory_utilization")
     parser.add_argument("--vllm-sleep", action="store_true", help="vLLM sleep mode during training")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap torch's allocator at this many GiB")
     parser.add_argument("--tag", default="", help="suffix of the output file name")

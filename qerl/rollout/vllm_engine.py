@@ -59,24 +59,29 @@ def scratch_dir(prefix: str = "qerl-vllm-") -> str:
 def dense_base_state_dict(lm: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Base weights of `lm` (LoRA layers may be injected) by HF name, QuantLinear layers dequantized to `dtype`.
 
-    LoRA tensors are left out; tied tensors are written once (the first name wins).
+    LoRA tensors are left out; tied tensors are written once (the first name wins). Ties are found only among
+    the model's own parameters and buffers: a dequantized weight is a fresh tensor, and on CUDA the caching
+    allocator hands the next same-shaped layer the address the last one was freed from - comparing those
+    addresses dropped most layers of the export (the engine then ran on uninitialised memory: NaN log-probs).
     """
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for name, module in lm.named_modules():
         if ".lora_" in f".{name}" or name.split(".")[-1].startswith("lora_"):
             continue
-        own = [(k, v) for k, v in module._parameters.items() if v is not None]
-        own += [(k, v) for k, v in module._buffers.items()
+        own = [(k, v, True) for k, v in module._parameters.items() if v is not None]
+        own += [(k, v, True) for k, v in module._buffers.items()
                 if v is not None and k not in module._non_persistent_buffers_set]
         if isinstance(module, QuantLinear):
-            own = [("weight", module.dequantize(dtype))] + ([("bias", module.bias)] if module.bias is not None else [])
-        for key, tensor in own:
+            own = [("weight", module.dequantize(dtype), False)]
+            own += [("bias", module.bias, True)] if module.bias is not None else []
+        for key, tensor, stored in own:
             full = engine_name(f"{name}.{key}" if name else key)
-            storage = (tensor.data_ptr(), tuple(tensor.shape))
-            if tensor.numel() and storage in seen:
-                continue
-            seen.add(storage)
+            if stored and tensor.numel():
+                storage = (tensor.data_ptr(), tuple(tensor.shape))
+                if storage in seen:
+                    continue
+                seen.add(storage)
             value = tensor.detach()
             out[full] = (value.to(dtype) if value.is_floating_point() else value).cpu().contiguous()
     return out

@@ -64,3 +64,32 @@ def test_non_finite_engine_logprobs_stop_with_one_line_naming_the_way_out():
     with pytest.raises(EngineOutputError, match=r"served as bfloat16\) returned non-finite log-probs for 3 of 3 .*"
                                                 r"NVFP4 or MXFP4 base.*rollout: HF"):
         check_finite_logprobs(all_nan, "bfloat16")
+
+
+def test_dense_export_keeps_every_layer_when_dequantized_weights_reuse_one_address(monkeypatch):
+    """On CUDA a dequantized weight is freed after its CPU copy and the next same-shaped layer gets the same
+    address: the export must not take that for a tied tensor (it dropped k/v/up/down of every layer on the H200,
+    and the dense-served engine returned NaN log-probs)."""
+    import torch
+
+    from qerl.quantizers.layers import QuantLinear
+    from qerl.rollout.vllm_engine import dense_base_state_dict
+
+    model, _ = RandomInit(config={"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2,
+                                  "num_key_value_heads": 2, "num_hidden_layers": 2}, seed=0).load(quantizer="NF4")
+    expected = {n: m.dequantize(torch.bfloat16).clone() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    scratch: dict[tuple, torch.Tensor] = {}
+    real = QuantLinear.dequantize
+
+    def reused(self, dtype=torch.bfloat16):  # what the caching allocator does: one block per shape, reused
+        value = real(self, torch.bfloat16)  # bf16 scratch, exported as float32: the export copies it (as .cpu() does)
+        buffer = scratch.setdefault((tuple(value.shape), value.dtype), torch.empty_like(value))
+        return buffer.copy_(value)
+
+    monkeypatch.setattr(QuantLinear, "dequantize", reused)
+    out = dense_base_state_dict(model, torch.float32)
+    assert len(expected) == 14  # 2 layers x q, k, v, o, gate, up, down, all 128x128
+    for name, weight in expected.items():
+        assert torch.equal(out[f"{name}.weight"], weight.float()), name
+    tied = model.config.tie_word_embeddings
+    assert ("lm_head.weight" in out) != tied and "model.embed_tokens.weight" in out
