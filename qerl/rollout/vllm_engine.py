@@ -209,6 +209,12 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     try:
         return vllm.LLM(**kwargs)
     except Exception as exc:  # vLLM raises many types for a model it refuses; all mean "cannot build the engine"
+        if PROFILE_RACE in str(exc):
+            raise VLLMSetupError(
+                "vLLM could not size its KV cache: GPU memory was freed while it profiled (vLLM said: "
+                f"{str(exc).splitlines()[0][:200]}). Another engine in this process (or another process on this "
+                "GPU) was being released; close earlier engines first (`backend.close()`, then gc.collect() and "
+                "torch.cuda.empty_cache()) or build each engine in its own process.") from exc
         if isinstance(exc, torch.OutOfMemoryError) or "memory" in str(exc).lower():
             raise VLLMSetupError(memory_message(exc, gpu_memory_utilization, kv_cache_memory_gb)) from exc
         raise VLLMSetupError(
@@ -219,6 +225,10 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
     finally:
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
+
+
+#: vLLM's assertion when free memory grew during its profiling run (an earlier engine being released)
+PROFILE_RACE = "Error in memory profiling"
 
 
 def memory_message(exc: Exception, gpu_memory_utilization: float, kv_cache_memory_gb: float | None) -> str:

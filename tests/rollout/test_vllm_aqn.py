@@ -94,21 +94,32 @@ def test_float32_norms_are_wanted_only_for_a_narrower_engine_and_targeted_float3
     assert not wants_float32_norms(torch.nn.Linear(2, 2), "bfloat16")
 
 
+GPU_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_vllm_aqn import bf16_policy, check_engine_holds_every_sigma
+from qerl.rollout.vllm import VLLM
+policy, tok = bf16_policy("cuda")
+backend = VLLM(max_model_len=128, gpu_memory_utilization=0.2, max_num_seqs=4, measure_mismatch=False)
+backend.setup(policy, tok)
+check_engine_holds_every_sigma(backend)
+print("ENGINE HELD EVERY SIGMA")
+"""
+
+
 @pytest.mark.gpu
 def test_gpu_vllm_engine_with_graphs_holds_every_sigma_in_float32_norms():
-    """vllm 0.22 on CUDA: NVFP4 base as compressed-tensors, torch.compile and CUDA graphs (enforce_eager off)."""
-    import gc
+    """vllm 0.22 on CUDA: NVFP4 base as compressed-tensors, torch.compile and CUDA graphs (enforce_eager off).
 
-    from qerl.rollout.vllm import VLLM
+    The engine is built in a child process: in the whole GPU suite an engine of an earlier test was released
+    while this one profiled memory, and vLLM refused to start ("Initial free memory 110.51 GiB, current free
+    memory 138.38 GiB") - twice, also after gc.collect() and empty_cache() here.
+    """
+    import os
+    import subprocess
+    import sys
 
-    # engines of earlier tests in this process must be gone before vLLM profiles free memory (in a whole GPU
-    # suite a late release failed the profile: "Initial free memory 110.51 GiB, current free memory 138.38 GiB")
-    gc.collect()
-    torch.cuda.empty_cache()
-    policy, tok = bf16_policy("cuda")
-    backend = VLLM(max_model_len=128, gpu_memory_utilization=0.2, max_num_seqs=4, measure_mismatch=False)
-    backend.setup(policy, tok)
-    try:
-        check_engine_holds_every_sigma(backend)
-    finally:
-        backend.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", GPU_CHILD, os.path.dirname(__file__)], capture_output=True,
+                          text=True, env=env, timeout=500, check=False)
+    assert done.returncode == 0 and "ENGINE HELD EVERY SIGMA" in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]

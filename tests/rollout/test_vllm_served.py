@@ -93,3 +93,26 @@ def test_dense_export_keeps_every_layer_when_dequantized_weights_reuse_one_addre
         assert torch.equal(out[f"{name}.weight"], weight.float()), name
     tied = model.config.tie_word_embeddings
     assert ("lm_head.weight" in out) != tied and "model.embed_tokens.weight" in out
+
+
+def test_memory_freed_while_vllm_profiles_is_named_as_a_release_not_a_misfit(monkeypatch, tmp_path):
+    """vllm 0.22 asserts when free memory grows during its profile (an earlier engine released meanwhile, seen in
+    the H200 GPU suite); that is not "the engine does not fit", and the message must not say so."""
+    import vllm
+
+    from qerl.rollout.vllm_engine import VLLMSetupError, build_llm
+
+    said = ("Error in memory profiling. Initial free memory 110.51 GiB, current free memory 138.38 GiB. This happens "
+            "when other processes sharing the same container release GPU memory while vLLM is profiling")
+
+    def refuse(**kwargs):
+        raise AssertionError(said)
+
+    monkeypatch.setattr(vllm, "LLM", refuse)
+    with pytest.raises(VLLMSetupError) as err:
+        build_llm(str(tmp_path), dtype="bfloat16", max_lora_rank=8, max_loras=1, gpu_memory_utilization=0.2,
+                  max_model_len=128, tensor_parallel_size=1, enable_sleep_mode=False, seed=0, kv_cache_memory_gb=None,
+                  max_num_seqs=4, enforce_eager=True, extra={})
+    message = str(err.value)
+    assert message.startswith("vLLM could not size its KV cache: GPU memory was freed while it profiled")
+    assert "does not fit" not in message and "110.51 GiB" in message and "own process" in message
