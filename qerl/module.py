@@ -30,7 +30,7 @@ from qerl.training.policy import build_policy
 from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 from qerl.training.running_rewards import RunningRewards
 from qerl.training.scoring import Scored, concat_scored
-from qerl.training.settings import LoRASettings, OptimizerSettings
+from qerl.training.settings import LoRASettings, OptimizerSettings, global_seed
 from qerl.training.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
 from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 from qerl.types import PromptBatch, SamplingConfig
@@ -58,7 +58,8 @@ class QeRLModule(L.LightningModule):
             largest that fits the GPU's free memory by the start-up memory plan (`qerl.memory`).
         batches_per_step: prompt batches (rollouts) accumulated into one optimizer step.
         accuracy_reward: the reward whose score > 0 counts as correct (`train/accuracy`); default the first.
-        seed: base seed of the per-step rollout sampling.
+        seed: base seed of the per-step rollout sampling and of the AQN draws. None (default): the run's
+            `seed_everything` (so a seed sweep varies the rollouts too, not only the LoRA init), 0 without one.
         gradient_checkpointing: recompute decoder activations in backward.
         log_samples_every: write text samples to TensorBoard every N steps (0: never).
         num_samples_logged: how many samples each time.
@@ -84,7 +85,7 @@ class QeRLModule(L.LightningModule):
         micro_batch_size: int | str = 8,
         batches_per_step: int = 1,
         accuracy_reward: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         gradient_checkpointing: bool = False,
         log_samples_every: int = 10,
         num_samples_logged: int = 2,
@@ -106,7 +107,7 @@ class QeRLModule(L.LightningModule):
         self.dtype_name = dtype
         self.micro_batch_size = micro_batch_size
         self.batches_per_step = batches_per_step
-        self.seed = int(seed)
+        self.seed = int(seed) if seed is not None else global_seed()
         self.gradient_checkpointing = gradient_checkpointing
         self.log_samples_every = log_samples_every
         self.num_samples_logged = num_samples_logged

@@ -164,3 +164,16 @@ def test_rollout_engine_is_synced_at_start_and_after_every_optimizer_step(tmp_pa
     fit(tmp_path, module, 2)
     assert len(backend.synced_steps) == 3  # fit start, then after steps 1 and 2
     assert backend.synced_steps[0] == 0.0 and backend.synced_steps[-1] > 0.0  # it saw the updated LoRA weights
+
+
+def test_the_rollout_seed_follows_seed_everything_unless_the_recipe_sets_one(monkeypatch):
+    """A seed sweep (`--seed_everything 0/1/2`) must draw different rollouts and AQN noise, not only a different
+    LoRA init: in the H200 AQN study of 2026-12-02 the three "seeds" of each NVFP4 variant sampled identical
+    completions until the first reward arrived (model.seed stayed 0)."""
+    import lightning as L
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # first: the env var is put back as it was afterwards
+    assert tiny_module(seed=None).seed == 0
+    L.seed_everything(3)
+    assert tiny_module(seed=None).seed == 3
+    assert tiny_module(seed=7).seed == 7

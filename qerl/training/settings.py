@@ -1,6 +1,7 @@
 """Small typed settings groups of `QeRLModule` (each field becomes a recipe key and `--help` text)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -44,3 +45,11 @@ class OptimizerSettings:
     eps: float = 1e-8
     warmup_steps: int = 0
     grad_clip: float = 1.0
+
+
+def global_seed() -> int:
+    """The seed `seed_everything` set for this run (Lightning's PL_GLOBAL_SEED), else 0."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    except ValueError:
+        return 0
