@@ -64,7 +64,8 @@ class EngineSettings:
 
 @dataclass
 class EngineEstimate:
-    """Bytes the engine takes on one GPU while awake (`rows`), and while asleep during training (`asleep`)."""
+    """Bytes the engine takes on one GPU while awake (`rows`; `need` their sum) and through training
+    (`during_training`)."""
 
     settings: EngineSettings
     rows: dict[str, float] = field(default_factory=dict)
