@@ -6,7 +6,10 @@ Every term is a closed formula over the model's shape (hidden size, layers, head
     static (weights + LoRA params, grads, AdamW m/v) + max(rollout: KV cache + decode buffers,
                                                            training: activations + log-prob chunk buffers)
 
-since the rollout backend releases its KV cache before the update (`RolloutBackend.release_memory`).
+since the rollout backend releases its KV cache before the update (`RolloutBackend.release_memory`). With a
+colocated vLLM engine (`qerl.memory.engine`) the engine generates instead of the policy, and
+
+    peak = max(rollout: static + engine awake, training: static + training + engine asleep (sleep mode) or awake)
 `auto_micro_batch` picks the largest micro-batch whose training peak fits a byte budget; `check_fits`
 warns (before anything is allocated) when the whole run will not fit the device's free memory.
 """
@@ -17,6 +20,8 @@ import warnings
 from dataclasses import dataclass, field
 
 GB = 1e9
+#: share of the device's memory (free + already held by this process) a plan may use
+HEADROOM = 0.92
 #: LoRA target -> (input, output) feature kind: "h" hidden, "kv" kv heads x head_dim, "i" intermediate
 _TARGET_SHAPES = {"q_proj": ("h", "h"), "k_proj": ("h", "kv"), "v_proj": ("h", "kv"), "o_proj": ("h", "h"),
                   "gate_proj": ("h", "i"), "up_proj": ("h", "i"), "down_proj": ("i", "h")}
@@ -108,31 +113,50 @@ class RunShape:
 
 @dataclass
 class MemoryEstimate:
-    """Bytes per part; `peak` = static + max(rollout, training)."""
+    """Bytes per part; `peak` = the larger of the rollout and training phases.
+
+    `engine`: a colocated rollout engine's rows while awake (generating), counted in the rollout phase;
+    `engine_training`: what that engine holds through the training phase (~0 asleep, all of it awake)."""
 
     static: dict[str, float] = field(default_factory=dict)
     rollout: dict[str, float] = field(default_factory=dict)
     training: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, float] = field(default_factory=dict)
+    engine_training: float = 0.0
 
     @property
-    def peak(self) -> float:
-        return sum(self.static.values()) + max(sum(self.rollout.values()), sum(self.training.values()))
+    def rollout_peak(self) -> float:
+        return sum(self.static.values()) + sum(self.rollout.values()) + sum(self.engine.values())
 
     @property
     def training_peak(self) -> float:
-        return sum(self.static.values()) + sum(self.training.values())
+        return sum(self.static.values()) + sum(self.training.values()) + self.engine_training
+
+    @property
+    def peak(self) -> float:
+        return max(self.rollout_peak, self.training_peak)
 
     def table(self) -> str:
         lines = ["memory plan (GB)"]
-        for title, part in (("static", self.static), ("rollout", self.rollout), ("training", self.training)):
+        for title, part in (("static", self.static), ("rollout", {**self.rollout, **self.engine}),
+                            ("training", self.training)):
             for key, value in part.items():
                 lines.append(f"  {title:<9}{key:<28}{value / GB:9.2f}")
+        if self.engine:
+            lines.append(f"  {'rollout':<9}{'vLLM engine total':<28}{sum(self.engine.values()) / GB:9.2f}")
+            state = "asleep" if self.engine_training < sum(self.engine.values()) else "awake"
+            lines.append(f"  {'training':<9}{'vLLM engine ' + state:<28}{self.engine_training / GB:9.2f}")
+            lines.append(f"  {'phases':<9}{'rollout | training':<28}{self.rollout_peak / GB:9.2f} | "
+                         f"{self.training_peak / GB:.2f}")
         lines.append(f"  {'peak':<37}{self.peak / GB:9.2f}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, float]:
-        out = {f"{t}/{k}": round(v / GB, 3) for t, p in (("static", self.static), ("rollout", self.rollout),
-                                                         ("training", self.training)) for k, v in p.items()}
+        parts = (("static", self.static), ("rollout", self.rollout), ("training", self.training),
+                 ("engine", self.engine))
+        out = {f"{t}/{k}": round(v / GB, 3) for t, p in parts for k, v in p.items()}
+        if self.engine:
+            out["engine/during training"] = round(self.engine_training / GB, 3)
         out["peak"] = round(self.peak / GB, 3)
         return out
 
@@ -179,8 +203,11 @@ def layer_activation_bytes(shape: ModelShape, run: RunShape, dtype_bytes: int = 
 
 
 def estimate_memory(shape: ModelShape, run: RunShape, quant_bits: float = 16.0, dtype_bytes: int = 2,
-                    lora_bytes: int = 4) -> MemoryEstimate:
-    """The memory plan of one RL step (see the module docstring); LoRA params and AdamW states in `lora_bytes`."""
+                    lora_bytes: int = 4, engine=None) -> MemoryEstimate:
+    """The memory plan of one RL step (see the module docstring); LoRA params and AdamW states in `lora_bytes`.
+
+    `engine`: a colocated engine's estimate (`qerl.memory.engine.EngineEstimate`: `rows` awake,
+    `during_training`); it generates, so the policy's own decode rows are left out."""
     est = MemoryEstimate()
     linear = shape.layer_linear_params() * shape.layers
     est.static["weights (quantized part)"] = linear * quant_bits / 8
@@ -208,18 +235,22 @@ def estimate_memory(shape: ModelShape, run: RunShape, quant_bits: float = 16.0, 
     est.training["attention mask"] = mb * run.seq_len * run.seq_len * dtype_bytes
     chunk = min(run.logits_budget, mb * run.response_len * shape.vocab)
     est.training["log-prob chunk (logits)"] = 20 * chunk  # fp32 logits, exp, softmax, grad; bf16 head output
+    if engine is not None:
+        est.rollout = {}
+        est.engine, est.engine_training = dict(engine.rows), float(engine.during_training)
     return est
 
 
 def auto_micro_batch(shape: ModelShape, run: RunShape, budget_bytes: float, quant_bits: float = 16.0,
-                     dtype_bytes: int = 2, lora_bytes: int = 4) -> int:
-    """The largest micro-batch (a power of two up to `run.rows`, or `run.rows`) whose peak fits `budget_bytes`;
-    1 when none does (the caller's `check_fits` then warns)."""
+                     dtype_bytes: int = 2, lora_bytes: int = 4, engine=None) -> int:
+    """The largest micro-batch (a power of two up to `run.rows`, or `run.rows`) whose peak (the colocated
+    `engine` counted, see `estimate_memory`) fits `budget_bytes`; 1 when none does (`check_fits` then warns)."""
     from dataclasses import replace
 
     sizes = sorted({run.rows} | {1 << k for k in range(run.rows.bit_length()) if (1 << k) <= run.rows}, reverse=True)
     for size in sizes:
-        if estimate_memory(shape, replace(run, micro_batch=size), quant_bits, dtype_bytes, lora_bytes).peak <= budget_bytes:
+        if estimate_memory(shape, replace(run, micro_batch=size), quant_bits, dtype_bytes, lora_bytes,
+                           engine).peak <= budget_bytes:
             return size
     return 1
 
@@ -238,11 +269,21 @@ def check_fits(estimate: MemoryEstimate, budget_bytes: float | None, where: str 
     """Warn (`MemoryPlanWarning`) when the estimated peak exceeds `budget_bytes`; True when it fits."""
     if budget_bytes is None or estimate.peak <= budget_bytes:
         return True
-    worst = max({**estimate.rollout, **estimate.training}.items(), key=lambda kv: kv[1])
+    worst = max({**estimate.rollout, **estimate.engine, **estimate.training}.items(), key=lambda kv: kv[1])
+    if estimate.engine:
+        phase = "rollout (vLLM engine awake)" if estimate.rollout_peak >= estimate.training_peak else "training"
+        sleeps = estimate.engine_training < sum(estimate.engine.values())
+        advice = (f"The {phase} phase is the peak. "
+                  + ("" if sleeps else "Turn on `rollout.init_args.enable_sleep_mode` (the engine frees its weights "
+                     "and KV cache while training), ")
+                  + "set `rollout.init_args.gpu_memory_utilization` to \"auto\" (what the engine needs), lower "
+                  "`rollout.init_args.max_num_seqs` or `max_model_len` (its KV cache), or lower "
+                  "`model.init_args.micro_batch_size` (or \"auto\").")
+    else:
+        advice = ("Lower `model.init_args.micro_batch_size` (or set it to \"auto\"), turn on `gradient_checkpointing`, "
+                  "lower `sampling.max_new_tokens` or `rollout.init_args.max_batch_rows`, or use a 4-bit quantizer.")
     warnings.warn(
         f"{where}: the estimated peak GPU memory {estimate.peak / GB:.1f} GB exceeds the {budget_bytes / GB:.1f} GB "
-        f"free on the device (largest step term: {worst[0]} {worst[1] / GB:.1f} GB). Lower "
-        "`model.init_args.micro_batch_size` (or set it to \"auto\"), turn on `gradient_checkpointing`, lower "
-        "`sampling.max_new_tokens` or `rollout.init_args.max_batch_rows`, or use a 4-bit quantizer.",
+        f"free on the device (largest term: {worst[0]} {worst[1] / GB:.1f} GB). {advice}",
         MemoryPlanWarning, stacklevel=2)
     return False

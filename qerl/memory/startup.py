@@ -2,15 +2,21 @@
 will not fit the device, and `micro_batch_size: auto` resolved to the largest micro-batch that fits."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
+from qerl.memory.engine import EngineEstimate, auto_utilization, describe, engine_as_run, one_sequence_kv
 from qerl.memory.estimate import (
+    GB,
+    HEADROOM,
     MemoryEstimate,
+    MemoryPlanWarning,
     ModelShape,
     RunShape,
     auto_micro_batch,
     check_fits,
     estimate_memory,
+    free_device_memory,
     weight_bits,
 )
 from qerl.models.logprobs import causal_lm
@@ -33,16 +39,17 @@ def longest_prompt(datamodule) -> int | None:
     except Exception:  # noqa: BLE001 - a data problem is reported by the data module itself, not by the plan
         return None
     return max((length(prompt) for prompt, _, _ in rows), default=None)
-#: share of the device's memory (free + already held by this process) a plan may use
-HEADROOM = 0.92
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """The start-up plan: the estimate (None when the model's config cannot be read) and the micro-batch to use."""
+    """The start-up plan: the estimate (None when the model's config cannot be read), the micro-batch to use and
+    the colocated rollout engine's estimate (None without one) with the `gpu_memory_utilization` it would get."""
 
     estimate: MemoryEstimate | None
     micro_batch_size: int | str
+    engine: EngineEstimate | None = None
+    engine_utilization: float | None = None
 
 
 def run_shape(module, datamodule=None) -> RunShape:
@@ -101,10 +108,45 @@ def device_budget(device) -> float | None:
     return (free + torch.cuda.memory_allocated(device)) * HEADROOM
 
 
-def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print) -> MemoryPlan:
+def device_total(device) -> float | None:
+    """Bytes of a CUDA `device` (None off CUDA)."""
+    import torch
+
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+
+
+def rollout_engine(module, total: float | None, free: float | None = None
+                   ) -> tuple[EngineEstimate | None, EngineEstimate | None, float | None]:
+    """The colocated engine of `module.rollout` (a backend with `engine_estimate`, i.e. `VLLM`) on a device of
+    `total` bytes with `free` bytes free before it starts: (what it needs, what it will take, the
+    gpu_memory_utilization it runs with; see `qerl.memory.engine.engine_as_run`); Nones without such an engine."""
+    planner = getattr(module.rollout, "engine_estimate", None)
+    if not callable(planner) or total is None:
+        return None, None, None
+    need = planner(module.model, "cuda")
+    setting = getattr(module.rollout, "gpu_memory_utilization", "auto")
+    runs, util = engine_as_run(need, setting, total, free)
+    if runs.kv_cache < one_sequence_kv(need):
+        warnings.warn(
+            f"`rollout.init_args.gpu_memory_utilization` {setting} ({util:.2f}) gives the vLLM engine "
+            f"{util * total / GB:.1f} GB, which leaves {runs.kv_cache / GB:.2f} GB of KV cache after its weights and "
+            f"allowance ({need.fixed / GB:.2f} GB), less than one {need.settings.max_model_len}-token sequence "
+            f"({one_sequence_kv(need) / GB:.2f} GB): vLLM will refuse to start. Raise it (the engine needs "
+            f"{auto_utilization(need.need, total):.2f} for every sequence at full length), lower "
+            "`rollout.init_args.max_model_len`, or free GPU memory.", MemoryPlanWarning, stacklevel=3)
+    return need, runs, util
+
+
+def plan_for_module(module, datamodule=None, budget: float | None = None, echo=print,
+                    total: float | None = None, free: float | None = None) -> MemoryPlan:
     """Estimate `module`'s peak (its policy must be built), resolve `micro_batch_size="auto"`, print the plan
     and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`).
 
+    A colocated vLLM engine (`module.rollout.engine_estimate`) is counted on a CUDA device (or whenever `total`,
+    the device's bytes, is given; `free`: bytes free before the engine starts, default the device's now): its rows join the rollout phase, and the training phase keeps ~0 of it in
+    sleep mode or all of it without (see `qerl.memory.estimate`).
     The module is only read; the caller takes the resolved `micro_batch_size` from the returned plan."""
     try:
         shape = ModelShape.from_config(causal_lm(module.model).config)
@@ -115,21 +157,27 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     dtype_bytes = 4 if module.dtype_name in ("float32", "fp32") else 2
     run = run_shape(module, datamodule)
     budget = budget if budget is not None else device_budget(module.device)
+    device = getattr(module, "device", None)
+    total = total if total is not None else device_total(device)
+    free = free if free is not None else free_device_memory(device) if total is not None else None
+    need, engine, utilization = rollout_engine(module, total, free)
     micro = module.micro_batch_size
     if micro == "auto":
-        micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes) if budget is not None else run.rows
+        micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=engine) if budget is not None else run.rows
         echo(f"qerl: micro_batch_size auto -> {micro} "
              f"({'fits the device budget' if budget is not None else 'no CUDA device: all rows at once'})")
     run = replace(run, micro_batch=micro)
-    estimate = estimate_memory(shape, run, bits, dtype_bytes)
+    estimate = estimate_memory(shape, run, bits, dtype_bytes, engine=engine)
     if budget is None and getattr(module, "device", None) is not None and torch_device_type(module.device) == "cpu":
         add_cpu_process_rows(estimate, module, shape, dtype_bytes)
     echo(f"{estimate.table()}\n  (rows {run.rows}, prompt {run.prompt_len} + response {run.response_len} tokens, "
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
+    if engine is not None:
+        echo(describe(need, engine, getattr(module.rollout, "gpu_memory_utilization", "auto"), utilization, total))
     from qerl.training.distributed import world
 
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
         echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
-    return MemoryPlan(estimate, micro)
+    return MemoryPlan(estimate, micro, engine, utilization)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import time
 import warnings
 import weakref
@@ -16,6 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from qerl.memory.engine import (
+    BATCHED_TOKENS,
+    EngineEstimate,
+    EngineSettings,
+    engine_as_run,
+    estimate_engine,
+    one_sequence_kv,
+)
+from qerl.memory.estimate import GB, ModelShape, weight_bits
 from qerl.models.logprobs import causal_lm
 from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
@@ -31,6 +41,9 @@ from qerl.types import Rollout, SamplingConfig
 #: max_lora_rank values vLLM accepts
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _KEY = "rollout.init_args"
+#: what `gpu_memory_utilization: auto` becomes on the CPU build (a fraction of RAM there; the KV cache is
+#: `kv_cache_memory_gb`, 1 GB by default, so this only bounds the engine)
+CPU_UTILIZATION = 0.3
 
 
 @ROLLOUT_BACKENDS.register()
@@ -45,7 +58,10 @@ class VLLM(RolloutBackend):
     (after temperature and top-p); `last_metrics` reports the engine/policy mismatch.
 
     Args:
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (on the CPU build: of RAM).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take for its weights, activations, KV cache and
+            CUDA graphs (on the CPU build: of RAM). "auto": what the engine needs (`engine_estimate`: weights, LoRA
+            slot, max_num_seqs x max_model_len of KV cache, profiling and graph allowance) over the card's size,
+            rounded up to 0.01, resolved in `setup` (`resolved_utilization`); on the CPU build 0.3.
         max_model_len: longest prompt + completion the engine serves.
         tensor_parallel_size: GPUs the engine shards over (under DDP: groups of that many ranks share one engine,
             see `qerl.rollout.vllm_ranks` and docs/multi-gpu.md).
@@ -68,7 +84,7 @@ class VLLM(RolloutBackend):
             are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that).
     """
 
-    def __init__(self, gpu_memory_utilization: float = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
+    def __init__(self, gpu_memory_utilization: float | str = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
                  enable_sleep_mode: bool = False, dtype: str = "auto", max_lora_rank: int | None = None,
                  kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
@@ -78,7 +94,10 @@ class VLLM(RolloutBackend):
             if not ok:
                 raise ValueError(f"VLLM: `{_KEY}.{key}`={value!r} {what}.")
 
-        need(0 < gpu_memory_utilization <= 1, "gpu_memory_utilization", gpu_memory_utilization, "must be in (0, 1]")
+        need(gpu_memory_utilization == "auto" or (isinstance(gpu_memory_utilization, (int, float))
+                                                   and not isinstance(gpu_memory_utilization, bool)
+                                                   and 0 < gpu_memory_utilization <= 1),
+             "gpu_memory_utilization", gpu_memory_utilization, 'must be "auto" or a number in (0, 1]')
         need(isinstance(max_model_len, int) and max_model_len > 1, "max_model_len", max_model_len, "must be an int > 1")
         need(isinstance(tensor_parallel_size, int) and tensor_parallel_size >= 1, "tensor_parallel_size",
              tensor_parallel_size, "must be an int >= 1")
@@ -96,6 +115,7 @@ class VLLM(RolloutBackend):
         self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
         self.cache_dir = cache_dir
+        self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
         graphs: dict[str, Any] = {"max_cudagraph_capture_size": max_num_seqs}
         if not compile:
             graphs.update(mode=0, cudagraph_mode="FULL_DECODE_ONLY")  # CompilationMode.NONE
@@ -124,9 +144,8 @@ class VLLM(RolloutBackend):
         self._base_checksum = engine.base_checksum(lm)
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
-        packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
-        shape_problem = engine.marlin_shape_problem(lm) if packed else None
-        packed = None if shape_problem else packed
+        packed, shape_problem = self._packed_format(lm, on_cuda)
+        self.resolved_utilization = self._utilization(policy)
         served = engine.unchanged_source_folder(lm) if packed else None  # a pre-quantized folder, as loaded
         if served is None:
             self.model_dir = served = engine.scratch_dir()
@@ -149,7 +168,7 @@ class VLLM(RolloutBackend):
             with float32_rms_norms(wants_float32_norms(lm, dtype)):  # AQN noise needs float32 norm weights
                 self.llm = engine.build_llm(
                     served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
-                    gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                    gpu_memory_utilization=self.resolved_utilization, max_model_len=self.max_model_len,
                     tensor_parallel_size=self.tensor_parallel_size,
                     enable_sleep_mode=self.enable_sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
@@ -161,6 +180,54 @@ class VLLM(RolloutBackend):
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())
         self.setup_s = time.perf_counter() - started
+
+    def _packed_format(self, lm: nn.Module, on_cuda: bool) -> tuple[str | None, str | None]:
+        """(the 4-bit format the engine serves packed or None, why a packed base must go in dense or None)."""
+        packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
+        shape_problem = engine.marlin_shape_problem(lm) if packed else None
+        return (None if shape_problem else packed), shape_problem
+
+    def engine_estimate(self, policy: nn.Module, device) -> EngineEstimate:
+        """The engine's memory on one GPU of `device`'s kind for `policy` (`qerl.memory.engine`): its weights as
+        they would be served, the LoRA slot, max_num_seqs x max_model_len of KV cache (or `kv_cache_memory_gb`)
+        and the profiling / graph allowance. Built before the engine, from the policy's HF config."""
+        lm = causal_lm(policy)
+        on_cuda = torch.device(device).type == "cuda"
+        packed = self._packed_format(lm, on_cuda)[0]
+        lora = self._check_adapter(policy)
+        settings = EngineSettings(
+            max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
+            dtype_bytes=4 if self._engine_dtype(lm) == "float32" else 2,
+            packed_bits=weight_bits(packed.upper()) if packed else None,
+            lora_rank=int(self.max_lora_rank), lora_targets=tuple(lora["target_modules"]),
+            kv_cache_bytes=None if self.kv_cache_memory_gb is None else self.kv_cache_memory_gb * 2**30,
+            cuda_graphs=on_cuda and not self.enforce_eager, sleep_mode=self.enable_sleep_mode and on_cuda,
+            batched_tokens=int(self.engine_kwargs.get("max_num_batched_tokens") or BATCHED_TOKENS),
+            tensor_parallel_size=self.tensor_parallel_size)
+        return estimate_engine(ModelShape.from_config(lm.config), settings)
+
+    def _utilization(self, policy: nn.Module) -> float:
+        """`gpu_memory_utilization` as a number: as given, or for "auto" the engine's need over the card's size,
+        at most what is free now (`qerl.memory.engine.auto_utilization`); `CPU_UTILIZATION` on the CPU build,
+        where the KV cache is `kv_cache_memory_gb`."""
+        if self.gpu_memory_utilization != "auto":
+            return float(self.gpu_memory_utilization)
+        device = next(policy.parameters()).device
+        if device.type != "cuda":
+            return CPU_UTILIZATION
+        total = torch.cuda.get_device_properties(device).total_memory
+        need = self.engine_estimate(policy, device)
+        runs, util = engine_as_run(need, "auto", total, torch.cuda.mem_get_info(device)[0])
+        if runs.kv_cache < one_sequence_kv(need):
+            raise ValueError(
+                f"VLLM: `{_KEY}.gpu_memory_utilization` auto: the engine needs {need.fixed / GB:.1f} GB besides its "
+                f"KV cache and {one_sequence_kv(need) / GB:.2f} GB for one {self.max_model_len}-token sequence, more "
+                f"than the {torch.cuda.mem_get_info(device)[0] / GB:.1f} GB free (less a margin) of the card's {total / GB:.1f} GB; "
+                f"lower `{_KEY}.max_model_len`, or free GPU memory (a smaller policy or engine).")
+        print(f"qerl: gpu_memory_utilization auto -> {util:.2f} (the vLLM engine needs {need.need / GB:.2f} GB of "
+              f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {self.max_num_seqs} x "
+              f"{self.max_model_len} tokens needs {need.kv_cache / GB:.2f} GB)", file=sys.stderr, flush=True)
+        return util
 
     def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool, shape_problem: str | None = None) -> None:
         """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights)."""

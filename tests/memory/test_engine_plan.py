@@ -1,0 +1,183 @@
+"""The vLLM engine in the start-up memory plan (qerl.memory.engine): byte counts of Qwen2.5-7B/32B shapes worked
+out by hand, against what vLLM 0.22 reported on the H200, `gpu_memory_utilization: auto`, and the plan's two
+phases with and without sleep mode on a real tiny policy."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from qerl.memory import MemoryPlanWarning, ModelShape, RunShape, estimate_memory, plan_for_module
+from qerl.memory.engine import (
+    GIB,
+    EngineSettings,
+    asleep_bytes,
+    auto_utilization,
+    engine_as_run,
+    estimate_engine,
+    one_sequence_kv,
+)
+from qerl.models import RandomInit
+from qerl.rollout import HF, VLLM
+from qerl.rollout.vllm import CPU_UTILIZATION
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def shape_of(preset: str) -> ModelShape:
+    return ModelShape.from_config(RandomInit(config=preset).hf_config())
+
+
+def nvfp4_engine(preset: str, seqs: int, length: int, **kw):
+    settings = EngineSettings(seqs, length, packed_bits=4.5, lora_rank=32, lora_targets=TARGETS, **kw)
+    return estimate_engine(shape_of(preset), settings)
+
+
+def test_qwen7b_engine_bytes_by_hand():
+    est = nvfp4_engine("qwen2.5-7b", 32, 1024)
+    # 28 layers, hidden 3584, 4 kv heads x 128, intermediate 18944, vocab 152064 untied
+    linear = 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944)
+    assert linear == 6_525_288_448
+    dense = 2 * 152064 * 3584 + 3584 + 28 * (3584 + 2 * 512 + 2 * 3584)  # embed + lm_head + final norm; biases, norms
+    assert est.rows["vLLM weights"] == linear * 4.5 / 8 + dense * 2
+    lora = 28 * 32 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))
+    assert est.rows["vLLM LoRA slot"] == lora * 2
+    assert est.kv_cache == 32 * 1024 * (2 * 28 * 4 * 128 * 2)  # every sequence at full length, bf16 K and V
+    assert est.kv_cache_memory_gb() == est.kv_cache / 2**30
+    # vLLM 0.22 on the H200: sleep mode backed up 5.74 GiB of this engine's weights to the CPU
+    served = (est.rows["vLLM weights"] + est.rows["vLLM LoRA slot"]) / GIB
+    assert served == pytest.approx(5.74, rel=0.05)
+    # ... and freed 40.14 GiB of the 0.3 x 140 GiB budget: 1.86 GiB went to profiling, graphs and workspaces,
+    # which the allowance covers (never more than twice over)
+    kept = 0.3 * 140 - 40.14
+    allowance = est.rows["vLLM activations + graphs"] / GIB
+    assert kept <= allowance <= 2 * kept
+
+
+def test_qwen32b_engine_bytes_by_hand():
+    est = nvfp4_engine("qwen2.5-32b", 8, 776)  # the measured step: 8 x (256 prompt + 512 new + 8)
+    linear = 64 * (2 * 5120 * 5120 + 2 * 5120 * 1024 + 3 * 5120 * 27648)
+    dense = 2 * 152064 * 5120 + 5120 + 64 * (5120 + 2 * 1024 + 2 * 5120)
+    assert est.rows["vLLM weights"] == linear * 4.5 / 8 + dense * 2
+    assert est.kv_cache == 8 * 776 * (2 * 64 * 8 * 128 * 2)
+    served = (est.rows["vLLM weights"] + est.rows["vLLM LoRA slot"]) / GIB
+    assert served == pytest.approx(20.1, rel=0.05)  # "weights backed up to CPU 20.1 GiB" on the H200
+    # the run used gpu_memory_utilization 0.2 of ~140 GiB; auto asks for less, and never below the need
+    util = auto_utilization(est.need, 140 * GIB)
+    assert est.need <= util * 140 * GIB < est.need + 0.01 * 140 * GIB and util <= 0.2
+
+
+def test_dense_float32_and_tensor_parallel_engines():
+    shape = shape_of("qwen2.5-7b")
+    dense = estimate_engine(shape, EngineSettings(4, 512, dtype_bytes=4))
+    params = shape.layer_linear_params() * shape.layers + shape.embedding_params() + \
+        shape.layer_small_params() * shape.layers
+    assert dense.rows["vLLM weights"] == params * 4 and dense.rows["vLLM LoRA slot"] == 0
+    assert dense.kv_cache == 4 * 512 * 2 * 28 * 512 * 4
+    split = estimate_engine(shape, EngineSettings(4, 512, dtype_bytes=4, tensor_parallel_size=2))
+    assert split.rows["vLLM weights"] == dense.rows["vLLM weights"] / 2 and split.kv_cache == dense.kv_cache / 2
+    fixed = estimate_engine(shape, EngineSettings(4, 512, kv_cache_bytes=3 * GIB, cuda_graphs=False))
+    assert fixed.kv_cache == 3 * GIB and fixed.with_budget(0.9, 100 * GIB) is fixed
+
+
+def test_auto_utilization_is_need_over_total_rounded_up():
+    est = nvfp4_engine("qwen2.5-7b", 128, 4608)
+    total = 100 * GIB
+    util = auto_utilization(est.need, total)
+    assert util == math.ceil(est.need / total * 100) / 100
+    runs, got = engine_as_run(est, "auto", total)
+    assert got == util and runs.kv_cache >= est.kv_cache  # the rounding goes to the KV cache
+    assert runs.kv_cache == pytest.approx(util * total - est.fixed)
+    assert auto_utilization(50 * GIB, 100 * GIB) == 0.5  # exact shares are not rounded up by float error
+    # less free than the need: as much as is free (minus 8% of the card, the plan's headroom), and the cache
+    # holds fewer full-length sequences
+    runs, got = engine_as_run(est, "auto", total, free=30 * GIB)
+    assert got == 0.22 and one_sequence_kv(est) < runs.kv_cache < est.kv_cache
+    assert engine_as_run(est, "auto", 10 * GIB, free=5 * GIB)[1] == 0.4  # at least 1 GiB stays free
+    runs, got = engine_as_run(est, 0.5, total)  # a number: vLLM fills that budget with KV cache
+    assert got == 0.5 and runs.need == pytest.approx(0.5 * total)
+
+
+def test_the_peak_is_the_larger_phase_and_sleep_mode_frees_training():
+    shape = shape_of("qwen2.5-7b")
+    run = RunShape(rows=32, prompt_len=256, response_len=1024, micro_batch=8)
+    policy = estimate_memory(shape, run, quant_bits=4.5)
+    static, training = sum(policy.static.values()), sum(policy.training.values())
+    for sleep in (True, False):
+        engine = nvfp4_engine("qwen2.5-7b", 32, 1280, sleep_mode=sleep)
+        est = estimate_memory(shape, run, quant_bits=4.5, engine=engine)
+        assert est.rollout == {} and est.engine == engine.rows  # the engine decodes, not the policy
+        assert est.rollout_peak == pytest.approx(static + engine.need)
+        held = asleep_bytes(engine.settings) if sleep else engine.need
+        assert est.training_peak == pytest.approx(static + training + held)
+        assert est.peak == max(est.rollout_peak, est.training_peak)
+        assert "vLLM engine total" in est.table() and "engine/vLLM KV cache" in est.as_dict()
+    assert asleep_bytes(engine.settings) < 1.01 * GIB
+
+
+@pytest.fixture(scope="module")
+def planned_module():
+    from tests.rl_helpers import tiny_module
+
+    module = tiny_module(rollout=HF(), micro_batch_size="auto")
+    module.setup("fit")  # the HF backend: no engine starts; the plan below is made for a VLLM backend
+    return module
+
+
+@pytest.mark.parametrize("sleep", [True, False])
+def test_module_plan_counts_the_vllm_engine(planned_module, sleep):
+    from tests.rl_helpers import tiny_data
+
+    module = planned_module
+    module.micro_batch_size = "auto"
+    module.rollout = VLLM(gpu_memory_utilization="auto", max_model_len=64, max_num_seqs=8, enable_sleep_mode=sleep)
+    lines: list[str] = []
+    total = 8 * GIB
+    plan = plan_for_module(module, tiny_data(), budget=7 * GIB, echo=lines.append, total=total, free=7 * GIB)
+    need = module.rollout.engine_estimate(module.model, "cuda")
+    assert need.settings.dtype_bytes == 4 and need.settings.lora_rank == 8  # float32 policy; rank 4 -> vLLM's 8
+    assert need.kv_cache == 8 * 64 * 2 * 2 * (2 * 16) * 4  # K and V, 2 layers, 2 kv heads x head_dim 16, float32
+    assert plan.engine_utilization == auto_utilization(need.need, total)
+    est = plan.estimate
+    assert est.engine["vLLM KV cache"] == pytest.approx(plan.engine_utilization * total - need.fixed)
+    engine_total = sum(est.engine.values())
+    assert est.engine_training == (asleep_bytes(need.settings) if sleep else engine_total)
+    assert est.peak == max(sum(est.static.values()) + engine_total,
+                           sum(est.static.values()) + sum(est.training.values()) + est.engine_training)
+    assert "vLLM engine total" in lines[-2] and f"auto -> {plan.engine_utilization:.2f}" in lines[-1]
+    assert plan.micro_batch_size == 8  # fits: all rows at once
+    module.rollout.gpu_memory_utilization = 0.01  # a number too small for one sequence: vLLM would refuse
+    with pytest.warns(MemoryPlanWarning, match=r"gpu_memory_utilization` 0.01 .*vLLM will refuse to start"):
+        plan_for_module(module, tiny_data(), budget=7 * GIB, echo=lines.append, total=total, free=7 * GIB)
+    module.rollout.gpu_memory_utilization = "auto"
+    with pytest.warns(MemoryPlanWarning, match=r"phase is the peak.*gpu_memory_utilization.*max_num_seqs") as got:
+        plan_for_module(module, tiny_data(), budget=0.5 * GIB, echo=lines.append, total=total, free=7 * GIB)
+    said = str(got[0].message)
+    assert ("rollout (vLLM engine awake) phase" in said) == sleep  # without sleep mode training holds it too
+    assert ("enable_sleep_mode" in said) != sleep
+
+
+def test_gpu_memory_utilization_values(planned_module):
+    assert VLLM(gpu_memory_utilization="auto").gpu_memory_utilization == "auto"
+    assert VLLM(gpu_memory_utilization=0.45).gpu_memory_utilization == 0.45
+    for bad in ("most", 0, 1.5, True):
+        with pytest.raises(ValueError, match=r"`rollout.init_args.gpu_memory_utilization`=.* must be \"auto\" or"):
+            VLLM(gpu_memory_utilization=bad)
+    # on the CPU build "auto" keeps the old fraction of RAM (the KV cache is kv_cache_memory_gb there)
+    assert VLLM(gpu_memory_utilization="auto")._utilization(planned_module.model) == CPU_UTILIZATION
+    assert VLLM(gpu_memory_utilization=0.45)._utilization(planned_module.model) == 0.45
+
+
+def test_no_engine_rows_without_a_cuda_device_or_a_vllm_backend(planned_module):
+    from tests.rl_helpers import tiny_data
+
+    module = planned_module
+    module.rollout = VLLM(gpu_memory_utilization="auto", max_model_len=64, max_num_seqs=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MemoryPlanWarning)
+        if not torch.cuda.is_available():
+            assert plan_for_module(module, tiny_data(), echo=lambda *_: None).engine is None
+        module.rollout = HF()
+        assert plan_for_module(module, tiny_data(), budget=8 * GIB, echo=lambda *_: None, total=8 * GIB).engine is None
