@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import time
 import warnings
 import weakref
@@ -17,21 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qerl.memory.engine import (
-    BATCHED_TOKENS,
-    EngineEstimate,
-    EngineSettings,
-    engine_as_run,
-    estimate_engine,
-    one_sequence_kv,
-)
-from qerl.memory.estimate import GB, ModelShape, weight_bits
+from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
 from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
-from qerl.rollout import vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
+from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.vllm_engine import SERVED_FORMATS, engine_name, scratch_dir
 from qerl.rollout.vllm_norms import engine_realized, float32_rms_norms, wants_float32_norms
@@ -41,9 +32,6 @@ from qerl.types import Rollout, SamplingConfig
 #: max_lora_rank values vLLM accepts
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _KEY = "rollout.init_args"
-#: what `gpu_memory_utilization: auto` becomes on the CPU build (a fraction of RAM there; the KV cache is
-#: `kv_cache_memory_gb`, 1 GB by default, so this only bounds the engine)
-CPU_UTILIZATION = 0.3
 
 
 @ROLLOUT_BACKENDS.register()
@@ -191,43 +179,11 @@ class VLLM(RolloutBackend):
         """The engine's memory on one GPU of `device`'s kind for `policy` (`qerl.memory.engine`): its weights as
         they would be served, the LoRA slot, max_num_seqs x max_model_len of KV cache (or `kv_cache_memory_gb`)
         and the profiling / graph allowance. Built before the engine, from the policy's HF config."""
-        lm = causal_lm(policy)
-        on_cuda = torch.device(device).type == "cuda"
-        packed = self._packed_format(lm, on_cuda)[0]
-        lora = self._check_adapter(policy)
-        settings = EngineSettings(
-            max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
-            dtype_bytes=4 if self._engine_dtype(lm) == "float32" else 2,
-            packed_bits=weight_bits(packed.upper()) if packed else None,
-            lora_rank=int(self.max_lora_rank), lora_targets=tuple(lora["target_modules"]),
-            kv_cache_bytes=None if self.kv_cache_memory_gb is None else self.kv_cache_memory_gb * 2**30,
-            cuda_graphs=on_cuda and not self.enforce_eager, sleep_mode=self.enable_sleep_mode and on_cuda,
-            batched_tokens=int(self.engine_kwargs.get("max_num_batched_tokens") or BATCHED_TOKENS),
-            tensor_parallel_size=self.tensor_parallel_size)
-        return estimate_engine(ModelShape.from_config(lm.config), settings)
+        return vllm_memory.engine_estimate(self, policy, device)
 
     def _utilization(self, policy: nn.Module) -> float:
-        """`gpu_memory_utilization` as a number: as given, or for "auto" the engine's need over the card's size,
-        at most what is free now (`qerl.memory.engine.auto_utilization`); `CPU_UTILIZATION` on the CPU build,
-        where the KV cache is `kv_cache_memory_gb`."""
-        if self.gpu_memory_utilization != "auto":
-            return float(self.gpu_memory_utilization)
-        device = next(policy.parameters()).device
-        if device.type != "cuda":
-            return CPU_UTILIZATION
-        total = torch.cuda.get_device_properties(device).total_memory
-        need = self.engine_estimate(policy, device)
-        runs, util = engine_as_run(need, "auto", total, torch.cuda.mem_get_info(device)[0])
-        if runs.kv_cache < one_sequence_kv(need):
-            raise ValueError(
-                f"VLLM: `{_KEY}.gpu_memory_utilization` auto: the engine needs {need.fixed / GB:.1f} GB besides its "
-                f"KV cache and {one_sequence_kv(need) / GB:.2f} GB for one {self.max_model_len}-token sequence, more "
-                f"than the {torch.cuda.mem_get_info(device)[0] / GB:.1f} GB free (less a margin) of the card's {total / GB:.1f} GB; "
-                f"lower `{_KEY}.max_model_len`, or free GPU memory (a smaller policy or engine).")
-        print(f"qerl: gpu_memory_utilization auto -> {util:.2f} (the vLLM engine needs {need.need / GB:.2f} GB of "
-              f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {self.max_num_seqs} x "
-              f"{self.max_model_len} tokens needs {need.kv_cache / GB:.2f} GB)", file=sys.stderr, flush=True)
-        return util
+        """`gpu_memory_utilization` as a number (`qerl.rollout.vllm_memory.resolve_utilization`)."""
+        return vllm_memory.resolve_utilization(self, policy)
 
     def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool, shape_problem: str | None = None) -> None:
         """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights)."""

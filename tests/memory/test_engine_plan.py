@@ -21,7 +21,7 @@ from qerl.memory.engine import (
 )
 from qerl.models import RandomInit
 from qerl.rollout import HF, VLLM
-from qerl.rollout.vllm import CPU_UTILIZATION
+from qerl.rollout.vllm_memory import CPU_UTILIZATION
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
