@@ -112,6 +112,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     phases = {}
     sync()
     t0 = time.perf_counter()
+    STAGE["now"] = "step: rollout (generation and the policy's mismatch scoring)"
     rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
     used_at_rollout = device_used_gib()
     if backend is not None:
@@ -125,6 +126,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     sync()
     phases["score"] = time.perf_counter() - t1
     t2 = time.perf_counter()
+    STAGE["now"] = f"step: training (micro-batch {micro_batch})"
     opt.zero_grad(set_to_none=True)
     params = [p for p in policy.parameters() if p.requires_grad]
     tokens = float(rollout.completion_mask.sum())
@@ -331,7 +333,7 @@ def main() -> None:
                 rows.append(run_row(spec, args))
                 compare_to_baseline(rows)
             except torch.OutOfMemoryError as exc:
-                rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:120]))
+                rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:200]))
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
