@@ -1,19 +1,13 @@
 """benchmarks/fit_summary.py reads a run's TensorBoard scalars: early and late means of the key tags."""
 from __future__ import annotations
 
-import importlib.util
 import os
+import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("fit_summary", os.path.join(ROOT, "benchmarks", "fit_summary.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import fit_summary  # the script, imported as test_learning.py imports learning.py
 
 
 def test_early_and_late_means_of_a_rising_reward(tmp_path):
@@ -24,7 +18,7 @@ def test_early_and_late_means_of_a_rising_reward(tmp_path):
         writer.add_scalar("reward/total_mean", step / 19, step)
         writer.add_scalar("train/accuracy", 0.5, step)
     writer.close()
-    summary = load_script().summarize(str(tmp_path), window=5)
+    summary = fit_summary.summarize(str(tmp_path), window=5)
     assert summary["reward/total_mean"] == {"steps": 20, "early": pytest.approx(2 / 19, abs=1e-5),
                                             "late": pytest.approx(17 / 19, abs=1e-5)}
     assert summary["train/accuracy"]["early"] == summary["train/accuracy"]["late"] == 0.5
@@ -32,4 +26,4 @@ def test_early_and_late_means_of_a_rising_reward(tmp_path):
 
 def test_a_folder_without_scalars_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no TensorBoard scalars found"):
-        load_script().summarize(str(tmp_path), window=5)
+        fit_summary.summarize(str(tmp_path), window=5)
