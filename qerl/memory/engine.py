@@ -47,6 +47,7 @@ class EngineSettings:
         sleep_mode: `enable_sleep_mode`: weights go to the CPU and the KV cache is dropped while training.
         batched_tokens: tokens of the profiling forward (vLLM's `max_num_batched_tokens`).
         tensor_parallel_size: GPUs the engine is sharded over.
+        utilization: the backend's `gpu_memory_utilization` setting ("auto" or a number).
     """
 
     max_num_seqs: int
@@ -60,6 +61,7 @@ class EngineSettings:
     sleep_mode: bool = False
     batched_tokens: int = BATCHED_TOKENS
     tensor_parallel_size: int = 1
+    utilization: float | str = "auto"
 
 
 @dataclass
@@ -164,9 +166,29 @@ def one_sequence_kv(need: EngineEstimate) -> float:
     return need.kv_cache / max(1, need.settings.max_num_seqs) if need.settings.kv_cache_bytes is None else 0.0
 
 
-def describe(need: EngineEstimate, runs: EngineEstimate, utilization: float | str, util: float, total: float) -> str:
+def too_small_message(need: EngineEstimate, runs: EngineEstimate, util: float, total: float,
+                      free: float | None) -> str | None:
+    """Why vLLM will refuse to start with `util` (its KV cache cannot hold one `max_model_len` sequence), or None
+    when it can; the same line for the start-up plan (a warning) and the backend's setup (an error)."""
+    if runs.kv_cache >= one_sequence_kv(need):
+        return None
+    setting, s = need.settings.utilization, need.settings
+    text = (f"`rollout.init_args.gpu_memory_utilization` {setting} ({util:.2f}) gives the vLLM engine "
+            f"{util * total / GB:.1f} GB, which leaves {runs.kv_cache / GB:.2f} GB of KV cache after its weights and "
+            f"allowance ({need.fixed / GB:.2f} GB), less than one {s.max_model_len}-token sequence "
+            f"({one_sequence_kv(need) / GB:.2f} GB): vLLM will refuse to start. ")
+    if setting == "auto":
+        free_text = f"{free / GB:.1f} GB" if free is not None else "the free memory"
+        return text + (f"auto is capped by what is free ({free_text} of {total / GB:.1f} GB, less a margin): lower "
+                       "`rollout.init_args.max_model_len`, or free GPU memory (a smaller policy or engine).")
+    return text + (f"Raise it (the engine needs {auto_utilization(need.need, total):.2f} for every sequence at full "
+                   "length), lower `rollout.init_args.max_model_len`, or free GPU memory.")
+
+
+def describe(need: EngineEstimate, runs: EngineEstimate, util: float, total: float) -> str:
     """One line for the printed plan: what the engine needs and the utilization it runs with."""
     s = need.settings
+    utilization = s.utilization
     text = (f"  (vLLM engine needs {need.need / GB:.2f} GB: KV cache {s.max_num_seqs} seqs x {s.max_model_len} tokens "
             f"= {need.kv_cache / GB:.2f} GB, equivalent kv_cache_memory_gb {need.kv_cache_memory_gb():.2f}; "
             f"gpu_memory_utilization {utilization}{f' -> {util:.2f}' if utilization == 'auto' else ''} of "

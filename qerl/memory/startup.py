@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 
-from qerl.memory.engine import EngineEstimate, auto_utilization, describe, engine_as_run, one_sequence_kv
+from qerl.memory.engine import EngineEstimate, describe, engine_as_run, too_small_message
 from qerl.memory.estimate import (
-    GB,
     HEADROOM,
     MemoryEstimate,
     MemoryPlanWarning,
@@ -119,23 +118,18 @@ def device_total(device) -> float | None:
 
 def rollout_engine(module, total: float | None, free: float | None = None
                    ) -> tuple[EngineEstimate | None, EngineEstimate | None, float | None]:
-    """The colocated engine of `module.rollout` (a backend with `engine_estimate`, i.e. `VLLM`) on a device of
+    """The colocated engine of `module.rollout` (`RolloutBackend.engine_estimate`, e.g. `VLLM`'s) on a device of
     `total` bytes with `free` bytes free before it starts: (what it needs, what it will take, the
     gpu_memory_utilization it runs with; see `qerl.memory.engine.engine_as_run`); Nones without such an engine."""
-    planner = getattr(module.rollout, "engine_estimate", None)
-    if not callable(planner) or total is None:
+    if total is None:
         return None, None, None
-    need = planner(module.model, "cuda")
-    setting = getattr(module.rollout, "gpu_memory_utilization", "auto")
-    runs, util = engine_as_run(need, setting, total, free)
-    if runs.kv_cache < one_sequence_kv(need):
-        warnings.warn(
-            f"`rollout.init_args.gpu_memory_utilization` {setting} ({util:.2f}) gives the vLLM engine "
-            f"{util * total / GB:.1f} GB, which leaves {runs.kv_cache / GB:.2f} GB of KV cache after its weights and "
-            f"allowance ({need.fixed / GB:.2f} GB), less than one {need.settings.max_model_len}-token sequence "
-            f"({one_sequence_kv(need) / GB:.2f} GB): vLLM will refuse to start. Raise it (the engine needs "
-            f"{auto_utilization(need.need, total):.2f} for every sequence at full length), lower "
-            "`rollout.init_args.max_model_len`, or free GPU memory.", MemoryPlanWarning, stacklevel=3)
+    need = module.rollout.engine_estimate(module.model, "cuda")
+    if need is None:
+        return None, None, None
+    runs, util = engine_as_run(need, need.settings.utilization, total, free)
+    message = too_small_message(need, runs, util, total, free)
+    if message:
+        warnings.warn(message, MemoryPlanWarning, stacklevel=3)
     return need, runs, util
 
 
@@ -144,7 +138,7 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     """Estimate `module`'s peak (its policy must be built), resolve `micro_batch_size="auto"`, print the plan
     and warn (`MemoryPlanWarning`) when it exceeds the budget (default: the device's, see `device_budget`).
 
-    A colocated vLLM engine (`module.rollout.engine_estimate`) is counted on a CUDA device (or whenever `total`,
+    A colocated engine (`module.rollout.engine_estimate`, e.g. vLLM's) is counted on a CUDA device (or whenever `total`,
     the device's bytes, is given; `free`: bytes free before the engine starts, default the device's now): its rows join the rollout phase, and the training phase keeps ~0 of it in
     sleep mode or all of it without (see `qerl.memory.estimate`).
     The module is only read; the caller takes the resolved `micro_batch_size` from the returned plan."""
@@ -174,7 +168,7 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
          f"micro-batch {run.micro_batch}, gradient checkpointing {run.gradient_checkpointing}, "
          f"{bits:.2f} bits/weight)")
     if engine is not None:
-        echo(describe(need, engine, getattr(module.rollout, "gpu_memory_utilization", "auto"), utilization, total))
+        echo(describe(need, engine, utilization, total))
     from qerl.training.distributed import world
 
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU

@@ -80,5 +80,9 @@ class RolloutBackend(ABC):
             self.noise_metrics = applied.realized.metrics()
             yield
 
+    def engine_estimate(self, policy: nn.Module, device):
+        """A colocated engine's GPU memory for `policy` (`qerl.memory.engine.EngineEstimate`), counted by the
+        start-up memory plan; None (default) for a backend that generates with the policy itself."""
+
     def release_memory(self) -> None:
         """Free generation-only memory (KV cache) before training; optional."""

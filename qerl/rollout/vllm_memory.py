@@ -16,7 +16,7 @@ from qerl.memory.engine import (
     EngineSettings,
     engine_as_run,
     estimate_engine,
-    one_sequence_kv,
+    too_small_message,
 )
 from qerl.memory.estimate import GB, ModelShape, weight_bits
 from qerl.models.logprobs import causal_lm
@@ -24,7 +24,6 @@ from qerl.models.logprobs import causal_lm
 #: what `gpu_memory_utilization: auto` becomes on the CPU build (a fraction of RAM there; the KV cache is
 #: `kv_cache_memory_gb`, 1 GB by default, so this only bounds the engine)
 CPU_UTILIZATION = 0.3
-_KEY = "rollout.init_args"
 
 
 def engine_estimate(backend, policy: nn.Module, device) -> EngineEstimate:
@@ -41,7 +40,7 @@ def engine_estimate(backend, policy: nn.Module, device) -> EngineEstimate:
         kv_cache_bytes=None if backend.kv_cache_memory_gb is None else backend.kv_cache_memory_gb * 2**30,
         cuda_graphs=on_cuda and not backend.enforce_eager, sleep_mode=backend.enable_sleep_mode and on_cuda,
         batched_tokens=int(backend.engine_kwargs.get("max_num_batched_tokens") or BATCHED_TOKENS),
-        tensor_parallel_size=backend.tensor_parallel_size)
+        tensor_parallel_size=backend.tensor_parallel_size, utilization=backend.gpu_memory_utilization)
     return estimate_engine(ModelShape.from_config(lm.config), settings)
 
 
@@ -58,12 +57,9 @@ def resolve_utilization(backend, policy: nn.Module) -> float:
     need = engine_estimate(backend, policy, device)
     free = torch.cuda.mem_get_info(device)[0]
     runs, util = engine_as_run(need, "auto", total, free)
-    if runs.kv_cache < one_sequence_kv(need):
-        raise ValueError(
-            f"VLLM: `{_KEY}.gpu_memory_utilization` auto: the engine needs {need.fixed / GB:.1f} GB besides its "
-            f"KV cache and {one_sequence_kv(need) / GB:.2f} GB for one {backend.max_model_len}-token sequence, more "
-            f"than the {free / GB:.1f} GB free (less a margin) of the card's {total / GB:.1f} GB; "
-            f"lower `{_KEY}.max_model_len`, or free GPU memory (a smaller policy or engine).")
+    message = too_small_message(need, runs, util, total, free)
+    if message:
+        raise ValueError(f"VLLM: {message}")
     print(f"qerl: gpu_memory_utilization auto -> {util:.2f} (the vLLM engine needs {need.need / GB:.2f} GB of "
           f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {backend.max_num_seqs} x "
           f"{backend.max_model_len} tokens needs {need.kv_cache / GB:.2f} GB)", file=sys.stderr, flush=True)

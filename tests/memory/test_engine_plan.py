@@ -18,6 +18,7 @@ from qerl.memory.engine import (
     engine_as_run,
     estimate_engine,
     one_sequence_kv,
+    too_small_message,
 )
 from qerl.models import RandomInit
 from qerl.rollout import HF, VLLM
@@ -98,6 +99,24 @@ def test_auto_utilization_is_need_over_total_rounded_up():
     assert engine_as_run(est, "auto", 10 * GIB, free=5 * GIB)[1] == 0.4  # at least 1 GiB stays free
     runs, got = engine_as_run(est, 0.5, total)  # a number: vLLM fills that budget with KV cache
     assert got == 0.5 and runs.need == pytest.approx(0.5 * total)
+
+
+def test_a_budget_without_room_for_one_sequence_is_one_line_saying_what_to_change():
+    """The same text warns in the start-up plan and stops `VLLM.setup`; auto and a number get different advice."""
+    from dataclasses import replace
+
+    est = nvfp4_engine("qwen2.5-32b", 32, 9216)
+    fits, util = engine_as_run(est, "auto", 140 * GIB, free=100 * GIB)
+    assert too_small_message(est, fits, util, 140 * GIB, 100 * GIB) is None
+    starved, util = engine_as_run(est, "auto", 140 * GIB, free=32 * GIB)
+    text = too_small_message(est, starved, util, 140 * GIB, 32 * GIB)
+    assert "gpu_memory_utilization` auto" in text and "vLLM will refuse to start" in text
+    assert "capped by what is free (34.4 GB" in text and "max_model_len" in text and "\n" not in text
+    low = replace(est, settings=replace(est.settings, utilization=0.05))
+    starved, util = engine_as_run(low, 0.05, 140 * GIB)
+    text = too_small_message(low, starved, util, 140 * GIB, None)
+    assert "gpu_memory_utilization` 0.05 (0.05)" in text and text.endswith("or free GPU memory.")
+    assert f"Raise it (the engine needs {auto_utilization(est.need, 140 * GIB):.2f}" in text
 
 
 def test_the_peak_is_the_larger_phase_and_sleep_mode_frees_training():
