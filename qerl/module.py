@@ -313,7 +313,7 @@ class QeRLModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         rng = capture_rng()
-        checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn,
+        checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn, "seed": self.seed,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
         by_rank = distributed.gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
         if len(by_rank) > 1:
@@ -328,6 +328,8 @@ class QeRLModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
+        # the rollout seed of the run being resumed (it follows seed_everything, which may have been drawn at random)
+        self.seed = int(checkpoint.get("qerl", {}).get("seed", self.seed))
 
     def _resume_data_position(self, dataloader_iter: Iterator) -> None:
         """First step after a resume: skip the prompts already used this epoch, then restore the RNG."""

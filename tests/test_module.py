@@ -177,3 +177,17 @@ def test_the_rollout_seed_follows_seed_everything_unless_the_recipe_sets_one(mon
     L.seed_everything(3)
     assert tiny_module(seed=None).seed == 3
     assert tiny_module(seed=7).seed == 7
+
+
+def test_a_resumed_run_keeps_the_rollout_seed_of_its_checkpoint(monkeypatch):
+    """Without `seed_everything` in the recipe Lightning draws a new seed per launch; the resumed run must still
+    sample with the seed the checkpointed run used, or the resume would not be exact."""
+    import lightning as L
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    L.seed_everything(123)
+    module = tiny_module(seed=None)
+    module.on_load_checkpoint({"qerl": {"seed": 11, "nan_streak": 0}})
+    assert module.seed == 11
+    module.on_load_checkpoint({"qerl": {}})  # a checkpoint written before the seed was saved: kept as is
+    assert module.seed == 11
