@@ -1,7 +1,8 @@
 """Summarize one `qerl fit` run from its TensorBoard events: steps, early vs late means of the key scalars.
 
     python benchmarks/fit_summary.py runs/smollm2-grpo-vllm/version_0 --window 10 --out summary.json
-Early = mean of the first `window` logged steps, late = mean of the last `window`; used to check that reward
+Early = mean of the first `window` logged values, late = mean of the last `window`, curve = means of
+consecutive blocks of `window` values; used to check that reward
 rises in end-to-end runs (e.g. the SmolLM2 vLLM recipe on the GPU).
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 
 TAGS = ("reward/total_mean", "train/accuracy", "train/entropy", "rollout/mismatch_kl", "rollout/tokens_per_s",
-        "noise/sigma", "noise/realized_sigma", "perf/step_s")
+        "noise/sigma", "noise/realized_sigma", "perf/step_s", "val/accuracy")
 
 
 def summarize(folder: str, window: int) -> dict:
@@ -26,7 +27,10 @@ def summarize(folder: str, window: int) -> dict:
     for tag in [t for t in TAGS if t in have]:
         values = [e.value for e in acc.Scalars(tag)]
         out[tag] = {"steps": len(values), "early": round(sum(values[:window]) / len(values[:window]), 5),
-                    "late": round(sum(values[-window:]) / len(values[-window:]), 5)}
+                    "late": round(sum(values[-window:]) / len(values[-window:]), 5),
+                    "first_step": acc.Scalars(tag)[0].step, "last_step": acc.Scalars(tag)[-1].step,
+                    "curve": [round(sum(b) / len(b), 5) for b in (values[i:i + window]
+                                                                  for i in range(0, len(values), window))]}
     return out
 
 

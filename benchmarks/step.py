@@ -24,7 +24,10 @@ dense; ignore_eos; the backend's default mismatch scoring under the policy is pa
 `setup_s` is the engine build. `--vllm-sleep` puts the engine to sleep during training (weights to CPU, KV
 cache dropped). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
 card is modelled on a bigger one; `device_used_gib` (total - free, all allocators, vLLM's included) is sampled
-after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's cap.
+after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's cap. With `--vllm-sleep` the cap
+also counts the sleeping engine's pool (unmapped, but still in torch's accounting): a 32B 16 x 2,048 row hit the
+76 GiB cap while the card held 43.6 GiB (2026-12-02). `--card-gib 79` models the smaller card instead by holding
+the rest of the free memory as ballast, which binds every allocator; the ballast is left out of every number.
 """
 from __future__ import annotations
 
@@ -144,11 +147,37 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
+BALLAST: list = []  # --card-gib: device memory held so that everything else has the modelled card's size
+
+
+def ballast_bytes() -> int:
+    return sum(t.numel() for t in BALLAST)
+
+
+def hold_ballast(card_gib: float) -> None:
+    """Take all free device memory but `card_gib` GiB, so torch and vLLM together see a card of that size.
+
+    Unlike `set_per_process_memory_fraction` (`--memory-cap-gib`), this binds every allocator: vLLM's sleep-mode
+    pool stays in torch's accounting while it sleeps (its memory unmapped), so a cap counts memory the card does
+    not hold. The ballast is left out of every reported number."""
+    free, _ = torch.cuda.mem_get_info()
+    spare = int(free - card_gib * 2**30)
+    if spare > 0:
+        BALLAST.append(torch.empty(spare, dtype=torch.uint8, device="cuda"))
+
+
+def allocated_gb(peak: bool = False) -> float:
+    """torch's allocated (or peak allocated) bytes in GB, the ballast left out."""
+    used = torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+    return round((used - ballast_bytes()) / 1e9, 2)
+
+
 def device_used_gib() -> float | None:
+    """What the card holds (all allocators, vLLM's included), the ballast left out."""
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
-    return round((total - free) / 2**30, 2)
+    return round((total - free - ballast_bytes()) / 2**30, 2)
 
 
 def vllm_backend(policy, tok, batch: int, new: int, args):
@@ -190,7 +219,7 @@ def run_row(spec: dict, args) -> dict:
     policy, tok, hf_cfg, load_s = build(model, fmt, device, not args.no_checkpointing)
     row["load_s"] = round(load_s, 1)
     if device == "cuda":
-        row["after_load_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)
+        row["after_load_gb"] = allocated_gb()
     STAGE["now"] = "step"
     shape = ModelShape.from_config(hf_cfg)
     run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
@@ -198,8 +227,10 @@ def run_row(spec: dict, args) -> dict:
     bits = weight_bits(QUANT[fmt])
     if args.micro_batch == "auto":
         free = free_device_memory(device)
-        allocated = torch.cuda.memory_allocated() if device == "cuda" else 0
+        allocated = torch.cuda.memory_allocated() - ballast_bytes() if device == "cuda" else 0
         budget = (free + allocated) * 0.95 if free is not None else float("inf")
+        if args.memory_cap_gib:  # torch's allocator is capped: plan for the cap, not the bigger card's free memory
+            budget = min(budget, args.memory_cap_gib * 2**30 * 0.95)
         micro = auto_micro_batch(shape, run, budget, quant_bits=bits)
     else:
         micro = int(args.micro_batch)
@@ -220,7 +251,8 @@ def run_row(spec: dict, args) -> dict:
     elif args.rollout == "vllm":
         backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args)
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
-                   vllm={"gpu_memory_utilization": args.vllm_util, "kv_cache_memory_gb": args.vllm_kv_gib,
+                   vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
+                         "kv_cache_memory_gb": args.vllm_kv_gib,
                          "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep})
     else:
         backend = HF(max_batch_rows=local)
@@ -238,9 +270,9 @@ def run_row(spec: dict, args) -> dict:
         out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro)
         if args.rollout == "vllm" and backend is not None:
             out["device_used_gib_after_train"] = device_used_gib()
-        out["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if device == "cuda" else None
+        out["peak_gb"] = allocated_gb(peak=True) if device == "cuda" else None
         if device == "cuda":
-            row["after_step_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)  # weights + LoRA, grads, AdamW
+            row["after_step_gb"] = allocated_gb()  # weights + LoRA, grads, AdamW
         steps.append(out)
         if rank == 0:
             print(f"  step: {out['phases']} peak {out['peak_gb']} GB", flush=True)
@@ -289,18 +321,24 @@ def main() -> None:
                         help="under torchrun: skip rank 0's one-GPU run of each row before the data-parallel one")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--rollout", choices=("fast", "vllm"), default="fast", help="the rollout engine")
-    parser.add_argument("--vllm-util", type=float, default=0.35, help="gpu_memory_utilization of the vLLM engine")
+    parser.add_argument("--vllm-util", type=lambda v: v if v == "auto" else float(v), default=0.35,
+                        help="gpu_memory_utilization of the vLLM engine (a fraction, or auto: the memory plan's need)")
     parser.add_argument("--vllm-no-compile", action="store_true",
                         help="VLLM(compile=False): no torch.compile, full CUDA graphs for decode only (faster setup)")
     parser.add_argument("--vllm-kv-gib", type=float, default=None,
                         help="VLLM kv_cache_memory_gb: a fixed KV cache instead of a share of gpu_memory_utilization")
     parser.add_argument("--vllm-sleep", action="store_true", help="vLLM sleep mode during training")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap torch's allocator at this many GiB")
+    parser.add_argument("--card-gib", type=float, default=None,
+                        help="model a card of this many GiB: hold the rest of the device's free memory as ballast "
+                             "(binds vLLM too; prefer it to --memory-cap-gib with --vllm-sleep)")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     args = parser.parse_args()
     if args.memory_cap_gib and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(
             min(1.0, args.memory_cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
+    if args.card_gib and torch.cuda.is_available():
+        hold_ballast(args.card_gib)
     specs = []
     for text in args.rows:
         parts = text.split(":")
@@ -343,7 +381,7 @@ def main() -> None:
         with open(path, "w") as fh:
             json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
                        "prompt": PROMPT, "group": GROUP, "gpus": ranks, "rollout": args.rollout,
-                       "memory_cap_gib": args.memory_cap_gib, "rows": rows}, fh, indent=1)
+                       "memory_cap_gib": args.memory_cap_gib, "card_gib": args.card_gib, "rows": rows}, fh, indent=1)
     leave()
     if rank == 0:
         print(table(rows))

@@ -19,8 +19,10 @@ def test_early_and_late_means_of_a_rising_reward(tmp_path):
         writer.add_scalar("train/accuracy", 0.5, step)
     writer.close()
     summary = fit_summary.summarize(str(tmp_path), window=5)
-    assert summary["reward/total_mean"] == {"steps": 20, "early": pytest.approx(2 / 19, abs=1e-5),
-                                            "late": pytest.approx(17 / 19, abs=1e-5)}
+    reward = summary["reward/total_mean"]
+    assert reward["steps"] == 20 and (reward["first_step"], reward["last_step"]) == (0, 19)
+    assert reward["early"] == pytest.approx(2 / 19, abs=1e-5) and reward["late"] == pytest.approx(17 / 19, abs=1e-5)
+    assert reward["curve"] == pytest.approx([2 / 19, 7 / 19, 12 / 19, 17 / 19], abs=1e-5)  # means of blocks of 5
     assert summary["train/accuracy"]["early"] == summary["train/accuracy"]["late"] == 0.5
 
 

@@ -100,7 +100,7 @@ sys.path.insert(0, sys.argv[1])
 from test_vllm_aqn import bf16_policy, check_engine_holds_every_sigma
 from qerl.rollout.vllm import VLLM
 policy, tok = bf16_policy("cuda")
-backend = VLLM(max_model_len=128, gpu_memory_utilization=0.2, max_num_seqs=4, measure_mismatch=False)
+backend = VLLM(max_model_len=128, gpu_memory_utilization=0.2, kv_cache_memory_gb=0.5, max_num_seqs=4, measure_mismatch=False)
 backend.setup(policy, tok)
 check_engine_holds_every_sigma(backend)
 print("ENGINE HELD EVERY SIGMA")

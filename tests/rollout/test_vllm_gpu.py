@@ -186,3 +186,41 @@ def test_sleep_mode_frees_the_engine_memory_and_wakes_to_generate(engine):
     budget = 0.1 * torch.cuda.get_device_properties(0).total_memory
     assert freed > 0.5 * budget  # the KV cache (most of the budget) is dropped while asleep
     assert abs(taken_back) < 0.1 * budget and int(rollout.lengths.min()) > 0
+
+
+AUTO_CHILD = textwrap.dedent("""
+    import json, sys
+    import torch
+    sys.path.insert(0, sys.argv[1])
+    from test_vllm_gpu import tiny_policy
+    from qerl.rollout.vllm import VLLM
+    from qerl.types import SamplingConfig
+    policy, tokenizer = tiny_policy()
+    backend = VLLM(gpu_memory_utilization="auto", max_model_len=128, max_num_seqs=4, enforce_eager=True)
+    need = backend.engine_estimate(policy, torch.device("cuda")).need
+    torch.cuda.synchronize()
+    free_before = torch.cuda.mem_get_info()[0]
+    backend.setup(policy, tokenizer)
+    torch.cuda.synchronize()
+    taken = free_before - torch.cuda.mem_get_info()[0]
+    out = backend.generate([list(b"1+1=")], SamplingConfig(n=2, max_new_tokens=4, seed=0))
+    print("RESULT " + json.dumps({"utilization": backend.resolved_utilization, "need": need, "taken": taken,
+                                  "total": torch.cuda.get_device_properties(0).total_memory,
+                                  "tokens": int(out.lengths.sum())}))
+""")
+
+
+def test_auto_utilization_starts_an_engine_that_takes_about_what_the_plan_says():
+    """`gpu_memory_utilization: auto` (the 3B-32B recipes' setting) on the card: the engine starts with the
+    fraction the plan computed and takes no more of the card than that fraction."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", AUTO_CHILD, os.path.dirname(__file__)], capture_output=True,
+                          text=True, env=env, timeout=400, check=False)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, done.stdout[-2000:] + done.stderr[-4000:]
+    r = json.loads(line[-1][7:])
+    print(f"auto: utilization {r['utilization']}, plan's need {r['need'] / 2**30:.2f} GiB, engine took "
+          f"{r['taken'] / 2**30:.2f} GiB of {r['total'] / 2**30:.0f} GiB")
+    assert r["tokens"] == 8
+    assert r["need"] <= r["utilization"] * r["total"] < r["need"] + 0.01 * r["total"]  # need, rounded up to 0.01
+    assert r["taken"] <= r["utilization"] * r["total"] + 2**30  # + the CUDA context vLLM's budget does not count
