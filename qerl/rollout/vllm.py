@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import time
-import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -24,14 +23,11 @@ from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
 from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.vllm_engine import SERVED_FORMATS, engine_name, scratch_dir
+from qerl.rollout.vllm_checks import check_adapter, check_settings, warn_dense
+from qerl.rollout.vllm_engine import engine_name, scratch_dir
 from qerl.rollout.vllm_norms import engine_realized, float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
 from qerl.types import Rollout, SamplingConfig
-
-#: max_lora_rank values vLLM accepts
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-_KEY = "rollout.init_args"
 
 
 @ROLLOUT_BACKENDS.register()
@@ -78,24 +74,9 @@ class VLLM(RolloutBackend):
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
-        def need(ok: bool, key: str, value, what: str) -> None:
-            if not ok:
-                raise ValueError(f"VLLM: `{_KEY}.{key}`={value!r} {what}.")
-
-        need(gpu_memory_utilization == "auto" or (isinstance(gpu_memory_utilization, (int, float))
-                                                   and not isinstance(gpu_memory_utilization, bool)
-                                                   and 0 < gpu_memory_utilization <= 1),
-             "gpu_memory_utilization", gpu_memory_utilization, 'must be "auto" or a number in (0, 1]')
-        need(isinstance(max_model_len, int) and max_model_len > 1, "max_model_len", max_model_len, "must be an int > 1")
-        need(isinstance(tensor_parallel_size, int) and tensor_parallel_size >= 1, "tensor_parallel_size",
-             tensor_parallel_size, "must be an int >= 1")
-        need(max_lora_rank is None or max_lora_rank in VLLM_LORA_RANKS, "max_lora_rank", max_lora_rank,
-             f"is not one of vLLM's {VLLM_LORA_RANKS}")
-        need(lora_transfer in ("memory", "folder"), "lora_transfer", lora_transfer, 'must be "memory" or "folder"')
-        need(importance_sampling_cap is None or importance_sampling_cap >= 1, "importance_sampling_cap",
-             importance_sampling_cap, "must be >= 1 (or null to switch truncated importance sampling off)")
-        need(dtype in ("auto", "bfloat16", "float16", "float32"), "dtype", dtype,
-             'must be "auto", "bfloat16", "float16" or "float32"')
+        check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
+                       lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype)
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
         self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
@@ -141,7 +122,7 @@ class VLLM(RolloutBackend):
             if packed:
                 engine.export_quantized(lm, tokenizer, self.model_dir)
             else:
-                self._warn_dense(engine.quantized_format(lm), dtype, on_cuda, shape_problem)
+                warn_dense(engine.quantized_format(lm), dtype, on_cuda, self.quantized_base, shape_problem)
                 engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
         self.served_as = (f"{packed} (compressed-tensors{', the loaded folder' if not self.model_dir else ''})"
                           if packed else dtype)
@@ -185,42 +166,9 @@ class VLLM(RolloutBackend):
         """`gpu_memory_utilization` as a number (`qerl.rollout.vllm_memory.resolve_utilization`)."""
         return vllm_memory.resolve_utilization(self, policy)
 
-    def _warn_dense(self, fmt: str | None, dtype: str, on_cuda: bool, shape_problem: str | None = None) -> None:
-        """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights)."""
-        if fmt is None:
-            return
-        if shape_problem:
-            why = shape_problem
-        elif not on_cuda:
-            why = "the CPU build of vLLM has no FP4 weight kernels"
-        elif not self.quantized_base:
-            why = f"`{_KEY}.quantized_base` is false"
-        else:
-            why = f"vLLM serves only {'/'.join(f.upper() for f in SERVED_FORMATS)} bases packed"
-        warnings.warn(f"VLLM: the {fmt.upper()} policy base is served dense ({dtype}) by the engine: {why}. "
-                      "Generation matches the policy's dequantized weights, without the 4-bit speed-up.",
-                      stacklevel=3)
     def _check_adapter(self, policy: nn.Module) -> dict:
-        """The policy's peft LoRA config as a dict; errors (before any engine starts) for what vLLM cannot take."""
-        configs = getattr(policy, "peft_config", None) if hasattr(policy, "get_base_model") else None
-        if not configs:
-            raise ValueError("VLLM: the policy has no LoRA adapter (`model.init_args.lora` is null). The vLLM "
-                             "engine keeps the frozen base and receives only LoRA (and norm) updates; add LoRA "
-                             "settings or use `rollout: HF`.")
-        config = next(iter(configs.values())).to_dict()
-        rank = max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
-        if self.max_lora_rank is None:
-            fits = [r for r in VLLM_LORA_RANKS if r >= rank]
-            if not fits:
-                raise ValueError(f"VLLM: LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}.")
-            self.max_lora_rank = fits[0]
-        elif rank > self.max_lora_rank:
-            raise ValueError(f"VLLM: the LoRA rank is {rank} (`model.init_args.lora.rank`) but `{_KEY}.max_lora_rank` "
-                             f"is {self.max_lora_rank}; raise max_lora_rank to >= {rank} (one of {VLLM_LORA_RANKS}) "
-                             "or lower the rank.")
-        if config.get("bias", "none") != "none":
-            raise ValueError("VLLM: LoRA bias is not supported by vLLM; use bias='none'.")
-        config["target_modules"] = sorted(config.get("target_modules") or [])
+        """The policy's peft LoRA config as a dict (`qerl.rollout.vllm_checks.check_adapter`); sets max_lora_rank."""
+        config, self.max_lora_rank = check_adapter(policy, self.max_lora_rank)
         return config
 
     def _engine_dtype(self, lm: nn.Module) -> str:
