@@ -7,6 +7,9 @@ backend's float32 RMSNorms run):
   decode   `HF` rollout tokens/s (fast engine: CUDA graphs on GPU, eager on CPU) on a random-init model;
   vllm     (--vllm) the `VLLM` backend's tokens/s with the engine built with bf16 vs float32 RMSNorm weights
            (two engines, one after the other; on the CPU build use a small --kv-gb).
+Each decode/vllm row also records, per norm dtype, the tok/s without noise (`<dtype>_no_noise`) and the cost of
+entering and leaving the noise context alone (`<dtype>_noise_enter_exit_ms`), which splits an AQN rollout's
+extra time into the noise bookkeeping and the generation with noisy (float32) norms.
 Random weights (speed does not depend on values). Prints a table with the card and date; --json writes it too.
 
     PYTHONPATH=. python benchmarks/aqn_norms.py --model tiny --hidden 576 --layers 8 --batch 8 --new 64
@@ -91,8 +94,22 @@ def decode_row(model, tok, args, fast: bool) -> dict:
         with hf.noise(5e-4, seed=0):
             seconds = timed(lambda hf=hf: hf.generate(ids, cfg), args.repeats)
         result[label] = args.batch * args.new / seconds
+        result.update(noise_breakdown(hf, ids, cfg, args, label))
         hf.release_memory()
     return {"row": f"decode HF fast={fast} b{args.batch} new{args.new}", **result, "unit": "tok/s"}
+
+
+def noise_breakdown(backend, ids, cfg, args, label: str) -> dict:
+    """Where an AQN rollout's extra time goes (issue #18): tok/s of the same backend without noise, and the
+    milliseconds of entering and leaving `backend.noise` (draw, copy into the engine, measure, restore, cache
+    resets) with no generation inside."""
+    def enter_exit():
+        with backend.noise(5e-4, seed=0):
+            pass
+
+    plain = timed(lambda: backend.generate(ids, cfg), args.repeats)
+    return {f"{label}_no_noise": args.batch * args.new / plain,
+            f"{label}_noise_enter_exit_ms": timed(enter_exit, max(5, args.repeats)) * 1e3}
 
 
 def vllm_row(model, tok, args) -> dict:
@@ -115,6 +132,7 @@ def vllm_row(model, tok, args) -> dict:
             seconds = timed(lambda b=backend: b.generate(ids, cfg), args.repeats)
             result[f"{label}_realized_sigma"] = backend.noise_metrics.get("noise/realized_sigma")
         result[label] = args.batch * args.new / seconds
+        result.update(noise_breakdown(backend, ids, cfg, args, label))
         backend.close()
         del backend, m
         gc.collect()  # the first engine's memory, before the second one starts

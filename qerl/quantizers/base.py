@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from qerl.quantizers.fused import shared_amax
 from qerl.quantizers.layers import QuantLinear
 from qerl.quantizers.weight import QuantizationError, QuantizedWeight, StorageFormat
 
@@ -27,7 +28,14 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 class Quantizer(StorageFormat, ABC):
-    """Turns bf16/fp32 weights into a 4-bit format and swaps Linear layers."""
+    """Turns bf16/fp32 weights into a 4-bit format and swaps Linear layers.
+
+    `shares_tensor_scale`: the format has a per-tensor scale (NVFP4); `quantize` then takes `tensor_amax`, and
+    `quantize_model` gives the shards an engine fuses (q/k/v, gate/up) the amax of their group, so they share
+    one tensor scale as vLLM's fused layers require (`qerl.quantizers.fused`).
+    """
+
+    shares_tensor_scale = False
 
     # ------------------------------------------------------------------ per weight
     @abstractmethod
@@ -75,14 +83,17 @@ class Quantizer(StorageFormat, ABC):
 
         Targeted: every nn.Linear whose dotted name does not match `skip` (an entry matches the full name, one
         path component, or a suffix). `lm_head` is always kept in bf16, embeddings are not Linear and stay too.
-        Each weight is quantized on its own device, one layer at a time.
+        Each weight is quantized on its own device, one layer at a time; with `shares_tensor_scale`, the shards
+        of a fused layer get one tensor scale (`qerl.quantizers.fused`).
         """
         patterns = tuple(dict.fromkeys(("lm_head", *skip)))
         targets = [n for n, m in model.named_modules()
                    if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and not _matches(n, patterns)]
+        shared = shared_amax(model, targets) if self.shares_tensor_scale else {}
         for name in targets:  # names only, so each bf16 weight is freed as soon as its layer is swapped
             linear = model.get_submodule(name)
-            qweight = self.quantize(linear.weight.data, name=name)
+            extra = {"tensor_amax": shared[name]} if name in shared else {}
+            qweight = self.quantize(linear.weight.data, name=name, **extra)
             bias = None if linear.bias is None else linear.bias.data.to(torch.bfloat16)
             layer = QuantLinear.from_quantized(qweight, bias=bias, name=name)
             parent_name, _, child = name.rpartition(".")

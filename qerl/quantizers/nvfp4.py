@@ -22,10 +22,16 @@ class NVFP4(Quantizer):
     format = "nvfp4"
     block_size = 16
     uses_qerl_kernels = True
+    shares_tensor_scale = True
 
-    def quantize(self, weight: torch.Tensor, name: str = "weight") -> QuantizedWeight:
+    def quantize(self, weight: torch.Tensor, name: str = "weight",
+                 tensor_amax: torch.Tensor | None = None) -> QuantizedWeight:
+        """`tensor_amax`: the amax the tensor scale is set from (the largest |weight| of a fused group, see
+        `qerl.quantizers.fused`); at least the weight's own amax."""
         w = self.check_weight(weight, name)
         amax = w.abs().amax()
+        if tensor_amax is not None:
+            amax = torch.maximum(amax, tensor_amax.to(device=amax.device, dtype=amax.dtype))
         global_scale = torch.where(amax > 0, amax / (E2M1_MAX * E4M3_MAX), torch.ones_like(amax))
 
         def rows(chunk: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
 from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
+from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
 from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
@@ -153,8 +154,8 @@ class VLLM(RolloutBackend):
     def _packed_format(self, lm: nn.Module, on_cuda: bool) -> tuple[str | None, str | None]:
         """(the 4-bit format the engine serves packed or None, why a packed base must go in dense or None)."""
         packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
-        shape_problem = engine.marlin_shape_problem(lm) if packed else None
-        return (None if shape_problem else packed), shape_problem
+        problem = (engine.marlin_shape_problem(lm) or unshared_tensor_scales(lm)) if packed else None
+        return (None if problem else packed), problem
 
     def engine_estimate(self, policy: nn.Module, device) -> EngineEstimate:
         """The engine's memory on one GPU of `device`'s kind for `policy` (`qerl.memory.engine`): its weights as

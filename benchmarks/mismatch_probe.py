@@ -1,0 +1,146 @@
+"""Where does the 7B engine-vs-policy mismatch come from? One process, one policy per depth, one engine per mode.
+
+`qerl fit` on a random-weight Qwen2.5-7B NVFP4 with vLLM rollouts logged `rollout/mismatch_kl` ~0.70 nats/token
+(with and without AQN, H200, 2026-12-02) where SmolLM2 served dense gives 0.002 and the tiny 2-layer packed GPU
+test 1.4e-4. `benchmarks/mismatch_depth.py` ruled out random-weight chaos (a bf16-vs-float32 forward of the same
+random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU, each cell one fresh engine:
+
+  layers   the preset's depth vs `--layers` overrides (e.g. 2 and 28): does the gap grow with depth?
+  served   `packed` (compressed-tensors NVFP4, vLLM's Marlin FP4 GEMM) vs `dense` (`quantized_base: false`: the
+           same dequantized weights in bf16): is it the FP4 path?
+  tokens   the prompts are token ids below `--max-id`; `--max-id 259` (byte ids) vs 40000 checks the vocabulary.
+
+Each cell generates `--rows` completions of `--new` tokens (temperature 1, EOS ignored) from `--prompts` random
+prompts of `--prompt` tokens, with `measure_mismatch` on, and records `rollout/mismatch_kl`,
+`rollout/mismatch_logprob_absdiff`, the engine's served-as, and the log-prob gap of one fixed continuation
+scored by both sides (`VLLM.score` against the policy's forward). LoRA r32 with B = 0 (the adapter is a no-op).
+
+    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --layers 2 28 --served packed dense \
+        --out $OUT/mismatch-probe.json                                     # H200: ~4 engines x ~50 s
+    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-0.5b --layers 2 --served dense --new 8  # CPU smoke
+
+Each cell runs in its own process (one vLLM engine per process); a failed cell is recorded with its error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def build_policy(preset: str, layers: int | None, device: str):
+    from qerl.lora.apply import apply_lora
+    from qerl.models.random_init import RandomInit
+
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    model, tok = RandomInit(preset, overrides=overrides, tokenizer="smollm2" if preset != "tiny" else "bytes").load(
+        quantizer="NVFP4", dtype="bfloat16", device=device)
+    return apply_lora(model, rank=32, alpha=64.0), tok
+
+
+def engine(policy, tok, served: str, args):
+    from qerl.rollout.vllm import VLLM
+
+    class NoEos(VLLM):
+        def sampling_params(self, sampling, prompt_index):
+            params = super().sampling_params(sampling, prompt_index)
+            params.ignore_eos = True
+            return params
+
+    on_cuda = torch.cuda.is_available()
+    backend = NoEos(max_model_len=args.prompt + args.new + 8, max_num_seqs=args.rows, compile=False,
+                    quantized_base=served == "packed", gpu_memory_utilization=0.2 if on_cuda else 0.3,
+                    kv_cache_memory_gb=2.0 if on_cuda else 0.25)  # a fixed cache: no memory profiling
+    t0 = time.perf_counter()
+    backend.setup(policy, tok)
+    return backend, time.perf_counter() - t0
+
+
+def fixed_gap(backend, policy, args) -> float:
+    """Mean |log p_engine - log p_policy| of one fixed random continuation after one fixed prompt."""
+    from qerl.models.logprobs import completion_logprobs
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, args.max_id, (args.prompt,), generator=gen).tolist()
+    cont = torch.randint(3, args.max_id, (args.new,), generator=gen).tolist()
+    device = next(policy.parameters()).device
+    p, c = torch.tensor([prompt], device=device), torch.tensor([cont], device=device)
+    with torch.no_grad():
+        mine = completion_logprobs(policy.eval(), p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
+    return float((backend.score(prompt, cont) - mine.float().cpu()).abs().mean())
+
+
+def cell(policy, tok, served: str, args) -> dict:
+    from qerl.types import SamplingConfig
+
+    backend, setup_s = engine(policy, tok, served, args)
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, args.max_id, (args.prompts, args.prompt), generator=gen).tolist()
+    group = max(1, args.rows // args.prompts)
+    rollout = backend.generate(prompts, SamplingConfig(n=group, temperature=1.0, max_new_tokens=args.new, seed=0))
+    out = {"served": served, "served_as": backend.served_as, "setup_s": round(setup_s, 1),
+           "linear_methods": backend.engine_linear_methods(), "tokens": int(rollout.completion_mask.sum()),
+           **{k: round(v, 6) for k, v in backend.last_metrics.items()},
+           "engine_logprob_mean": round(float(rollout.logprobs[rollout.completion_mask.bool()].mean()), 4),
+           "fixed_continuation_absdiff": round(fixed_gap(backend, policy, args), 6)}
+    backend.close()
+    return out
+
+
+def run_cell(layers: int, served: str, args) -> dict:
+    """One cell in this process (`--cell`): build the policy, the engine, measure."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy, tok = build_policy(args.preset, layers or None, device)
+    depth = policy.get_base_model().config.num_hidden_layers
+    return {"preset": args.preset, "layers": depth, **cell(policy, tok, served, args)}
+
+
+def spawn(layers: int, served: str, argv: list[str]) -> dict:
+    """One cell in a child process (one vLLM engine per process); its failure is a result, not the end."""
+    done = subprocess.run([sys.executable, __file__, *argv, "--cell", str(layers), served], capture_output=True,
+                          text=True, check=False)
+    found = [line[5:] for line in done.stdout.splitlines() if line.startswith("CELL ")]
+    if found:
+        return json.loads(found[-1])
+    return {"layers": layers, "served": served, "error": (done.stderr or done.stdout)[-600:]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="qwen2.5-7b", help="RandomInit preset")
+    p.add_argument("--layers", type=int, nargs="+", default=[0], help="depths to try (0: the preset's)")
+    p.add_argument("--served", nargs="+", choices=("packed", "dense"), default=["packed", "dense"])
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--rows", type=int, default=16, help="completions in all (prompts x group)")
+    p.add_argument("--prompt", type=int, default=64)
+    p.add_argument("--new", type=int, default=64)
+    p.add_argument("--max-id", type=int, default=40000, help="prompt and continuation ids are below this")
+    p.add_argument("--out", default=None, help="write the cells as JSON here")
+    p.add_argument("--cell", nargs=2, metavar=("LAYERS", "SERVED"), default=None, help=argparse.SUPPRESS)
+    args, argv = p.parse_args(), [a for a in sys.argv[1:]]
+    if args.cell:
+        print("CELL " + json.dumps(run_cell(int(args.cell[0]), args.cell[1], args)), flush=True)
+        return 0
+    cells = []
+    for layers in args.layers:
+        for served in args.served:
+            cells.append(spawn(layers, served, argv))
+            print(json.dumps(cells[-1]), flush=True)
+    if args.out:
+        card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        with open(args.out, "w") as f:
+            json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                       "args": vars(args), "cells": cells}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
