@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from qerl.quantizers import MXFP4, NVFP4
+from qerl.quantizers.e2m1 import E2M1_MAX
 from qerl.quantizers.fused import fused_groups, unshared_tensor_scales
 from qerl.quantizers.nvfp4 import E4M3_MAX
-from qerl.quantizers.e2m1 import E2M1_MAX
 
 
 def test_fused_groups_are_qkv_and_gate_up_of_one_parent():
@@ -42,8 +42,8 @@ def test_nvfp4_gives_fused_shards_the_tensor_scale_of_their_largest_weight(make_
 
 
 def test_a_base_quantized_shard_by_shard_is_named_and_served_dense_by_vllm():
-    from qerl.models import RandomInit
     from qerl.lora.apply import apply_lora
+    from qerl.models import RandomInit
     from qerl.rollout.vllm import VLLM
 
     config = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 2, "num_key_value_heads": 2}
