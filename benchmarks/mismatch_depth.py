@@ -12,6 +12,8 @@ taken from the trained SmolLM2-135M-Instruct GGUF (qerl's GGUFModel, float32); w
   bf16   bfloat16 compute (weights + activations) vs float32 compute
   nvfp4  float32 vs float32 with every Linear NVFP4-quantized (qerl's NVFP4): one side sees the 4-bit base
   aqn    float32 vs float32 with AQN noise (sigma --aqn-sigma) in input/post-attention norms of one side only
+  fused  qerl's per-layer NVFP4 vs the same codes and block scales with vLLM 0.22's ONE tensor scale per fused
+         q/k/v and gate/up layer (the smallest of the shards'), as vLLM served qerl's exports before the fix
 Per layer rel_diff = ||hA - hB|| / ||hA||; at depth 2, 8 and all: final norm + LM head, then per token KL(pA||pB),
 k3 = E_{x~pA}[exp(r) - r - 1] (r = log pB(x) - log pA(x), 64 samples), entropy of pA, logit correlation.
 Models: qwen2.5-7b (random), smollm2 (trained), random-smollm2 (SmolLM2's shape, RandomInit weights).
@@ -25,6 +27,8 @@ f32: rel_diff grows ~sqrt(depth), 0.012 (layer 1) -> 0.031 (8) -> 0.059 (28), lo
 does give 0.7 is a weight mismatch: one side NVFP4, the other not -> k3 0.13 / 0.36 / 0.74 at 2 / 8 / 28
 layers (logit corr 0.50; random logits have std 0.02*sqrt(3584) = 1.2, so KL ~ 1.2^2 (1 - corr)). One-sided
 AQN noise gives only 6e-4. So the 7B engine and policy most likely do not run the same (quantized) weights.
+`fused` (a second run, --models qwen2.5-7b): k3 0.004 / 0.013 / 0.045 - a real fault of the export (fixed in
+`qerl.quantizers.fused`), but not all of the 0.7.
 """
 from __future__ import annotations
 
