@@ -8,12 +8,15 @@ random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU
   layers   the preset's depth vs `--layers` overrides (e.g. 2 and 28): does the gap grow with depth?
   served   `packed` (compressed-tensors NVFP4, vLLM's Marlin FP4 GEMM) vs `dense` (`quantized_base: false`: the
            same dequantized weights in bf16): is it the FP4 path?
-  tokens   the prompts are token ids below `--max-id`; `--max-id 259` (byte ids) vs 40000 checks the vocabulary.
+  tokens   the prompts are token ids below `--max-id`; `--tokenizer bytes --max-id 259` vs the SmolLM2 tokenizer
+           checks the vocabulary; `--ragged` gives the prompts different lengths (left padding, as in a GSM8K batch).
 
 Each cell generates `--rows` completions of `--new` tokens (temperature 1, EOS ignored) from `--prompts` random
 prompts of `--prompt` tokens, with `measure_mismatch` on, and records `rollout/mismatch_kl`,
 `rollout/mismatch_logprob_absdiff`, the engine's served-as, and the log-prob gap of one fixed continuation
-scored by both sides (`VLLM.score` against the policy's forward). LoRA r32 with B = 0 (the adapter is a no-op).
+scored by both sides (`VLLM.score` against the policy's forward), the mean log-prob of the sampled tokens on each
+side, and the share of sampled ids beyond the tokenizer's (the 7B has 152,064 ids, the SmolLM2 tokenizer 49,152:
+0 there would mean vLLM samples only tokenizer ids while the policy normalizes over all). LoRA r32 with B = 0.
 
     PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --layers 2 28 --served packed dense \
         --out $OUT/mismatch-probe.json                                     # H200: ~4 engines x ~50 s
@@ -36,12 +39,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def build_policy(preset: str, layers: int | None, device: str):
+def build_policy(preset: str, layers: int | None, device: str, tokenizer: str = "auto"):
     from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit
 
     overrides = {"num_hidden_layers": layers} if layers else {}
-    model, tok = RandomInit(preset, overrides=overrides, tokenizer="smollm2" if preset != "tiny" else "bytes").load(
+    model, tok = RandomInit(preset, overrides=overrides, tokenizer=tokenizer).load(
         quantizer="NVFP4", dtype="bfloat16", device=device)
     return apply_lora(model, rank=32, alpha=64.0), tok
 
@@ -84,12 +87,22 @@ def cell(policy, tok, served: str, args) -> dict:
     backend, setup_s = engine(policy, tok, served, args)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, args.max_id, (args.prompts, args.prompt), generator=gen).tolist()
+    if args.ragged:  # prompts of different lengths: the policy scores them left-padded, as a GSM8K batch
+        prompts = [p[: max(4, args.prompt - i * args.prompt // (2 * args.prompts))] for i, p in enumerate(prompts)]
     group = max(1, args.rows // args.prompts)
     rollout = backend.generate(prompts, SamplingConfig(n=group, temperature=1.0, max_new_tokens=args.new, seed=0))
+    from qerl.rollout.vllm_outputs import policy_logprobs
+
+    mask = rollout.completion_mask.bool()
+    sampled = rollout.completion_ids[mask]
     out = {"served": served, "served_as": backend.served_as, "setup_s": round(setup_s, 1),
-           "linear_methods": backend.engine_linear_methods(), "tokens": int(rollout.completion_mask.sum()),
+           "linear_methods": backend.engine_linear_methods(), "tokens": int(mask.sum()),
            **{k: round(v, 6) for k, v in backend.last_metrics.items()},
-           "engine_logprob_mean": round(float(rollout.logprobs[rollout.completion_mask.bool()].mean()), 4),
+           "engine_logprob_mean": round(float(rollout.logprobs[mask].mean()), 4),
+           "policy_logprob_mean": round(float(policy_logprobs(policy, rollout, 1.0)[mask].mean()), 4),
+           # 0 here with a vocabulary far above the tokenizer's would mean vLLM samples only tokenizer ids
+           "vocab": int(policy.get_base_model().config.vocab_size), "tokenizer_ids": len(tok),
+           "sampled_beyond_tokenizer_frac": round(float((sampled >= len(tok)).float().mean()), 4),
            "fixed_continuation_absdiff": round(fixed_gap(backend, policy, args), 6)}
     backend.close()
     return out
@@ -98,7 +111,7 @@ def cell(policy, tok, served: str, args) -> dict:
 def run_cell(layers: int, served: str, args) -> dict:
     """One cell in this process (`--cell`): build the policy, the engine, measure."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy, tok = build_policy(args.preset, layers or None, device)
+    policy, tok = build_policy(args.preset, layers or None, device, args.tokenizer)
     depth = policy.get_base_model().config.num_hidden_layers
     return {"preset": args.preset, "layers": depth, **cell(policy, tok, served, args)}
 
@@ -123,6 +136,9 @@ def main() -> int:
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--max-id", type=int, default=40000, help="prompt and continuation ids are below this")
+    p.add_argument("--ragged", action="store_true", help="prompts of different lengths (left padding on the policy side)")
+    p.add_argument("--tokenizer", default="auto", choices=("auto", "bytes", "smollm2"),
+                   help="RandomInit tokenizer (auto: smollm2 for big vocabularies; bytes needs --max-id <= 259)")
     p.add_argument("--out", default=None, help="write the cells as JSON here")
     p.add_argument("--cell", nargs=2, metavar=("LAYERS", "SERVED"), default=None, help=argparse.SUPPRESS)
     args, argv = p.parse_args(), [a for a in sys.argv[1:]]
