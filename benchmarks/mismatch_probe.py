@@ -8,6 +8,8 @@ random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU
   layers   the preset's depth vs `--layers` overrides (e.g. 2 and 28): does the gap grow with depth?
   served   `packed` (compressed-tensors NVFP4, vLLM's Marlin FP4 GEMM) vs `dense` (`quantized_base: false`: the
            same dequantized weights in bf16): is it the FP4 path?
+  graphs   `packed` / `dense` capture full decode CUDA graphs as the fit did (`compile: false`); `packed-eager`
+           and `dense-eager` run without graphs, as the tiny GPU tests do (1.4e-4 there)
   tokens   the prompts are token ids below `--max-id`; `--tokenizer bytes --max-id 259` vs the SmolLM2 tokenizer
            checks the vocabulary; `--ragged` gives the prompts different lengths (left padding, as in a GSM8K batch).
 
@@ -18,6 +20,8 @@ scored by both sides (`VLLM.score` against the policy's forward), the mean log-p
 side, and the share of sampled ids beyond the tokenizer's (the 7B has 152,064 ids, the SmolLM2 tokenizer 49,152:
 0 there would mean vLLM samples only tokenizer ids while the policy normalizes over all). LoRA r32 with B = 0.
 
+    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --ragged \
+        --cells 28:packed 28:packed-eager 28:dense 2:packed --out $OUT/mismatch-probe.json     # H200: ~6 min
     PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --layers 2 28 --served packed dense \
         --out $OUT/mismatch-probe.json                                     # H200: ~4 engines x ~50 s
     PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-0.5b --layers 2 --served dense --new 8  # CPU smoke
@@ -37,6 +41,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+#: engine kinds of a cell: how the base is served, and '-eager' for no CUDA graphs
+SERVED = ("packed", "dense", "packed-eager", "dense-eager")
 
 
 def build_policy(preset: str, layers: int | None, device: str, tokenizer: str = "auto"):
@@ -59,8 +67,9 @@ def engine(policy, tok, served: str, args):
             return params
 
     on_cuda = torch.cuda.is_available()
+    base, _, mode = served.partition("-")
     backend = NoEos(max_model_len=args.prompt + args.new + 8, max_num_seqs=args.rows, compile=False,
-                    quantized_base=served == "packed", gpu_memory_utilization=0.2 if on_cuda else 0.3,
+                    quantized_base=base == "packed", enforce_eager=mode == "eager", gpu_memory_utilization=0.2 if on_cuda else 0.3,
                     kv_cache_memory_gb=2.0 if on_cuda else 0.25)  # a fixed cache: no memory profiling
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -130,7 +139,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="qwen2.5-7b", help="RandomInit preset")
     p.add_argument("--layers", type=int, nargs="+", default=[0], help="depths to try (0: the preset's)")
-    p.add_argument("--served", nargs="+", choices=("packed", "dense"), default=["packed", "dense"])
+    p.add_argument("--served", nargs="+", choices=SERVED, default=["packed", "dense"],
+                   help="engine kinds; '-eager': no CUDA graphs (the default, like `compile: false`, captures full "
+                        "decode graphs)")
+    p.add_argument("--cells", nargs="+", default=None, metavar="LAYERS:SERVED",
+                   help="explicit cells instead of --layers x --served, e.g. 28:packed 28:packed-eager 2:packed")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--rows", type=int, default=16, help="completions in all (prompts x group)")
     p.add_argument("--prompt", type=int, default=64)
@@ -146,10 +159,13 @@ def main() -> int:
         print("CELL " + json.dumps(run_cell(int(args.cell[0]), args.cell[1], args)), flush=True)
         return 0
     cells = []
-    for layers in args.layers:
-        for served in args.served:
-            cells.append(spawn(layers, served, argv))
-            print(json.dumps(cells[-1]), flush=True)
+    plan = [(int(c.split(":")[0]), c.split(":")[1]) for c in args.cells] if args.cells else \
+        [(layers, served) for layers in args.layers for served in args.served]
+    for layers, served in plan:
+        if served not in SERVED:
+            raise SystemExit(f"--cells: {served!r} is not one of {SERVED}")
+        cells.append(spawn(layers, served, argv))
+        print(json.dumps(cells[-1]), flush=True)
     if args.out:
         card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         with open(args.out, "w") as f:

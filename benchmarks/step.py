@@ -144,6 +144,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     phases["step"] = time.perf_counter() - t0
     return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
             "device_used_gib_rollout": used_at_rollout,
+            "mismatch": {k: round(float(v), 6) for k, v in getattr(backend, "last_metrics", {}).items()},
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -286,7 +287,7 @@ def run_row(spec: dict, args) -> dict:
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                device_used_gib_rollout=last["device_used_gib_rollout"],
-               device_used_gib_after_train=last.get("device_used_gib_after_train"))
+               device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"))
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)
