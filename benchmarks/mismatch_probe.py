@@ -16,7 +16,8 @@ random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU
 Each cell generates `--rows` completions of `--new` tokens (temperature 1, EOS ignored) from `--prompts` random
 prompts of `--prompt` tokens, with `measure_mismatch` on, and records `rollout/mismatch_kl`,
 `rollout/mismatch_logprob_absdiff`, the engine's served-as, and the log-prob gap of one fixed continuation
-scored by both sides (`VLLM.score` against the policy's forward), the mean log-prob of the sampled tokens on each
+scored by both sides (`VLLM.score` against the policy's forward; in `dense` cells also a plain transformers model
+holding the dequantized base, which puts a gap on the policy's side or the engine's), the mean log-prob of the sampled tokens on each
 side, and the share of sampled ids beyond the tokenizer's (the 7B has 152,064 ids, the SmolLM2 tokenizer 49,152:
 0 there would mean vLLM samples only tokenizer ids while the policy normalizes over all). LoRA r32 with B = 0.
 
@@ -76,18 +77,36 @@ def engine(policy, tok, served: str, args):
     return backend, time.perf_counter() - t0
 
 
-def fixed_gap(backend, policy, args) -> float:
-    """Mean |log p_engine - log p_policy| of one fixed random continuation after one fixed prompt."""
-    from qerl.models.logprobs import completion_logprobs
+def fixed_gaps(backend, policy, args, reference: bool) -> dict:
+    """Mean |log p_engine - log p_policy| of one fixed random continuation after one fixed prompt; with
+    `reference`, also |log p_reference - log p_policy| for a plain transformers model holding the policy's
+    dequantized base in bf16 (no qerl kernels, no vLLM): a gap there puts the fault on the policy's side."""
+    from qerl.models.logprobs import causal_lm, completion_logprobs
 
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, args.max_id, (args.prompt,), generator=gen).tolist()
     cont = torch.randint(3, args.max_id, (args.new,), generator=gen).tolist()
     device = next(policy.parameters()).device
     p, c = torch.tensor([prompt], device=device), torch.tensor([cont], device=device)
-    with torch.no_grad():
-        mine = completion_logprobs(policy.eval(), p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
-    return float((backend.score(prompt, cont) - mine.float().cpu()).abs().mean())
+
+    def logprobs(model) -> torch.Tensor:
+        with torch.no_grad():
+            return completion_logprobs(model.eval(), p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0].float().cpu()
+
+    mine = logprobs(policy)
+    out = {"fixed_continuation_absdiff": round(float((backend.score(prompt, cont) - mine).abs().mean()), 6)}
+    if reference:
+        from transformers import AutoModelForCausalLM
+
+        from qerl.rollout.vllm_engine import dense_base_state_dict
+
+        lm = causal_lm(policy)
+        ref = AutoModelForCausalLM.from_config(lm.config, torch_dtype=torch.bfloat16)
+        missing, _ = ref.load_state_dict(dense_base_state_dict(lm, torch.bfloat16), strict=False)
+        out["reference_missing"] = [k for k in missing if "rotary" not in k][:5]
+        out["reference_vs_policy_absdiff"] = round(float((logprobs(ref.to(device)) - mine).abs().mean()), 6)
+        del ref
+    return out
 
 
 def cell(policy, tok, served: str, args) -> dict:
@@ -112,7 +131,7 @@ def cell(policy, tok, served: str, args) -> dict:
            # 0 here with a vocabulary far above the tokenizer's would mean vLLM samples only tokenizer ids
            "vocab": int(policy.get_base_model().config.vocab_size), "tokenizer_ids": len(tok),
            "sampled_beyond_tokenizer_frac": round(float((sampled >= len(tok)).float().mean()), 4),
-           "fixed_continuation_absdiff": round(fixed_gap(backend, policy, args), 6)}
+           **fixed_gaps(backend, policy, args, reference=served.startswith("dense"))}
     backend.close()
     return out
 
