@@ -27,7 +27,7 @@ from qerl.training import distributed
 from qerl.training.checks import check_module_args
 from qerl.training.collect import Collector, collect_groups
 from qerl.training.policy import build_policy
-from qerl.training.resume import capture_rng, resume_position, step_log_metrics
+from qerl.training.resumable import ResumableRun
 from qerl.training.running_rewards import RunningRewards
 from qerl.training.scoring import Scored, concat_scored
 from qerl.training.settings import LoRASettings, OptimizerSettings, global_seed
@@ -36,7 +36,7 @@ from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradient
 from qerl.types import PromptBatch, SamplingConfig
 
 
-class QeRLModule(L.LightningModule):
+class QeRLModule(ResumableRun, L.LightningModule):
     """One RL step per batch of prompts: rollout (AQN noise on), rewards, advantages, clipped policy update.
 
     Every part comes from the recipe: the policy loader, quantizer, LoRA settings, noise schedule,
@@ -303,40 +303,3 @@ class QeRLModule(L.LightningModule):
         if metrics:  # the same values on every rank (sync_dist only keeps Lightning from warning)
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
             self.last_validation = dict(metrics)
-
-    # --------------------------------------------------------------- checkpoints
-    def on_train_epoch_start(self) -> None:
-        if self._pending_resume is None:
-            self._batches_drawn = 0
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        rng = capture_rng()
-        checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn, "seed": self.seed,
-                              "epoch": self.current_epoch, "nan_streak": self._nan_streak}
-        by_rank = distributed.gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
-        if len(by_rank) > 1:
-            checkpoint["qerl"]["rng_by_rank"] = by_rank
-        if self._step_metrics is not None and self._trainer is not None:
-            # a checkpoint saved at a step's end is written before Lightning hands that step's metrics to the
-            # logger: keep them, so a run resumed from it logs them if a kill lost them (qerl.training.run_folder purges
-            # the killed run's copy at `log_step`, so they show once)
-            checkpoint["qerl"]["metrics"] = step_log_metrics(self.trainer, self._step_metrics)
-            checkpoint["qerl"]["log_step"] = int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
-        self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
-        # the rollout seed of the run being resumed (it follows seed_everything, which may have been drawn at random)
-        self.seed = int(checkpoint.get("qerl", {}).get("seed", self.seed))
-
-    def _resume_data_position(self, dataloader_iter: Iterator) -> None:
-        """First step after a resume: skip the prompts already used this epoch, then restore the RNG."""
-        pending, self._pending_resume = self._pending_resume, None
-        if pending is not None:
-            loader = self.trainer.train_dataloader if self._trainer is not None else None
-            self._batches_drawn = resume_position(pending, self.current_epoch, loader, dataloader_iter)
-            if pending.get("metrics") and "log_step" in pending:
-                for logger in self.loggers:
-                    logger.log_metrics(pending["metrics"], step=int(pending["log_step"]))
