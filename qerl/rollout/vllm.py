@@ -114,7 +114,7 @@ class VLLM(RolloutBackend):
         self._base_checksum = engine.base_checksum(lm)
         on_cuda = next(policy.parameters()).is_cuda
         dtype = self._engine_dtype(lm)
-        packed, shape_problem = self._packed_format(lm, on_cuda)
+        packed, not_packed_why = self._packed_format(lm, on_cuda)
         self.resolved_utilization = self._utilization(policy)
         served = engine.unchanged_source_folder(lm) if packed else None  # a pre-quantized folder, as loaded
         if served is None:
@@ -123,7 +123,7 @@ class VLLM(RolloutBackend):
             if packed:
                 engine.export_quantized(lm, tokenizer, self.model_dir)
             else:
-                warn_dense(engine.quantized_format(lm), dtype, on_cuda, self.quantized_base, shape_problem)
+                warn_dense(engine.quantized_format(lm), dtype, on_cuda, self.quantized_base, not_packed_why)
                 engine.export_dense(lm, tokenizer, self.model_dir, getattr(torch, dtype))
         self.served_as = (f"{packed} (compressed-tensors{', the loaded folder' if not self.model_dir else ''})"
                           if packed else dtype)

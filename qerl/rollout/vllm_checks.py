@@ -62,12 +62,13 @@ def check_adapter(policy: nn.Module, max_lora_rank: int | None) -> tuple[dict, i
 
 
 def warn_dense(fmt: str | None, dtype: str, on_cuda: bool, quantized_base: bool,
-               shape_problem: str | None = None) -> None:
-    """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights), and why."""
+               not_packed_why: str | None = None) -> None:
+    """Say when a 4-bit policy base is served dense (the engine then reads 16-bit weights), and why
+    (`not_packed_why`: what `VLLM._packed_format` found, e.g. a Marlin shape or unshared fused tensor scales)."""
     if fmt is None:
         return
-    if shape_problem:
-        why = shape_problem
+    if not_packed_why:
+        why = not_packed_why
     elif not on_cuda:
         why = "the CPU build of vLLM has no FP4 weight kernels"
     elif not quantized_base:
