@@ -153,6 +153,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--norm-tokens", type=int, nargs="+", default=[8, 2048])
     p.add_argument("--vllm", action="store_true", help="also time the VLLM backend (two engine builds)")
+    p.add_argument("--vllm-only", action="store_true", help="only the vLLM row (no HF decode rows)")
     p.add_argument("--kv-gb", type=float, default=None, help="vLLM kv_cache_memory_gb (CPU build: e.g. 0.5)")
     p.add_argument("--skip-slow", action="store_true", help="on CPU, skip the HF(fast=False) decode row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -171,19 +172,24 @@ def main() -> int:
         rows.append(r)
         print(f"{r['row']:<44} {r['bf16']:>10.1f}{r['unit'][:2]:>2} {r['float32']:>10.1f}{r['unit'][:2]:>2} "
               f"{r['float32'] / r['bf16']:>12.3f}x", flush=True)
+        extra = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()
+                 if k not in ("row", "bf16", "float32", "unit")}
+        if extra:
+            print(f"{'':<44} {extra}", flush=True)
+        if args.json:  # after every row: a run cut short by a time limit keeps the rows it finished
+            with open(args.json, "w") as f:
+                json.dump({"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "rows": rows},
+                          f, indent=1)
 
     for t in args.norm_tokens:
         for r in norm_rows(model, t, max(20, args.repeats)):
             show(r)
-    show(decode_row(model, tok, args, fast=True))
-    if device == "cpu" and not args.skip_slow:
-        show(decode_row(model, tok, args, fast=False))
-    if args.vllm:
+    if not args.vllm_only:
+        show(decode_row(model, tok, args, fast=True))
+        if device == "cpu" and not args.skip_slow:
+            show(decode_row(model, tok, args, fast=False))
+    if args.vllm or args.vllm_only:
         show(vllm_row(model, tok, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "rows": rows},
-                      f, indent=1)
     return 0
 
 

@@ -10,6 +10,9 @@ random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU
            same dequantized weights in bf16): is it the FP4 path?
   graphs   `packed` / `dense` capture full decode CUDA graphs as the fit did (`compile: false`); `packed-eager`
            and `dense-eager` run without graphs, as the tiny GPU tests do (1.4e-4 there)
+  sleep    `packed-sleep` / `dense-sleep`: the engine syncs the adapter, sleeps and wakes before generating, as in
+           `qerl fit` with `enable_sleep_mode` before every rollout after the first update (the 0.70 fit ran sleep
+           mode and logged a 3-step mean; no other cell sleeps)
   tokens   the prompts are token ids below `--max-id`; `--tokenizer bytes --max-id 259` vs the SmolLM2 tokenizer
            checks the vocabulary; `--ragged` gives the prompts different lengths (left padding, as in a GSM8K batch).
 
@@ -45,7 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 #: engine kinds of a cell: how the base is served, and '-eager' for no CUDA graphs
-SERVED = ("packed", "dense", "packed-eager", "dense-eager")
+SERVED = ("packed", "dense", "packed-eager", "dense-eager", "packed-sleep", "dense-sleep")
 
 
 def build_policy(preset: str, layers: int | None, device: str, tokenizer: str = "auto"):
@@ -70,7 +73,8 @@ def engine(policy, tok, served: str, args):
     on_cuda = torch.cuda.is_available()
     base, _, mode = served.partition("-")
     backend = NoEos(max_model_len=args.prompt + args.new + 8, max_num_seqs=args.rows, compile=False,
-                    quantized_base=base == "packed", enforce_eager=mode == "eager", gpu_memory_utilization=0.2 if on_cuda else 0.3,
+                    quantized_base=base == "packed", enforce_eager=mode == "eager", enable_sleep_mode=mode == "sleep",
+                    gpu_memory_utilization=0.2 if on_cuda else 0.3,
                     kv_cache_memory_gb=2.0 if on_cuda else 0.25)  # a fixed cache: no memory profiling
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -113,6 +117,9 @@ def cell(policy, tok, served: str, args) -> dict:
     from qerl.types import SamplingConfig
 
     backend, setup_s = engine(policy, tok, served, args)
+    if served.endswith("-sleep"):  # as in `qerl fit` after an update: adapter synced, engine slept, woken
+        backend.sync_weights(policy)
+        backend.release_memory()
     gen = torch.Generator().manual_seed(0)
     prompts = torch.randint(3, args.max_id, (args.prompts, args.prompt), generator=gen).tolist()
     if args.ragged:  # prompts of different lengths: the policy scores them left-padded, as a GSM8K batch

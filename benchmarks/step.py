@@ -371,7 +371,9 @@ def main() -> None:
             try:
                 rows.append(run_row(spec, args))
                 compare_to_baseline(rows)
-            except torch.OutOfMemoryError as exc:
+            except (torch.OutOfMemoryError, RuntimeError) as exc:  # vLLM's cumem pool raises a plain RuntimeError
+                if "out of memory" not in str(exc).lower():
+                    raise
                 rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:200]))
             gc.collect()
             if torch.cuda.is_available():

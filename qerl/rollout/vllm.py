@@ -223,6 +223,9 @@ class VLLM(RolloutBackend):
         if self.llm is None:
             raise RuntimeError("VLLM.generate called before setup(policy, tokenizer).")
         if self._asleep:
+            # vLLM maps its weights and KV cache back with cuMemCreate, past torch's caching allocator: blocks the
+            # update freed but torch still caches would leave too little room (32B 16 x 2,048 on a 79 GiB card)
+            torch.cuda.empty_cache()
             self.llm.wake_up()
             self._asleep = False
         self._apply_pending()

@@ -111,7 +111,7 @@ def test_mxfp4_goes_through_vllms_mxfp4_path_and_nf4_is_served_dense_with_a_warn
     assert line, done.stdout[-2000:] + done.stderr[-4000:]
     result = json.loads(line[-1][7:])
     print(quantizer, result)
-    assert result["methods"] == {scheme: 8} and result["tokens"] == 8 and result["kl"] < 0.05
+    assert result["methods"] == {scheme: 8} and result["tokens"] == 8 and result["kl"] < 5e-5  # H200: 4e-6, 3e-6
     dense_warnings = [w for w in result["warnings"] if "served dense" in w]
     if quantizer == "NF4":
         assert result["served_as"] == "bfloat16" and "NF4 policy base is served dense" in dense_warnings[0]
@@ -168,7 +168,7 @@ def test_generation_logs_a_small_mismatch_kl(engine):
     rollout = backend.generate([PROMPT, list(b"7*6=")], SamplingConfig(n=4, max_new_tokens=16, seed=1))
     kl = backend.last_metrics["rollout/mismatch_kl"]
     print("mismatch metrics:", backend.last_metrics)
-    assert rollout.completion_ids.shape[0] == 8 and 0 <= kl < 0.05
+    assert rollout.completion_ids.shape[0] == 8 and 0 <= kl < 5e-5  # H200: 4.1e-6 (1.4e-4 with unshared fused scales)
 
 
 def test_sleep_mode_frees_the_engine_memory_and_wakes_to_generate(engine):
@@ -186,7 +186,26 @@ def test_sleep_mode_frees_the_engine_memory_and_wakes_to_generate(engine):
     budget = 0.1 * torch.cuda.get_device_properties(0).total_memory
     assert freed > 0.5 * budget  # the KV cache (most of the budget) is dropped while asleep
     assert abs(taken_back) < 0.1 * budget and int(rollout.lengths.min()) > 0
+    # the woken engine runs the weights it had: its sampled tokens' log-probs still match the policy's
+    print("mismatch after waking:", backend.last_metrics)
+    assert 0 <= backend.last_metrics["rollout/mismatch_kl"] < 5e-5
 
+
+
+def test_waking_first_returns_the_blocks_torch_cached_during_the_update(engine):
+    """vLLM maps its sleeping pool back with cuMemCreate, past torch's caching allocator: blocks that the update
+    freed but torch still caches must go back to the driver first (a 32B 16 x 2,048 step on a 79 GiB card ran out
+    of memory in `wake_up` without it, H200, 2026-12-02)."""
+    backend, _, _ = engine
+    backend.release_memory()
+    torch.cuda.synchronize()
+    budget = 0.1 * torch.cuda.get_device_properties(0).total_memory
+    scratch_bytes = int(torch.cuda.mem_get_info()[0] - 0.5 * budget)  # the update: all but half the engine's pool
+    scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device="cuda")
+    del scratch
+    assert torch.cuda.memory_reserved() >= scratch_bytes  # freed, still cached: waking needs it back
+    rollout = backend.generate([PROMPT], SamplingConfig(n=2, max_new_tokens=8, seed=0))  # wakes up
+    assert int(rollout.lengths.min()) > 0 and torch.cuda.memory_reserved() < scratch_bytes
 
 AUTO_CHILD = textwrap.dedent("""
     import json, sys
