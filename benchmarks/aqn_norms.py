@@ -99,6 +99,15 @@ def decode_row(model, tok, args, fast: bool) -> dict:
     return {"row": f"decode HF fast={fast} b{args.batch} new{args.new}", **result, "unit": "tok/s"}
 
 
+def fresh_generate(backend, ids, cfg):
+    """`backend.generate` from an empty vLLM prefix cache (an RL step's prompts are new; a repeat of the same
+    prompts would otherwise skip its prefill, which only the noisy calls - their noise resets the cache - pay)."""
+    llm = getattr(backend, "llm", None)
+    if llm is not None:
+        llm.reset_prefix_cache()
+    return backend.generate(ids, cfg)
+
+
 def noise_breakdown(backend, ids, cfg, args, label: str) -> dict:
     """Where an AQN rollout's extra time goes (issue #18): tok/s of the same backend without noise, and the
     milliseconds of entering and leaving `backend.noise` (draw, copy into the engine, measure, restore, cache
@@ -107,7 +116,7 @@ def noise_breakdown(backend, ids, cfg, args, label: str) -> dict:
         with backend.noise(5e-4, seed=0):
             pass
 
-    plain = timed(lambda: backend.generate(ids, cfg), args.repeats)
+    plain = timed(lambda: fresh_generate(backend, ids, cfg), args.repeats)
     return {f"{label}_no_noise": args.batch * args.new / plain,
             f"{label}_noise_enter_exit_ms": timed(enter_exit, max(5, args.repeats)) * 1e3}
 
@@ -129,7 +138,7 @@ def vllm_row(model, tok, args) -> dict:
         backend.setup(m, tok)
         backend.generate(ids, cfg)
         with backend.noise(5e-4, seed=0):
-            seconds = timed(lambda b=backend: b.generate(ids, cfg), args.repeats)
+            seconds = timed(lambda b=backend: fresh_generate(b, ids, cfg), args.repeats)
             result[f"{label}_realized_sigma"] = backend.noise_metrics.get("noise/realized_sigma")
         result[label] = args.batch * args.new / seconds
         result.update(noise_breakdown(backend, ids, cfg, args, label))

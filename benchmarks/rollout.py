@@ -12,7 +12,9 @@ Row spec: model:backend:batch:new with backend one of bf16, nvfp4, mxfp4, nf4 (f
 bf16, no LoRA, default settings), or vllm-bf16, vllm-nvfp4, vllm-mxfp4 (the `VLLM` backend: the base served
 dense, or packed through vLLM's FP4 kernels; `setup_s` = engine build, from export to the first token; sampling
 params with ignore_eos). A `+aqn` suffix (e.g. vllm-nvfp4+aqn) generates inside `backend.noise(1e-2)` - the
-noise RPC, prefix-cache resets and restore are inside the timed call; `+nocompile` builds the engine with
+noise RPC, prefix-cache resets and restore are inside the timed call (every vLLM row starts with an empty
+prefix cache, so each prefills its prompts; rows before 2026-12-02's fourth lease reused the warm-up's cache,
+which only the +aqn rows lost); `+nocompile` builds the engine with
 `VLLM(compile=False)` (no torch.compile, full CUDA graphs for decode only). Rows of one model and backend share one
 load (and one engine), each group in its own child process so an engine's memory is gone before the next;
 rows past --budget-s are skipped and listed as not run. --tag names the output file
@@ -152,6 +154,9 @@ def run_vllm(backend, batch: int, new: int, aqn: bool) -> tuple[float, dict]:
             return backend.llm.generate(ids, params, lora_request=backend.lora_request(), use_tqdm=False)
 
     generate(16, 0)  # warm-up
+    # the warm-up left these prompts' KV in vLLM's prefix cache: without a reset the timed call would skip the
+    # prefill (an RL step's prompts are new) - and an AQN row, whose noise resets the cache, would pay for it alone
+    backend.llm.reset_prefix_cache()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = generate(new, 1)

@@ -142,7 +142,8 @@ class VLLM(RolloutBackend):
                     tensor_parallel_size=self.tensor_parallel_size,
                     enable_sleep_mode=self.enable_sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
-                    extra={**placement, **self.engine_kwargs})
+                    extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
+                           **self.engine_kwargs})
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)

