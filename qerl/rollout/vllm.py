@@ -224,12 +224,23 @@ class VLLM(RolloutBackend):
         if self.llm is None:
             raise RuntimeError("VLLM.generate called before setup(policy, tokenizer).")
         if self._asleep:
-            # vLLM maps its weights and KV cache back with cuMemCreate, past torch's caching allocator: blocks the
-            # update freed but torch still caches would leave too little room (32B 16 x 2,048 on a 79 GiB card)
-            torch.cuda.empty_cache()
-            self.llm.wake_up()
-            self._asleep = False
+            self._wake()
         self._apply_pending()
+
+    def _wake(self) -> None:
+        # vLLM maps its weights and KV cache back with cuMemCreate, past torch's caching allocator: blocks the
+        # update freed but torch still caches would leave too little room (32B 16 x 2,048 on a 79 GiB card)
+        torch.cuda.empty_cache()
+        try:
+            self.llm.wake_up()
+        except RuntimeError as exc:  # vLLM's cumem pool: "CUDA Error: out of memory"
+            if "out of memory" not in str(exc).lower():
+                raise
+            message = vllm_memory.wake_message(exc, self.resolved_utilization or 0.0,
+                                               torch.cuda.get_device_properties(0).total_memory,
+                                               torch.cuda.mem_get_info()[0], torch.cuda.memory_allocated())
+            raise torch.OutOfMemoryError(message) from exc
+        self._asleep = False
 
     # ------------------------------------------------------------------ noise
     @contextlib.contextmanager

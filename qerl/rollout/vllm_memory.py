@@ -64,3 +64,17 @@ def resolve_utilization(backend, policy: nn.Module) -> float:
           f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {backend.max_num_seqs} x "
           f"{backend.max_model_len} tokens needs {need.kv_cache / GB:.2f} GB)", file=sys.stderr, flush=True)
     return util
+
+
+def wake_message(exc: Exception, utilization: float, total: int, free: int, held: int) -> str:
+    """One line for an engine that cannot wake after the update: what it needed, what the update left, what to lower.
+
+    Sleep mode hands the engine's weights and KV cache back while the policy trains; waking maps them again. If
+    the update's tensors still hold that room, the wake fails - a memory plan the card cannot keep."""
+    gib = 2**30
+    return (f"VLLM: the engine ran out of memory waking up after the update: it maps back up to "
+            f"{utilization * total / gib:.1f} GiB (`rollout.init_args.gpu_memory_utilization` {utilization:g} of "
+            f"{total / gib:.1f} GiB), {free / gib:.1f} GiB were free and the policy's tensors held {held / gib:.1f} "
+            f"GiB. Lower `model.micro_batch_size` (the update's activations), or the engine's share "
+            f"(`max_num_seqs`, `max_model_len`, `gpu_memory_utilization`). (vLLM said: "
+            f"{str(exc).splitlines()[0][:200]})")

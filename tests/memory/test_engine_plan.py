@@ -22,7 +22,7 @@ from qerl.memory.engine import (
 )
 from qerl.models import RandomInit
 from qerl.rollout import HF, VLLM
-from qerl.rollout.vllm_memory import CPU_UTILIZATION
+from qerl.rollout.vllm_memory import CPU_UTILIZATION, wake_message
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -118,6 +118,15 @@ def test_a_budget_without_room_for_one_sequence_is_one_line_saying_what_to_chang
     assert "gpu_memory_utilization` 0.05 (0.05)" in text and text.endswith("or free GPU memory.")
     assert f"Raise it (the engine needs {auto_utilization(est.need, 140 * GIB):.2f}" in text
 
+
+
+def test_an_engine_that_cannot_wake_after_the_update_says_what_it_needed_and_what_to_lower():
+    gib = 2**30
+    said = RuntimeError("CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:139\nmore")
+    message = wake_message(said, 0.24, 80 * gib, 3 * gib, 61 * gib)
+    assert "waking up after the update" in message and "19.2 GiB" in message and "0.24 of 80.0 GiB" in message
+    assert "3.0 GiB were free" in message and "held 61.0 GiB" in message
+    assert "model.micro_batch_size" in message and "cumem_allocator.cpp:139)" in message and "more" not in message
 
 def test_the_peak_is_the_larger_phase_and_sleep_mode_frees_training():
     shape = shape_of("qwen2.5-7b")
