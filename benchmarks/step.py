@@ -22,7 +22,10 @@ listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every
 `--rollout vllm` generates with the `VLLM` backend instead (a colocated vLLM engine, NVFP4 served packed, bf16
 dense; ignore_eos; the backend's default mismatch scoring under the policy is part of the rollout phase);
 `setup_s` is the engine build. `--vllm-sleep` puts the engine to sleep during training (weights to CPU, KV
-cache dropped). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
+cache dropped). The rollout phase is split into `wake_s` (map the pool back, copy the weights in, apply the
+adapter), `generate_s` and `sleep_s` (copy the weights out); after the optimizer the adapter is synced to the
+engine (`sync_s`, inside `step_s`, as `RolloutSyncCallback` does; rows before 2026-12-02's fourth lease left
+the sync out). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
 card is modelled on a bigger one; `device_used_gib` (total - free, all allocators, vLLM's included) is sampled
 after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's cap. With `--vllm-sleep` the cap
 also counts the sleeping engine's pool (unmapped, but still in torch's accounting): a 32B 16 x 2,048 row hit the
@@ -116,11 +119,19 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     sync()
     t0 = time.perf_counter()
     STAGE["now"] = "step: rollout (generation and the policy's mismatch scoring)"
+    if hasattr(backend, "prepare"):  # vLLM: wake (sleep mode) and take the synced adapter, timed on its own
+        backend.prepare()
+        sync()
+    phases["wake"] = time.perf_counter() - t0
     rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
     used_at_rollout = device_used_gib()
+    sync()
+    t_sleep = time.perf_counter()
+    phases["generate"] = t_sleep - t0 - phases["wake"]
     if backend is not None:
         backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
     sync()
+    phases["sleep"] = time.perf_counter() - t_sleep
     phases["rollout"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
@@ -141,6 +152,11 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     opt.step()
     sync()
     phases["train"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    if backend is not None:
+        backend.sync_weights(policy)  # the trained adapter to the engine, as RolloutSyncCallback does every step
+    sync()
+    phases["sync"] = time.perf_counter() - t3
     phases["step"] = time.perf_counter() - t0
     return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
             "device_used_gib_rollout": used_at_rollout,
@@ -282,7 +298,8 @@ def run_row(spec: dict, args) -> dict:
     flops = train_flops(hf_cfg, batch, PROMPT + new, new, not args.no_checkpointing)
     row.update(status="ok", peak_gb=max(s["peak_gb"] or 0 for s in steps), step_s=round(ph["step"], 2),
                first_step_s=round(steps[0]["phases"]["step"], 2), rollout_s=round(ph["rollout"], 2),
-               train_s=round(ph["train"], 2), rollout_share=round(ph["rollout"] / ph["step"], 3),
+               train_s=round(ph["train"], 2), wake_s=round(ph["wake"], 2), generate_s=round(ph["generate"], 2),
+               sleep_s=round(ph["sleep"], 2), sync_s=round(ph["sync"], 3), rollout_share=round(ph["rollout"] / ph["step"], 3),
                tokens_per_s=round(batch * new / ph["step"], 1), rollout_tok_s=round(batch * new / ph["rollout"], 1),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),

@@ -220,6 +220,11 @@ class VLLM(RolloutBackend):
         path = self._lora_path if self.lora_transfer == "folder" else f"qerl-in-memory-{self._lora_id}"
         return LoRARequest(f"qerl-{self._lora_id}", self._lora_id, path)
 
+    def prepare(self) -> None:
+        """Wake the engine (sleep mode) and apply the pending weight sync now instead of at the next `generate`
+        (`benchmarks/step.py` times the wake this way)."""
+        self._ready()
+
     def _ready(self) -> None:
         if self.llm is None:
             raise RuntimeError("VLLM.generate called before setup(policy, tokenizer).")
