@@ -66,7 +66,8 @@ class VLLM(RolloutBackend):
         cache_dir: vLLM's compile cache (`VLLM_CACHE_ROOT`); a later run of the same model starts faster
             (None: vLLM's default, ~/.cache/vllm).
         engine_kwargs: further `vllm.LLM` keyword arguments. Unless they set `compilation_config`, CUDA graphs
-            are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that).
+            are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that), and only with the
+            adapter active (vLLM's default also captures each size without LoRA, which qerl never runs).
     """
 
     def __init__(self, gpu_memory_utilization: float | str = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
@@ -86,7 +87,8 @@ class VLLM(RolloutBackend):
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
         self.cache_dir = cache_dir
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
-        graphs: dict[str, Any] = {"max_cudagraph_capture_size": max_num_seqs}
+        # every generation carries the adapter: graphs without LoRA (vLLM captures both by default) are never used
+        graphs: dict[str, Any] = {"max_cudagraph_capture_size": max_num_seqs, "cudagraph_specialize_lora": False}
         if not compile:
             graphs.update(mode=0, cudagraph_mode="FULL_DECODE_ONLY")  # CompilationMode.NONE
         self.compile = compile

@@ -24,7 +24,8 @@ def test_without_cuda_the_fast_engine_generates_with_the_hf_settings(capsys, mon
 def test_engine_can_be_forced_and_gets_its_own_settings(capsys):
     backend = Auto(vllm={"max_model_len": 640, "max_num_seqs": 24}, engine="VLLM")
     assert type(backend) is VLLM and backend.max_model_len == 640 and backend.max_num_seqs == 24
-    assert backend.engine_kwargs["compilation_config"] == {"max_cudagraph_capture_size": 24}
+    assert backend.engine_kwargs["compilation_config"] == {"max_cudagraph_capture_size": 24,
+                                                           "cudagraph_specialize_lora": False}
     assert "rollouts by VLLM (the recipe's rollout.init_args.engine)" in capsys.readouterr().err
 
 
