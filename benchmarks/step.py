@@ -23,7 +23,8 @@ listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every
 dense; ignore_eos; the backend's default mismatch scoring under the policy is part of the rollout phase);
 `setup_s` is the engine build. `--vllm-sleep` puts the engine to sleep during training (weights to CPU, KV
 cache dropped). The rollout phase is split into `wake_s` (map the pool back, copy the weights in, apply the
-adapter), `generate_s` and `sleep_s` (copy the weights out); after the optimizer the adapter is synced to the
+adapter), `generate_s` (`generate_split`: the engine's part and the policy's scoring forward for the mismatch
+metrics) and `sleep_s` (copy the weights out); after the optimizer the adapter is synced to the
 engine (`sync_s`, inside `step_s`, as `RolloutSyncCallback` does; rows before 2026-12-02's fourth lease left
 the sync out). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
 card is modelled on a bigger one; `device_used_gib` (total - free, all allocators, vLLM's included) is sampled
@@ -161,6 +162,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
             "device_used_gib_rollout": used_at_rollout,
             "mismatch": {k: round(float(v), 6) for k, v in getattr(backend, "last_metrics", {}).items()},
+            "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -304,7 +306,8 @@ def run_row(spec: dict, args) -> dict:
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                device_used_gib_rollout=last["device_used_gib_rollout"],
-               device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"))
+               device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"),
+               generate_split=last.get("generate_split"))
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)

@@ -98,6 +98,7 @@ class VLLM(RolloutBackend):
         self.policy = self.tokenizer = self.llm = None
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
+        self.last_timings: dict[str, float] = {}
         self._tp_group = None
 
     # ------------------------------------------------------------------ setup
@@ -284,16 +285,20 @@ class VLLM(RolloutBackend):
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
+        start = time.perf_counter()
         outputs = vllm_ranks.generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         check_finite_logprobs(rollout, self.served_as)
+        generated = time.perf_counter()
         self.last_metrics = {}
         if self.measure_mismatch or self.importance_sampling_cap is not None:
             self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,
                                                   self.importance_sampling_cap)
             if weights is not None:
                 rollout.importance_weights = weights
+        # seconds of the engine and of the policy's scoring forward (the outputs and metrics are on the CPU: synced)
+        self.last_timings = {"engine_s": generated - start, "scoring_s": time.perf_counter() - generated}
         return rollout
 
     def score(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:

@@ -79,6 +79,7 @@ def test_generation_maps_sampling_and_returns_engine_logprobs_matching_the_polic
     # HF and vLLM agree for the same (dequantized NVFP4) weights and adapter
     assert backend.last_metrics["rollout/mismatch_logprob_absdiff"] < LOGPROB_TOL
     assert 0 <= backend.last_metrics["rollout/mismatch_kl"] < LOGPROB_TOL
+    assert set(backend.last_timings) == {"engine_s", "scoring_s"} and min(backend.last_timings.values()) >= 0
     again = backend.generate(prompts, sampling)  # the seed makes the engine reproducible
     assert torch.equal(again.completion_ids, rollout.completion_ids)
     greedy = backend.generate(prompts[:1], SamplingConfig(n=1, temperature=0.0, max_new_tokens=4))
