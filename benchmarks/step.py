@@ -146,8 +146,9 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     params = [p for p in policy.parameters() if p.requires_grad]
     tokens = float(rollout.completion_mask.sum())
     totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
-    result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages), micro_batch, cfg.temperature,
-                                  lambda loss: loss.backward(), totals=totals)
+    deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
+    result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
+                                  micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals)
     sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
     clip_gradients(params, 1.0)
     opt.step()
@@ -161,7 +162,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     phases["step"] = time.perf_counter() - t0
     return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
             "device_used_gib_rollout": used_at_rollout,
-            "mismatch": {k: round(float(v), 6) for k, v in getattr(backend, "last_metrics", {}).items()},
+            "mismatch": {k: round(float(v), 6) for k, v in {**getattr(backend, "last_metrics", {}), **{
+                k: v for k, v in result.metrics.items() if k.startswith("rollout/mismatch")}}.items()},
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
@@ -211,7 +213,8 @@ def vllm_backend(policy, tok, batch: int, new: int, args):
 
     backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
                         enable_sleep_mode=args.vllm_sleep, compile=not args.vllm_no_compile,
-                        kv_cache_memory_gb=args.vllm_kv_gib)
+                        kv_cache_memory_gb=args.vllm_kv_gib,
+                        measure_mismatch="update" if args.mismatch == "update" else True)
     sync()
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -272,7 +275,7 @@ def run_row(spec: dict, args) -> dict:
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
                          "kv_cache_memory_gb": args.vllm_kv_gib,
-                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep})
+                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "mismatch": args.mismatch})
     else:
         backend = HF(max_batch_rows=local)
         backend.setup(policy, tok)
@@ -349,6 +352,8 @@ def main() -> None:
     parser.add_argument("--vllm-kv-gib", type=float, default=None,
                         help="VLLM kv_cache_memory_gb: a fixed KV cache instead of a share of gpu_memory_utilization")
     parser.add_argument("--vllm-sleep", action="store_true", help="vLLM sleep mode during training")
+    parser.add_argument("--mismatch", choices=("rollout", "update"), default="rollout",
+                        help="VLLM measure_mismatch: a scoring forward in the rollout, or the update's forward")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap torch's allocator at this many GiB")
     parser.add_argument("--card-gib", type=float, default=None,
                         help="model a card of this many GiB: hold the rest of the device's free memory as ballast "

@@ -202,7 +202,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
         with timer.phase("train"):
             finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
             if distributed.on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
-                update = self._optimize(TrainBatch(train.rollout, advantages))
+                deferred = getattr(self.rollout, "mismatch_deferred", False)  # VLLM(measure_mismatch="update")
+                update = self._optimize(TrainBatch(train.rollout, advantages, measure_mismatch=deferred))
             else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
                 update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
         self._remember_samples(seen)

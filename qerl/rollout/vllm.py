@@ -59,7 +59,10 @@ class VLLM(RolloutBackend):
         lora_transfer: "memory" (tensors straight into the engine) or "folder" (peft files on tmpfs).
         importance_sampling_cap: truncated importance sampling: per-token weights min(p_policy/p_engine, cap)
             go into `Rollout.importance_weights` (None: off).
-        measure_mismatch: score each rollout under the policy too and report `rollout/mismatch_kl`.
+        measure_mismatch: score each rollout under the policy too and report `rollout/mismatch_kl`. "update":
+            no scoring forward of its own when nothing needs it at rollout time (no importance sampling cap, no
+            AQN noise on): the update's first forward, which runs the weights that generated, reports the same
+            metrics (`mismatch_deferred` says so; `QeRLModule` passes it on in `TrainBatch.measure_mismatch`).
         enforce_eager: no CUDA graphs (slower decode, faster start).
         compile: torch.compile the engine's model (vLLM's default). False: no compile, full CUDA graphs for
             decode batches only - the engine starts much faster (most of its setup is compiling).
@@ -74,11 +77,12 @@ class VLLM(RolloutBackend):
                  enable_sleep_mode: bool = False, dtype: str = "auto", max_lora_rank: int | None = None,
                  kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
-                 measure_mismatch: bool = True, enforce_eager: bool = False, seed: int = 0,
+                 measure_mismatch: bool | str = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
         check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
-                       lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype)
+                       lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype,
+                       measure_mismatch=measure_mismatch)
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
         self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
@@ -99,6 +103,8 @@ class VLLM(RolloutBackend):
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
         self.last_timings: dict[str, float] = {}
+        self.mismatch_deferred = False  # the last rollout left the mismatch metrics to the update's forward
+        self._noise_sigma = 0.0
         self._tp_group = None
 
     # ------------------------------------------------------------------ setup
@@ -267,8 +273,10 @@ class VLLM(RolloutBackend):
                 moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
                 self.noise_metrics = engine_realized(moved, sigma, self).metrics()
                 self.llm.reset_prefix_cache()
+                self._noise_sigma = sigma
                 yield
             finally:
+                self._noise_sigma = 0.0
                 self.llm.collective_rpc(vllm_sync.restore_norms)
                 self.llm.reset_prefix_cache()
 
@@ -292,7 +300,10 @@ class VLLM(RolloutBackend):
         check_finite_logprobs(rollout, self.served_as)
         generated = time.perf_counter()
         self.last_metrics = {}
-        if self.measure_mismatch or self.importance_sampling_cap is not None:
+        # the update's forward can measure it instead when it runs the weights that generated (no noise on)
+        self.mismatch_deferred = (self.measure_mismatch == "update" and self.importance_sampling_cap is None
+                                  and self._noise_sigma == 0.0)
+        if (self.measure_mismatch and not self.mismatch_deferred) or self.importance_sampling_cap is not None:
             self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,
                                                   self.importance_sampling_cap)
             if weights is not None:

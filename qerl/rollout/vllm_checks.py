@@ -14,7 +14,7 @@ KEY = "rollout.init_args"
 
 
 def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_size, max_lora_rank, lora_transfer,
-                   importance_sampling_cap, dtype) -> None:
+                   importance_sampling_cap, dtype, measure_mismatch=True) -> None:
     """A `ValueError` naming the `rollout.init_args` key and what it must be, for a setting vLLM would refuse."""
     def need(ok: bool, key: str, value, what: str) -> None:
         if not ok:
@@ -34,6 +34,8 @@ def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_siz
          importance_sampling_cap, "must be >= 1 (or null to switch truncated importance sampling off)")
     need(dtype in ("auto", "bfloat16", "float16", "float32"), "dtype", dtype,
          'must be "auto", "bfloat16", "float16" or "float32"')
+    need(measure_mismatch in (True, False, "update"), "measure_mismatch", measure_mismatch,
+         'must be true, false or "update"')
 
 
 def check_adapter(policy: nn.Module, max_lora_rank: int | None) -> tuple[dict, int]:

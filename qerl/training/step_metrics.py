@@ -67,6 +67,7 @@ def rollout_metrics(scored: Scored, rollout_seconds: float) -> dict[str, float]:
 
 
 def update_metrics(values: dict[str, float]) -> dict[str, float]:
-    """The algorithm's and the update's metrics under `train/` (clip_fraction -> train/clip_frac)."""
+    """The algorithm's and the update's metrics under `train/` (clip_fraction -> train/clip_frac); a key that
+    already names its group (`rollout/mismatch_kl`, measured in the update) keeps it."""
     renamed = {"clip_fraction": "clip_frac"}
-    return {f"train/{renamed.get(k, k)}": v for k, v in values.items()}
+    return {k if "/" in k else f"train/{renamed.get(k, k)}": v for k, v in values.items()}

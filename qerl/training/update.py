@@ -16,12 +16,17 @@ from qerl.types import Rollout
 
 @dataclass
 class TrainBatch:
-    """What one optimizer step trains on: the rollout, advantages (R,), and stored log-probs (R, T) if any."""
+    """What one optimizer step trains on: the rollout, advantages (R,), and stored log-probs (R, T) if any.
+
+    `measure_mismatch`: the engine left its mismatch metrics to this update (`VLLM(measure_mismatch="update")`);
+    they are measured on the policy's log-probs of the weights that generated (`old`), at no extra forward.
+    """
 
     rollout: Rollout
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    measure_mismatch: bool = False
 
 
 @dataclass
@@ -67,6 +72,9 @@ def accumulate_gradients(
                 lp.logprobs = lp.logprobs.detach() + weight * (lp.logprobs - lp.logprobs.detach())
             old = batch.old_logprobs[rows, :width] if batch.old_logprobs is not None else lp.logprobs.detach()
             ref = batch.ref_logprobs[rows, :width] if batch.ref_logprobs is not None else None
+            if batch.measure_mismatch:
+                for key, value in mismatch_sums(old, rollout.logprobs[rows, :width], c_mask).items():
+                    weighted[key] = weighted.get(key, 0.0) + value
             out = algorithm.loss(lp.logprobs, old, batch.advantages[rows], c_mask, ref,
                                  num_sequences=num_sequences, num_tokens=num_tokens)
             if not torch.isfinite(out.loss.detach()):
@@ -86,6 +94,15 @@ def accumulate_gradients(
     metrics = {"loss": sums["loss"], "entropy": sums["entropy"] / num_tokens, **extremes}
     metrics.update({k: v / num_tokens for k, v in weighted.items()})
     return UpdateResult(metrics=metrics, finite=True)
+
+
+def mismatch_sums(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Token sums of the k3 estimate of KL(engine || policy) and of |log p_engine - log p_policy| (the
+    `rollout/mismatch_*` metrics of `qerl.rollout.vllm_outputs.mismatch`, before dividing by the tokens)."""
+    keep = mask.bool()
+    diff = (policy.detach().float() - engine.float()).masked_fill(~keep, 0.0)
+    k3 = (torch.exp(diff) - 1 - diff).masked_fill(~keep, 0.0)
+    return {"rollout/mismatch_kl": float(k3.sum()), "rollout/mismatch_logprob_absdiff": float(diff.abs().sum())}
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:

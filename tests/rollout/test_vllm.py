@@ -88,6 +88,37 @@ def test_generation_maps_sampling_and_returns_engine_logprobs_matching_the_polic
 
 
 
+
+def test_update_mode_skips_the_scoring_forward_and_the_update_reports_the_same_mismatch(engine):
+    from qerl.algorithms import GRPO
+    from qerl.rollout.vllm_outputs import mismatch
+    from qerl.training.update import TrainBatch, accumulate_gradients
+
+    backend, policy, _ = engine
+    prompts = [list(b"7*8="), list(b"What is 12+35?")]
+    sampling = SamplingConfig(n=4, temperature=1.0, max_new_tokens=6, seed=5)
+    backend.measure_mismatch = "update"
+    try:
+        rollout = backend.generate(prompts, sampling)
+        assert backend.mismatch_deferred and backend.last_metrics == {}  # no scoring forward in the rollout
+        with backend.noise(0.05, seed=1):  # noisy weights generated: the clean update cannot stand in for them
+            backend.generate(prompts, sampling)
+            assert not backend.mismatch_deferred and "rollout/mismatch_kl" in backend.last_metrics
+    finally:
+        backend.measure_mismatch = True
+    # engine log-probs off the policy's by +-0.1 on alternate tokens, so both measures have something to find
+    mask = rollout.completion_mask.bool()
+    offsets = 0.1 * (torch.arange(mask.numel()).reshape(mask.shape) % 2 * 2 - 1).float()
+    rollout.logprobs = torch.where(mask, rollout.logprobs + offsets, rollout.logprobs)
+    scored, _ = mismatch(policy, rollout, sampling.temperature, None)
+    algorithm = GRPO()
+    algorithm.configure(sampling)
+    batch = TrainBatch(rollout, torch.linspace(-1, 1, rollout.num_rows), measure_mismatch=True)
+    result = accumulate_gradients(policy.train(), algorithm, batch, 3, sampling.temperature, lambda loss: None)
+    assert scored["rollout/mismatch_kl"] > 4e-3 and scored["rollout/mismatch_logprob_absdiff"] > 0.09
+    for key, value in scored.items():  # micro-batches of 3, 3 and 2 rows add up to the whole batch's mean
+        assert result.metrics[key] == pytest.approx(value, rel=1e-4)
+
 def test_stop_strings_end_the_completion_and_stay_in_it(engine):
     backend, _, _ = engine
     first = backend.generate([PROMPT], SamplingConfig(n=1, temperature=0.0, max_new_tokens=8))
@@ -200,6 +231,27 @@ def test_qeRL_module_trains_two_steps_with_the_vllm_rollout(engine, tmp_path):
     assert abs(float(backend.score(PROMPT, CONTINUATION).sum() - hf_logprobs(module.model, PROMPT,
                                                                               CONTINUATION).sum())) < LOGPROB_TOL
 
+
+
+def test_qeRL_module_logs_the_mismatch_measured_in_the_update(engine, tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
+    from rl_helpers import tiny_data, tiny_module, tiny_trainer
+
+    from qerl.models import RandomInit
+    from qerl.training.settings import LoRASettings
+
+    backend, _, _ = engine
+    module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=backend, noise=None,  # AQN keeps scoring
+                         lora=LoRASettings(rank=4, alpha=8.0, train_norms=True))
+    trainer = tiny_trainer(tmp_path, 2)
+    backend.measure_mismatch = "update"
+    try:
+        trainer.fit(module, tiny_data())
+    finally:
+        backend.measure_mismatch = True
+    assert trainer.global_step == 2 and backend.mismatch_deferred and backend.last_metrics == {}
+    logged = trainer.callback_metrics  # from the update's forward, under the rollout's name
+    assert 0 <= float(logged["rollout/mismatch_kl"]) < LOGPROB_TOL and "train/rollout/mismatch_kl" not in logged
 
 def test_importance_weights_scale_the_policy_gradient_token_by_token():
     from qerl.algorithms import GRPO
