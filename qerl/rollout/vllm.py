@@ -28,11 +28,12 @@ from qerl.rollout.vllm_checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm_engine import engine_name, scratch_dir
 from qerl.rollout.vllm_norms import engine_realized, float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
+from qerl.rollout.vllm_sleep import EngineSleep
 from qerl.types import Rollout, SamplingConfig
 
 
 @ROLLOUT_BACKENDS.register()
-class VLLM(RolloutBackend):
+class VLLM(EngineSleep, RolloutBackend):
     """Generates with a colocated vLLM engine; the trained LoRA (and norms) are pushed in after every step.
 
     The engine is built in `setup` from the policy's base weights: on CUDA an NVFP4 base goes in as a
@@ -229,32 +230,12 @@ class VLLM(RolloutBackend):
         path = self._lora_path if self.lora_transfer == "folder" else f"qerl-in-memory-{self._lora_id}"
         return LoRARequest(f"qerl-{self._lora_id}", self._lora_id, path)
 
-    def prepare(self) -> None:
-        """Wake the engine (sleep mode) and apply the pending weight sync now instead of at the next `generate`
-        (`benchmarks/step.py` times the wake this way)."""
-        self._ready()
-
     def _ready(self) -> None:
         if self.llm is None:
             raise RuntimeError("VLLM.generate called before setup(policy, tokenizer).")
         if self._asleep:
             self._wake()
         self._apply_pending()
-
-    def _wake(self) -> None:
-        # vLLM maps its weights and KV cache back with cuMemCreate, past torch's caching allocator: blocks the
-        # update freed but torch still caches would leave too little room (32B 16 x 2,048 on a 79 GiB card)
-        torch.cuda.empty_cache()
-        try:
-            self.llm.wake_up()
-        except RuntimeError as exc:  # vLLM's cumem pool: "CUDA Error: out of memory"
-            if "out of memory" not in str(exc).lower():
-                raise
-            message = vllm_memory.wake_message(exc, self.resolved_utilization or 0.0,
-                                               torch.cuda.get_device_properties(0).total_memory,
-                                               torch.cuda.mem_get_info()[0], torch.cuda.memory_allocated())
-            raise torch.OutOfMemoryError(message) from exc
-        self._asleep = False
 
     # ------------------------------------------------------------------ noise
     @contextlib.contextmanager
@@ -328,12 +309,6 @@ class VLLM(RolloutBackend):
         """How the engine serves the base: {vLLM scheme / quant-method class: number of linear layers}."""
         self._ready()
         return self.llm.collective_rpc(vllm_sync.linear_methods)[0]
-
-    def release_memory(self) -> None:
-        """In sleep mode (CUDA), offload the engine's weights and drop its KV cache until the next generation."""
-        if self.enable_sleep_mode and self.llm is not None and not self._asleep and torch.cuda.is_available():
-            self.llm.sleep(level=1)
-            self._asleep = True
 
     def close(self) -> None:
         """Drop the engine and its scratch folders."""
