@@ -10,7 +10,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ class VLLM(EngineSleep, RolloutBackend):
                  enable_sleep_mode: bool = False, dtype: str = "auto", max_lora_rank: int | None = None,
                  kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
-                 measure_mismatch: bool | str = True, enforce_eager: bool = False, seed: int = 0,
+                 measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
         check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
