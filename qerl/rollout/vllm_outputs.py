@@ -64,6 +64,17 @@ def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, mic
         policy.train(was_training)
 
 
+def mismatch_sums(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Token sums (masked) of the k3 estimate of KL(engine || policy) and of |log p_engine - log p_policy|, from the
+    two sides' log-probs of the sampled tokens; `mismatch` divides them by the tokens, and the update's forward
+    (`TrainBatch.measure_mismatch`) adds them up over micro-batches."""
+    keep = mask.bool()
+    diff = (policy.detach().float() - engine.float()).masked_fill(~keep, 0.0)  # log(p_policy / p_engine)
+    k3 = (torch.exp(diff) - 1 - diff).masked_fill(~keep, 0.0)
+    kl, absdiff = torch.stack([k3.sum(), diff.abs().sum()]).tolist()  # one device sync
+    return {"rollout/mismatch_kl": kl, "rollout/mismatch_logprob_absdiff": absdiff}
+
+
 def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float | None
              ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Engine-vs-policy metrics and, with `cap`, truncated importance weights min(p_policy / p_engine, cap).
@@ -73,14 +84,11 @@ def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float
     """
     mask = rollout.completion_mask.bool()
     train = policy_logprobs(policy, rollout, temperature)
-    diff = (train - rollout.logprobs).masked_fill(~mask, 0.0)  # log(p_policy / p_engine)
     tokens = mask.sum().clamp(min=1)
-    k3 = (torch.exp(diff) - 1 - diff).masked_fill(~mask, 0.0)
-    metrics = {"rollout/mismatch_kl": float(k3.sum() / tokens),
-               "rollout/mismatch_logprob_absdiff": float(diff.abs().sum() / tokens)}
+    metrics = {k: v / float(tokens) for k, v in mismatch_sums(train, rollout.logprobs, mask).items()}
     if cap is None:
         return metrics, None
-    ratio = torch.exp(diff)
+    ratio = torch.exp((train - rollout.logprobs).masked_fill(~mask, 0.0))
     weights = ratio.clamp(max=float(cap)).masked_fill(~mask, 0.0)
     metrics["rollout/tis_weight_mean"] = float(weights.sum() / tokens)
     metrics["rollout/tis_clipped_frac"] = float(((ratio > cap) & mask).sum() / tokens)

@@ -11,6 +11,7 @@ from torch import nn
 
 from qerl.algorithms.base import Algorithm
 from qerl.models.logprobs import completion_logprobs, micro_batches, rollout_inputs
+from qerl.rollout.vllm_outputs import mismatch_sums
 from qerl.types import Rollout
 
 
@@ -94,15 +95,6 @@ def accumulate_gradients(
     metrics = {"loss": sums["loss"], "entropy": sums["entropy"] / num_tokens, **extremes}
     metrics.update({k: v / num_tokens for k, v in weighted.items()})
     return UpdateResult(metrics=metrics, finite=True)
-
-
-def mismatch_sums(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Token sums of the k3 estimate of KL(engine || policy) and of |log p_engine - log p_policy| (the
-    `rollout/mismatch_*` metrics of `qerl.rollout.vllm_outputs.mismatch`, before dividing by the tokens)."""
-    keep = mask.bool()
-    diff = (policy.detach().float() - engine.float()).masked_fill(~keep, 0.0)
-    k3 = (torch.exp(diff) - 1 - diff).masked_fill(~keep, 0.0)
-    return {"rollout/mismatch_kl": float(k3.sum()), "rollout/mismatch_logprob_absdiff": float(diff.abs().sum())}
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
