@@ -9,14 +9,13 @@ plus the two 152k x 3,584 embeddings (most of the bytes at 2 layers).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import tempfile
 import time
 
 import torch
+from result_file import write_result
 
 
 def folder_bytes(path: str) -> int:
@@ -42,16 +41,11 @@ def main() -> int:
         engine.export_quantized(model, tok, folder)
         runs.append({"seconds": round(time.perf_counter() - t0, 3), "gib": round(folder_bytes(folder) / 2**30, 3)})
         shutil.rmtree(folder)
-    card = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    row = {"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "runs": runs,
-           "gib_per_s": [round(r["gib"] / r["seconds"], 2) for r in runs]}
-    print(f"# export to /dev/shm - {card} - {row['date']}")
+    row = write_result(args.out, "export-cost", {"args": vars(args), "runs": runs,
+                                                 "gib_per_s": [round(r["gib"] / r["seconds"], 2) for r in runs]})
+    print(f"# export to /dev/shm - {row['card']} - {row['date']}")
     for r, rate in zip(runs, row["gib_per_s"]):
         print(f"{args.preset} with {args.layers} layers: {r['gib']:.2f} GiB in {r['seconds']:.2f} s ({rate} GiB/s)")
-    os.makedirs(args.out, exist_ok=True)
-    name = f"export-cost-{'cpu' if device == 'cpu' else card.replace(' ', '-')}-{row['date']}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(row, f, indent=1)
     return 0
 
 

@@ -10,12 +10,11 @@ first; an RL step (new prompts) and an AQN call (its noise resets the cache) pay
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import time
 
 import torch
+from result_file import write_result
 
 
 def main() -> int:
@@ -55,15 +54,10 @@ def main() -> int:
         return sorted(times)[1]
 
     kept, cold = median(False), median(True)
-    card = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    row = {"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "cache_kept_s": round(kept, 3),
-           "cache_reset_s": round(cold, 3), "reset_over_kept": round(cold / kept, 2)}
-    print(f"# prefix cache - {card} - {row['date']}\n{args.rows} x {args.prompt} prompt tokens, {args.new} new: "
-          f"cache kept {kept:.3f} s, reset {cold:.3f} s ({cold / kept:.2f}x)")
-    os.makedirs(args.out, exist_ok=True)
-    name = f"prefix-cache-{'cpu' if not cuda else card.replace(' ', '-')}-{row['date']}.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(row, f, indent=1)
+    row = write_result(args.out, "prefix-cache", {"args": vars(args), "cache_kept_s": round(kept, 3),
+                                                  "cache_reset_s": round(cold, 3), "reset_over_kept": round(cold / kept, 2)})
+    print(f"# prefix cache - {row['card']} - {row['date']}\n{args.rows} x {args.prompt} prompt tokens, {args.new} "
+          f"new: cache kept {kept:.3f} s, reset {cold:.3f} s ({cold / kept:.2f}x)")
     return 0
 
 
