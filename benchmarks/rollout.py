@@ -29,14 +29,15 @@ import contextlib
 import datetime
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # child_rows
+
+from child_rows import rows_from_child, write_child_rows
 
 PROMPT = 256
 QUANT = {"bf16": None, "hf": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4",
@@ -284,8 +285,7 @@ def main() -> None:
         raise SystemExit("benchmarks/rollout.py needs a CUDA device (rows are 7B/32B shapes).")
     if args.child:
         rows = [r for (model, fmt), group in groups.items() for r in run_group(model, fmt, group)]
-        with open(args.child, "w") as f:
-            json.dump(rows, f)
+        write_child_rows(args.child, rows)
         return
     for spec in args.diagnose:
         diagnose(spec)
@@ -296,16 +296,10 @@ def main() -> None:
         if time.perf_counter() - start > args.budget_s:
             results += [{"model": model, "backend": b, "batch": n, "new": w, "status": "not run (time budget)"} for b, n, w in rows]
             continue
-        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            cmd = [sys.executable, __file__, "--child", tmp.name, "--vllm-util", str(args.vllm_util), "--rows",
-                   *[f"{model}:{b}:{n}:{w}" for b, n, w in rows]] + (["--gguf", args.gguf] if args.gguf else [])
-            done = subprocess.run(cmd, check=False)
-            try:
-                with open(tmp.name) as f:
-                    results += json.load(f)
-            except (ValueError, OSError):
-                results += [{"model": model, "backend": b, "batch": n, "new": w,
-                             "status": f"child process failed (exit {done.returncode})"} for b, n, w in rows]
+        argv = ["--vllm-util", str(args.vllm_util), "--rows", *[f"{model}:{b}:{n}:{w}" for b, n, w in rows]] + \
+            (["--gguf", args.gguf] if args.gguf else [])
+        results += rows_from_child(__file__, argv, [{"model": model, "backend": b, "batch": n, "new": w}
+                                                    for b, n, w in rows])
     date = datetime.date.today().isoformat()
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"rollout-{card}-{date}{'-' + args.tag if args.tag else ''}.json")

@@ -32,6 +32,11 @@ after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's
 also counts the sleeping engine's pool (unmapped, but still in torch's accounting): a 32B 16 x 2,048 row hit the
 76 GiB cap while the card held 43.6 GiB (2026-12-02). `--card-gib 79` models the smaller card instead by holding
 the rest of the free memory as ballast, which binds every allocator; the ballast is left out of every number.
+A `--card-gib` row that finishes fits that card. With `--vllm-sleep` the row's `peak_gb` (torch's peak allocation)
+still books the sleeping engine's unmapped pool (105.55 GB for a 32B 16 x 2,048 row that ran inside 79 GiB):
+read `device_used_gib_*` for what the card held. With `--rollout vllm` on one GPU each row runs in a child
+process (`child_rows.py`): an engine released in the same process can still be handing memory back while the
+next one profiles the card, which stops vLLM ("Error in memory profiling", seen 2026-12-02).
 """
 from __future__ import annotations
 
@@ -46,7 +51,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_ranks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_ranks, child_rows
+
+from child_rows import rows_from_child, write_child_rows
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
@@ -332,6 +339,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def spec_text(spec: dict) -> str:
+    return ":".join(str(spec[k]) for k in ("model", "format", "batch", "new", "steps"))
+
+
+def attempt(spec: dict, args) -> dict:
+    """`run_row`, with an out-of-memory error as the row's status; memory handed back afterwards."""
+    try:
+        return run_row(spec, args)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:  # vLLM's cumem pool raises a plain RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise
+        return dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:200])
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=["32b:nvfp4:8:512", "7b:nvfp4:8:512", "7b:bf16:8:512",
@@ -359,11 +384,18 @@ def main() -> None:
                         help="model a card of this many GiB: hold the rest of the device's free memory as ballast "
                              "(binds vLLM too; prefer it to --memory-cap-gib with --vllm-sleep)")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
-    if args.memory_cap_gib and torch.cuda.is_available():
+    from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
+
+    ranks, rank, local_rank = launched()
+    # vLLM rows on one GPU run each in its own process (the children cap themselves): the last engine's memory is
+    # gone before the next engine profiles the card
+    delegate = args.rollout == "vllm" and ranks == 1 and len(args.rows) > 1 and not args.child
+    if args.memory_cap_gib and torch.cuda.is_available() and not delegate:
         torch.cuda.set_per_process_memory_fraction(
             min(1.0, args.memory_cap_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory))
-    if args.card_gib and torch.cuda.is_available():
+    if args.card_gib and torch.cuda.is_available() and not delegate:
         hold_ballast(args.card_gib)
     specs = []
     for text in args.rows:
@@ -373,9 +405,9 @@ def main() -> None:
                              f"format in {list(QUANT)}, e.g. 32b:nvfp4:8:512")
         specs.append({"model": parts[0], "format": parts[1], "batch": int(parts[2]), "new": int(parts[3]),
                       "steps": int(parts[4]) if len(parts) == 5 else 2})
-    from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
-
-    ranks, rank, local_rank = launched()
+    if args.child:
+        write_child_rows(args.child, [attempt(spec, args) for spec in specs])
+        return
     bind_device(local_rank)
     card = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else "cpu"
     tag = f"-x{ranks}" if ranks > 1 else ""
@@ -393,16 +425,9 @@ def main() -> None:
         if agree(time.perf_counter() - start > args.budget_s):  # rank 0 decides for every rank
             rows.append(dict(spec, status="not run (time budget)"))
         else:
-            try:
-                rows.append(run_row(spec, args))
-                compare_to_baseline(rows)
-            except (torch.OutOfMemoryError, RuntimeError) as exc:  # vLLM's cumem pool raises a plain RuntimeError
-                if "out of memory" not in str(exc).lower():
-                    raise
-                rows.append(dict(spec, status=f"OOM in {STAGE['now']}: " + str(exc).split("\n")[0][:200]))
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            rows += rows_from_child(__file__, [*sys.argv[1:], "--rows", spec_text(spec)], [spec]) if delegate \
+                else [attempt(spec, args)]
+            compare_to_baseline(rows)
         if rank != 0:
             continue
         os.makedirs(args.out, exist_ok=True)
