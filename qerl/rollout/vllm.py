@@ -4,12 +4,10 @@ Importing this module does not import vllm; `setup` does (and says which extra t
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -17,8 +15,6 @@ from torch import nn
 
 from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
-from qerl.noise.base import check_sigma
-from qerl.noise.inject import noisy_norms
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
@@ -26,14 +22,15 @@ from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under
 from qerl.rollout.base import RolloutBackend
 from qerl.rollout.vllm_checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm_engine import engine_name, scratch_dir
-from qerl.rollout.vllm_norms import engine_realized, float32_rms_norms, wants_float32_norms
+from qerl.rollout.vllm_noise import EngineNoise
+from qerl.rollout.vllm_norms import float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
 from qerl.rollout.vllm_sleep import EngineSleep
 from qerl.types import Rollout, SamplingConfig
 
 
 @ROLLOUT_BACKENDS.register()
-class VLLM(EngineSleep, RolloutBackend):
+class VLLM(EngineNoise, EngineSleep, RolloutBackend):
     """Generates with a colocated vLLM engine; the trained LoRA (and norms) are pushed in after every step.
 
     The engine is built in `setup` from the policy's base weights: on CUDA an NVFP4 base goes in as a
@@ -236,30 +233,6 @@ class VLLM(EngineSleep, RolloutBackend):
         if self._asleep:
             self._wake()
         self._apply_pending()
-
-    # ------------------------------------------------------------------ noise
-    @contextlib.contextmanager
-    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
-        """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly.
-
-        `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
-        float32 norms, see `qerl.rollout.vllm_norms`)."""
-        if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
-            yield
-            return
-        self._ready()
-        with noisy_norms(self.policy, sigma, seed=seed) as applied:
-            noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
-            try:
-                moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
-                self.noise_metrics = engine_realized(moved, sigma, self).metrics()
-                self.llm.reset_prefix_cache()
-                self._noise_sigma = sigma
-                yield
-            finally:
-                self._noise_sigma = 0.0
-                self.llm.collective_rpc(vllm_sync.restore_norms)
-                self.llm.reset_prefix_cache()
 
     # ------------------------------------------------------------------ generate
     def sampling_params(self, sampling: SamplingConfig, prompt_index: int):

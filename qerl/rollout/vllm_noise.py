@@ -1,0 +1,39 @@
+"""The `VLLM` backend's AQN: the same channel-wise noise in the engine's RMSNorms as in the policy's, restored
+bit-exactly afterwards (the engine's KV prefix cache is reset both ways: cached KV was computed with other norms)."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from qerl.noise.base import check_sigma
+from qerl.noise.inject import noisy_norms
+from qerl.rollout import vllm_sync
+from qerl.rollout.vllm_engine import engine_name
+from qerl.rollout.vllm_norms import engine_realized
+
+
+class EngineNoise:
+    """`noise` for a backend holding `llm`, `policy`, `_noise_sigma` and `_ready()`."""
+
+    @contextlib.contextmanager
+    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
+        """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly.
+
+        `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
+        float32 norms, see `qerl.rollout.vllm_norms`)."""
+        if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
+            yield
+            return
+        self._ready()
+        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+            noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
+            try:
+                moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
+                self.noise_metrics = engine_realized(moved, sigma, self).metrics()
+                self.llm.reset_prefix_cache()
+                self._noise_sigma = sigma
+                yield
+            finally:
+                self._noise_sigma = 0.0
+                self.llm.collective_rpc(vllm_sync.restore_norms)
+                self.llm.reset_prefix_cache()
