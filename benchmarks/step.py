@@ -22,7 +22,8 @@ listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every
 `--rollout vllm` generates with the `VLLM` backend instead (a colocated vLLM engine, NVFP4 served packed, bf16
 dense; ignore_eos; the backend's default mismatch scoring under the policy is part of the rollout phase);
 `setup_s` is the engine build. `--vllm-sleep` puts the engine to sleep during training (weights to CPU, KV
-cache dropped). The rollout phase is split into `wake_s` (map the pool back, copy the weights in, apply the
+cache dropped); `--vllm-sleep auto` lets `QeRLModule`'s start-up plan decide (`qerl.memory.startup.decide_sleep`:
+off when the row fits the card with the engine awake through training). The rollout phase is split into `wake_s` (map the pool back, copy the weights in, apply the
 adapter), `generate_s` (`generate_split`: the engine's part and the policy's scoring forward for the mismatch
 metrics) and `sleep_s` (copy the weights out); after the optimizer the adapter is synced to the
 engine (`sync_s`, inside `step_s`, as `RolloutSyncCallback` does; rows before 2026-12-02's fourth lease left
@@ -208,8 +209,9 @@ def device_used_gib() -> float | None:
     return round((total - free - ballast_bytes()) / 2**30, 2)
 
 
-def vllm_backend(policy, tok, batch: int, new: int, args):
-    """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds."""
+def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
+    """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds. `decide(backend)`:
+    `--vllm-sleep auto`'s decision, made before the engine starts."""
     from qerl.rollout.vllm import VLLM
 
     class NoEosVLLM(VLLM):
@@ -219,9 +221,11 @@ def vllm_backend(policy, tok, batch: int, new: int, args):
             return params
 
     backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
-                        enable_sleep_mode=args.vllm_sleep, compile=not args.vllm_no_compile,
+                        enable_sleep_mode={"on": True, "off": False}.get(args.vllm_sleep, "auto"), compile=not args.vllm_no_compile,
                         kv_cache_memory_gb=args.vllm_kv_gib,
                         measure_mismatch="update" if args.mismatch == "update" else True)
+    if decide is not None and args.vllm_sleep == "auto":
+        decide(backend, policy)
     sync()
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -254,12 +258,12 @@ def run_row(spec: dict, args) -> dict:
     run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
                    gradient_checkpointing=not args.no_checkpointing)
     bits = weight_bits(QUANT[fmt])
+    free = free_device_memory(device)
+    allocated = torch.cuda.memory_allocated() - ballast_bytes() if device == "cuda" else 0
+    budget = (free + allocated) * 0.95 if free is not None else float("inf")
+    if args.memory_cap_gib:  # torch's allocator is capped: plan for the cap, not the bigger card's free memory
+        budget = min(budget, args.memory_cap_gib * 2**30 * 0.95)
     if args.micro_batch == "auto":
-        free = free_device_memory(device)
-        allocated = torch.cuda.memory_allocated() - ballast_bytes() if device == "cuda" else 0
-        budget = (free + allocated) * 0.95 if free is not None else float("inf")
-        if args.memory_cap_gib:  # torch's allocator is capped: plan for the cap, not the bigger card's free memory
-            budget = min(budget, args.memory_cap_gib * 2**30 * 0.95)
         micro = auto_micro_batch(shape, run, budget, quant_bits=bits)
     else:
         micro = int(args.micro_batch)
@@ -278,11 +282,20 @@ def run_row(spec: dict, args) -> dict:
     if args.synthetic_rollout:
         row["rollout"] = "synthetic (training phase only)"
     elif args.rollout == "vllm":
-        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args)
+        def decide(backend, policy):  # --vllm-sleep auto: QeRLModule's start-up plan for this row, on the modelled card
+            from qerl.memory.engine import engine_as_run
+            from qerl.memory.startup import decide_sleep
+
+            need = backend.engine_estimate(policy, device)
+            runs, _ = engine_as_run(need, args.vllm_util, torch.cuda.get_device_properties(0).total_memory, free)
+            backend.resolved_sleep_mode = decide_sleep(shape, replace(run, micro_batch=micro), budget, bits, 2,
+                                                       need, runs)[0]
+
+        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, decide)
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
                          "kv_cache_memory_gb": args.vllm_kv_gib,
-                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "mismatch": args.mismatch})
+                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "slept": backend.sleep_mode, "mismatch": args.mismatch})
     else:
         backend = HF(max_batch_rows=local)
         backend.setup(policy, tok)
@@ -376,7 +389,8 @@ def main() -> None:
                         help="VLLM(compile=False): no torch.compile, full CUDA graphs for decode only (faster setup)")
     parser.add_argument("--vllm-kv-gib", type=float, default=None,
                         help="VLLM kv_cache_memory_gb: a fixed KV cache instead of a share of gpu_memory_utilization")
-    parser.add_argument("--vllm-sleep", action="store_true", help="vLLM sleep mode during training")
+    parser.add_argument("--vllm-sleep", nargs="?", const="on", default="off", choices=("on", "off", "auto"),
+                        help="vLLM sleep mode during training (bare: on; auto: the start-up memory plan decides)")
     parser.add_argument("--mismatch", choices=("rollout", "update"), default="rollout",
                         help="VLLM measure_mismatch: a scoring forward in the rollout, or the update's forward")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap torch's allocator at this many GiB")

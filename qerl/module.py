@@ -147,8 +147,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
                 datamodule.set_tokenizer(self.tokenizer)
             quiet = distributed.world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
             # prints the memory plan, warns if it won't fit, resolves "auto"
-            self.micro_batch_size = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print
-                                                    ).micro_batch_size
+            plan = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print)
+            self.micro_batch_size = plan.micro_batch_size
+            if plan.engine_sleep is not None:  # `enable_sleep_mode: auto`, decided by the plan before the engine starts
+                self.rollout.resolved_sleep_mode = plan.engine_sleep
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer") and \

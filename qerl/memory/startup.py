@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from qerl.memory.engine import EngineEstimate, describe, engine_as_run, too_small_message
 from qerl.memory.estimate import (
+    GB,
     HEADROOM,
     MemoryEstimate,
     MemoryPlanWarning,
@@ -49,6 +50,7 @@ class MemoryPlan:
     micro_batch_size: int | str
     engine: EngineEstimate | None = None
     engine_utilization: float | None = None
+    engine_sleep: bool | None = None  # `enable_sleep_mode: auto` as decided here (None: not asked)
 
 
 def run_shape(module, datamodule=None) -> RunShape:
@@ -156,6 +158,9 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     free = free if free is not None else free_device_memory(device) if total is not None else None
     need, engine, utilization = rollout_engine(module, total, free)
     micro = module.micro_batch_size
+    sleep = None
+    if engine is not None and budget is not None and getattr(module.rollout, "enable_sleep_mode", None) == "auto":
+        sleep, need, engine = decide_sleep(shape, run, budget, bits, dtype_bytes, need, engine, micro == "auto", echo)
     if micro == "auto":
         micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=engine) if budget is not None else run.rows
         echo(f"qerl: micro_batch_size auto -> {micro} "
@@ -174,4 +179,24 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
         echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
-    return MemoryPlan(estimate, micro, engine, utilization)
+    return MemoryPlan(estimate, micro, engine, utilization, sleep)
+
+
+def with_sleep(engine: EngineEstimate, sleep: bool) -> EngineEstimate:
+    return EngineEstimate(replace(engine.settings, sleep_mode=sleep), dict(engine.rows))
+
+
+def decide_sleep(shape: ModelShape, run: RunShape, budget: float, bits: float, dtype_bytes: int,
+                 need: EngineEstimate, engine: EngineEstimate, auto_micro: bool = False, echo=print
+                 ) -> tuple[bool, EngineEstimate, EngineEstimate]:
+    """`enable_sleep_mode: auto`: (sleep, need, engine with that setting). Off when the run fits `budget` with the
+    engine awake through training, at the micro-batch sleep mode would allow (an awake engine must not cost the
+    update a smaller micro-batch); on otherwise. Sleeping copies the engine's weights out and back every step
+    (32B NVFP4: wake 0.91 s + sleep 0.44 s of a 13.0 s step on an H200), so it is only worth it when needed."""
+    asleep = with_sleep(engine, True)
+    micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=asleep) if auto_micro else run.micro_batch
+    awake = estimate_memory(shape, replace(run, micro_batch=micro), bits, dtype_bytes, engine=with_sleep(engine, False))
+    sleep = awake.peak > budget
+    echo(f"qerl: enable_sleep_mode auto -> {'on' if sleep else 'off'} (with the engine awake through training the "
+         f"peak is {awake.peak / GB:.1f} GB of the {budget / GB:.1f} GB budget, micro-batch {micro})")
+    return sleep, with_sleep(need, sleep), with_sleep(engine, sleep)

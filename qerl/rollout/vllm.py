@@ -20,6 +20,7 @@ from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout import vllm_engine as engine
 from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
 from qerl.rollout.base import RolloutBackend
+from qerl.rollout.host_copy import to_host
 from qerl.rollout.vllm_checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm_engine import engine_name, scratch_dir
 from qerl.rollout.vllm_noise import EngineNoise
@@ -49,6 +50,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         tensor_parallel_size: GPUs the engine shards over (under DDP: groups of that many ranks share one engine,
             see `qerl.rollout.vllm_ranks` and docs/multi-gpu.md).
         enable_sleep_mode: free the engine's weights/KV cache while training (`release_memory`), wake to generate.
+            "auto": the start-up memory plan turns it on only when the run would not fit with the engine awake
+            through training (sleeping costs a copy of the engine's weights out and in every step).
         dtype: engine dtype ("auto": the policy's dense dtype, float16 becomes bfloat16).
         max_lora_rank: engine's LoRA rank limit (None: the smallest vLLM value >= the adapter's rank).
         kv_cache_memory_gb: fixed KV-cache size (the CPU build's default here is 1 GB), overriding the fraction.
@@ -72,7 +75,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
     """
 
     def __init__(self, gpu_memory_utilization: float | str = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
-                 enable_sleep_mode: bool = False, dtype: str = "auto", max_lora_rank: int | None = None,
+                 enable_sleep_mode: bool | Literal["auto"] = False, dtype: str = "auto", max_lora_rank: int | None = None,
                  kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
@@ -80,7 +83,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
                        lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype,
-                       measure_mismatch=measure_mismatch)
+                       measure_mismatch=measure_mismatch, enable_sleep_mode=enable_sleep_mode)
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
         self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
@@ -89,6 +92,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
         self.cache_dir = cache_dir
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
+        self.resolved_sleep_mode: bool | None = None  # enable_sleep_mode "auto" as the memory plan decided it
         # every generation carries the adapter: graphs without LoRA (vLLM captures both by default) are never used
         graphs: dict[str, Any] = {"max_cudagraph_capture_size": max_num_seqs, "cudagraph_specialize_lora": False}
         if not compile:
@@ -99,7 +103,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
         self.model_dir: str | None = None
-        self._lora_id, self._lora_path, self._pending, self._asleep = 0, None, None, False
+        self._lora_id, self._lora_path, self._pending, self._asleep, self._lora_dtype = 0, None, None, False, None
         self.last_timings: dict[str, float] = {}
         self.mismatch_deferred = False  # the last rollout left the mismatch metrics to the update's forward
         self._noise_sigma = 0.0
@@ -147,13 +151,14 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                     served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
                     gpu_memory_utilization=self.resolved_utilization, max_model_len=self.max_model_len,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    enable_sleep_mode=self.enable_sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
+                    enable_sleep_mode=self.sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
                     extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
                            **self.engine_kwargs})
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
+        self._lora_dtype = self.llm.collective_rpc(vllm_sync.lora_dtype)[0]  # the snapshot is cast to it
         self.sync_weights(policy)
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())
@@ -192,9 +197,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         before its next generation (after it wakes, in sleep mode)."""
         from peft import get_peft_model_state_dict
 
-        lora = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(policy).items()}
-        dense = {engine_name(n): p.detach().to("cpu", copy=True) for n, p in policy.named_parameters()
-                 if p.requires_grad and "lora_" not in n}
+        lora = to_host(get_peft_model_state_dict(policy), self._lora_dtype)  # one pinned copy, the engine's dtype
+        dense = to_host({engine_name(n): p for n, p in policy.named_parameters() if p.requires_grad and "lora_" not in n})
         self._pending = (lora, dense)
         if not self._asleep:
             self._apply_pending()

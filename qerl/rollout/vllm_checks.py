@@ -14,7 +14,8 @@ KEY = "rollout.init_args"
 
 
 def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_size, max_lora_rank, lora_transfer,
-                   importance_sampling_cap, dtype, measure_mismatch=True) -> None:
+                   importance_sampling_cap, dtype, measure_mismatch=True,
+                   enable_sleep_mode=False) -> None:
     """A `ValueError` naming the `rollout.init_args` key and what it must be, for a setting vLLM would refuse."""
     def need(ok: bool, key: str, value, what: str) -> None:
         if not ok:
@@ -36,6 +37,8 @@ def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_siz
          'must be "auto", "bfloat16", "float16" or "float32"')
     need(measure_mismatch in (True, False, "update"), "measure_mismatch", measure_mismatch,
          'must be true, false or "update"')
+    need(isinstance(enable_sleep_mode, bool) or enable_sleep_mode == "auto", "enable_sleep_mode", enable_sleep_mode,
+         'must be true, false or "auto" (the start-up memory plan decides)')
 
 
 def check_adapter(policy: nn.Module, max_lora_rank: int | None) -> tuple[dict, int]:

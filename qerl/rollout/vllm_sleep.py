@@ -12,7 +12,16 @@ from qerl.rollout import vllm_memory
 
 class EngineSleep:
     """Sleep and wake for a backend holding `llm` (a `vllm.LLM` built with `enable_sleep_mode`), `_asleep`,
-    `enable_sleep_mode`, `resolved_utilization` and `_ready()`."""
+    `enable_sleep_mode` (True, False or "auto"), `resolved_sleep_mode`, `resolved_utilization` and `_ready()`."""
+
+    @property
+    def sleep_mode(self) -> bool:
+        """Whether the engine sleeps while the policy trains: `enable_sleep_mode`, with "auto" as the start-up
+        memory plan decided it (`resolved_sleep_mode`: off when the run fits with the engine awake through
+        training) and on when no plan has decided (an engine built outside `QeRLModule`)."""
+        if self.enable_sleep_mode == "auto":
+            return True if self.resolved_sleep_mode is None else bool(self.resolved_sleep_mode)
+        return bool(self.enable_sleep_mode)
 
     def prepare(self) -> None:
         """Wake the engine (sleep mode) and apply the pending weight sync now instead of at the next `generate`
@@ -21,7 +30,7 @@ class EngineSleep:
 
     def release_memory(self) -> None:
         """In sleep mode (CUDA), offload the engine's weights and drop its KV cache until the next generation."""
-        if self.enable_sleep_mode and self.llm is not None and not self._asleep and torch.cuda.is_available():
+        if self.sleep_mode and self.llm is not None and not self._asleep and torch.cuda.is_available():
             self.llm.sleep(level=1)
             self._asleep = True
 

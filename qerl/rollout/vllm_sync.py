@@ -43,6 +43,13 @@ def load_lora_tensors(worker, lora_id: int, config: dict, tensors: dict[str, tor
     return len(lora.loras)
 
 
+def lora_dtype(worker) -> torch.dtype | None:
+    """The dtype the engine keeps adapters in (vLLM's `lora_dtype`, "auto" resolved to the model's), or None."""
+    kind = getattr(getattr(worker.model_runner, "lora_manager", None), "lora_config", None)
+    kind = getattr(kind, "lora_dtype", None)
+    return kind if isinstance(kind, torch.dtype) else None
+
+
 def load_named_weights(worker, tensors: dict[str, torch.Tensor]) -> list[str]:
     """Copy trained dense tensors (norm scales) in through the model's own `load_weights`; return the names taken."""
     loaded = _model(worker).load_weights(list(tensors.items()))

@@ -209,3 +209,51 @@ def test_no_engine_rows_without_a_cuda_device_or_a_vllm_backend(planned_module):
             assert plan_for_module(module, tiny_data(), echo=lambda *_: None).engine is None
         module.rollout = HF()
         assert plan_for_module(module, tiny_data(), budget=8 * GIB, echo=lambda *_: None, total=8 * GIB).engine is None
+
+
+def test_sleep_mode_auto_sleeps_only_when_the_awake_engine_would_not_fit(planned_module):
+    from tests.rl_helpers import tiny_data
+
+    module, peaks = planned_module, {}
+    module.micro_batch_size = 8
+    for sleep in (True, False):
+        module.rollout = VLLM(gpu_memory_utilization="auto", max_model_len=64, max_num_seqs=8, enable_sleep_mode=sleep)
+        peaks[sleep] = plan_for_module(module, tiny_data(), budget=7 * GIB, echo=lambda *_: None, total=8 * GIB,
+                                       free=7 * GIB).estimate.peak
+    assert peaks[True] < peaks[False]  # asleep, the training phase holds only the engine's graphs and workspace
+    for budget, sleeps in ((peaks[False] * 1.01, False), ((peaks[True] + peaks[False]) / 2, True)):
+        module.rollout = VLLM(gpu_memory_utilization="auto", max_model_len=64, max_num_seqs=8, enable_sleep_mode="auto")
+        assert module.rollout.sleep_mode  # undecided (no plan yet): on, the setting that fits more
+        lines: list[str] = []
+        plan = plan_for_module(module, tiny_data(), budget=budget, echo=lines.append, total=8 * GIB, free=7 * GIB)
+        assert plan.engine_sleep is sleeps and plan.estimate.peak == pytest.approx(peaks[sleeps])
+        assert plan.engine.settings.sleep_mode is sleeps
+        assert f"enable_sleep_mode auto -> {'on' if sleeps else 'off'}" in lines[0]
+        module.rollout.resolved_sleep_mode = plan.engine_sleep  # what QeRLModule.setup does before the engine starts
+        assert module.rollout.sleep_mode is sleeps
+
+
+def test_sleep_mode_auto_for_32b_on_an_80_gb_card_matches_the_h200_rows():
+    """32B NVFP4 with vLLM under a 79 GiB card (H200, 2026-12-02): 16 x 2,048 needed sleep mode (the card held 76.9
+    GiB after training with the engine asleep); 8 x 512 held 52.5 GiB generating, room for the engine awake."""
+    from dataclasses import replace
+
+    from qerl.memory.startup import decide_sleep, with_sleep
+
+    shape, said = shape_of("qwen2.5-32b"), []
+    for rows, new, sleeps in ((8, 512, False), (16, 2048, True)):
+        need = nvfp4_engine("qwen2.5-32b", rows, 256 + new + 8, sleep_mode=True)
+        runs, _ = engine_as_run(need, "auto", 79 * GIB, 54 * GIB)
+        run = RunShape(rows=rows, prompt_len=256, response_len=new, micro_batch=rows)
+        sleep, need_as, runs_as = decide_sleep(shape, run, 0.95 * 79 * GIB, 4.5, 2, need, runs, True, said.append)
+        assert sleep is sleeps and need_as.settings.sleep_mode is sleeps and runs_as.rows == runs.rows
+        awake = estimate_memory(shape, replace(run, micro_batch=rows), 4.5, engine=with_sleep(runs, False))
+        assert (awake.peak > 0.95 * 79 * GIB) is sleeps
+    assert "auto -> off" in said[0] and "auto -> on" in said[1]
+
+
+def test_enable_sleep_mode_values():
+    assert VLLM(enable_sleep_mode="auto").sleep_mode and not VLLM().sleep_mode and VLLM(enable_sleep_mode=True).sleep_mode
+    for bad in ("sometimes", 1, None):
+        with pytest.raises(ValueError, match=r"`rollout.init_args.enable_sleep_mode`=.* must be true, false or \"auto\""):
+            VLLM(enable_sleep_mode=bad)
