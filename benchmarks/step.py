@@ -173,6 +173,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
             "mismatch": {k: round(float(v), 6) for k, v in {**getattr(backend, "last_metrics", {}), **{
                 k: v for k, v in result.metrics.items() if k.startswith("rollout/mismatch")}}.items()},
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
+            "sync_split": {k: round(v, 3) for k, v in getattr(backend, "sync_timings", {}).items()},
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -317,7 +318,7 @@ def run_row(spec: dict, args) -> dict:
             row["after_step_gb"] = allocated_gb()  # weights + LoRA, grads, AdamW
         steps.append(out)
         if rank == 0:
-            print(f"  step: {out['phases']} peak {out['peak_gb']} GB", flush=True)
+            print(f"  step: {out['phases']} sync {out['sync_split']} peak {out['peak_gb']} GB", flush=True)
     last = steps[-1]
     ph = last["phases"]
     flops = train_flops(hf_cfg, batch, PROMPT + new, new, not args.no_checkpointing)
@@ -330,7 +331,7 @@ def run_row(spec: dict, args) -> dict:
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                device_used_gib_rollout=last["device_used_gib_rollout"],
                device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"),
-               generate_split=last.get("generate_split"))
+               generate_split=last.get("generate_split"), sync_split=last.get("sync_split"))
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)

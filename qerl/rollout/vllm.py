@@ -105,6 +105,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.model_dir: str | None = None
         self._lora_id, self._lora_path, self._pending, self._asleep, self._lora_dtype = 0, None, None, False, None
         self.last_timings: dict[str, float] = {}
+        self.sync_timings: dict[str, float] = {}  # seconds of the last adapter snapshot and of its hand-over
         self.mismatch_deferred = False  # the last rollout left the mismatch metrics to the update's forward
         self._noise_sigma = 0.0
         self._tp_group = None
@@ -197,9 +198,11 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         before its next generation (after it wakes, in sleep mode)."""
         from peft import get_peft_model_state_dict
 
+        started = time.perf_counter()
         lora = to_host(get_peft_model_state_dict(policy), self._lora_dtype)  # one pinned copy, the engine's dtype
         dense = to_host({engine_name(n): p for n, p in policy.named_parameters() if p.requires_grad and "lora_" not in n})
         self._pending = (lora, dense)
+        self.sync_timings = {"snapshot_s": time.perf_counter() - started}
         if not self._asleep:
             self._apply_pending()
 
@@ -207,7 +210,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         if self._pending is None or self.llm is None:
             return
         lora, dense = self._pending
-        self._pending = None
+        self._pending, started = None, time.perf_counter()
         self._lora_id += 1
         if self.lora_transfer == "memory":
             self.llm.collective_rpc(vllm_sync.load_lora_tensors, args=(self._lora_id, self.lora_config, lora))
@@ -216,6 +219,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         if dense:
             self.llm.collective_rpc(vllm_sync.load_named_weights, args=(dense,))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        self.sync_timings["apply_s"] = time.perf_counter() - started
 
     def _write_adapter_folder(self) -> None:
         old, self._lora_path = self._lora_path, scratch_dir("qerl-lora-")
