@@ -6,6 +6,8 @@ from typing import Any
 
 import lightning as L
 
+from qerl.lora.adapter_folder import save_adapter
+
 
 def run_dir(trainer: L.Trainer) -> str:
     """The run's log directory (the logger's version folder), or the trainer's root dir without a logger."""
@@ -26,8 +28,8 @@ class AdapterExport(L.Callback):
     """Writes `<log_dir>/adapter/step-<N>` every `every_n_steps` steps (0: never) and `<log_dir>/adapter/final`.
 
     The folders are standard peft adapters (`adapter_config.json` + `adapter_model.safetensors`)
-    that load onto the bf16 base with `PeftModel.from_pretrained`. Trained norms, if any, are not
-    part of a peft adapter; they stay in the Lightning checkpoint.
+    that load onto the bf16 base with `PeftModel.from_pretrained`. Trained norms, if any, go next to them in
+    `qerl_norms.safetensors` (`qerl.lora.adapter_folder`), which `qerl export` and `lora.init_from` read.
     """
 
     def __init__(self, every_n_steps: int = 0) -> None:
@@ -43,7 +45,7 @@ class AdapterExport(L.Callback):
         if not trainer.is_global_zero:
             return None
         path = os.path.join(folder, "adapter", name)
-        model.save_pretrained(path)
+        save_adapter(model, path)
         ordinary_permissions(path)
         self.exported.append(path)
         return path

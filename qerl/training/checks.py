@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from qerl.algorithms.base import Algorithm
+from qerl.lora.adapter_folder import AdapterFolderError
+from qerl.lora.init_from import check_init_from
 from qerl.quantizers.base import Quantizer
 from qerl.rewards.base import Reward
 from qerl.training.scoring import reward_names
@@ -66,6 +68,11 @@ def check_module_args(sampling: SamplingConfig, algorithm: Algorithm, rewards: l
         _positive_int(lora.rank, "lora.rank")
         _require(0 <= lora.dropout < 1, f"`{_KEY}.lora.dropout` must be in [0, 1), got {lora.dropout!r}.")
         _require(bool(lora.targets), f"`{_KEY}.lora.targets` is empty: name the layers that get adapters.")
+        if lora.init_from:
+            try:
+                check_init_from(lora.init_from, lora.rank, lora.alpha, lora.targets)
+            except AdapterFolderError as exc:
+                raise RecipeError(f"`{_KEY}.lora.init_from`: {exc}") from None
     names = reward_names(rewards)
     if accuracy_reward is None:
         return 0

@@ -5,7 +5,9 @@ from typing import Any
 
 from torch import nn
 
+from qerl.lora.adapter_folder import AdapterFolderError
 from qerl.lora.apply import LoraTargetError, apply_lora
+from qerl.lora.init_from import load_init_from
 from qerl.models.base import PolicyLoader
 from qerl.models.logprobs import causal_lm
 from qerl.noise.precision import keep_norms_float32
@@ -35,6 +37,11 @@ def build_policy(policy: PolicyLoader, quantizer: Quantizer | None, lora: LoRASe
             keep_norms_float32(model)
         except ValueError as exc:
             raise RecipeError(f"`{_KEY}.noise` is set but the policy cannot carry AQN noise: {exc}") from None
+    if lora is not None and lora.init_from:  # after the float32 norms, so trained float32 norms load exactly
+        try:
+            load_init_from(model, lora.init_from)
+        except AdapterFolderError as exc:
+            raise RecipeError(f"`{_KEY}.lora.init_from`: {exc}") from None
     if gradient_checkpointing:
         causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in model.parameters()):

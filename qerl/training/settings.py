@@ -17,6 +17,9 @@ class LoRASettings:
         dropout: dropout on the adapter input.
         targets: module-name suffixes that get an adapter; each must match at least one module.
         train_norms: also train the RMSNorm scales (the norms AQN perturbs).
+        init_from: a saved adapter folder (e.g. `runs/<recipe>/version_0/adapter/final`) to start from instead of
+            a fresh adapter; its rank, alpha, targets and shapes must match these settings. Its trained norms, if
+            saved, are loaded too.
     """
 
     rank: int = 32
@@ -24,6 +27,7 @@ class LoRASettings:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     train_norms: bool = False
+    init_from: str | None = None
 
 
 @dataclass
