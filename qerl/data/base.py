@@ -143,6 +143,10 @@ class PromptDataModule(L.LightningDataModule):
         """The chat-formatted prompt for one question."""
         return format_prompt(self.prompt_template.replace("{question}", question), self.tokenizer, self.system_prompt)
 
+    def prompt_of(self, row: PromptRow) -> str:
+        """The chat-formatted prompt of one row (a dataset of chat-message prompts overrides this)."""
+        return self.format(row.question)
+
     def prompt_length(self, prompt: str) -> int:
         if self.tokenizer is None:
             return len(prompt.split())
@@ -157,7 +161,7 @@ class PromptDataModule(L.LightningDataModule):
     def _prepare(self, split: str) -> list[tuple[str, str, dict]]:
         out, skipped = [], 0
         for index, row in enumerate(self.rows(split)):
-            prompt = self.format(row.question)
+            prompt = self.prompt_of(row)
             if self.max_prompt_tokens is not None:
                 n = self.prompt_length(prompt)
                 if n > self.max_prompt_tokens:

@@ -30,3 +30,17 @@ def format_prompt(question: str, tokenizer=None, system_prompt: str | None = Non
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def format_messages(messages: list[dict], tokenizer=None, system_prompt: str | None = None) -> str:
+    """A chat (`[{"role": ..., "content": ...}, ...]`) through the chat template with the generation prompt.
+
+    `system_prompt` goes first unless the chat opens with its own system message. Without a tokenizer the
+    messages' contents are joined by blank lines.
+    """
+    chat = list(messages)
+    if system_prompt and not (chat and chat[0].get("role") == "system"):
+        chat.insert(0, {"role": "system", "content": system_prompt})
+    if tokenizer is None:
+        return "\n\n".join(str(m["content"]) for m in chat)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
