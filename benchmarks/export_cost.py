@@ -29,7 +29,7 @@ def main() -> int:
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
     from qerl.models.random_init import RandomInit
-    from qerl.rollout import vllm_engine as engine
+    from qerl.rollout.vllm import engine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = RandomInit(args.preset, overrides={"num_hidden_layers": args.layers}, tokenizer="smollm2")

@@ -102,7 +102,7 @@ def fixed_gaps(backend, policy, args, reference: bool) -> dict:
     if reference:
         from transformers import AutoModelForCausalLM
 
-        from qerl.rollout.vllm_engine import dense_base_state_dict
+        from qerl.rollout.vllm.engine import dense_base_state_dict
 
         lm = causal_lm(policy)
         ref = AutoModelForCausalLM.from_config(lm.config, torch_dtype=torch.bfloat16)
@@ -126,7 +126,7 @@ def cell(policy, tok, served: str, args) -> dict:
         prompts = [p[: max(4, args.prompt - i * args.prompt // (2 * args.prompts))] for i, p in enumerate(prompts)]
     group = max(1, args.rows // args.prompts)
     rollout = backend.generate(prompts, SamplingConfig(n=group, temperature=1.0, max_new_tokens=args.new, seed=0))
-    from qerl.rollout.vllm_outputs import policy_logprobs
+    from qerl.rollout.vllm.outputs import policy_logprobs
 
     mask = rollout.completion_mask.bool()
     sampled = rollout.completion_ids[mask]

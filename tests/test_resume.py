@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
 
 COMPARED = ["train/loss", "train/grad_norm", "reward/total_mean", "rollout/length_mean", "train/entropy",
-            "noise/sigma", "train/lr", "train/ratio_mean"]
+            "noise/sigma", "train/lr", "train/ratio_mean",
+            "reward/running_mean", "train/accuracy_running"]  # running means continue through a resume
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -118,3 +119,27 @@ def test_qerl_fit_reports_a_lora_target_matching_no_module_without_a_traceback(t
     assert main(["fit", "--config", str(recipe), "--model.lora.targets=[q_proj,attn_qkv]"]) != 0
     err = capsys.readouterr().err
     assert "lora.targets" in err and "attn_qkv" in err and "Traceback" not in err
+
+
+def test_running_means_continue_from_their_saved_window_after_it_wrapped():
+    """13 steps through a window of 4 (the ring wrapped): a fresh RunningRewards loaded from the saved state
+    gives the same means as the original, now and after 3 more steps."""
+    from qerl.training.running_rewards import RunningRewards
+
+    gen = torch.Generator().manual_seed(0)
+    steps = [(torch.rand(6, generator=gen), (torch.rand(6, generator=gen) > 0.5).float()) for _ in range(16)]
+    original, restored = RunningRewards(window=4), RunningRewards(window=4)
+    for rewards, correct in steps[:13]:
+        original.update(rewards, correct)
+    restored.load_state(original.state())
+    assert restored.compute() == original.compute()
+    for rewards, correct in steps[13:]:
+        original.update(rewards, correct)
+        restored.update(rewards, correct)
+        assert restored.compute() == original.compute()
+    last4 = torch.cat([r for r, _ in steps[12:]])
+    assert original.compute()["reward/running_mean"] == pytest.approx(float(last4.mean()), rel=1e-6)
+    other = RunningRewards(window=5)
+    other.load_state(original.state())  # another window length: nothing carried over
+    other.update(*steps[0])
+    assert other.compute()["reward/running_mean"] == pytest.approx(float(steps[0][0].mean()), rel=1e-6)

@@ -1,8 +1,9 @@
 """`ResumableRun`: the QeRLModule hooks that make a resumed run continue exactly where the killed one stopped.
 
 A checkpoint keeps only the trainable tensors, the RNG states (every rank's), how many prompt batches this epoch
-consumed, the rollout seed, the non-finite-step streak and the last step's metrics; the first step after a
-resume skips the consumed prompts and restores the RNG (`qerl.training.resume`).
+consumed, the rollout seed, the non-finite-step streak, the windows of the running means (every rank's:
+`reward/running_mean`, `train/accuracy_running`) and the last step's metrics; the first step after a resume
+skips the consumed prompts and restores the RNG (`qerl.training.resume`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 
 class ResumableRun:
     """Mixed into `QeRLModule` (before `LightningModule`); uses its `seed`, `_batches_drawn`, `_nan_streak`,
-    `_pending_resume` and `_step_metrics`."""
+    `running`, `_pending_resume` and `_step_metrics`."""
 
     def on_train_epoch_start(self) -> None:
         if self._pending_resume is None:
@@ -27,9 +28,11 @@ class ResumableRun:
         rng = capture_rng()
         checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn, "seed": self.seed,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
-        by_rank = distributed.gather_objects(rng)  # every rank runs this hook (rank 0 writes): each keeps its own RNG
+        # every rank runs this hook (rank 0 writes): each keeps its own RNG and running-mean window
+        by_rank = distributed.gather_objects((rng, self.running.state()))
+        checkpoint["qerl"]["running_by_rank"] = [running for _, running in by_rank]
         if len(by_rank) > 1:
-            checkpoint["qerl"]["rng_by_rank"] = by_rank
+            checkpoint["qerl"]["rng_by_rank"] = [state for state, _ in by_rank]
         if self._step_metrics is not None and self._trainer is not None:
             # a checkpoint saved at a step's end is written before Lightning hands that step's metrics to the
             # logger: keep them, so a run resumed from it logs them if a kill lost them (qerl.training.run_folder purges
@@ -40,6 +43,10 @@ class ResumableRun:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
+        running = checkpoint.get("qerl", {}).get("running_by_rank")
+        if running:  # this rank's window when the run has as many ranks, else rank 0's (older checkpoints: none)
+            size, rank = distributed.world()
+            self.running.load_state(running[rank] if len(running) == size else running[0])
         # the rollout seed of the run being resumed (it follows seed_everything, which may have been drawn at random)
         self.seed = int(checkpoint.get("qerl", {}).get("seed", self.seed))
 

@@ -22,7 +22,7 @@ from qerl.memory.engine import (
 )
 from qerl.models import RandomInit
 from qerl.rollout import HF, VLLM
-from qerl.rollout.vllm_memory import CPU_UTILIZATION, wake_message
+from qerl.rollout.vllm.memory import CPU_UTILIZATION, wake_message
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

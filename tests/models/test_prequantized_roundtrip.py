@@ -87,7 +87,7 @@ def test_library_folder_reexports_without_drift(tmp_path, capsys):
 def test_vllm_serves_the_loaded_folder_until_the_base_changes(tmp_path):
     pytest.importorskip("compressed_tensors")
     from qerl.lora.apply import apply_lora
-    from qerl.rollout.vllm_engine import unchanged_source_folder
+    from qerl.rollout.vllm.engine import unchanged_source_folder
 
     _, folder = write_ct_checkpoint(tmp_path / "lib", "NVFP4A16", seed=2)
     model, _ = HFModel(str(folder)).load("NVFP4", dtype="float32")

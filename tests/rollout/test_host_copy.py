@@ -1,11 +1,11 @@
-"""`qerl.rollout.host_copy.to_host`: the adapter snapshot handed to the vLLM engine - the same numbers as a copy per
+"""`qerl.rollout.vllm.host_copy.to_host`: the adapter snapshot handed to the vLLM engine - the same numbers as a copy per
 tensor, cast to the engine's LoRA dtype, one pinned transfer per dtype from a GPU, never aliasing the sources."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qerl.rollout.host_copy import to_host
+from qerl.rollout.vllm.host_copy import to_host
 
 
 def adapter_like(device: str) -> dict[str, torch.Tensor]:

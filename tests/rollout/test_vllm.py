@@ -55,7 +55,7 @@ def hf_logprobs(policy, prompt: list[int], completion: list[int]) -> torch.Tenso
 
 
 def engine_norms(backend) -> dict[str, torch.Tensor]:
-    from qerl.rollout.vllm_sync import read_weights
+    from qerl.rollout.vllm.worker import read_weights
 
     return backend.llm.collective_rpc(read_weights, args=(NORMS,))[0]
 
@@ -91,7 +91,7 @@ def test_generation_maps_sampling_and_returns_engine_logprobs_matching_the_polic
 
 def test_update_mode_skips_the_scoring_forward_and_the_update_reports_the_same_mismatch(engine):
     from qerl.algorithms import GRPO
-    from qerl.rollout.vllm_outputs import mismatch
+    from qerl.rollout.vllm.outputs import mismatch
     from qerl.training.update import TrainBatch, accumulate_gradients
 
     backend, policy, _ = engine
@@ -280,7 +280,7 @@ def test_importance_weights_scale_the_policy_gradient_token_by_token():
 # ---------------------------------------------------------------- bad input, caught before any engine starts
 def test_missing_vllm_names_the_extra_to_install(monkeypatch):
     from qerl.rollout.vllm import VLLM
-    from qerl.rollout.vllm_engine import VLLMSetupError
+    from qerl.rollout.vllm.engine import VLLMSetupError
 
     policy, tokenizer = tiny_policy()
     monkeypatch.setitem(sys.modules, "vllm", None)
@@ -309,7 +309,7 @@ def test_nvfp4_export_for_the_gpu_engine_writes_compressed_tensors_names(tmp_pat
     from safetensors.torch import load_file
 
     from qerl.models.logprobs import causal_lm
-    from qerl.rollout.vllm_engine import export_quantized, has_nvfp4_layers
+    from qerl.rollout.vllm.engine import export_quantized, has_nvfp4_layers
 
     policy, tokenizer = tiny_policy()
     lm = causal_lm(policy)
@@ -325,7 +325,7 @@ def test_nvfp4_export_for_the_gpu_engine_writes_compressed_tensors_names(tmp_pat
 
 def test_a_model_vllm_cannot_load_fails_with_a_clear_error():
     from qerl.rollout.vllm import VLLM
-    from qerl.rollout.vllm_engine import VLLMSetupError
+    from qerl.rollout.vllm.engine import VLLMSetupError
 
     policy, tokenizer = tiny_policy(hidden_size=64, intermediate_size=128, num_attention_heads=4)  # head_dim 16
     with pytest.raises(VLLMSetupError, match="vLLM started but could not generate.*head_dim=16"):

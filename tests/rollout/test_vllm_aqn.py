@@ -33,7 +33,7 @@ def bf16_policy(device: str):
 
 
 def check_engine_holds_every_sigma(backend) -> None:
-    from qerl.rollout.vllm_sync import norm_dtypes, read_weights
+    from qerl.rollout.vllm.worker import norm_dtypes, read_weights
 
     dtypes = backend.llm.collective_rpc(norm_dtypes)[0]
     assert all(dtypes[n] == "float32" for n in TARGETED), dtypes
@@ -72,7 +72,7 @@ class Engine:
 
 
 def test_engine_noise_lost_to_bf16_warns_with_the_realized_sigma():
-    from qerl.rollout.vllm_norms import engine_realized
+    from qerl.rollout.vllm.norms import engine_realized
 
     z = torch.randn(512, generator=torch.Generator().manual_seed(0)).double() * 5e-4
     lost = (1 + z).bfloat16().double() - 1
@@ -85,7 +85,7 @@ def test_engine_noise_lost_to_bf16_warns_with_the_realized_sigma():
 
 
 def test_float32_norms_are_wanted_only_for_a_narrower_engine_and_targeted_float32_norms(tiny_llama):
-    from qerl.rollout.vllm_norms import wants_float32_norms
+    from qerl.rollout.vllm.norms import wants_float32_norms
 
     model = tiny_llama().to(torch.bfloat16)
     assert not wants_float32_norms(model, "bfloat16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qerl.rollout.vllm_ranks import engine_placement, make_group, tensor_parallel_groups
+from qerl.rollout.vllm.ranks import engine_placement, make_group, tensor_parallel_groups
 
 
 def test_tensor_parallel_groups_are_consecutive_ranks():

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from qerl.models import RandomInit
-from qerl.rollout.vllm_engine import check_version, marlin_shape_problem, quantized_format, served_format
+from qerl.rollout.vllm.engine import check_version, marlin_shape_problem, quantized_format, served_format
 
 
 @pytest.mark.parametrize("quantizer, served", [("NVFP4", "nvfp4"), ("MXFP4", "mxfp4"), ("NF4", None), (None, None)])
@@ -38,7 +38,7 @@ def test_an_engine_that_does_not_fit_names_the_setting_and_the_numbers(monkeypat
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from qerl.lora.apply import apply_lora
     from qerl.rollout.vllm import VLLM
-    from qerl.rollout.vllm_engine import VLLMSetupError
+    from qerl.rollout.vllm.engine import VLLMSetupError
 
     model, tok = RandomInit(config={"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2,
                                     "num_key_value_heads": 2}, seed=0).load(quantizer="NVFP4", dtype="float32")
@@ -55,7 +55,7 @@ def test_non_finite_engine_logprobs_stop_with_one_line_naming_the_way_out():
 
     import torch
 
-    from qerl.rollout.vllm_outputs import EngineOutputError, check_finite_logprobs
+    from qerl.rollout.vllm.outputs import EngineOutputError, check_finite_logprobs
 
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # the shapes of Rollout.completion_mask / .logprobs
     padded_nan = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, float("nan"), 0.0]])  # NaN only at padding
@@ -73,7 +73,7 @@ def test_dense_export_keeps_every_layer_when_dequantized_weights_reuse_one_addre
     import torch
 
     from qerl.quantizers.layers import QuantLinear
-    from qerl.rollout.vllm_engine import dense_base_state_dict
+    from qerl.rollout.vllm.engine import dense_base_state_dict
 
     model, _ = RandomInit(config={"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2,
                                   "num_key_value_heads": 2, "num_hidden_layers": 2}, seed=0).load(quantizer="NF4")
@@ -100,7 +100,7 @@ def test_memory_freed_while_vllm_profiles_is_named_as_a_release_not_a_misfit(mon
     the H200 GPU suite); that is not "the engine does not fit", and the message must not say so."""
     import vllm
 
-    from qerl.rollout.vllm_engine import VLLMSetupError, build_llm
+    from qerl.rollout.vllm.engine import VLLMSetupError, build_llm
 
     said = ("Error in memory profiling. Initial free memory 110.51 GiB, current free memory 138.38 GiB. This happens "
             "when other processes sharing the same container release GPU memory while vLLM is profiling")

@@ -17,16 +17,15 @@ from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
-from qerl.rollout import vllm_engine as engine
-from qerl.rollout import vllm_memory, vllm_ranks, vllm_sync  # vllm_ranks: under DDP an engine per rank or per TP group
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.host_copy import to_host
-from qerl.rollout.vllm_checks import check_adapter, check_settings, warn_dense
-from qerl.rollout.vllm_engine import engine_name, scratch_dir
-from qerl.rollout.vllm_noise import EngineNoise
-from qerl.rollout.vllm_norms import float32_rms_norms, wants_float32_norms
-from qerl.rollout.vllm_outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
-from qerl.rollout.vllm_sleep import EngineSleep
+from qerl.rollout.vllm import engine, memory, ranks, worker  # ranks: under DDP an engine per rank or per TP group
+from qerl.rollout.vllm.checks import check_adapter, check_settings, warn_dense
+from qerl.rollout.vllm.engine import engine_name, scratch_dir
+from qerl.rollout.vllm.host_copy import to_host
+from qerl.rollout.vllm.noise import EngineNoise
+from qerl.rollout.vllm.norms import float32_rms_norms, wants_float32_norms
+from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
+from qerl.rollout.vllm.sleep import EngineSleep
 from qerl.types import Rollout, SamplingConfig
 
 
@@ -48,7 +47,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             rounded up to 0.01, resolved in `setup` (`resolved_utilization`); on the CPU build 0.3.
         max_model_len: longest prompt + completion the engine serves.
         tensor_parallel_size: GPUs the engine shards over (under DDP: groups of that many ranks share one engine,
-            see `qerl.rollout.vllm_ranks` and docs/multi-gpu.md).
+            see `qerl.rollout.vllm.ranks` and docs/multi-gpu.md).
         enable_sleep_mode: free the engine's weights/KV cache while training (`release_memory`), wake to generate.
             "auto": the start-up memory plan turns it on only when the run would not fit with the engine awake
             through training (sleeping costs a copy of the engine's weights out and in every step).
@@ -144,8 +143,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
-        placement = vllm_ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
-        self._tp_group = vllm_ranks.make_group(self.tensor_parallel_size)
+        placement = ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
+        self._tp_group = ranks.make_group(self.tensor_parallel_size)
         try:
             with float32_rms_norms(wants_float32_norms(lm, dtype)):  # AQN noise needs float32 norm weights
                 self.llm = engine.build_llm(
@@ -159,7 +158,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
-        self._lora_dtype = self.llm.collective_rpc(vllm_sync.lora_dtype)[0]  # the snapshot is cast to it
+        self._lora_dtype = self.llm.collective_rpc(worker.lora_dtype)[0]  # the snapshot is cast to it
         self.sync_weights(policy)
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())
@@ -175,14 +174,14 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         """The engine's memory on one GPU of `device`'s kind for `policy` (`qerl.memory.engine`): its weights as
         they would be served, the LoRA slot, max_num_seqs x max_model_len of KV cache (or `kv_cache_memory_gb`)
         and the profiling / graph allowance. Built before the engine, from the policy's HF config."""
-        return vllm_memory.engine_estimate(self, policy, device)
+        return memory.engine_estimate(self, policy, device)
 
     def _utilization(self, policy: nn.Module) -> float:
-        """`gpu_memory_utilization` as a number (`qerl.rollout.vllm_memory.resolve_utilization`)."""
-        return vllm_memory.resolve_utilization(self, policy)
+        """`gpu_memory_utilization` as a number (`qerl.rollout.vllm.memory.resolve_utilization`)."""
+        return memory.resolve_utilization(self, policy)
 
     def _check_adapter(self, policy: nn.Module) -> dict:
-        """The policy's peft LoRA config as a dict (`qerl.rollout.vllm_checks.check_adapter`); sets max_lora_rank."""
+        """The policy's peft LoRA config as a dict (`qerl.rollout.vllm.checks.check_adapter`); sets max_lora_rank."""
         config, self.max_lora_rank = check_adapter(policy, self.max_lora_rank)
         return config
 
@@ -213,11 +212,11 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self._pending, started = None, time.perf_counter()
         self._lora_id += 1
         if self.lora_transfer == "memory":
-            self.llm.collective_rpc(vllm_sync.load_lora_tensors, args=(self._lora_id, self.lora_config, lora))
+            self.llm.collective_rpc(worker.load_lora_tensors, args=(self._lora_id, self.lora_config, lora))
         else:
             self._write_adapter_folder()
         if dense:
-            self.llm.collective_rpc(vllm_sync.load_named_weights, args=(dense,))
+            self.llm.collective_rpc(worker.load_named_weights, args=(dense,))
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
         self.sync_timings["apply_s"] = time.perf_counter() - started
 
@@ -256,7 +255,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         start = time.perf_counter()
-        outputs = vllm_ranks.generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
+        outputs = ranks.generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         check_finite_logprobs(rollout, self.served_as)
@@ -289,7 +288,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
     def engine_linear_methods(self) -> dict[str, int]:
         """How the engine serves the base: {vLLM scheme / quant-method class: number of linear layers}."""
         self._ready()
-        return self.llm.collective_rpc(vllm_sync.linear_methods)[0]
+        return self.llm.collective_rpc(worker.linear_methods)[0]
 
     def close(self) -> None:
         """Drop the engine and its scratch folders."""

@@ -1,12 +1,12 @@
 """What the `VLLM` backend checks and says before its engine starts: settings vLLM would refuse, the adapter it
-can take, and why a 4-bit base would be served dense (`qerl.rollout.vllm`)."""
+can take, and why a 4-bit base would be served dense (`qerl.rollout.vllm.backend`)."""
 from __future__ import annotations
 
 import warnings
 
 from torch import nn
 
-from qerl.rollout.vllm_engine import SERVED_FORMATS
+from qerl.rollout.vllm.engine import SERVED_FORMATS
 
 #: max_lora_rank values vLLM accepts
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -1,7 +1,7 @@
 """The `VLLM` backend's side of the memory plan: the engine estimate for a policy, `gpu_memory_utilization: auto`.
 
 The arithmetic is `qerl.memory.engine`'s; this file maps the backend's settings onto it (kept apart from
-`vllm.py`, which builds and drives the engine).
+`backend.py`, which builds and drives the engine).
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
-from qerl.rollout import vllm_sync
-from qerl.rollout.vllm_engine import engine_name
-from qerl.rollout.vllm_norms import engine_realized
+from qerl.rollout.vllm import worker
+from qerl.rollout.vllm.engine import engine_name
+from qerl.rollout.vllm.norms import engine_realized
 
 
 class EngineNoise:
@@ -20,7 +20,7 @@ class EngineNoise:
         """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly.
 
         `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
-        float32 norms, see `qerl.rollout.vllm_norms`)."""
+        float32 norms, see `qerl.rollout.vllm.norms`)."""
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
@@ -28,12 +28,12 @@ class EngineNoise:
         with noisy_norms(self.policy, sigma, seed=seed) as applied:
             noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
             try:
-                moved = self.llm.collective_rpc(vllm_sync.add_norm_noise, args=(noise,))[0]
+                moved = self.llm.collective_rpc(worker.add_norm_noise, args=(noise,))[0]
                 self.noise_metrics = engine_realized(moved, sigma, self).metrics()
                 self.llm.reset_prefix_cache()
                 self._noise_sigma = sigma
                 yield
             finally:
                 self._noise_sigma = 0.0
-                self.llm.collective_rpc(vllm_sync.restore_norms)
+                self.llm.collective_rpc(worker.restore_norms)
                 self.llm.reset_prefix_cache()

@@ -67,7 +67,7 @@ def float32_rms_norms(enabled: bool = True) -> Iterator[None]:
 
 
 def engine_realized(moved: dict, sigma: float, owner: object) -> RealizedNoise:
-    """`RealizedNoise` from `vllm_sync.add_norm_noise`'s answer; warns (once per `owner`, the backend) when the
+    """`RealizedNoise` from `worker.add_norm_noise`'s answer; warns (once per `owner`, the backend) when the
     engine's dtype lost the noise."""
     realized = measure_changes(moved["changes"], moved["drawn"], moved["dtype"])
     warn_if_not_held(realized, sigma, "the vLLM engine", FIX, owner)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from qerl.rollout import vllm_memory
+from qerl.rollout.vllm import memory
 
 
 class EngineSleep:
@@ -43,7 +43,7 @@ class EngineSleep:
         except RuntimeError as exc:  # vLLM's cumem pool: "CUDA Error: out of memory"
             if "out of memory" not in str(exc).lower():
                 raise
-            message = vllm_memory.wake_message(exc, self.resolved_utilization or 0.0,
+            message = memory.wake_message(exc, self.resolved_utilization or 0.0,
                                                torch.cuda.get_device_properties(0).total_memory,
                                                torch.cuda.mem_get_info()[0], torch.cuda.memory_allocated())
             raise torch.OutOfMemoryError(message) from exc
