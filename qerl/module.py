@@ -18,6 +18,7 @@ from qerl.models.base import PolicyLoader
 from qerl.models.logprobs import stored_logprobs
 from qerl.noise.base import NoiseDraw, NoiseSchedule
 from qerl.noise.inject import noisy_norms
+from qerl.noise.precision import RealizedNoise
 from qerl.quantizers.base import Quantizer
 from qerl.quantizers.dequant_cache import dequantize_once
 from qerl.rewards.base import Reward
@@ -215,7 +216,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         metrics.update(self.running.compute())
         metrics.update(self.rollout.last_metrics)  # e.g. VLLM: rollout/mismatch_kl
         if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
-            metrics.update(dict.fromkeys(("noise/realized_sigma", "noise/moved_fraction"), 0.0)
+            metrics.update(dict.fromkeys(RealizedNoise.TAGS, 0.0)
                            if self.noise_draw.sigma <= 0 else self.rollout.noise_metrics)
         kept_groups, seen_groups = distributed.sum_over_ranks([train.num_groups, seen.num_groups], self.device)
         metrics["data/groups_kept_frac"] = kept_groups / max(1.0, seen_groups)
@@ -245,7 +246,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         noise = self.noise_draw
         if noise.in_training and noise.sigma > 0:
             def forward_context():
-                return noisy_norms(self.model, noise.sigma, seed=noise.seed)
+                return noisy_norms(self.model, noise.sigma, seed=noise.seed, relative=noise.relative)
 
         totals = distributed.global_totals(batch.rollout.num_rows, float(batch.rollout.completion_mask.sum()),
                                            self.device)  # None in one process

@@ -21,14 +21,16 @@ class NoiseCallback(L.Callback):
     step (the rollout backend's `noise(sigma, seed)`, and the training forward when enabled)
     draws the same Z, and a resumed run draws what the uninterrupted run would have; and
     `in_training` (`apply_in_training`): whether the module also wraps its training forward
-    (and backward) in `noisy_norms(policy, sigma, seed)`.
+    (and backward) in `noisy_norms(policy, sigma, seed)`; and `relative`, the schedule's
+    (noise scaled by each norm weight's |w|).
 
     The callback itself never touches weights: the module applies the noise where it
     generates, and logs what the generating engine really applied next to `noise/sigma`:
-    `noise/realized_sigma` and `noise/moved_fraction` (measured on the engine's weights after
-    its dtype; see `qerl.noise.precision`). Its state (base seed, planned total_steps, last step and sigma) is saved in
-    checkpoints; a resumed run keeps the planned total_steps, so the schedule continues
-    where it stopped (steps past that total stay in the last stage).
+    `noise/realized_sigma`, `noise/moved_fraction` and `noise/row_sigma` (the spread of Z/w the
+    rows get), measured on the engine's weights after its dtype (see `qerl.noise.precision`).
+    Its state (base seed, planned total_steps, last step and sigma) is saved in checkpoints; a resumed
+    run keeps the planned total_steps, so the schedule continues where it stopped (steps past that
+    total stay in the last stage).
 
     Args:
         schedule: the sigma schedule, e.g. `Exponential()`.
@@ -62,7 +64,7 @@ class NoiseCallback(L.Callback):
             self.on_fit_start(trainer, pl_module)
         step = int(trainer.global_step)
         sigma = float(self.schedule.sigma_at(step, self.total_steps))
-        pl_module.noise_draw = NoiseDraw(sigma, self.seed_for(step), self.apply_in_training)
+        pl_module.noise_draw = NoiseDraw(sigma, self.seed_for(step), self.apply_in_training, self.schedule.relative)
         self.last_step, self.last_sigma = step, sigma
         pl_module.log("noise/sigma", sigma, on_step=True, on_epoch=False, batch_size=1)
 

@@ -12,6 +12,11 @@ is evaluated at the stage's progress
     t_k = (k - 1) / (K - 2)        (t = 0 when K = 2: the one noisy stage gets sigma_start)
 
 so every decay shares the same stage boundaries and end points.
+
+Every schedule also takes `relative` (keyword only, default False). Absolute noise adds Z ~ N(0, sigma^2) to a
+norm weight w, which multiplies the following rows by (1 + Z/w): its effect depends on the model's norm
+magnitudes. Relative noise draws Z = sigma * |w| * N(0, 1) per channel, so every row gets (1 +- sigma * N(0, 1))
+whatever the model (see `qerl.noise.inject.noisy_norms`).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,19 +35,42 @@ class NoiseDraw:
         sigma: the step's sigma (0: no noise).
         seed: the step's noise seed, shared by every consumer of the step so all draw the same Z.
         in_training: also wrap the training forward (and backward) in the noise, not only the rollout.
+        relative: sigma is relative to each channel's norm weight (Z = sigma * |w| * N(0, 1)); the schedule's
+            `relative`.
     """
 
     sigma: float = 0.0
     seed: int | None = None
     in_training: bool = False
+    relative: bool = False
 
 
+@dataclass(frozen=True)
 class NoiseSchedule(ABC):
-    """Maps (step, total_steps) to the AQN standard deviation sigma >= 0."""
+    """Maps (step, total_steps) to the AQN standard deviation sigma >= 0.
+
+    Args:
+        relative: scale each channel's noise by its norm weight's magnitude |w| (Z = sigma * |w| * N(0, 1)), so
+            sigma is the same multiplicative noise (1 + Z/w) on the following rows in any model; False (default):
+            the paper's absolute Z ~ N(0, sigma^2).
+    """
+
+    relative: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        check_relative(type(self).__name__, self.relative)
 
     @abstractmethod
     def sigma_at(self, step: int, total_steps: int) -> float:
         """Sigma for optimizer step `step` (0-based) of a run of `total_steps`."""
+
+
+def check_relative(owner: str, value) -> bool:
+    """`value` if it is a bool, else a TypeError that names `owner.relative`."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: relative={value!r} is not a boolean; give true (noise scaled by each norm "
+                        "weight's |w|) or false (the paper's absolute sigma).")
+    return value
 
 
 def check_sigma(owner: str, name: str, value: float) -> float:
@@ -137,6 +165,7 @@ class StagedDecay(NoiseSchedule):
     num_stages: int = 10
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_decay(type(self).__name__, self.sigma_start, self.sigma_end, self.num_stages)
 
     @staticmethod

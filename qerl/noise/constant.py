@@ -19,6 +19,7 @@ class Constant(NoiseSchedule):
     sigma: float = 1e-3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_sigma("Constant", "sigma", self.sigma)
 
     def sigma_at(self, step: int, total_steps: int) -> float:

@@ -5,6 +5,9 @@ scale of the norm that feeds q/k/v (`input_layernorm`) or gate/up
 (`post_attention_layernorm`) multiplies each input channel of those
 projections by `(w + Z) / w`. o_proj and down_proj see the noise only through
 what flows into them. No parameter is added and no kernel changes.
+
+Absolute noise (the paper's) draws Z ~ N(0, sigma^2); relative noise draws Z = sigma * |w| * N(0, 1), so the
+rows' factor `1 + Z/w` has spread sigma in every model, whatever its norm magnitudes.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from qerl.noise.base import check_sigma
+from qerl.noise.base import check_relative, check_sigma
 from qerl.noise.precision import RealizedNoise, measure_noise, warn_if_not_held
 from qerl.noise.targets import DEFAULT_TARGETS, targeted_norms
 
@@ -39,8 +42,9 @@ def noisy_norms(
     seed: int | None = None,
     targets: Sequence[str] | str = DEFAULT_TARGETS,
     generator: torch.Generator | None = None,
+    relative: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Add Z ~ N(0, sigma^2) per channel to targeted norm weights for the duration of the block.
+    """Add Z ~ N(0, sigma^2) (`relative`: sigma * |w| * N(0, 1)) per channel to the targeted norm weights in the block.
 
     One independent vector Z of length d is drawn for each targeted norm (so each decoder
     layer gets its own), in model order, and added to that norm's weight in place. On exit -
@@ -64,11 +68,14 @@ def noisy_norms(
             for a rollout and the training forward of one step). None uses torch's global RNG.
         targets: module-name suffixes of the norms to perturb; see `targeted_norms`.
         generator: a torch.Generator to draw from instead of `seed` (Z is drawn on its device).
+        relative: scale each channel's noise by its clean weight's magnitude: Z = sigma * |w| * N(0, 1), drawn
+            from the same N(0, 1) as the absolute noise of the same seed. Every copy of a norm (peft) gets the
+            Z of its first copy, so all engines apply one Z.
 
     Yields:
         An `AppliedNoise`: {norm name: Z (float32, on the generator's device)} (empty at sigma 0), with
-        `.realized` (a `RealizedNoise` measured on the model's weights) and `.measure(pairs)` for the
-        weights another engine multiplies by.
+        `.realized` (a `RealizedNoise` measured on the model's weights, `row_sigma` included) and `.measure(pairs)`
+        for the weights another engine multiplies by.
 
     Notes:
         Autograd: if a forward that needs gradients runs inside the block, run its backward
@@ -76,6 +83,7 @@ def noisy_norms(
         Nested blocks on the same weights stack their noise; each restores what it found.
     """
     value = check_sigma("noisy_norms", "sigma", sigma)
+    check_relative("noisy_norms", relative)
     if seed is not None and generator is not None:
         raise ValueError("noisy_norms: give seed or generator, not both.")
     groups = targeted_norms(model, targets)
@@ -93,6 +101,8 @@ def noisy_norms(
             for name, weights in groups.items():
                 size = weights[0].numel()
                 z = torch.randn(size, generator=generator, dtype=torch.float32, device=device).mul_(value)
+                if relative:
+                    z.mul_(weights[0].detach().to(device=device, dtype=torch.float32).abs())
                 applied[name] = z
                 for weight in weights:
                     if weight.numel() != size:
@@ -104,7 +114,8 @@ def noisy_norms(
                     weight.copy_(noisy.to(weight.dtype))
             applied.realized = applied.measure([(w, w) for w, _ in saved])
         warn_if_not_held(applied.realized, value, type(model).__name__,
-                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model)
+                         "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model,
+                         relative)
         yield applied
     finally:
         with torch.no_grad():

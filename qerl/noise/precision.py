@@ -32,6 +32,9 @@ class RealizedNoise:
         rounding: RMS of (change - Z): the part of the drawn noise Z that the weight's dtype could not hold.
         channels: how many channels were measured.
         dtype: the dtype(s) of the measured weights.
+        row_sigma: standard deviation of change / clean weight over the channels whose clean weight is not 0: the
+            spread of the factor (1 + Z/w) the following rows really get (sigma itself for relative noise).
+        drawn_rms: RMS of the drawn Z over the channels (sigma for absolute noise, sigma * rms|w| for relative).
     """
 
     sigma: float
@@ -39,45 +42,64 @@ class RealizedNoise:
     rounding: float
     channels: int
     dtype: str
+    row_sigma: float = 0.0
+    drawn_rms: float = 0.0
+
+    #: the TensorBoard tags `metrics` returns (a step at sigma 0 logs 0 for each)
+    TAGS = ("noise/realized_sigma", "noise/moved_fraction", "noise/row_sigma")
 
     def metrics(self) -> dict[str, float]:
-        """The TensorBoard scalars: `noise/realized_sigma` and `noise/moved_fraction`."""
-        return {"noise/realized_sigma": self.sigma, "noise/moved_fraction": self.moved}
+        """The TensorBoard scalars: `noise/realized_sigma`, `noise/moved_fraction` and `noise/row_sigma`."""
+        return dict(zip(self.TAGS, (self.sigma, self.moved, self.row_sigma), strict=True))
 
 
-def measure_changes(changes: torch.Tensor, drawn: torch.Tensor, dtype: str) -> RealizedNoise:
-    """`RealizedNoise` of per-channel weight changes (noisy - clean) against the drawn noise of the same channels."""
+def measure_changes(changes: torch.Tensor, drawn: torch.Tensor, dtype: str,
+                    clean: torch.Tensor | None = None) -> RealizedNoise:
+    """`RealizedNoise` of per-channel weight changes (noisy - clean) against the drawn noise of the same channels;
+    `row_sigma` needs the `clean` weights of those channels (0 without them)."""
     changes, drawn = changes.detach().double().flatten().cpu(), drawn.detach().double().flatten().cpu()
     if changes.numel() == 0:
         return RealizedNoise(0.0, 0.0, 0.0, 0, dtype)
     sigma = float(changes.std(correction=0))
     rounding = float((changes - drawn).pow(2).mean().sqrt())
-    return RealizedNoise(sigma, float((changes != 0).double().mean()), rounding, changes.numel(), dtype)
+    row_sigma = 0.0
+    if clean is not None:
+        clean = clean.detach().double().flatten().cpu()
+        live = clean != 0
+        row_sigma = float((changes[live] / clean[live]).std(correction=0)) if bool(live.any()) else 0.0
+    return RealizedNoise(sigma, float((changes != 0).double().mean()), rounding, changes.numel(), dtype, row_sigma,
+                         float(drawn.pow(2).mean().sqrt()))
 
 
 def measure_noise(weights: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> RealizedNoise:
     """`RealizedNoise` over (noisy weight as the engine uses it, clean weight, drawn Z) triples."""
-    changes, drawn, dtypes = [], [], []
-    for noisy, clean, z in weights:
-        changes.append(noisy.detach().double().flatten().cpu() - clean.detach().double().flatten().cpu())
-        drawn.append(z.detach().double().flatten().cpu())
-        dtypes.append(str(noisy.dtype).removeprefix("torch."))
-    if not changes:
+    triples = [(noisy.detach(), clean.detach(), z.detach()) for noisy, clean, z in weights]
+    if not triples:
         return RealizedNoise(0.0, 0.0, 0.0, 0, "")
-    return measure_changes(torch.cat(changes), torch.cat(drawn), "/".join(sorted(set(dtypes))))
+    dtypes = "/".join(sorted({str(noisy.dtype).removeprefix("torch.") for noisy, _, _ in triples}))
+    device, where_z = triples[0][0].device, triples[0][2].device
+    with torch.no_grad():  # one device-to-host copy for all norms, not three per norm
+        clean = torch.cat([c.to(device=device, dtype=torch.float64).flatten() for _, c, _ in triples])
+        noisy = torch.cat([n.to(device=device, dtype=torch.float64).flatten() for n, _, _ in triples])
+        changes, clean = torch.stack([noisy - clean, clean]).cpu()
+        drawn = torch.cat([z.to(device=where_z, dtype=torch.float64).flatten() for _, _, z in triples]).cpu()
+    return measure_changes(changes, drawn, dtypes, clean)
 
 
-def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str, owner: object) -> bool:
-    """Warn (once per `owner` - the model or engine - and dtype) when the weights lost more than 10% of sigma to
-    rounding; True if the noise was held."""
-    if sigma <= 0 or realized.channels == 0 or realized.rounding <= HELD_TOLERANCE * sigma:
+def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str, owner: object,
+                     relative: bool = False) -> bool:
+    """Warn (once per `owner` - the model or engine - and dtype) when the weights lost more than 10% of the noise to
+    rounding (of sigma; of the drawn noise's RMS for `relative` noise); True if the noise was held."""
+    scale = realized.drawn_rms if relative else sigma
+    if sigma <= 0 or realized.channels == 0 or realized.rounding <= HELD_TOLERANCE * scale:
         return True
     seen = _warned.setdefault(owner, set())
     key = (where, realized.dtype)
     if key not in seen:
         seen.add(key)
+        kind = "relative noise of sigma" if relative else "noise of sigma"
         warnings.warn(
-            f"AQN: {where} holds its norm weights in {realized.dtype}, which cannot hold noise of sigma={sigma:.3g}: "
+            f"AQN: {where} holds its norm weights in {realized.dtype}, which cannot hold {kind}={sigma:.3g}: "
             f"the realized sigma is {realized.sigma:.3g} ({100 * realized.moved:.1f}% of {realized.channels} channels "
             f"moved). {fix}", RuntimeWarning, stacklevel=3)
     return False

@@ -29,7 +29,7 @@ class RolloutBackend(ABC):
     """Generates completions for the current policy.
 
     Lifecycle: `setup(policy, tokenizer)` once, then per step `sync_weights(policy)`
-    (a no-op for a backend that generates with the policy itself), `noise(sigma, seed)`
+    (a no-op for a backend that generates with the policy itself), `noise(sigma, seed, relative)`
     around generation, and `generate(...)`.
 
     What the training module reads from every backend:
@@ -69,14 +69,15 @@ class RolloutBackend(ABC):
     def sync_weights(self, policy: nn.Module) -> None:
         """Push updated trainable weights (LoRA, norms) into the engine; no-op by default."""
 
-    #: `noise/realized_sigma` and `noise/moved_fraction` of the last `noise` block, measured on the weights
+    #: `noise/realized_sigma`, `noise/moved_fraction`, `noise/row_sigma` of the last `noise` block, on the weights
     #: the generating engine multiplies by (after its dtype); empty before any noise
     noise_metrics: ClassVar[dict[str, float]] = {}  # each backend assigns a new dict, never mutates this one
 
     @contextlib.contextmanager
-    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
-        """Apply AQN noise of `sigma` to the generating model's norms for the duration; sets `noise_metrics`."""
-        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+    def noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
+        """Apply AQN noise of `sigma` (`relative`: scaled by each norm weight's |w|) to the generating model's norms
+        for the duration; sets `noise_metrics`."""
+        with noisy_norms(self.policy, sigma, seed=seed, relative=relative) as applied:
             self.noise_metrics = applied.realized.metrics()
             yield
 

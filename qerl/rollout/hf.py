@@ -79,9 +79,9 @@ class HF(RolloutBackend):
         return True
 
     @contextlib.contextmanager
-    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
+    def noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
         """AQN on the policy's norms; `noise_metrics` are measured on the scales the generating path multiplies by."""
-        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+        with noisy_norms(self.policy, sigma, seed=seed, relative=relative) as applied:
             if applied and self._fast_path(next(self.policy.parameters()).device):
                 self.noise_metrics = applied.measure(self._fast_engine.norm_scales()).metrics()
             else:
