@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from qerl.commands import TOOLS
 from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error
+from qerl.models.base import PolicyLoader
 from qerl.registry import RegistryError, load_all
 
 SUBCOMMANDS = ("fit", "validate", "test")
@@ -171,6 +172,9 @@ class QeRLCLI(LightningCLI):
 
         try:
             check_inputs(self.datamodule, subcommand)  # data files are read and named before the model loads
+            policy = getattr(self.model, "policy", None)
+            if isinstance(policy, PolicyLoader):
+                policy.check_files()  # so are model files (headers only), before the run folder exists
         except Exception as exc:
             if debug_mode() or not is_user_error(exc):
                 raise

@@ -17,8 +17,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(path):
         raise DatasetError(f"Dataset file not found: {path}. Check the path argument of the data module.")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = decoded_line(raw, path, number)
             if not line.strip():
                 continue
             try:
@@ -33,6 +34,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not rows:
         raise DatasetError(f"{path}: the file has no rows.")
     return rows
+
+
+def decoded_line(raw: bytes, path: str, number: int) -> str:
+    """One line of a jsonl file as text; bytes that are not UTF-8 raise `DatasetError` naming file, line and column."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}:{number}: byte 0x{raw[exc.start]:02x} (byte {exc.start + 1} of the line) is not UTF-8 "
+                           "(jsonl files are UTF-8). Re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) "
+                           "or fix that line.") from None
 
 
 def answer_text(value) -> str:
@@ -60,7 +71,10 @@ def rows_from_jsonl(
     for row in read_jsonl(path):
         number = row.pop("_line")
         for key in (question_field, answer_field):
-            if key not in row or row[key] is None:
+            if row.get(key, "") is None:
+                raise DatasetError(f"{os.fspath(path)}:{number}: field {key!r} is null; give it a value or delete "
+                                   "the row.")
+            if key not in row:
                 raise DatasetError(f"{os.fspath(path)}:{number}: missing field {key!r} (row has "
                                    f"{', '.join(sorted(row)) or 'no fields'}). Set question_field/answer_field "
                                    "(qerl eval: --question_field/--answer_field).")

@@ -33,6 +33,10 @@ class PolicyLoader(ABC):
         `measure_errors` (fill `last_report.layer_errors`).
         """
 
+    def check_files(self) -> None:
+        """Name a missing or damaged model file before anything loads (headers only; raises `LoadError` or
+        `ModelNotFoundError`). `qerl fit` calls it before the run folder exists; loaders without files skip it."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "last_report")
         return f"{type(self).__name__}({args})"

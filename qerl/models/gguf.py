@@ -5,6 +5,7 @@ import glob
 import os
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
+from qerl.models.file_checks import check_gguf
 from qerl.models.smollm2 import ModelNotFoundError, gguf_tokenizer, smollm2_folder, smollm2_gguf_path
 from qerl.models.streaming import quantize_loaded
 from qerl.registry import MODELS
@@ -50,6 +51,11 @@ class GGUFModel(PolicyLoader):
                                      "name one with gguf_file=...")
         return folder, found[0]
 
+    def check_files(self) -> None:
+        """The GGUF file exists and starts with the GGUF magic bytes."""
+        folder, name = self.location()
+        check_gguf(os.path.join(folder, name))
+
     def load(self, quantizer=None, dtype=None, device=None, *, skip: tuple[str, ...] = DEFAULT_SKIP,
              measure_errors: bool = False):
         """(model, tokenizer); dense in `dtype` on `device`, then quantized when a quantizer is given."""
@@ -57,6 +63,7 @@ class GGUFModel(PolicyLoader):
 
         quantizer = resolve_quantizer(quantizer)
         dtype, device = resolve_placement(dtype, device)
+        self.check_files()
         folder, name = self.location()
         tokenizer = gguf_tokenizer(folder, name)
         model = AutoModelForCausalLM.from_pretrained(

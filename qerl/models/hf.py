@@ -5,6 +5,7 @@ import os
 from contextlib import ExitStack
 
 from qerl.models.base import DEFAULT_SKIP, PolicyLoader, finish_policy, new_report, resolve_placement, resolve_quantizer
+from qerl.models.file_checks import check_safetensors
 from qerl.models.prequantized import check_quantizer, folder_scheme, load_compressed
 from qerl.models.smollm2 import ModelNotFoundError
 from qerl.models.streaming import LoadError, quantize_loaded, stream_quantized
@@ -43,14 +44,25 @@ class HFModel(PolicyLoader):
             raise LoadError(f"HFModel: could not load a tokenizer from {self.path!r} ({exc}). The folder needs the "
                             "tokenizer files (tokenizer.json / tokenizer_config.json) next to config.json.") from exc
 
+    def check_files(self) -> None:
+        """A local folder has config.json and every *.safetensors header is whole (a hub id is not checked)."""
+        if not os.path.isdir(self.path):
+            if os.path.exists(self.path) or self.path.startswith(("/", ".", "~")) or self.path.count("/") > 1:
+                raise ModelNotFoundError(f"HFModel: {self.path!r} is not a folder; give a Hugging Face model folder "
+                                         "(config.json, *.safetensors, tokenizer files).")
+            return
+        if not os.path.isfile(os.path.join(self.path, "config.json")):
+            raise ModelNotFoundError(f"HFModel: {self.path} has no config.json; is it a Hugging Face model folder?")
+        for file in safetensors_files(self.path):
+            check_safetensors(file)
+
     def load(self, quantizer=None, dtype=None, device=None, *, skip: tuple[str, ...] = DEFAULT_SKIP,
              measure_errors: bool = False):
         """(model, tokenizer); see the class docstring for when loading streams."""
         quantizer = resolve_quantizer(quantizer)
         dtype, device = resolve_placement(dtype, device)
+        self.check_files()
         local = os.path.isdir(self.path)
-        if local and not os.path.isfile(os.path.join(self.path, "config.json")):
-            raise ModelNotFoundError(f"HFModel: {self.path} has no config.json; is it a Hugging Face model folder?")
         files = safetensors_files(self.path) if local else []
         scheme = folder_scheme(self.path) if local else None
         if scheme is not None:

@@ -1,0 +1,131 @@
+"""Bad input a user can cause (issue #35, items 4-6 and 10): one line naming the file, row or key, exit 2, no
+traceback and no run folder left behind."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from test_damaged_files import one_line_error
+
+from qerl.cli import main
+
+RECIPE = """\
+# qerl fit --config {path}
+seed_everything: 0
+trainer:
+  max_steps: 1
+  accelerator: cpu
+  enable_progress_bar: false
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args: {{save_dir: {root}/runs, name: r}}
+model:
+  policy: {policy}
+  quantizer: NVFP4
+  algorithm: GRPO
+  rewards: [GSM8KAccuracy]
+  sampling: {{n: 2, max_new_tokens: 4}}
+  dtype: float32
+data:
+{data}
+"""
+TINY = "{class_path: RandomInit, init_args: {config: tiny}}"
+ARITHMETIC = "  class_path: Arithmetic\n  init_args: {batch_size: 2, num_train: 8, num_test: 4}"
+
+
+def fit(tmp_path, policy=TINY, data=ARITHMETIC) -> int:
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(RECIPE.format(path=path, root=tmp_path, policy=policy, data=data)))
+    return main(["fit", "--config", str(path)])
+
+
+def jsonl_with_latin1(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "1+1", "answer": "2"}\n{"question": "caf\xe9 costs 3", "answer": "3"}\n')
+    return path
+
+
+# ------------------------------------------------------------------------------------------ 4: bytes, nulls
+def test_non_utf8_jsonl_in_fit_names_file_and_line(tmp_path, capsys):
+    path = jsonl_with_latin1(tmp_path)
+    data = f"  class_path: JsonlPrompts\n  init_args: {{train_path: {path}, batch_size: 2}}"
+    assert fit(tmp_path, data=data) == 2
+    line = one_line_error(capsys)
+    assert f"{path}:2: byte 0xe9" in line and "not UTF-8" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (None, "latin1.jsonl:2: byte 0xe9"),
+    ('{"question": "1+1", "answer": null}\n', "rows.jsonl:1: field 'answer' is null"),
+])
+def test_eval_names_the_file_for_bad_bytes_and_nulls(content, said, tmp_path, capsys):
+    path = jsonl_with_latin1(tmp_path) if content is None else tmp_path / "rows.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["eval", "--model", "tiny", "--dataset", "jsonl", "--data_path", str(path), "--limit", "2",
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and said in err, err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ 5: GGUF files
+@pytest.mark.parametrize("kind", ["random_bytes", "missing"])
+def test_bad_gguf_is_one_line_exit_2_and_no_run_folder(kind, tmp_path, capsys):
+    path = tmp_path / "model.gguf"
+    if kind == "random_bytes":
+        path.write_bytes(bytes(range(256)) * 16)
+    assert fit(tmp_path, policy=f"{{class_path: GGUFModel, init_args: {{path: {path}}}}}") == 2
+    line = one_line_error(capsys)
+    assert str(path) in line and ("is not a GGUF file" if kind == "random_bytes" else "neither") in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ 6: safetensors
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """A dense tiny folder (quantized on load) and the same model written pre-quantized by `qerl quantize`."""
+    from qerl.models import RandomInit
+
+    root = tmp_path_factory.mktemp("folders")
+    model, tokenizer = RandomInit("tiny", stream=False).load(dtype="float32")
+    model.save_pretrained(root / "dense")
+    tokenizer.save_pretrained(root / "dense")
+    assert main(["quantize", "--model", "tiny", "--dtype", "float32", "--quantizer", "NVFP4", "--output",
+                 str(root / "packed"), "--format", "compressed-tensors"]) == 0
+    return root
+
+
+def damaged_copy(source, tmp_path, damage: str):
+    import shutil
+
+    folder = tmp_path / source.name
+    shutil.copytree(source, folder)
+    weights = next(folder.glob("*.safetensors"))
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) * 2 // 3])
+    else:  # the header's length field and first bytes overwritten
+        weights.write_bytes(b"\xff" * 16 + data[16:])
+    return weights
+
+
+@pytest.mark.parametrize("folder", ["dense", "packed"])
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_damaged_safetensors_is_named_before_the_model_loads(folder, damage, tiny_folders, tmp_path, capsys):
+    weights = damaged_copy(tiny_folders / folder, tmp_path, damage)
+    capsys.readouterr()
+    assert fit(tmp_path, policy=f"{{class_path: HFModel, init_args: {{path: {weights.parent}}}}}") == 2
+    line = one_line_error(capsys)
+    assert f"{weights} is damaged" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_intact_folders_pass_the_header_check(tiny_folders):
+    from qerl.models import HFModel
+
+    for name in ("dense", "packed"):
+        HFModel(str(tiny_folders / name)).check_files()
+    assert json.loads((tiny_folders / "packed" / "config.json").read_text())["quantization_config"]
