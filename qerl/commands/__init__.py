@@ -6,4 +6,5 @@ TOOLS = {
     "quantize": "qerl.commands.quantize:main",
     "eval": "qerl.commands.evaluate:main",
     "demo": "qerl.commands.demo:main",
+    "export": "qerl.commands.export:main",
 }

@@ -43,7 +43,7 @@ def _lora_linear_class() -> type:
         def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
             raise NotImplementedError(
                 "Merging a LoRA adapter into a 4-bit QuantLinear is not supported (the sum is not 4-bit). "
-                "Load the saved adapter onto the bf16 base with peft's PeftModel.from_pretrained and merge there.")
+                "Merge into the dequantized base instead: `qerl export --merge` (qerl.lora.merge.merge_to_dense).")
 
         def unmerge(self) -> None:  # nothing is ever merged
             return None
