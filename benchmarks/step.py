@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_ranks, ch
 from child_rows import rows_from_child, write_child_rows
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
+RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 PRESET = {"7b": "qwen2.5-7b", "14b": "qwen2.5-14b", "32b": "qwen2.5-32b", "tiny": "tiny"}
@@ -133,6 +134,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
         sync()
     phases["wake"] = time.perf_counter() - t0
     rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
+    for _ in range(RESAMPLE["rounds"] if backend is not None else 0):  # DAPO's dynamic sampling: a second draw
+        backend.generate(prompt_ids, cfg)
     used_at_rollout = device_used_gib()
     sync()
     t_sleep = time.perf_counter()
@@ -174,6 +177,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
                 k: v for k, v in result.metrics.items() if k.startswith("rollout/mismatch")}}.items()},
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "sync_split": {k: round(v, 3) for k, v in getattr(backend, "sync_timings", {}).items()},
+            "preemptions": getattr(backend, "last_metrics", {}).get("rollout/preemptions"),
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -221,9 +225,13 @@ def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
             params.ignore_eos = True
             return params
 
+    if args.lengths != "fixed":  # each completion its own drawn length (benchmarks/lengths.py)
+        from lengths import length_model_vllm
+
+        NoEosVLLM = length_model_vllm(NoEosVLLM, draw_lengths_of(args, batch, new))
     backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
                         enable_sleep_mode={"on": True, "off": False}.get(args.vllm_sleep, "auto"), compile=not args.vllm_no_compile,
-                        kv_cache_memory_gb=args.vllm_kv_gib,
+                        kv_cache_memory_gb=args.vllm_kv_gib, kv_cache_dtype=args.vllm_kv_dtype,
                         measure_mismatch="update" if args.mismatch == "update" else True)
     if decide is not None and args.vllm_sleep == "auto":
         decide(backend, policy)
@@ -232,6 +240,12 @@ def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
     backend.setup(policy, tok)
     sync()
     return backend, round(time.perf_counter() - t0, 1)
+
+
+def draw_lengths_of(args, batch: int, new: int) -> list[int]:
+    from lengths import draw_lengths
+
+    return draw_lengths(args.lengths, batch, new, seed=0)
 
 
 def run_row(spec: dict, args) -> dict:
@@ -293,9 +307,15 @@ def run_row(spec: dict, args) -> dict:
                                                        need, runs)[0]
 
         backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, decide)
+        if args.lengths != "fixed":
+            from lengths import summary
+
+            drawn = draw_lengths_of(args, local, new)
+            row.update(lengths=args.lengths, lengths_drawn=drawn, lengths_summary=summary(drawn, new))
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
-                         "kv_cache_memory_gb": args.vllm_kv_gib,
+                         "kv_cache_memory_gb": args.vllm_kv_gib, "kv_cache_dtype": args.vllm_kv_dtype,
+                         "resample_rounds": args.resample_rounds,
                          "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "slept": backend.sleep_mode, "mismatch": args.mismatch})
     else:
         backend = HF(max_batch_rows=local)
@@ -326,7 +346,9 @@ def run_row(spec: dict, args) -> dict:
                first_step_s=round(steps[0]["phases"]["step"], 2), rollout_s=round(ph["rollout"], 2),
                train_s=round(ph["train"], 2), wake_s=round(ph["wake"], 2), generate_s=round(ph["generate"], 2),
                sleep_s=round(ph["sleep"], 2), sync_s=round(ph["sync"], 3), rollout_share=round(ph["rollout"] / ph["step"], 3),
-               tokens_per_s=round(batch * new / ph["step"], 1), rollout_tok_s=round(batch * new / ph["rollout"], 1),
+               tokens_per_s=round(last["completion_tokens"] / ph["step"], 1),
+               rollout_tok_s=round(last["completion_tokens"] * (1 + RESAMPLE["rounds"]) / ph["rollout"], 1),
+               preemptions=last.get("preemptions"),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                device_used_gib_rollout=last["device_used_gib_rollout"],
@@ -398,9 +420,16 @@ def main() -> None:
     parser.add_argument("--card-gib", type=float, default=None,
                         help="model a card of this many GiB: hold the rest of the device's free memory as ballast "
                              "(binds vLLM too; prefer it to --memory-cap-gib with --vllm-sleep)")
+    parser.add_argument("--lengths", default="fixed", choices=("fixed", "gsm8k", "dapo"),
+                        help="vLLM rows: each completion's length drawn from this distribution (benchmarks/lengths.py)")
+    parser.add_argument("--resample-rounds", type=int, default=0,
+                        help="extra generations of the whole batch per step, timed in the rollout (DAPO resampling)")
+    parser.add_argument("--vllm-kv-dtype", default="auto", choices=("auto", "fp8"),
+                        help="VLLM kv_cache_dtype: auto (the model's dtype) or fp8 (half the KV bytes)")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
+    RESAMPLE["rounds"] = args.resample_rounds
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
 
     ranks, rank, local_rank = launched()

@@ -39,7 +39,8 @@ class EngineSettings:
 
     Attributes:
         max_num_seqs, max_model_len: sequences decoded at once and their longest prompt + completion.
-        dtype_bytes: bytes per value of the engine dtype (2 for bf16/fp16, 4 for float32); also the KV dtype.
+        dtype_bytes: bytes per value of the engine dtype (2 for bf16/fp16, 4 for float32).
+        kv_dtype_bytes: bytes per KV-cache value (1 for an fp8 KV cache; None: `dtype_bytes`).
         packed_bits: bits per weight of the linear layers served packed (None: served dense in the engine dtype).
         lora_rank, lora_targets: the LoRA slot vLLM preallocates (`max_lora_rank` on the adapter's targets).
         kv_cache_bytes: a fixed KV cache (`kv_cache_memory_gb`) instead of the full-length one.
@@ -53,6 +54,7 @@ class EngineSettings:
     max_num_seqs: int
     max_model_len: int
     dtype_bytes: int = 2
+    kv_dtype_bytes: int | None = None
     packed_bits: float | None = None
     lora_rank: int = 0
     lora_targets: tuple[str, ...] = ()
@@ -119,7 +121,7 @@ def estimate_engine(shape: ModelShape, settings: EngineSettings) -> EngineEstima
     est.rows["vLLM weights"] = (linear_bytes + dense * s.dtype_bytes) / tp
     est.rows["vLLM LoRA slot"] = (shape.lora_params(s.lora_rank, s.lora_targets) * s.dtype_bytes / tp
                                   if s.lora_rank else 0.0)
-    full = s.max_num_seqs * s.max_model_len * kv_bytes_per_token(shape, s.dtype_bytes) / tp
+    full = s.max_num_seqs * s.max_model_len * kv_bytes_per_token(shape, s.kv_dtype_bytes or s.dtype_bytes) / tp
     est.rows["vLLM KV cache"] = float(s.kv_cache_bytes) if s.kv_cache_bytes is not None else full
     tokens = s.batched_tokens
     profiling = tokens * s.dtype_bytes * (3 * shape.intermediate + 2 * shape.hidden) / tp

@@ -257,3 +257,15 @@ def test_enable_sleep_mode_values():
     for bad in ("sometimes", 1, None):
         with pytest.raises(ValueError, match=r"`rollout.init_args.enable_sleep_mode`=.* must be true, false or \"auto\""):
             VLLM(enable_sleep_mode=bad)
+
+
+def test_an_fp8_kv_cache_holds_half_the_bytes_and_reaches_vllm():
+    bf16 = nvfp4_engine("qwen2.5-7b", 128, 4352)
+    fp8 = nvfp4_engine("qwen2.5-7b", 128, 4352, kv_dtype_bytes=1)
+    assert fp8.kv_cache == bf16.kv_cache / 2 == 128 * 4352 * (2 * 28 * 4 * 128 * 1)
+    assert fp8.rows["vLLM weights"] == bf16.rows["vLLM weights"]  # only the cache changes
+    backend = VLLM(kv_cache_dtype="fp8")
+    assert backend.engine_kwargs["kv_cache_dtype"] == "fp8"
+    assert "kv_cache_dtype" not in VLLM().engine_kwargs  # "auto": vLLM's own default
+    with pytest.raises(ValueError, match="kv_cache_dtype 'int4'"):
+        VLLM(kv_cache_dtype="int4")

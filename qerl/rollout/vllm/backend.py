@@ -54,6 +54,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         dtype: engine dtype ("auto": the policy's dense dtype, float16 becomes bfloat16).
         max_lora_rank: engine's LoRA rank limit (None: the smallest vLLM value >= the adapter's rank).
         kv_cache_memory_gb: fixed KV-cache size (the CPU build's default here is 1 GB), overriding the fraction.
+        kv_cache_dtype: "auto" (the engine dtype) or "fp8" (vLLM's `kv_cache_dtype`: half the bytes of a bf16
+            KV cache, so twice the tokens in the same room; the memory plan counts it). Costs some engine/policy
+            mismatch (`rollout/mismatch_kl`): measure it before turning it on.
         max_num_seqs: sequences the engine decodes at once.
         quantized_base: on CUDA, serve an NVFP4 base as compressed-tensors (False: always dense).
         lora_transfer: "memory" (tensors straight into the engine) or "folder" (peft files on tmpfs).
@@ -75,7 +78,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
 
     def __init__(self, gpu_memory_utilization: float | str = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
                  enable_sleep_mode: bool | Literal["auto"] = False, dtype: str = "auto", max_lora_rank: int | None = None,
-                 kv_cache_memory_gb: float | None = None, max_num_seqs: int = 256, quantized_base: bool = True,
+                 kv_cache_memory_gb: float | None = None, kv_cache_dtype: Literal["auto", "fp8"] = "auto",
+                 max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
@@ -98,6 +102,13 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             graphs.update(mode=0, cudagraph_mode="FULL_DECODE_ONLY")  # CompilationMode.NONE
         self.compile = compile
         self.engine_kwargs.setdefault("compilation_config", graphs)
+        if kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"VLLM: kv_cache_dtype {kv_cache_dtype!r} is not one of 'auto', 'fp8'.")
+        self.kv_cache_dtype = kv_cache_dtype
+        if kv_cache_dtype != "auto":
+            self.engine_kwargs.setdefault("kv_cache_dtype", kv_cache_dtype)
+        self.engine_kwargs.setdefault("disable_log_stats", False)  # the preemption counter (`rollout/preemptions`)
+        self._preemptions = 0
         self.setup_s: float | None = None
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
@@ -255,23 +266,36 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self._ready()
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         start = time.perf_counter()
-        outputs = ranks.generate_outputs(self, prompt_ids, sampling)  # with a tensor-parallel group: the group's prompts
+        outputs = self.request_outputs(prompt_ids, sampling)
         device = next(self.policy.parameters()).device
         rollout = rollout_from_outputs(outputs, prompt_ids, sampling.n, self.pad_id, self.tokenizer, device)
         check_finite_logprobs(rollout, self.served_as)
         generated = time.perf_counter()
-        self.last_metrics = {}
+        self.last_metrics = self._preemption_metrics()
         # the update's forward can measure it instead when it runs the weights that generated (no noise on)
         self.mismatch_deferred = (self.measure_mismatch == "update" and self.importance_sampling_cap is None
                                   and self._noise_sigma == 0.0)
         if (self.measure_mismatch and not self.mismatch_deferred) or self.importance_sampling_cap is not None:
-            self.last_metrics, weights = mismatch(self.policy, rollout, sampling.temperature,
-                                                  self.importance_sampling_cap)
+            found, weights = mismatch(self.policy, rollout, sampling.temperature, self.importance_sampling_cap)
+            self.last_metrics.update(found)
             if weights is not None:
                 rollout.importance_weights = weights
         # seconds of the engine and of the policy's scoring forward (the outputs and metrics are on the CPU: synced)
         self.last_timings = {"engine_s": generated - start, "scoring_s": time.perf_counter() - generated}
         return rollout
+
+    def request_outputs(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list:
+        """vLLM's RequestOutputs, one per prompt with `sampling.n` completions (with a tensor-parallel group: the
+        group's prompts generated together, this rank's kept)."""
+        return ranks.generate_outputs(self, prompt_ids, sampling)
+
+    def _preemption_metrics(self) -> dict[str, float]:
+        """`rollout/preemptions`: sequences vLLM preempted (KV cache full: recomputed later) in the last generate."""
+        total = engine.preemptions(self.llm)
+        if total is None:
+            return {}
+        count, self._preemptions = total - self._preemptions, total
+        return {"rollout/preemptions": float(count)}
 
     def score(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
         """The engine's log-probs (float32, unscaled) of `completion_ids` following `prompt_ids`, current adapter."""

@@ -35,6 +35,7 @@ def engine_estimate(backend, policy: nn.Module, device) -> EngineEstimate:
     settings = EngineSettings(
         max_num_seqs=backend.max_num_seqs, max_model_len=backend.max_model_len,
         dtype_bytes=4 if backend._engine_dtype(lm) == "float32" else 2,
+        kv_dtype_bytes=1 if backend.kv_cache_dtype == "fp8" else None,
         packed_bits=weight_bits(packed.upper()) if packed else None,
         lora_rank=int(backend.max_lora_rank), lora_targets=tuple(lora["target_modules"]),
         kv_cache_bytes=None if backend.kv_cache_memory_gb is None else backend.kv_cache_memory_gb * 2**30,

@@ -1,0 +1,36 @@
+"""`rollout/preemptions`: sequences the engine preempted (KV cache full) in the last generate, from vLLM's counter.
+
+Its own file: its engine has a KV cache far too small for the rollout (two engines alive in one process share
+vLLM's parallel state, see test_vllm_cpu_budget.py).
+"""
+from __future__ import annotations
+
+import pytest
+from test_vllm import tiny_policy  # tests/rollout is on sys.path (rootdir-relative imports)
+
+from qerl.types import SamplingConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_kv_cache_too_small_for_the_rollout_reports_its_preemptions_per_generate():
+    from qerl.rollout.vllm import VLLM
+
+    policy, tokenizer = tiny_policy()
+    # 0.002 GiB of float32 KV for 2 layers x 128 values x 2 (K, V) = 2 KiB a token: ~1,000 tokens in all
+    backend = VLLM(max_model_len=256, dtype="float32", kv_cache_memory_gb=0.002, max_num_seqs=16)
+    backend.setup(policy, tokenizer)
+    try:
+        small = backend.generate([[5, 6, 7, 8]], SamplingConfig(n=1, temperature=1.0, max_new_tokens=8, seed=0))
+        assert small.completion_ids.shape == (1, 8)
+        assert backend.last_metrics["rollout/preemptions"] == 0.0
+        # 16 sequences of 32 + 200 tokens need ~3,700 tokens of KV: the engine must preempt and recompute
+        rollout = backend.generate([[5, 6, 7, 8] * 8] * 4, SamplingConfig(n=4, temperature=1.0, max_new_tokens=200,
+                                                                          seed=0))
+        assert rollout.completion_ids.shape == (16, 200)
+        first = backend.last_metrics["rollout/preemptions"]
+        assert first > 0
+        backend.generate([[5, 6, 7, 8]], SamplingConfig(n=1, temperature=1.0, max_new_tokens=8, seed=0))
+        assert backend.last_metrics["rollout/preemptions"] == 0.0  # a per-generate count, not the running total
+    finally:
+        backend.close()
