@@ -39,18 +39,22 @@ def reward_names(rewards: list[Reward]) -> list[str]:
 
 
 def score_rollout(
-    rewards: list[Reward], rollout: Rollout, prompts: PromptBatch, max_new_tokens: int, accuracy_index: int = 0
+    rewards: list[Reward], rollout: Rollout, prompts: PromptBatch, max_new_tokens: int, accuracy_index: int = 0,
+    step: int | None = None,
 ) -> Scored:
     """Call every reward on the completions (gold answers and meta repeated per group) and sum them by weight.
 
     Rewards get meta keys `lengths` (generated tokens per completion), `truncated`, `max_new_tokens`,
-    and `meta` (the prompt's meta dict, per completion).
+    `meta` (the prompt's meta dict), `prompts` (the prompt text) and `completion_ids` (token ids), all per
+    completion, and `step` (the optimizer step; None outside training).
     """
     n = rollout.group_size
     answers = [a for a in prompts.answers for _ in range(n)]
     metas = [m for m in (prompts.meta or [{}] * len(prompts)) for _ in range(n)]
-    kwargs = {"lengths": rollout.lengths.tolist(), "truncated": rollout.truncated.tolist(),
-                  "max_new_tokens": max_new_tokens, "meta": metas}
+    lengths = rollout.lengths.tolist()
+    kwargs = {"lengths": lengths, "truncated": rollout.truncated.tolist(), "max_new_tokens": max_new_tokens,
+              "meta": metas, "prompts": [p for p in prompts.prompts for _ in range(n)], "step": step,
+              "completion_ids": [ids[:k] for ids, k in zip(rollout.completion_ids.tolist(), lengths)]}
     device = rollout.completion_ids.device
     scores: dict[str, torch.Tensor] = {}
     total = torch.zeros(rollout.num_rows, dtype=torch.float32, device=device)

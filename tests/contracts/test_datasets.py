@@ -12,7 +12,8 @@ from qerl.types import PromptBatch
 
 COMMON_ARGS = ("batch_size", "seed", "system_prompt", "max_prompt_tokens", "on_too_long", "limit", "val_size",
                "val_split")
-REQUIRED = {"JsonlPrompts": {"train_path": shipped("gsm8k/test.jsonl"), "answer_after": "####"}}
+REQUIRED = {"JsonlPrompts": {"train_path": shipped("gsm8k/test.jsonl"), "answer_after": "####"},
+            "HFPrompts": {"path": shipped("gsm8k/test.jsonl"), "answer_after": "####"}}
 
 
 def build(entry, **kwargs) -> PromptDataModule:
@@ -25,7 +26,7 @@ def build(entry, **kwargs) -> PromptDataModule:
 
 
 def test_the_builtins_are_registered():
-    assert {"GSM8K", "MATH500", "AIME24", "AMC23", "JsonlPrompts", "Arithmetic"} <= set(DATASETS.names())
+    assert {"GSM8K", "MATH500", "AIME24", "AMC23", "JsonlPrompts", "HFPrompts", "Arithmetic"} <= set(DATASETS.names())
 
 
 def test_entry_is_a_documented_prompt_datamodule(datasets_entry):

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from qerl.registry import REWARDS
 from qerl.rewards.base import Reward
+
+#: arguments an entry cannot do without (a RewardFunction names its function: the tutorial's TRL-style module)
+REQUIRED = {"RewardFunction": {"function": f"{Path(__file__).parents[1] / 'rewards' / 'trl_format_reward.py'}:format_reward"}}
+
+
+def build(entry) -> Reward:
+    return entry.cls(**REQUIRED.get(entry.name, {}))  # otherwise buildable from its defaults (YAML class_path only)
 
 COMPLETIONS = [
     "<think>6*7</think><answer>42</answer>",
@@ -20,8 +28,8 @@ META = {"lengths": [5, 9, 3, 0, 4000, 8, 2001, 7], "max_new_tokens": 4000}
 
 
 def test_the_builtins_are_registered():
-    assert {"GSM8KAccuracy", "MathAccuracy", "ThinkAnswerFormat", "SoftThinkAnswerFormat", "OverlongPenalty"} <= set(
-        REWARDS.names())
+    assert {"GSM8KAccuracy", "MathAccuracy", "ThinkAnswerFormat", "SoftThinkAnswerFormat", "OverlongPenalty",
+            "RewardFunction"} <= set(REWARDS.names())
 
 
 def test_entry_is_a_documented_reward(rewards_entry):
@@ -30,7 +38,7 @@ def test_entry_is_a_documented_reward(rewards_entry):
 
 
 def test_defaults_score_every_completion_with_a_finite_float(rewards_entry):
-    reward = rewards_entry.cls()  # buildable from its defaults (YAML class_path only)
+    reward = build(rewards_entry)
     assert isinstance(reward.weight, float) and isinstance(reward.name, str) and reward.name
     scores = reward(COMPLETIONS, ["42"] * len(COMPLETIONS), **META)
     assert len(scores) == len(COMPLETIONS)
@@ -39,6 +47,6 @@ def test_defaults_score_every_completion_with_a_finite_float(rewards_entry):
 
 
 def test_adversarial_completions_never_score_positive(rewards_entry):
-    reward = rewards_entry.cls()
+    reward = build(rewards_entry)
     scores = reward(COMPLETIONS[3:], ["42"] * 5, lengths=META["lengths"][3:], max_new_tokens=4000)
     assert all(s <= 0.0 for s in scores)
