@@ -67,7 +67,7 @@ def generate_and_score(parts: Collector, batch: PromptBatch, timer: StepTimer, s
         rollout = parts.rollout.generate(ids, sampling)
     parts.rollout.release_memory()
     with timer.phase("score"):
-        return score_rollout(parts.rewards, rollout, batch, parts.sampling.max_new_tokens, parts.accuracy_index)
+        return score_rollout(parts.rewards, rollout, batch, parts.sampling.max_new_tokens, parts.accuracy_index, step)
 
 
 def collect_groups(parts: Collector, dataloader_iter: Iterator, timer: StepTimer, step: int, draw: int,
