@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qerl.training.checkpoint_io import CheckpointError, read_checkpoint, remove_orphans
+from qerl.training.run_loggers import logger_location, run_folders
 
-#: loggers whose files go to `<save_dir>/<name>/version_N` (their `version` init arg picks N)
-VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 #: `--ckpt_path` values Lightning resolves itself
 LIGHTNING_KEYWORDS = ("best", "hpc", "registry")
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -47,16 +46,8 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 
 
 def run_location(trainer_config: Any) -> tuple[str, str, Any] | None:
-    """(save_dir, name, version) of the first logger when it writes version folders; None otherwise."""
-    logger = _get(trainer_config, "logger")
-    if isinstance(logger, list):
-        logger = logger[0] if logger else None
-    class_path = str(_get(logger, "class_path", ""))
-    if not class_path.endswith(VERSIONED_LOGGERS):
-        return None
-    args = _get(logger, "init_args")
-    save_dir = _get(args, "save_dir") or _get(trainer_config, "default_root_dir") or os.getcwd()
-    return str(save_dir), str(_get(args, "name", "lightning_logs") or ""), _get(args, "version")
+    """(save_dir, name, version) of the first logger's runs (TensorBoard, CSV, W&B: `qerl.training.run_loggers`)."""
+    return logger_location(trainer_config)
 
 
 def fixed_checkpoint_dir(trainer_config: Any) -> str | None:
@@ -106,8 +97,8 @@ def _last_of_run(location, fixed_dir: str | None, warn) -> tuple[str, dict, Any]
     if fixed_dir is not None:
         folders = [(fixed_dir, None)]
     elif location is None:
-        raise CheckpointError("--ckpt_path last needs a TensorBoardLogger or CSVLogger run folder (or a "
-                              "ModelCheckpoint dirpath) to look in; give the checkpoint's path instead.")
+        raise CheckpointError("--ckpt_path last needs a TensorBoardLogger, CSVLogger or WandbLogger run folder (or "
+                              "a ModelCheckpoint dirpath) to look in; give the checkpoint's path instead.")
     else:
         save_dir, name, version = location
         root = os.path.join(save_dir, name)
@@ -115,7 +106,7 @@ def _last_of_run(location, fixed_dir: str | None, warn) -> tuple[str, dict, Any]
             label = version if isinstance(version, str) else f"version_{version}"
             folders = [(os.path.join(root, label), version)]
         else:
-            folders = [(f, int(_VERSION.match(os.path.basename(f)).group(1))) for f in version_folders(root)]
+            folders = run_folders(root)  # version_N (TensorBoard, CSV) or W&B run ids
         folders = [(os.path.join(f, "checkpoints"), v) for f, v in folders]
     for folder, version in folders:
         if os.path.isdir(folder):
