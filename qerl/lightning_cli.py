@@ -165,6 +165,12 @@ class QeRLCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         use_step_progress_bar(trainer)
+        if getattr(self, "_resume", None) is not None and self._resume.version is not None:
+            from qerl.commands.quiet import hide_warning
+            from qerl.training.run_loggers import keep_csv_history
+
+            hide_warning(r"Experiment logs directory .* exists and is not empty")  # the resumed run's own folder
+            keep_csv_history(trainer.loggers, self._resume.logged_step, self._resume.step)  # CSV's twin of purge_step
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:

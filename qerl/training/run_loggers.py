@@ -86,9 +86,10 @@ def _step_of(row: dict) -> float:
         return 0.0
 
 
-def keep_csv_history(loggers: list, logged_step: int) -> int:
-    """For each CSVLogger of a resumed run: keep the rows of `metrics.csv` and `samples.csv` logged before
-    `logged_step` (the killed run's later rows go; the resumed run logs them again). Returns the rows kept."""
+def keep_csv_history(loggers: list, logged_step: int, global_step: int) -> int:
+    """For each CSVLogger of a resumed run: keep the rows of `metrics.csv` logged before `logged_step` and those of
+    `samples.csv` up to the checkpoint's `global_step` (the killed run's later rows go; the resumed run logs them
+    again). Returns the metrics rows kept."""
     from lightning.pytorch.loggers import CSVLogger
 
     kept = 0
@@ -99,7 +100,7 @@ def keep_csv_history(loggers: list, logged_step: int) -> int:
         header, rows = _rows_before(metrics, logged_step) if os.path.isfile(metrics) else ([], [])
         samples = os.path.join(logger.log_dir, SAMPLES_CSV)
         if os.path.isfile(samples):
-            sample_header, sample_rows = _rows_before(samples, logged_step)
+            sample_header, sample_rows = _rows_before(samples, global_step + 1)
             with open(samples, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=sample_header)
                 writer.writeheader()
