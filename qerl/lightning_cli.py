@@ -160,6 +160,7 @@ class QeRLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         from qerl.callbacks.progress import use_step_progress_bar
+        from qerl.callbacks.stop_on_signal import StopOnSignal
         from qerl.training.checkpoint_io import use_atomic_checkpoints
 
         trainer = super().instantiate_trainer(**kwargs)
@@ -171,16 +172,20 @@ class QeRLCLI(LightningCLI):
 
             hide_warning(r"Experiment logs directory .* exists and is not empty")  # the resumed run's own folder
             keep_csv_history(trainer.loggers, self._resume.logged_step, self._resume.step)  # CSV's twin of purge_step
+        trainer.callbacks.append(StopOnSignal())  # SIGTERM/SIGINT: checkpoint + adapter, exit 143/130
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
+        from qerl.callbacks.stop_on_signal import StoppedBySignal, stopped_message
         from qerl.training.run_folder import check_inputs, remove_stub
+        from qerl.training.write_probe import check_output_folders
 
         try:
             check_inputs(self.datamodule, subcommand)  # data files are read and named before the model loads
             policy = getattr(self.model, "policy", None)
             if isinstance(policy, PolicyLoader):
                 policy.check_files()  # so are model files (headers only), before the run folder exists
+            check_output_folders(self.trainer)  # and a read-only or full output folder
         except Exception as exc:
             if debug_mode() or not is_user_error(exc):
                 raise
@@ -189,6 +194,12 @@ class QeRLCLI(LightningCLI):
         fresh = log_dir is not None and not os.path.exists(log_dir)
         try:
             super()._run_subcommand(subcommand)
+        except StoppedBySignal as stopped:  # SIGTERM / SIGINT: what was saved and how to resume, exit 143 / 130
+            if fresh and stopped.checkpoint is None:
+                remove_stub(log_dir)
+            sys.stderr.write(stopped_message(stopped, _command(self._argv), self._argv,
+                                             self.config[subcommand].get("trainer")))
+            raise SystemExit(stopped.code) from None
         except Exception as exc:
             if fresh and self.trainer.global_step == 0:
                 remove_stub(log_dir)  # a run that failed before its first checkpoint leaves no folder behind
@@ -261,6 +272,11 @@ def run_lightning_cli(argv: list[str]) -> int:
             return exc.code or 0
         print(exc.code, file=sys.stderr)  # sys.exit("message")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a run started (while parsing or building): nothing to save
+        if debug_mode():
+            raise
+        print(f"{_command(argv)}: interrupted (SIGINT) before the run started; nothing was saved.", file=sys.stderr)
+        return 130
     except RegistryError as exc:  # a component package or plugin is broken: say which, no traceback
         if debug_mode():
             raise

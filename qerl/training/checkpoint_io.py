@@ -3,13 +3,18 @@
 Lightning's default writer stages a checkpoint in `TMPDIR` and moves it into place; across filesystems the
 move is a copy, so a kill during it leaves a truncated `last.ckpt`. `AtomicCheckpointIO` writes a temp file
 in the checkpoint's own folder, fsyncs it, renames it over the target (atomic on one filesystem) and fsyncs
-the folder: a reader sees the old file or the complete new one, never a part.
+the folder: a reader sees the old file or the complete new one, never a part. A write that fails (a full disk, a
+folder turned read-only) leaves nothing behind and raises `CheckpointWriteError`: one line naming the file, the
+space it needed and the earlier checkpoint that is still intact.
 """
 from __future__ import annotations
 
+import errno
 import glob
+import io
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from typing import Any
@@ -23,6 +28,10 @@ PARTIAL_SUFFIX = ".partial"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that was not written; the message names it, why, the space it needed and what is intact."""
 
 
 def _umask() -> int:
@@ -46,7 +55,20 @@ def fsync_folder(folder: str) -> None:
 
 
 def write_atomically(obj: Any, path: str) -> None:
-    """`torch.save(obj)` to `path` through a fsynced temp file beside it and a rename."""
+    """`torch.save(obj)` to `path` through a fsynced temp file beside it and a rename.
+
+    Raises `CheckpointWriteError` when the filesystem refuses the write (`path` keeps its earlier content).
+    """
+    try:
+        _write_atomically(obj, path)
+    except Exception as exc:  # noqa: BLE001 - torch.save wraps the OSError of a full disk in a RuntimeError
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        raise write_failure(path, obj, cause) from exc
+
+
+def _write_atomically(obj: Any, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=PARTIAL_SUFFIX, dir=folder)
@@ -62,6 +84,93 @@ def write_atomically(obj: Any, path: str) -> None:
             os.remove(temp)
         raise
     fsync_folder(folder)
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError (with an errno) behind `exc`, following its cause/context chain; None when there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class _ByteCounter(io.RawIOBase):
+    """A write-only sink that only counts: how many bytes `torch.save` would have written."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        self.count += size
+        return size
+
+
+def serialized_size(obj: Any) -> int | None:
+    """Bytes of `torch.save(obj)` (measured into a counting sink, nothing written); None if it cannot be measured."""
+    sink = _ByteCounter()
+    try:
+        torch.save(obj, sink)
+    except Exception:  # noqa: BLE001 - only for the message of a failed write
+        return None
+    return sink.count
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
+def _free_bytes(folder: str) -> int | None:
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def newest_readable(folder: str) -> tuple[str, int] | None:
+    """(path, step) of the newest `*.ckpt` in `folder` that loads, or None."""
+    try:
+        names = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".ckpt")]
+    except OSError:
+        return None
+    for path in sorted(names, key=os.path.getmtime, reverse=True):
+        try:
+            return path, int(read_checkpoint(path)["global_step"])
+        except CheckpointError:
+            continue
+    return None
+
+
+def write_failure(path: str, obj: Any, error: OSError) -> CheckpointWriteError:
+    """The one-line error for a checkpoint `path` the filesystem refused: why, space needed and free, what is intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    needed, free = serialized_size(obj), _free_bytes(folder)
+    space = f"it needs {_megabytes(needed)}" if needed is not None else "its size is unknown"
+    if free is not None:
+        space += f", {_megabytes(free)} free there"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = f"no space left on the device of {folder} ({space})"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"{folder} is not writable ({error.strerror}; {space})"
+    else:
+        why = f"{error.strerror or error} ({space})"
+    intact = newest_readable(folder)
+    if intact is not None:
+        then = (f"the earlier checkpoint {intact[0]} (step {intact[1]}) is intact: free space (or fix the folder) and "
+                "resume from it with --ckpt_path last")
+    else:
+        then = "no earlier checkpoint was written; free space (or fix the folder) and start the run again"
+    failure = CheckpointWriteError(f"checkpoint {path} was not written: {why}; {then}.")
+    failure.errno = error.errno
+    return failure
 
 
 def _pid_alive(pid: int) -> bool:
