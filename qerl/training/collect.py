@@ -62,7 +62,8 @@ def generate_and_score(parts: Collector, batch: PromptBatch, timer: StepTimer, s
     ids = parts.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
     base = parts.sampling.seed if parts.sampling.seed is not None else parts.seed
     sampling = dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop), seed=rollout_seed(base, step, global_draw(draw)))  # rank r of W: draws r, W+r, ..
-    noisy = parts.rollout.noise(noise.sigma, noise.seed) if noise.sigma > 0 else contextlib.nullcontext()
+    noisy = (parts.rollout.noise(noise.sigma, noise.seed, noise.relative) if noise.sigma > 0
+             else contextlib.nullcontext())
     with timer.phase("rollout"), noisy:
         rollout = parts.rollout.generate(ids, sampling)
     parts.rollout.release_memory()

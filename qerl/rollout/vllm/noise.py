@@ -16,20 +16,21 @@ class EngineNoise:
     """`noise` for a backend holding `llm`, `policy`, `_noise_sigma` and `_ready()`."""
 
     @contextlib.contextmanager
-    def noise(self, sigma: float, seed: int | None = None) -> Iterator[None]:
+    def noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
         """AQN on the engine's RMSNorms (found by vLLM's class) and the policy's: the same Z, restored exactly.
 
-        `noise_metrics` are measured on the engine's own norm weights (float32 when built for a policy with
-        float32 norms, see `qerl.rollout.vllm.norms`)."""
+        `relative` noise is scaled by the policy's norm weights (`noisy_norms`), which the engine holds too; the
+        engine adds that Z as it is. `noise_metrics` are measured on the engine's own norm weights (float32 when
+        built for a policy with float32 norms, see `qerl.rollout.vllm.norms`)."""
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
         self._ready()
-        with noisy_norms(self.policy, sigma, seed=seed) as applied:
+        with noisy_norms(self.policy, sigma, seed=seed, relative=relative) as applied:
             noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
             try:
                 moved = self.llm.collective_rpc(worker.add_norm_noise, args=(noise,))[0]
-                self.noise_metrics = engine_realized(moved, sigma, self).metrics()
+                self.noise_metrics = engine_realized(moved, sigma, self, relative).metrics()
                 self.llm.reset_prefix_cache()
                 self._noise_sigma = sigma
                 yield

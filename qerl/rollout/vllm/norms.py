@@ -66,9 +66,9 @@ def float32_rms_norms(enabled: bool = True) -> Iterator[None]:
         RMSNorm.__init__ = original
 
 
-def engine_realized(moved: dict, sigma: float, owner: object) -> RealizedNoise:
-    """`RealizedNoise` from `worker.add_norm_noise`'s answer; warns (once per `owner`, the backend) when the
-    engine's dtype lost the noise."""
-    realized = measure_changes(moved["changes"], moved["drawn"], moved["dtype"])
-    warn_if_not_held(realized, sigma, "the vLLM engine", FIX, owner)
+def engine_realized(moved: dict, sigma: float, owner: object, relative: bool = False) -> RealizedNoise:
+    """`RealizedNoise` (with `row_sigma`, from the engine's clean weights) from `worker.add_norm_noise`'s answer;
+    warns (once per `owner`, the backend) when the engine's dtype lost the noise."""
+    realized = measure_changes(moved["changes"], moved["drawn"], moved["dtype"], moved.get("clean"))
+    warn_if_not_held(realized, sigma, "the vLLM engine", FIX, owner, relative)
     return realized

@@ -62,8 +62,8 @@ def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> dict:
     Clean copies are kept on the worker and put back by `restore_norms`. Same numerics as
     `qerl.noise.inject.noisy_norms`: added in float32, rounded once to the weight's dtype (the engine's
     norms are float32 when the `VLLM` backend built it for a policy with float32 norms).
-    Returns what the engine's weights really moved by: {"changes": noisy - clean, "drawn": Z (both float64,
-    all channels in order), "dtype": the weights' dtype(s)}.
+    Returns what the engine's weights really moved by: {"changes": noisy - clean, "clean": the clean weights,
+    "drawn": Z (all float64, all channels in order, copied to the host once), "dtype": the weights' dtype(s)}.
     """
     from vllm.model_executor.layers.layernorm import RMSNorm
 
@@ -82,10 +82,14 @@ def add_norm_noise(worker, noise: dict[str, torch.Tensor]) -> dict:
             clean[name] = weight.detach().clone()
             wide = torch.promote_types(weight.dtype, torch.float32)
             weight.copy_((weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)).to(weight.dtype))
-            changes.append((weight.detach().double() - clean[name].double()).cpu())
+            changes.append(weight.detach().double() - clean[name].double())  # on the engine's device: no sync
             dtypes.add(str(weight.dtype).removeprefix("torch."))
+        if changes:  # one device-to-host copy for every norm
+            moved, before = torch.stack([torch.cat(changes), torch.cat([w.double() for w in clean.values()])]).cpu()
+        else:
+            moved = before = torch.zeros(0, dtype=torch.float64)
     setattr(worker, NOISE_ATTR, clean)
-    return {"changes": torch.cat(changes) if changes else torch.zeros(0, dtype=torch.float64),
+    return {"changes": moved, "clean": before,
             "drawn": torch.cat([z.double().cpu() for z in noise.values()]) if noise else torch.zeros(0),
             "dtype": "/".join(sorted(dtypes))}
 
