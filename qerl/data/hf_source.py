@@ -72,7 +72,7 @@ def open_dataset(path: str, name: str | None = None, cache_dir: str | None = Non
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as exc:
         raise DatasetError(f"{path}: no local file or folder by that name, and the Hugging Face Hub did not give it "
                            f"({_first_line(exc)}). Check the name and the network, or give a local file.") from None
-    except Exception as exc:  # a damaged file, an unreadable folder: name it, no traceback
+    except Exception as exc:  # noqa: BLE001 - a damaged file or unreadable folder: name it, no traceback
         raise DatasetError(f"{path}: datasets could not read it ({_first_line(exc)}).") from None
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}

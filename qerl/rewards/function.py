@@ -66,7 +66,7 @@ class RewardFunction(Reward):
                                           f"directly ({{class_path: {function.replace(':', '.')}}}).")
             try:
                 target = target(**(arguments or {}))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the user's class rejects its arguments
                 raise RewardFunctionError(f"RewardFunction {function!r}: building it with arguments "
                                           f"{arguments or {}} failed ({type(exc).__name__}: {exc}).") from None
         elif arguments:
@@ -131,7 +131,7 @@ class RewardFunction(Reward):
         problems: list[tuple[int, str]] = []
         try:
             result = self._invoke(kwargs)
-        except Exception as exc:  # find the rows that fail: call the function on each row alone
+        except Exception as exc:  # noqa: BLE001 - user code on model text; find the failing rows one by one
             scores = [self._one_row(kwargs, row, rows, problems) for row in range(rows)]
             if not problems:  # every row alone was fine: the batch as a whole was the trouble
                 problems = [(-1, f"raised {type(exc).__name__}: {exc} on the batch of {rows}")]
@@ -151,7 +151,7 @@ class RewardFunction(Reward):
         alone = {k: [v[row]] if isinstance(v, list) and len(v) == rows else v for k, v in kwargs.items()}
         try:
             result = self._invoke(alone)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - this row's failure scores it 0
             problems.append((row, f"raised {type(exc).__name__}: {exc}"))
             return 0.0
         found: list = []

@@ -61,7 +61,7 @@ def import_object(spec: str):
         module = _from_file(module_name, spec) if module_name.endswith(".py") else _from_name(module_name, spec)
     except RewardFunctionError:
         raise
-    except Exception as exc:  # the module itself fails to import: say which and why, without a traceback
+    except Exception as exc:  # noqa: BLE001 - the module itself fails to import: say which and why
         raise RewardFunctionError(f"RewardFunction {spec!r}: importing {module_name} failed ({_first_line(exc)}).") \
             from None
     if not hasattr(module, attr):
