@@ -10,8 +10,17 @@ from qerl.lora.adapter_folder import save_adapter
 
 
 def run_dir(trainer: L.Trainer) -> str:
-    """The run's log directory (the logger's version folder), or the trainer's root dir without a logger."""
-    return trainer.log_dir or trainer.default_root_dir
+    """The run's log directory (the logger's version folder), or the trainer's root dir without a logger.
+
+    A logger without version folders of its own (W&B: `trainer.log_dir` is its `save_dir`, shared by every run)
+    gets the folder its checkpoints go to, `<save_dir>/<project>/<run id>`, on rank 0.
+    """
+    folder = trainer.log_dir or trainer.default_root_dir  # on every rank: under DDP this is a broadcast from rank 0
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if trainer.is_global_zero and logger is not None and logger.save_dir and \
+            os.path.abspath(folder) == os.path.abspath(logger.save_dir) and logger.version is not None:
+        return os.path.join(folder, str(logger.name), str(logger.version))
+    return folder
 
 
 def ordinary_permissions(folder: str) -> None:

@@ -95,6 +95,7 @@ def test_wandb_offline_resume_keeps_the_run_id_and_logs_a_samples_table(tmp_path
     project = tmp_path / "qerl-test"
     (run_id,) = os.listdir(project)  # one run folder: the resumed run wrote into the first one
     assert last_step(project / run_id) == 3
+    assert (project / run_id / "adapter" / "final" / "adapter_model.safetensors").is_file()  # the run's own folder
     offline = sorted(glob.glob(str(tmp_path / "wandb" / "offline-run-*")))
     assert len(offline) == 2 and all(path.endswith(f"-{run_id}") for path in offline)  # the same W&B run id
     tables = [glob.glob(os.path.join(path, "files", "media", "table", "samples_*.table.json")) for path in offline]
