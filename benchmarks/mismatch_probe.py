@@ -126,7 +126,7 @@ def cell(policy, tok, served: str, args) -> dict:
         prompts = [p[: max(4, args.prompt - i * args.prompt // (2 * args.prompts))] for i, p in enumerate(prompts)]
     group = max(1, args.rows // args.prompts)
     rollout = backend.generate(prompts, SamplingConfig(n=group, temperature=1.0, max_new_tokens=args.new, seed=0))
-    from qerl.rollout.vllm.outputs import policy_logprobs
+    from qerl.models.mismatch import policy_logprobs
 
     mask = rollout.completion_mask.bool()
     sampled = rollout.completion_ids[mask]

@@ -122,7 +122,8 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
     from step_ranks import slowest
 
-    from qerl.training.distributed import global_totals, sum_gradients, sum_over_ranks
+    from qerl.parallel import sum_over_ranks
+    from qerl.training.distributed import global_totals, sum_gradients
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {}
@@ -255,7 +256,7 @@ def run_row(spec: dict, args) -> dict:
     from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
     from qerl.rollout import HF
     from qerl.rollout.fast import FastEngine
-    from qerl.training.distributed import world
+    from qerl.parallel import world
     from qerl.types import SamplingConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,6 +19,7 @@ from qerl.models.logprobs import stored_logprobs
 from qerl.noise.base import NoiseDraw, NoiseSchedule
 from qerl.noise.inject import noisy_norms
 from qerl.noise.precision import RealizedNoise
+from qerl.parallel import on_every_rank, sum_over_ranks, world
 from qerl.quantizers.base import Quantizer
 from qerl.quantizers.dequant_cache import dequantize_once
 from qerl.rewards.base import Reward
@@ -146,7 +147,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts
                 datamodule.set_tokenizer(self.tokenizer)
-            quiet = distributed.world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
+            quiet = world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
             # prints the memory plan, warns if it won't fit, resolves "auto"
             plan = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print)
             self.micro_batch_size = plan.micro_batch_size
@@ -204,7 +205,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
             advantages = self.algorithm.advantages(shaped, self.sampling.n)
         with timer.phase("train"):
             finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
-            if distributed.on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
+            if on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
                 deferred = getattr(self.rollout, "mismatch_deferred", False)  # VLLM(measure_mismatch="update")
                 update = self._optimize(TrainBatch(train.rollout, advantages, measure_mismatch=deferred))
             else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
@@ -218,10 +219,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
         if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
             metrics.update(dict.fromkeys(RealizedNoise.TAGS, 0.0)
                            if self.noise_draw.sigma <= 0 else self.rollout.noise_metrics)
-        kept_groups, seen_groups = distributed.sum_over_ranks([train.num_groups, seen.num_groups], self.device)
+        kept_groups, seen_groups = sum_over_ranks([train.num_groups, seen.num_groups], self.device)
         metrics["data/groups_kept_frac"] = kept_groups / max(1.0, seen_groups)
         metrics["data/refill_rounds"] = float(refills)
-        shaped_sum, shaped_rows, reshaped = distributed.sum_over_ranks(
+        shaped_sum, shaped_rows, reshaped = sum_over_ranks(
             [float(shaped.sum()), shaped.numel(), float(not torch.equal(shaped, train.rewards))], self.device)
         if reshaped:
             metrics["reward/shaped_mean"] = shaped_sum / max(1.0, shaped_rows)

@@ -4,12 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler
 
-
-def _world() -> tuple[int, int]:
-    """(number of processes, this process's rank) of the default process group; (1, 0) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+from qerl.parallel import world
 
 
 class EpochShuffle(RandomSampler, DistributedSampler):
@@ -31,8 +26,8 @@ class EpochShuffle(RandomSampler, DistributedSampler):
     def __init__(self, data_source, seed: int, batch_size: int = 1, num_replicas: int | None = None,
                  rank: int | None = None) -> None:
         RandomSampler.__init__(self, data_source)
-        world, own = _world()
-        self.num_replicas = int(num_replicas if num_replicas is not None else world)
+        size, own = world()
+        self.num_replicas = int(num_replicas if num_replicas is not None else size)
         self.rank = int(rank if rank is not None else own)
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"EpochShuffle: rank {self.rank} is not in [0, {self.num_replicas}).")

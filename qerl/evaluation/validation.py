@@ -12,9 +12,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from qerl.evaluation.evaluate import EvalTotals, evaluate_batch, summarize
+from qerl.parallel import gather_objects, is_distributed
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
-from qerl.training.distributed import gather_objects, is_distributed
 from qerl.types import PromptBatch, SamplingConfig
 
 

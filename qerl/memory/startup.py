@@ -20,6 +20,7 @@ from qerl.memory.estimate import (
     weight_bits,
 )
 from qerl.models.logprobs import causal_lm
+from qerl.parallel import world
 
 #: prompt length assumed when the datamodule sets no `max_prompt_tokens` and its prompts cannot be measured
 DEFAULT_PROMPT_TOKENS = 256
@@ -174,8 +175,6 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
          f"{bits:.2f} bits/weight)")
     if engine is not None:
         echo(describe(need, engine, utilization, total))
-    from qerl.training.distributed import world
-
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
         echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")

@@ -14,7 +14,8 @@ through the default process group here, with the same calls on every rank in the
 DDP's own bucketed all-reduce runs inside every `backward` and assumes every rank runs the same number of
 them; an RL step does not (its micro-batch count follows the rollout, a non-finite loss ends it early), so
 the module switches it off (`take_over_gradient_sync`) and sums the gradients itself. Without a process
-group (one process) every function here is the identity.
+group (one process) every function here is the identity. The rank itself and the collectives other floors
+share (`world`, `gather_objects`, `sum_over_ranks`, `on_every_rank`) are in `qerl.parallel`.
 """
 from __future__ import annotations
 
@@ -24,16 +25,7 @@ from typing import Any
 
 import torch
 
-
-def world() -> tuple[int, int]:
-    """(number of processes, this process's rank); (1, 0) without an initialised process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-def is_distributed() -> bool:
-    return world()[0] > 1
+from qerl.parallel import gather_objects, is_distributed, world
 
 
 def global_draw(draw: int) -> int:
@@ -43,15 +35,6 @@ def global_draw(draw: int) -> int:
     """
     size, rank = world()
     return int(draw) * size + rank
-
-
-def on_every_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` holds on every rank (a step is skipped everywhere when one rank must skip it)."""
-    if not is_distributed():
-        return bool(flag)
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item() == 1.0)
 
 
 def broadcast_only_trainable(module: torch.nn.Module) -> None:
@@ -143,24 +126,6 @@ def gather_scored(scored: Any, rollout_seconds: float) -> tuple[Any, float]:
         rollout=SimpleNamespace(lengths=torch.cat([p["lengths"] for p in parts]),
                                 truncated=torch.cat([p["truncated"] for p in parts])))
     return joined, max(p["seconds"] for p in parts)
-
-
-def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sums of small counters over ranks (the values themselves in one process)."""
-    if not is_distributed():
-        return list(values)
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """`obj` of every rank, in rank order (`[obj]` in one process)."""
-    if not is_distributed():
-        return [obj]
-    parts: list[Any] = [None] * world()[0]
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
 
 
 def own_rng(resume: dict[str, Any]) -> dict[str, Any]:

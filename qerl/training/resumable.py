@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from qerl.parallel import gather_objects, world
 from qerl.training import distributed
 from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 
@@ -29,7 +30,7 @@ class ResumableRun:
         checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn, "seed": self.seed,
                               "epoch": self.current_epoch, "nan_streak": self._nan_streak}
         # every rank runs this hook (rank 0 writes): each keeps its own RNG and running-mean window
-        by_rank = distributed.gather_objects((rng, self.running.state()))
+        by_rank = gather_objects((rng, self.running.state()))
         checkpoint["qerl"]["running_by_rank"] = [running for _, running in by_rank]
         if len(by_rank) > 1:
             checkpoint["qerl"]["rng_by_rank"] = [state for state, _ in by_rank]
@@ -45,7 +46,7 @@ class ResumableRun:
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
         running = checkpoint.get("qerl", {}).get("running_by_rank")
         if running:  # this rank's window when the run has as many ranks, else rank 0's (older checkpoints: none)
-            size, rank = distributed.world()
+            size, rank = world()
             self.running.load_state(running[rank] if len(running) == size else running[0])
         # the rollout seed of the run being resumed (it follows seed_everything, which may have been drawn at random)
         self.seed = int(checkpoint.get("qerl", {}).get("seed", self.seed))

@@ -11,7 +11,7 @@ from torch import nn
 
 from qerl.algorithms.base import Algorithm
 from qerl.models.logprobs import completion_logprobs, micro_batches, rollout_inputs
-from qerl.rollout.vllm.outputs import mismatch_sums
+from qerl.models.mismatch import mismatch_sums
 from qerl.types import Rollout
 
 

@@ -1,4 +1,4 @@
-"""qerl.training.distributed on a real 2-process gloo group: counts, the gradient all-reduce, metric combining, RNG pick."""
+"""qerl.training.distributed and qerl.parallel on a real 2-process gloo group: counts, the gradient all-reduce, metric combining, RNG pick."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,11 @@ import torch.multiprocessing as mp
 def _rank_main(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    from qerl import parallel
     from qerl.training import distributed as d
 
     cpu = torch.device("cpu")
-    results = {"world": d.world(), "draws": [d.global_draw(i) for i in range(3)],
+    results = {"world": parallel.world(), "draws": [d.global_draw(i) for i in range(3)],
                "totals": d.global_totals(3 + rank, 10.0 * (rank + 1), cpu)}
     a, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(3))
     a.grad = torch.full((2, 2), float(rank + 1))
@@ -28,7 +29,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     if rank == 0:
         metrics["kl"] = 0.25  # a key rank 1 skipped
     results["metrics"] = d.combine_update_metrics(metrics, cpu)
-    results["every"] = (d.on_every_rank(True, cpu), d.on_every_rank(rank == 0, cpu))
+    results["every"] = (parallel.on_every_rank(True, cpu), parallel.on_every_rank(rank == 0, cpu))
     results["rng"] = d.own_rng({"rng": "rank0", "rng_by_rank": ["rank0", "rank1"]})["rng"]
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()

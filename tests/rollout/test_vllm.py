@@ -91,7 +91,7 @@ def test_generation_maps_sampling_and_returns_engine_logprobs_matching_the_polic
 
 def test_update_mode_skips_the_scoring_forward_and_the_update_reports_the_same_mismatch(engine):
     from qerl.algorithms import GRPO
-    from qerl.rollout.vllm.outputs import mismatch
+    from qerl.models.mismatch import mismatch
     from qerl.training.update import TrainBatch, accumulate_gradients
 
     backend, policy, _ = engine

@@ -91,7 +91,7 @@ FORMAT_CHILD = textwrap.dedent("""
         warnings.simplefilter("always")
         backend.setup(policy, tokenizer)
     out = backend.generate([list(b"1+1=")], SamplingConfig(n=2, max_new_tokens=4, seed=0))
-    from qerl.rollout.vllm.outputs import policy_logprobs
+    from qerl.models.mismatch import policy_logprobs
     mask = out.completion_mask.bool()
     mine = policy_logprobs(policy, out, 1.0)[mask]
     print("RESULT " + json.dumps({"methods": backend.engine_linear_methods(), "served_as": backend.served_as,

@@ -15,6 +15,7 @@ from torch import nn
 
 from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
+from qerl.models.mismatch import mismatch
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
@@ -24,7 +25,7 @@ from qerl.rollout.vllm.engine import engine_name, scratch_dir
 from qerl.rollout.vllm.host_copy import to_host
 from qerl.rollout.vllm.noise import EngineNoise
 from qerl.rollout.vllm.norms import float32_rms_norms, wants_float32_norms
-from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, mismatch, rollout_from_outputs
+from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, rollout_from_outputs
 from qerl.rollout.vllm.sleep import EngineSleep
 from qerl.types import Rollout, SamplingConfig
 

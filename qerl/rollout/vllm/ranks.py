@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qerl.training.distributed import world
+from qerl.parallel import world
 
 _KEY = "rollout.init_args"
 
