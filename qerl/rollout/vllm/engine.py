@@ -188,6 +188,17 @@ def check_version(version: str) -> str | None:
             "a tested version.")
 
 
+def preemptions(llm) -> int | None:
+    """Sequences the engine has preempted since it started (vLLM's `vllm:num_preemptions` counter; None when the
+    engine keeps no statistics)."""
+    try:
+        metrics = llm.get_metrics()
+    except Exception:  # stats off (`disable_log_stats`) or an engine without them: nothing to report
+        return None
+    found = [m.value for m in metrics if getattr(m, "name", "") == "vllm:num_preemptions"]
+    return int(sum(found)) if found else None
+
+
 def cpu_batching(on_cuda: bool, max_num_seqs: int, max_model_len: int) -> dict:
     """On the CPU build, a token budget that holds every sequence whole: no prefill is ever split.
 
