@@ -1,10 +1,13 @@
-"""The shape of the house: few loose modules in `qerl/`, and no import cycle between files (lazy imports counted)."""
+"""The shape of the house: few loose modules in `qerl/`, no import cycle between files, and every import running
+down the layering that docs/contributing.md's table writes down (lazy imports counted everywhere)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qerl"
+CONTRIBUTING = PACKAGE.parent / "docs" / "contributing.md"
 MAX_TOP_LEVEL_MODULES = 6
 
 
@@ -75,6 +78,76 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+def room(module: str) -> str:
+    """The room (row of the layering table) a module lives in: its package or loose module under `qerl/`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def layering(text: str | None = None) -> dict[str, set[str]]:
+    """{room: rooms it may import} from the table under "## The packages" in docs/contributing.md, the one place
+    the layering is written down. Rows run bottom floor first; a row names only rooms of rows above it ("nothing",
+    or "every row above"). Rooms sharing a row (the command line) may import each other."""
+    text = CONTRIBUTING.read_text(encoding="utf-8") if text is None else text
+    section = text.split("## The packages", 1)[1].split("\n## ", 1)[0]
+    allowed: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = {n.rstrip("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", cells[0])}
+        named = {n.rstrip("/") for n in re.findall(r"`([^`]+)`", cells[2])}
+        row = sorted(names)[0]
+        assert named or cells[2] in ("nothing", "every row above"), \
+            f"docs/contributing.md, row {row}: name the rooms it may import, `nothing` or `every row above`"
+        unknown = sorted(named - set(allowed))
+        assert not unknown, f"docs/contributing.md, row {row}: {unknown} are not rows above it (rows run bottom up)"
+        targets = set(allowed) if cells[2] == "every row above" else named
+        allowed.update({n: targets | names for n in names})
+    return allowed
+
+
+def upward_imports(graph: dict[str, set[str]], allowed: dict[str, set[str]]) -> list[str]:
+    """Every import from one room into another that the room's row does not name."""
+    found = []
+    for name in sorted(graph):
+        for target in sorted(graph[name]):
+            here, there = room(name), room(target)
+            if here != there and there not in allowed.get(here, ()):
+                may = sorted(allowed.get(here, set()) - {here}) or "nothing"
+                found.append(f"{name} imports {target} ({here} may import: {may})")
+    return found
+
+
+def test_every_room_has_a_row_in_the_layering():
+    rooms = {room(name) for name in import_graph()}
+    table = layering()
+    assert sorted(rooms - set(table)) == [], "rooms of qerl/ without a row in docs/contributing.md's table"
+    assert sorted(set(table) - rooms) == [], "rows of docs/contributing.md's table naming no room of qerl/"
+
+
+def test_every_import_runs_down_the_layering():
+    found = upward_imports(import_graph(), layering())
+    assert found == [], "imports the layering in docs/contributing.md does not allow (move the shared code down, " \
+        "or change the table if the arrow is right):\n" + "\n".join(found)
+
+
+def test_the_layering_check_catches_an_upward_import():
+    table = layering()
+    assert "training" not in table["memory"] and "rollout" not in table["models"]
+    graph = {"qerl.memory.startup": {"qerl.training.distributed"}, "qerl.training.update": {"qerl.rollout.vllm.outputs"},
+             "qerl.rollout.vllm.ranks": {"qerl.parallel.group"}, "qerl.lightning_cli": {"qerl.commands.quiet"}}
+    assert upward_imports(graph, table) == [
+        "qerl.memory.startup imports qerl.training.distributed (memory may import: "
+        f"{sorted(table['memory'] - {'memory'})})"]
+    try:
+        layering("## The packages\n| `a/` | x | nothing |\n| `b/` | y | `c` |\n| `c/` | z | `a` |\n")
+    except AssertionError as exc:
+        assert "['c'] are not rows above it" in str(exc)
+    else:
+        raise AssertionError("a row naming a room below it was accepted")
 
 
 def test_no_import_cycles_between_files():
