@@ -4,7 +4,7 @@ vLLM loads q/k/v into one `qkv_proj` and gate/up into one `gate_up_proj`. For NV
 tensor scale: vLLM 0.22 takes the largest stored divisor (the smallest multiplier) of its shards and applies it
 to all of them, so shards quantized with their own tensor scales are dequantized wrongly there - weights scaled
 by amax_min / amax_shard, a different function from the one the policy trains on (on a random Qwen2.5-7B this
-alone is a rollout mismatch KL of ~0.045 nats/token, `benchmarks/mismatch_depth.py`). llm-compressor gives fused shards one tensor scale for the same reason;
+alone is a rollout mismatch KL of ~0.045 nats/token, `benchmarks/probes/mismatch_depth.py`). llm-compressor gives fused shards one tensor scale for the same reason;
 qerl does it when it quantizes (`Quantizer.shares_tensor_scale`), and the vLLM backend refuses to serve packed
 a base whose fused shards disagree (`unshared_tensor_scales`).
 """

@@ -4,16 +4,19 @@ The `VLLM` backend generates the same prompts several times, once with the cache
 once with it reset first (median of 3 each). A benchmark that warms up on the prompts it then times measures the
 first; an RL step (new prompts) and an AQN call (its noise resets the cache) pay the second. Random weights.
 
-    PYTHONPATH=. python benchmarks/prefix_cache.py                          # CPU build, tiny 4-layer model
-    PYTHONPATH=. python benchmarks/prefix_cache.py --preset qwen2.5-7b --rows 64 --prompt 256 --new 16   # GPU
+    PYTHONPATH=. python benchmarks/probes/prefix_cache.py                          # CPU build, tiny 4-layer model
+    PYTHONPATH=. python benchmarks/probes/prefix_cache.py --preset qwen2.5-7b --rows 64 --prompt 256 --new 16   # GPU
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # benchmarks/: result_file
 from result_file import write_result
 
 
@@ -23,7 +26,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--prompt", type=int, default=240)
     p.add_argument("--new", type=int, default=8)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "results"))
     args = p.parse_args()
     from qerl.lora.apply import apply_lora
     from qerl.models.random_init import RandomInit

@@ -18,8 +18,8 @@ Per layer rel_diff = ||hA - hB|| / ||hA||; at depth 2, 8 and all: final norm + L
 k3 = E_{x~pA}[exp(r) - r - 1] (r = log pB(x) - log pA(x), 64 samples), entropy of pA, logit correlation.
 Models: qwen2.5-7b (random), smollm2 (trained), random-smollm2 (SmolLM2's shape, RandomInit weights).
 
-    PYTHONPATH=. python benchmarks/mismatch_depth.py            # ~10 min on 2 CPU cores, peak ~5 GB RAM
-    PYTHONPATH=. python benchmarks/mismatch_depth.py --models smollm2 --json /tmp/smollm2.json
+    PYTHONPATH=. python benchmarks/probes/mismatch_depth.py            # ~10 min on 2 CPU cores, peak ~5 GB RAM
+    PYTHONPATH=. python benchmarks/probes/mismatch_depth.py --models smollm2 --json /tmp/smollm2.json
 
 Found (2026-12-02, torch 2.13 CPU; results/mismatch-depth-cpu-2026-12-02.json): NOT chaos. Random 7B, bf16 vs
 f32: rel_diff grows ~sqrt(depth), 0.012 (layer 1) -> 0.031 (8) -> 0.059 (28), logit corr 0.998, k3 = 2.6e-3 at
@@ -43,10 +43,10 @@ import sys
 import torch
 import transformers
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))  # the repository root: qerl
 from qerl.models.random_init import preset_config, random_tensor
 
-DEFAULT_JSON = os.path.join(os.path.dirname(__file__), "results", "mismatch-depth-cpu-2026-12-02.json")
+DEFAULT_JSON = os.path.join(os.path.dirname(__file__), "..", "results", "mismatch-depth-cpu-2026-12-02.json")
 
 
 def arch(config):

@@ -12,8 +12,8 @@ entering and leaving the noise context alone (`<dtype>_noise_enter_exit_ms`), wh
 extra time into the noise bookkeeping and the generation with noisy (float32) norms.
 Random weights (speed does not depend on values). Prints a table with the card and date; --json writes it too.
 
-    PYTHONPATH=. python benchmarks/aqn_norms.py --model tiny --hidden 576 --layers 8 --batch 8 --new 64
-    PYTHONPATH=. python benchmarks/aqn_norms.py --model qwen2.5-7b --batch 8 --new 256 --vllm   # on the GPU
+    PYTHONPATH=. python benchmarks/probes/aqn_norms.py --model tiny --hidden 576 --layers 8 --batch 8 --new 64
+    PYTHONPATH=. python benchmarks/probes/aqn_norms.py --model qwen2.5-7b --batch 8 --new 256 --vllm   # on the GPU
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))  # the repository root: qerl
 
 
 def sync() -> None:

@@ -4,17 +4,20 @@ The engine is built from a folder the backend writes (compressed-tensors safeten
 reads back; this times the write, twice (the first pays tmpfs page allocation), for `--layers` decoder layers
 plus the two 152k x 3,584 embeddings (most of the bytes at 2 layers).
 
-    PYTHONPATH=. python benchmarks/export_cost.py --layers 2          # CPU: ~40 s, mostly building the model
+    PYTHONPATH=. python benchmarks/probes/export_cost.py --layers 2          # CPU: ~40 s, mostly building the model
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # benchmarks/: result_file
 from result_file import write_result
 
 
@@ -26,7 +29,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="qwen2.5-7b")
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "results"))
     args = p.parse_args()
     from qerl.models.random_init import RandomInit
     from qerl.rollout.vllm import engine

@@ -2,7 +2,7 @@
 
 `qerl fit` on a random-weight Qwen2.5-7B NVFP4 with vLLM rollouts logged `rollout/mismatch_kl` ~0.70 nats/token
 (with and without AQN, H200, 2026-12-02) where SmolLM2 served dense gives 0.002 and the tiny 2-layer packed GPU
-test 1.4e-4. `benchmarks/mismatch_depth.py` ruled out random-weight chaos (a bf16-vs-float32 forward of the same
+test 1.4e-4. `benchmarks/probes/mismatch_depth.py` ruled out random-weight chaos (a bf16-vs-float32 forward of the same
 random 28-layer 7B differs by KL 0.0026). This probe bisects the rest on the GPU, each cell one fresh engine:
 
   layers   the preset's depth vs `--layers` overrides (e.g. 2 and 28): does the gap grow with depth?
@@ -24,11 +24,11 @@ holding the dequantized base, which puts a gap on the policy's side or the engin
 side, and the share of sampled ids beyond the tokenizer's (the 7B has 152,064 ids, the SmolLM2 tokenizer 49,152:
 0 there would mean vLLM samples only tokenizer ids while the policy normalizes over all). LoRA r32 with B = 0.
 
-    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --ragged \
+    PYTHONPATH=. python benchmarks/probes/mismatch_probe.py --preset qwen2.5-7b --ragged \
         --cells 28:packed 28:packed-eager 28:dense 2:packed --out $OUT/mismatch-probe.json     # H200: ~6 min
-    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-7b --layers 2 28 --served packed dense \
+    PYTHONPATH=. python benchmarks/probes/mismatch_probe.py --preset qwen2.5-7b --layers 2 28 --served packed dense \
         --out $OUT/mismatch-probe.json                                     # H200: ~4 engines x ~50 s
-    PYTHONPATH=. python benchmarks/mismatch_probe.py --preset qwen2.5-0.5b --layers 2 --served dense --new 8  # CPU smoke
+    PYTHONPATH=. python benchmarks/probes/mismatch_probe.py --preset qwen2.5-0.5b --layers 2 --served dense --new 8  # CPU smoke
 
 Each cell runs in its own process (one vLLM engine per process); a failed cell is recorded with its error.
 """
@@ -44,7 +44,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))  # the repository root: qerl
 
 
 #: engine kinds of a cell: how the base is served, and '-eager' for no CUDA graphs
