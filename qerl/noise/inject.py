@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from qerl.noise.base import check_relative, check_sigma
 from qerl.noise.precision import RealizedNoise, measure_noise, warn_if_not_held
@@ -67,13 +68,14 @@ def noisy_norms(
         seed: seeds a private generator, so the same seed gives the same Z (e.g. the same noise
             for a rollout and the training forward of one step). None uses torch's global RNG.
         targets: module-name suffixes of the norms to perturb; see `targeted_norms`.
-        generator: a torch.Generator to draw from instead of `seed` (Z is drawn on its device).
+        generator: a torch.Generator to draw from instead of `seed` (N(0, 1) is drawn on its device, then moved to
+            the weights' device in one copy).
         relative: scale each channel's noise by its clean weight's magnitude: Z = sigma * |w| * N(0, 1), drawn
             from the same N(0, 1) as the absolute noise of the same seed. Every copy of a norm (peft) gets the
             Z of its first copy, so all engines apply one Z.
 
     Yields:
-        An `AppliedNoise`: {norm name: Z (float32, on the generator's device)} (empty at sigma 0), with
+        An `AppliedNoise`: {norm name: Z (float32, on the norm weights' device)} (empty at sigma 0), with
         `.realized` (a `RealizedNoise` measured on the model's weights, `row_sigma` included) and `.measure(pairs)`
         for the weights another engine multiplies by.
 
@@ -98,26 +100,34 @@ def noisy_norms(
     applied = AppliedNoise()
     try:
         with torch.no_grad():
-            for name, weights in groups.items():
-                size = weights[0].numel()
-                z = torch.randn(size, generator=generator, dtype=torch.float32, device=device).mul_(value)
-                if relative:
-                    z.mul_(weights[0].detach().to(device=device, dtype=torch.float32).abs())
-                applied[name] = z
-                for weight in weights:
-                    if weight.numel() != size:
-                        raise ValueError(f"noisy_norms: copies of {name!r} differ in size ({weight.numel()} vs {size}).")
-                    saved.append((weight, weight.detach().clone()))
-                    applied.clean[id(weight)] = (saved[-1][1], z)
-                    wide = torch.promote_types(weight.dtype, torch.float32)
-                    noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
-                    weight.copy_(noisy.to(weight.dtype))
-            applied.realized = applied.measure([(w, w) for w, _ in saved])
+            with record_function("aqn/draw"):  # all of Z in one host-to-device copy, scaled where the weights live
+                target = next(iter(groups.values()))[0].device
+                sizes = [weights[0].numel() for weights in groups.values()]
+                flat = torch.cat([torch.randn(n, generator=generator, dtype=torch.float32, device=device)
+                                  for n in sizes]).to(target).mul_(value)
+                for (name, weights), z in zip(groups.items(), flat.split(sizes), strict=True):
+                    if relative:
+                        z.mul_(weights[0].detach().to(target).abs())
+                    applied[name] = z
+            with record_function("aqn/apply"):
+                for name, weights in groups.items():
+                    z = applied[name]
+                    for weight in weights:
+                        if weight.numel() != z.numel():
+                            raise ValueError(f"noisy_norms: copies of {name!r} differ in size "
+                                             f"({weight.numel()} vs {z.numel()}).")
+                        saved.append((weight, weight.detach().clone()))
+                        applied.clean[id(weight)] = (saved[-1][1], z)
+                        wide = torch.promote_types(weight.dtype, torch.float32)
+                        noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
+                        weight.copy_(noisy.to(weight.dtype))
+            with record_function("aqn/measure"):
+                applied.realized = applied.measure([(w, w) for w, _ in saved])
         warn_if_not_held(applied.realized, value, type(model).__name__,
                          "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model,
                          relative)
         yield applied
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("aqn/restore"):
             for weight, clean in reversed(saved):
                 weight.copy_(clean)

@@ -12,7 +12,8 @@ from qerl.training.scoring import Scored
 
 
 class StepTimer:
-    """Wall-clock seconds spent per phase (`rollout`, `score`, `train`) and in total."""
+    """Wall-clock seconds spent per phase (`rollout`, `score`, `train`) and in total; each phase is also a
+    `torch.profiler` range named `step/<phase>`, so a profiled step shows its phases."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -22,7 +23,8 @@ class StepTimer:
     def phase(self, name: str) -> Iterator[None]:
         begin = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"step/{name}"):
+                yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - begin
 

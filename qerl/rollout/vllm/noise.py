@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
+
 from qerl.noise.base import check_sigma
 from qerl.noise.inject import noisy_norms
 from qerl.rollout.vllm import worker
@@ -27,7 +29,9 @@ class EngineNoise:
             return
         self._ready()
         with noisy_norms(self.policy, sigma, seed=seed, relative=relative) as applied:
-            noise = {engine_name(name): z.detach().cpu() for name, z in applied.items()}
+            names, zs = list(applied), list(applied.values())
+            host = torch.cat(zs).cpu().split([z.numel() for z in zs])  # one device-to-host copy of Z
+            noise = {engine_name(name): z for name, z in zip(names, host, strict=True)}
             try:
                 moved = self.llm.collective_rpc(worker.add_norm_noise, args=(noise,))[0]
                 self.noise_metrics = engine_realized(moved, sigma, self, relative).metrics()
