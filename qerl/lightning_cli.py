@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from qerl.callbacks.save_config import RunFolderSaveConfig
 from qerl.commands import TOOLS
 from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error
@@ -53,13 +54,15 @@ class QeRLArgumentParser(LightningArgumentParser):
     #: the command that was run (`qerl fit --config recipe.yaml`) and its help command, set by QeRLCLI
     command: str = ""
     help_command: str = ""
+    recipe_files: tuple[str, ...] = ()
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or debug_mode():
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"{self.command or prog}: error: {explain_parse_error(message, parser)}\n")
+        explained = explain_parse_error(message, parser, self.recipe_files)
+        sys.stderr.write(f"{self.command or prog}: error: {explained}\n")
         sys.stderr.write(f"(every option and its type: {self.help_command or prog} --help)\n")
         self.exit(2)
 
@@ -106,6 +109,7 @@ class QeRLCLI(LightningCLI):
         self._argv = list(sys.argv[1:] if args is None else args)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("parser_class", QeRLArgumentParser)
+        kwargs.setdefault("save_config_callback", RunFolderSaveConfig)  # into the run's own folder (W&B too)
         kwargs.setdefault("trainer_defaults", {"logger": default_logger(_recipe_files(self._argv))})
         parser_kwargs = kwargs.setdefault("parser_kwargs", {})
         parser_kwargs.setdefault("prog", "qerl")
@@ -122,6 +126,7 @@ class QeRLCLI(LightningCLI):
         parser = super().init_parser(**kwargs)
         if isinstance(parser, QeRLArgumentParser):
             parser.command, parser.help_command = _command(self._argv), _command(self._argv, with_config=False)
+            parser.recipe_files = _recipe_files(self._argv)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

@@ -18,8 +18,10 @@ def run_dir(trainer: L.Trainer) -> str:
     folder = trainer.log_dir or trainer.default_root_dir  # on every rank: under DDP this is a broadcast from rank 0
     logger = trainer.loggers[0] if trainer.loggers else None
     if trainer.is_global_zero and logger is not None and logger.save_dir and \
-            os.path.abspath(folder) == os.path.abspath(logger.save_dir) and logger.version is not None:
-        return os.path.join(folder, str(logger.name), str(logger.version))
+            os.path.abspath(folder) == os.path.abspath(logger.save_dir):
+        _ = logger.experiment  # W&B draws the run id when its run starts
+        if logger.version is not None:
+            return os.path.join(folder, str(logger.name), str(logger.version))
     return folder
 
 

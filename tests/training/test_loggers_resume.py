@@ -96,6 +96,7 @@ def test_wandb_offline_resume_keeps_the_run_id_and_logs_a_samples_table(tmp_path
     (run_id,) = os.listdir(project)  # one run folder: the resumed run wrote into the first one
     assert last_step(project / run_id) == 3
     assert (project / run_id / "adapter" / "final" / "adapter_model.safetensors").is_file()  # the run's own folder
+    assert {"config.yaml", "config-resume-step2.yaml"} <= set(os.listdir(project / run_id))
     offline = sorted(glob.glob(str(tmp_path / "wandb" / "offline-run-*")))
     assert len(offline) == 2 and all(path.endswith(f"-{run_id}") for path in offline)  # the same W&B run id
     tables = [glob.glob(os.path.join(path, "files", "media", "table", "samples_*.table.json")) for path in offline]
@@ -103,3 +104,10 @@ def test_wandb_offline_resume_keeps_the_run_id_and_logs_a_samples_table(tmp_path
     with open(tables[1][0]) as f:
         table = json.load(f)
     assert table["columns"][:3] == ["step", "sample", "reward"] and table["data"][0][0] == 3
+
+    from qerl.cli import main  # a new run in the same save_dir: its own run id and folder, its own config.yaml
+
+    assert main(["fit", "--config", str(tmp_path / "recipe.yaml"), "--trainer.max_steps=1"]) == 0
+    wandb.finish()
+    (new_id,) = set(os.listdir(project)) - {run_id}
+    assert last_step(project / new_id) == 1 and (project / new_id / "config.yaml").is_file()
