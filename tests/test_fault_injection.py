@@ -154,15 +154,11 @@ def lora_weights(checkpoint: Path) -> dict:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize(("signum", "after_step"), [(signal.SIGTERM, 3), (signal.SIGINT, 5)])
-def test_a_real_signal_mid_step_saves_that_step_and_the_adapter_and_resumes_exactly(baseline_run, baseline, tmp_path,
-                                                                                    signum, after_step):
-    """The signal arrives during step `after_step` (not a checkpoint step of the recipe): the step finishes, its
-    checkpoint and adapter are written, the exit status is 128 + the signal; the resume matches the straight run."""
-    runs, marker = tmp_path / "runs", tmp_path / "in-step"
-    hook = {"class_path": "fault_hooks.WaitForSignalAt", "init_args": {"step": after_step - 1, "marker": str(marker)}}
-    argv, env = fit_command(tmp_path, recipe(runs, hooks=(hook,)))
-    process = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def signal_mid_step(folder: Path, config_hooks: tuple[dict, ...], runs: Path, marker: Path, signum: int):
+    """Run `qerl fit`, send it `signum` once `marker` exists (written by `fault_hooks.WaitForSignalAt`);
+    (exit status, stderr)."""
+    argv, env = fit_command(folder, recipe(runs, hooks=config_hooks))
+    process = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 500
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -173,8 +169,29 @@ def test_a_real_signal_mid_step_saves_that_step_and_the_adapter_and_resumes_exac
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 128 + signum, stderr[-3000:]
+    return process.returncode, stderr
+
+
+def test_a_signal_before_the_first_step_finished_stops_at_once_and_leaves_no_run_folder(tmp_path):
+    runs, marker = tmp_path / "runs", tmp_path / "in-step"
+    hook = {"class_path": "fault_hooks.WaitForSignalAt", "init_args": {"step": 0, "marker": str(marker)}}
+    status, stderr = signal_mid_step(tmp_path, (hook,), runs, marker, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    assert "stopped by SIGTERM before a step of this run finished: nothing new to save" in stderr
+    assert list((runs / "fault").iterdir()) == []  # the fresh run folder is removed
+
+
+@pytest.mark.parametrize(("signum", "after_step"), [(signal.SIGTERM, 3), (signal.SIGINT, 5)])
+def test_a_real_signal_mid_step_saves_that_step_and_the_adapter_and_resumes_exactly(baseline_run, baseline, tmp_path,
+                                                                                    signum, after_step):
+    """The signal arrives during step `after_step` (not a checkpoint step of the recipe): the step finishes, its
+    checkpoint and adapter are written, the exit status is 128 + the signal; the resume matches the straight run."""
+    runs, marker = tmp_path / "runs", tmp_path / "in-step"
+    hook = {"class_path": "fault_hooks.WaitForSignalAt", "init_args": {"step": after_step - 1, "marker": str(marker)}}
+    status, stderr = signal_mid_step(tmp_path, (hook,), runs, marker, signum)
+    assert status == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr and "Warning" not in stderr and "weights_only" not in stderr, stderr[-3000:]
     version = runs / "fault" / "version_0"
     checkpoint = version / "checkpoints" / "last.ckpt"
     from qerl.training.checkpoint_io import read_checkpoint

@@ -102,7 +102,7 @@ class StopOnSignal(L.Callback):
             return  # the last planned step: the run ends normally, with its own checkpoint and final adapter
         signum = self.received if self.received is not None else signal.SIGTERM
         path = checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         exporter = next((c for c in trainer.callbacks if isinstance(c, AdapterExport)), None)
         adapter = exporter.export(trainer, pl_module, f"step-{trainer.global_step}") if exporter is not None else None
         raise StoppedBySignal(signum, trainer.global_step, path, adapter)
