@@ -61,7 +61,7 @@ def write_atomically(obj: Any, path: str) -> None:
     """
     try:
         _write_atomically(obj, path)
-    except Exception as exc:  # noqa: BLE001 - torch.save wraps the OSError of a full disk in a RuntimeError
+    except Exception as exc:  # torch.save wraps the OSError of a full disk in a RuntimeError
         cause = os_error_in(exc)
         if cause is None:
             raise
