@@ -54,13 +54,15 @@ class QeRLArgumentParser(LightningArgumentParser):
     #: the command that was run (`qerl fit --config recipe.yaml`) and its help command, set by QeRLCLI
     command: str = ""
     help_command: str = ""
+    recipe_files: tuple[str, ...] = ()
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or debug_mode():
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"{self.command or prog}: error: {explain_parse_error(message, parser)}\n")
+        explained = explain_parse_error(message, parser, self.recipe_files)
+        sys.stderr.write(f"{self.command or prog}: error: {explained}\n")
         sys.stderr.write(f"(every option and its type: {self.help_command or prog} --help)\n")
         self.exit(2)
 
@@ -124,6 +126,7 @@ class QeRLCLI(LightningCLI):
         parser = super().init_parser(**kwargs)
         if isinstance(parser, QeRLArgumentParser):
             parser.command, parser.help_command = _command(self._argv), _command(self._argv, with_config=False)
+            parser.recipe_files = _recipe_files(self._argv)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

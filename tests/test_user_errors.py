@@ -129,3 +129,37 @@ def test_intact_folders_pass_the_header_check(tiny_folders):
     for name in ("dense", "packed"):
         HFModel(str(tiny_folders / name)).check_files()
     assert json.loads((tiny_folders / "packed" / "config.json").read_text())["quantization_config"]
+
+
+# ------------------------------------------------------------------------------------------ 10: recipes
+def test_yaml_syntax_error_names_the_recipe_file_and_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("# qerl fit --config broken.yaml\ntrainer:\n  max_steps: 1\n  accelerator: [cpu\nmodel:\n")
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "<unicode string>" not in err, err
+    assert f"{path}:5:" in err and "not valid YAML" in err and "line 4" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ("  lora: {rank: abc}", "'model.lora.rank' must be int, got 'abc'."),
+    ("  noise: {class_path: Exponential, init_args: {sigma_start: abc}}",
+     "'model.noise.init_args.sigma_start' (Exponential) must be float, got 'abc'."),
+    ("  batches_per_step: four", "'model.batches_per_step' must be int, got 'four'."),
+])
+def test_wrong_nested_type_is_one_line_naming_the_key(edit, said, tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    recipe = textwrap.dedent(RECIPE.format(path=path, root=tmp_path, policy=TINY, data=ARITHMETIC))
+    path.write_text(recipe.replace("  dtype: float32\n", f"  dtype: float32\n{edit}\n"))
+    assert main(["fit", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Union" not in err and said in err, err
+    assert len(err.strip().splitlines()) == 2  # the error and the pointer to --help
+
+
+def test_wrong_type_under_init_args_names_the_class(tmp_path, capsys):
+    policy = "{class_path: RandomInit, init_args: {config: tiny, seed: abc}}"
+    assert fit(tmp_path, policy=policy) == 2
+    err = capsys.readouterr().err
+    assert "'model.policy.init_args.seed' (RandomInit) must be int, got 'abc'." in err, err

@@ -26,8 +26,12 @@ _REQUIRED = re.compile(r"the following arguments are required: (.*)")
 _SKIP_KEYS = {"help", "config", "print_config", "print_shtab"}
 
 
-def explain_parse_error(message: str, parser: argparse.ArgumentParser) -> str:
+def explain_parse_error(message: str, parser: argparse.ArgumentParser, recipe_files: tuple[str, ...] = ()) -> str:
     """A short explanation of a jsonargparse error `message` raised while parsing with `parser`."""
+    if "<unicode string>" in message:
+        syntax = yaml_syntax_error(recipe_files)
+        if syntax:
+            return syntax
     for pattern in _UNKNOWN_KEY:
         match = pattern.search(message)
         if match:
@@ -46,10 +50,76 @@ def explain_parse_error(message: str, parser: argparse.ArgumentParser) -> str:
             match = pattern.search(message)
             if match:
                 return unknown_class(key, match.group(1).strip("'\""), parser)
-        wrong = _WRONG_TYPE.search(message)
-        if wrong and message.count("Expected") == 1:
-            return f"'{key}' must be {wrong.group(1)}, got {wrong.group(2).strip()!r}."
+        nested = wrong_nested_type(message)
+        if nested:
+            return nested
     return _tidy(message)
+
+
+_LINE = re.compile(r"^(\s*)(?:- )?(.*)$")
+_TYPE_NAME = re.compile(r"<class '([\w.]+)'>")
+_PROBLEM = re.compile(r"Problem with given class_path '([^']+)'")
+
+
+def _type_names(text: str) -> str:
+    names = [("null" if n == "NoneType" else n.rsplit(".", 1)[-1]) for n in _TYPE_NAME.findall(text)]
+    return " or ".join(dict.fromkeys(names))
+
+
+def wrong_nested_type(message: str) -> str | None:
+    """One line for a value of the wrong type at any depth: `'model.lora.rank' must be int, got 'abc'.`
+
+    jsonargparse reports it as an indented tree (`Parser key`, `Problem with given class_path`, the Union's
+    subtypes and errors); the key path is the chain of parents above the deepest `Expected ... Got value` line,
+    or, for a Union of plain types, above its `Given value`.
+    """
+    stack: list[tuple[int, str, str]] = []  # (indent, key part, class name)
+    found = subtypes = None
+    listed = ""
+    for raw in message.splitlines():
+        indent, text = _LINE.match(raw).groups()
+        depth = len(indent)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        key, problem = _KEY.search(text), _PROBLEM.search(text)
+        if key:
+            stack.append((depth, key.group(1), ""))
+        elif problem:
+            typed = f"'{problem.group(1)}'" in listed  # the declared type itself (a dataclass): no init_args level
+            stack.append((depth, "" if typed else "init_args", problem.group(1)))
+        elif text.startswith("Subtypes:") and found is None:
+            listed, subtypes = text, (list(stack), _type_names(text))
+        elif text.startswith("Given value:") and found is None and subtypes is not None:
+            found = (subtypes[0], subtypes[1], text.removeprefix("Given value:"))
+        else:
+            wrong = _WRONG_TYPE.search(text)
+            if wrong and wrong.group(1) != "NoneType" and (found is None or len(stack) > len(found[0])):
+                found = (list(stack), wrong.group(1).rsplit(".", 1)[-1], wrong.group(2))
+    if found is None or not found[0]:
+        return None
+    path, types, value = found
+    owner = next((cls.rsplit(".", 1)[-1] for _, _, cls in reversed(path) if cls), "")
+    key = ".".join(part for _, part, _ in path if part)
+    return f"'{key}'{f' ({owner})' if owner and '.init_args.' in key else ''} must be {types}, got {value.strip()!r}."
+
+
+
+def yaml_syntax_error(files: tuple[str, ...]) -> str | None:
+    """`recipe.yaml:4:16: not valid YAML: ...` for the first of `files` that does not parse (None if all do)."""
+    import yaml
+
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            context = f" ({exc.context} at line {exc.context_mark.line + 1})" if exc.context and exc.context_mark else ""
+            return f"{where}: not valid YAML: {exc.problem}{context}. Fix the recipe there."
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            return f"{path}: cannot read the recipe: {exc}"
+    return None
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:
