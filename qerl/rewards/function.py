@@ -133,9 +133,9 @@ class RewardFunction(Reward):
             result = self._invoke(kwargs)
         except Exception as exc:  # noqa: BLE001 - user code on model text; find the failing rows one by one
             scores = [self._one_row(kwargs, row, rows, problems) for row in range(rows)]
-            if not problems:  # every row alone was fine: the batch as a whole was the trouble
-                problems = [(-1, f"raised {type(exc).__name__}: {exc} on the batch of {rows}")]
-                scores = [0.0] * rows
+            if not problems:  # every row alone was fine: keep those scores, say so once
+                log.warning("reward %s (%s)%s: raised %s: %s on the batch of %d but on no row alone; scored row by "
+                            "row.", self.name, self.spec, _at(meta.get("step")), type(exc).__name__, exc, rows)
         else:
             scores = self._check(result, rows, problems)
         if problems:
@@ -183,5 +183,8 @@ class RewardFunction(Reward):
         where = "the batch" if row == -1 else f"row {row}" + (f" ({sources[row]})" if sources[row] else "")
         more = f"; {len(problems) - 1} more rows failed" if len(problems) > 1 else ""
         scored = "all rows scored 0" if row == -1 else "scored 0"
-        at = "" if step is None else f" at step {step}"
-        return f"reward {self.name} ({self.spec}){at}: {where} {text}; {scored}{more}."
+        return f"reward {self.name} ({self.spec}){_at(step)}: {where} {text}; {scored}{more}."
+
+
+def _at(step) -> str:
+    return "" if step is None else f" at step {step}"

@@ -172,3 +172,19 @@ def test_the_current_directory_is_searched_like_python_m(tmp_path, monkeypatch):
         assert call(RewardFunction("cwd_rewards_qerl:one"), ["a"]) == [1.0]
     finally:
         sys.modules.pop("cwd_rewards_qerl", None)
+
+
+def test_a_batch_only_failure_keeps_the_row_scores(tmp_path, monkeypatch, caplog):
+    (tmp_path / "batchy_qerl.py").write_text(
+        "def batchy(completions, **kwargs):\n"
+        "    if len(completions) > 1:\n        raise MemoryError('batch too big')\n"
+        "    return [len(completions[0])]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = RewardFunction("batchy_qerl:batchy")
+    try:
+        with caplog.at_level(logging.WARNING, logger="qerl.rewards.function"):
+            assert call(reward, ["a", "abc"]) == [1.0, 3.0]
+    finally:
+        sys.modules.pop("batchy_qerl", None)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "batch too big on the batch of 2 but on no row alone" in line and reward.bad_rows == 0
