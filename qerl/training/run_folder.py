@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qerl.training.checkpoint_io import CheckpointError, read_checkpoint, remove_orphans
-from qerl.training.run_loggers import logger_location, run_folders
+from qerl.training.run_loggers import config_value, logger_location, run_folders
 
 #: `--ckpt_path` values Lightning resolves itself
 LIGHTNING_KEYWORDS = ("best", "hpc", "registry")
@@ -37,14 +37,6 @@ class ResumePlan:
     version: int | str | None
 
 
-def _get(node: Any, key: str, default: Any = None) -> Any:
-    if node is None:
-        return default
-    if isinstance(node, dict):
-        return node.get(key, default)
-    return getattr(node, key, default)
-
-
 def run_location(trainer_config: Any) -> tuple[str, str, Any] | None:
     """(save_dir, name, version) of the first logger's runs (TensorBoard, CSV, W&B: `qerl.training.run_loggers`)."""
     return logger_location(trainer_config)
@@ -52,9 +44,9 @@ def run_location(trainer_config: Any) -> tuple[str, str, Any] | None:
 
 def fixed_checkpoint_dir(trainer_config: Any) -> str | None:
     """The `dirpath` a recipe gave its `ModelCheckpoint` (None: checkpoints go into the run's folder)."""
-    for callback in _get(trainer_config, "callbacks") or []:
-        if str(_get(callback, "class_path", "")).endswith("ModelCheckpoint"):
-            dirpath = _get(_get(callback, "init_args"), "dirpath")
+    for callback in config_value(trainer_config, "callbacks") or []:
+        if str(config_value(callback, "class_path", "")).endswith("ModelCheckpoint"):
+            dirpath = config_value(config_value(callback, "init_args"), "dirpath")
             if dirpath:
                 return str(dirpath)
     return None
@@ -169,14 +161,14 @@ def plan_resume(ckpt_path: str | None, trainer_config: Any, warn=None) -> Resume
 def continue_run(config: Any, pin_version: bool) -> ResumePlan | None:
     """`plan_resume` for a parsed subcommand config, written back into it: the checked file as `ckpt_path`, and
     for `fit` the logger's `version` (and TensorBoard's `purge_step`) of the run being continued."""
-    plan = plan_resume(_get(config, "ckpt_path"), _get(config, "trainer"))
+    plan = plan_resume(config_value(config, "ckpt_path"), config_value(config, "trainer"))
     if plan is None:
         return None
     config.ckpt_path = plan.ckpt_path
-    logger = _get(_get(config, "trainer"), "logger")
+    logger = config_value(config_value(config, "trainer"), "logger")
     if isinstance(logger, list):
         logger = logger[0] if logger else None
-    args = _get(logger, "init_args")
+    args = config_value(logger, "init_args")
     if not pin_version or plan.version is None or args is None:
         plan.version = None
         return plan

@@ -24,7 +24,8 @@ _VERSION = re.compile(r"^version_(\d+)$")
 SAMPLES_CSV = "samples.csv"
 
 
-def _get(node: Any, key: str, default: Any = None) -> Any:
+def config_value(node: Any, key: str, default: Any = None) -> Any:
+    """`node[key]` of a parsed config node (a dict or a namespace); `default` when the node or the key is missing."""
     if node is None:
         return default
     if isinstance(node, dict):
@@ -33,7 +34,7 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 
 
 def first_logger(trainer_config: Any) -> Any:
-    logger = _get(trainer_config, "logger")
+    logger = config_value(trainer_config, "logger")
     if isinstance(logger, list):
         logger = logger[0] if logger else None
     return logger
@@ -42,15 +43,15 @@ def first_logger(trainer_config: Any) -> Any:
 def logger_location(trainer_config: Any) -> tuple[str, str, Any] | None:
     """(save_dir, name, version) of the first logger's runs, None for a logger without run folders."""
     logger = first_logger(trainer_config)
-    class_path = str(_get(logger, "class_path", ""))
-    args = _get(logger, "init_args")
+    class_path = str(config_value(logger, "class_path", ""))
+    args = config_value(logger, "init_args")
     if class_path.endswith(VERSIONED):
-        save_dir = _get(args, "save_dir") or _get(trainer_config, "default_root_dir") or os.getcwd()
-        return str(save_dir), str(_get(args, "name", "lightning_logs") or ""), _get(args, "version")
+        save_dir = config_value(args, "save_dir") or config_value(trainer_config, "default_root_dir") or os.getcwd()
+        return str(save_dir), str(config_value(args, "name", "lightning_logs") or ""), config_value(args, "version")
     if class_path.endswith(WANDB):
-        save_dir = _get(args, "save_dir") or _get(args, "dir") or "."
-        project = _get(args, "project") or os.environ.get("WANDB_PROJECT") or "lightning_logs"
-        return str(save_dir), str(project), _get(args, "version") or _get(args, "id")
+        save_dir = config_value(args, "save_dir") or config_value(args, "dir") or "."
+        project = config_value(args, "project") or os.environ.get("WANDB_PROJECT") or "lightning_logs"
+        return str(save_dir), str(project), config_value(args, "version") or config_value(args, "id")
     return None
 
 

@@ -6,21 +6,18 @@ import pytest
 from qerl.rewards import GSM8KAccuracy, MathAccuracy
 
 
-def test_gsm8k_bad_gold_warns_once(caplog):
-    reward = GSM8KAccuracy()
+@pytest.mark.parametrize("reward, completions, bad, good", [
+    (GSM8KAccuracy, ["#### 5", "#### 5", "#### 7"], "no number here", "7"),
+    (MathAccuracy, ["\\boxed{5}", "\\boxed{6}", "\\boxed{\\frac12}"], "}{", "0.5"),
+])
+def test_a_bad_gold_warns_once_and_scores_zero(caplog, reward, completions, bad, good):
+    scorer = reward()
     with caplog.at_level(logging.WARNING):
-        scores = reward(["#### 5", "#### 5", "#### 7"], ["no number here", "no number here", "7"])
+        scores = scorer(completions, [bad, bad, good])
     assert scores == [0.0, 0.0, 1.0]
-    assert sum("no number here" in r.message for r in caplog.records) == 1
-
-
-def test_math_bad_gold_warns_once(caplog):
-    reward = MathAccuracy()
-    with caplog.at_level(logging.WARNING):
-        scores = reward(["\\boxed{5}", "\\boxed{6}", "\\boxed{\\frac12}"], ["}{", "}{", "0.5"])
-    assert scores == [0.0, 0.0, 1.0]
-    assert sum("}{" in r.message for r in caplog.records) == 1
-    assert reward.verdicts["gold_error"] == 2
+    assert sum(bad in r.message for r in caplog.records) == 1
+    if isinstance(scorer, MathAccuracy):
+        assert scorer.verdicts["gold_error"] == 2
 
 
 def test_text_match_still_scores_for_unparsable_gold():
