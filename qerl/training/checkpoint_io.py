@@ -123,7 +123,7 @@ def serialized_size(obj: Any) -> int | None:
 
 
 def _megabytes(size: int) -> str:
-    return f"{size / 2**20:,.1f} MiB"
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
 
 
 def _free_bytes(folder: str) -> int | None:
