@@ -40,7 +40,8 @@ class HFPrompts(PromptDataModule):
         name: the hub dataset's config name.
         train_split: split (or slice, "train[:90%]") the train rows come from.
         test_split: split for `test_dataloader`; None: "test" when there is one, else the train split.
-        test_path: read the test split from this source instead of `path`.
+        test_path: read the test split from this source instead of `path` (alone, it is enough for
+            `qerl eval --dataset HFPrompts --data_path FILE`).
         question_column: the column with the question text or the chat messages.
         answer_column: the gold answer column (numbers become text); None: no gold answer, or a chat's last
             assistant turn.
@@ -51,7 +52,7 @@ class HFPrompts(PromptDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
         name: str | None = None,
         train_split: str = "train",
         test_split: str | None = None,
@@ -64,7 +65,7 @@ class HFPrompts(PromptDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not path:
+        if not path and not test_path:
             raise DatasetError("HFPrompts: path is required (a data file, a folder or a hub dataset name).")
         self.path, self.name, self.test_path = path, name, test_path
         self.train_split, self.test_split = train_split, test_split
@@ -74,6 +75,8 @@ class HFPrompts(PromptDataModule):
 
     def load_rows(self, split: str) -> list[PromptRow]:
         source = self.path if split == "train" else (self.test_path or self.path)
+        if not source:
+            raise DatasetError("HFPrompts: the train split needs path (only test_path was given).")
         splits = open_dataset(source, self.name, self.cache_dir)
         spec = self.train_split if split == "train" else self.test_split
         if spec is None:

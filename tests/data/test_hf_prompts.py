@@ -127,3 +127,14 @@ def test_bad_data_stops_qerl_fit_with_exit_2_before_the_model_loads(parquet, tmp
     assert main(["fit", "--config", str(path), "--trainer.logger=false"]) == 2
     err = capsys.readouterr().err
     assert "no column 'question'" in err and "bigmath.parquet" in err and "Traceback" not in err
+
+
+def test_qerl_eval_reads_a_parquet_file_with_data_path(parquet, tmp_path):
+    from qerl.commands.evaluate import build_parser, dataset_module
+
+    args = build_parser().parse_args(["--dataset", "HFPrompts", "--data_path", str(parquet), "--dataset_args",
+                                      json.dumps({"question_column": "problem", "cache_dir": str(tmp_path / "c")})])
+    rows = dataset_module(args).rows("test")
+    assert [r.answer for r in rows] == ["5", "42", "6", "3.0"] and rows[0].meta["source"] == "cn_k12"
+    with pytest.raises(DatasetError, match="the train split needs path"):
+        dataset_module(args).rows("train")
