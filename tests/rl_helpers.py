@@ -8,6 +8,25 @@ import torch
 
 from qerl.rewards.base import Reward
 
+#: the smallest complete recipe: tiny random Qwen2, NVFP4 + LoRA, GRPO, one step of 2 prompts x 2 completions
+TINY_RECIPE = {
+    "seed_everything": 0,
+    "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
+                "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
+    "model": {
+        "policy": {"class_path": "RandomInit", "init_args": {"config": "tiny", "seed": 0}},
+        "quantizer": "NVFP4",
+        "lora": {"rank": 4, "alpha": 8.0},
+        "algorithm": "GRPO",
+        "rewards": ["GSM8KAccuracy"],
+        "sampling": {"n": 2, "max_new_tokens": 4, "temperature": 1.0},
+        "dtype": "float32",
+        "micro_batch_size": 4,
+    },
+    "data": {"class_path": "Arithmetic",
+             "init_args": {"digits": 1, "batch_size": 2, "num_train": 8, "num_val": 0, "num_test": 4}},
+}
+
 
 class DigitReward(Reward):
     """Fraction of a completion's characters that are digits: a dense signal even a random tiny model varies on."""

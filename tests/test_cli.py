@@ -14,29 +14,9 @@ import yaml
 
 from qerl.cli import main
 from qerl.registry import REGISTRIES
+from tests.rl_helpers import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: the smallest complete recipe: tiny random Qwen2, NVFP4 + LoRA, GRPO, one step of 2 prompts x 2 completions
-TINY_RECIPE = {
-    "seed_everything": 0,
-    "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
-                "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
-    "model": {
-        "policy": {"class_path": "RandomInit", "init_args": {"config": "tiny", "seed": 0}},
-        "quantizer": "NVFP4",
-        "lora": {"rank": 4, "alpha": 8.0},
-        "algorithm": "GRPO",
-        "rewards": ["GSM8KAccuracy"],
-        "sampling": {"n": 2, "max_new_tokens": 4, "temperature": 1.0},
-        "dtype": "float32",
-        "micro_batch_size": 4,
-    },
-    "data": {"class_path": "Arithmetic",
-             "init_args": {"digits": 1, "batch_size": 2, "num_train": 8, "num_val": 0, "num_test": 4}},
-}
-
-
 
 
 def write_recipe(folder: Path, recipe: dict, name: str = "recipe.yaml") -> Path:

@@ -7,6 +7,8 @@ import textwrap
 
 import yaml
 
+from tests.rl_helpers import TINY_RECIPE
+
 REWARDS_MODULE = '''
 import asyncio
 
@@ -26,16 +28,7 @@ async def picky(completions, level, **kwargs):
     return [float(x) for x in level]
 '''
 
-RECIPE = {
-    "seed_everything": 0,
-    "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
-                "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False},
-    "model": {
-        "policy": {"class_path": "RandomInit", "init_args": {"config": "tiny", "seed": 0}},
-        "quantizer": "NVFP4", "lora": {"rank": 4, "alpha": 8.0}, "algorithm": "GRPO",
-        "sampling": {"n": 2, "max_new_tokens": 4, "temperature": 1.0}, "dtype": "float32", "micro_batch_size": 4,
-    },
-}
+RECIPE = {**TINY_RECIPE, "trainer": {**TINY_RECIPE["trainer"], "max_steps": 2}}  # model.rewards and data: per test
 
 
 def test_fit_scores_a_parquet_dataset_with_reward_functions(tmp_path, monkeypatch, caplog):
