@@ -7,6 +7,7 @@ import re
 from qerl.registry import REWARDS
 from qerl.rewards.base import Reward
 from qerl.rewards.final_answer import answer_region, boxed_contents
+from qerl.rewards.stated_answer import conflicting_blocks, final_statement, hedge_in
 from qerl.rewards.verify_sandbox import DIFFERENT, EQUAL, GOLD_ERROR, NO_ANSWER, VerifySandbox
 from qerl.rewards.warn_once import WarnOnce
 
@@ -33,23 +34,26 @@ def plainly_equal(source: str, gold: str) -> bool | None:
     return None
 
 
-def answer_source(completion: object, truncated: bool = False) -> str | None:
-    """What math-verify reads from a completion, or None when it states no answer.
+def answer_source(completion: object, truncated: bool = False, gold: str = "") -> str | None:
+    """What math-verify reads from a completion, or None when it states no answer or hedges.
 
     The answer region (after the last `</think>`; None while `<think>` is open) when it holds
-    a `\\boxed{}` (boxed answers are read first); else the last `<answer>` block; else the
-    region as written - unless the completion was truncated at `max_new_tokens`: then only a
-    box or a closed `<answer>` block counts.
+    a `\\boxed{}` (boxed answers are read first; several boxes are one set); else the last `<answer>`
+    block, if every block says the same; else the region as written - unless the completion was
+    truncated at `max_new_tokens`: then only a box or a closed `<answer>` block counts. An unboxed
+    answer must be one stated answer (`qerl.rewards.stated_answer`): a hedge against `gold` is None.
     """
     region = answer_region(completion)
     if region is None or not region.strip():
         return None
     if _BOX_RE.search(region):
         return region
-    blocks = list(_TAG_RE.finditer(region))
+    blocks = [m.group(1) for m in _TAG_RE.finditer(region)]
     if blocks:
-        return blocks[-1].group(1)
-    return None if truncated else region
+        return None if conflicting_blocks(blocks) or hedge_in(blocks[-1], gold) else blocks[-1]
+    if truncated or hedge_in(final_statement(region), gold):
+        return None
+    return region
 
 
 @REWARDS.register()
@@ -90,7 +94,7 @@ class MathAccuracy(Reward):
         if not answer:
             self._bad_gold(answer)
             return self._count(GOLD_ERROR)
-        source = answer_source(completion, truncated)
+        source = answer_source(completion, truncated, answer)
         if source is None:
             return self._count(NO_ANSWER)
         plain = plainly_equal(source, answer)

@@ -18,6 +18,11 @@ CORRECT = {
         ("The answer is 15.", "15", 1),
         ("Final Answer: The final answer is $3\\sqrt{2}$. I hope it is correct.", "\\sqrt{18}", 1),
         ("<answer>\\frac{2}{3}</answer>", "\\frac23", 1),
+        ("Thus, $a + b = 12$.", "12", 1),
+        ("Adding 3 and 4, we get 7.", "7", 1),
+        ("The answer is 5, since 2+3=5.", "5", 1),
+        ("The solutions are $x = 1$ and $x = 2$.", "1, 2", 1),
+        ("<answer>42</answer> Checking: 6 * 7 = 42. <answer> 42 </answer>", "42", 1),
     ],
     "inequalities": [
         ("\\boxed{x\\ge5}", "x>=5", 1),
@@ -97,6 +102,15 @@ FALSE_CREDIT = [  # each must score 0
     ("<think>so \\boxed{5}", "5", 0),
     ("<think>\\boxed{5}</think>Hmm, the answer is 6.", "5", 0),
     ("I cannot solve this.", "5", 0),
+    # unboxed hedges (issue #35): one stated answer or none
+    ("#### 41 or 42", "42", 0),
+    ("The answer is not 42.", "42", 0),
+    ("x = 41 or x = 42", "42", 0),
+    ("41, 42, 43, 44", "44", 0),
+    ("The roots are 3 and 5", "3", 0),
+    ("The answer is maybe 42.", "42", 0),
+    ("<answer>41</answer> Or rather <answer>42</answer>", "42", 0),
+    ("<answer>41 or 42</answer>", "42", 0),
 ]
 
 TRUNCATED = [  # scored with truncated=[True]
