@@ -22,7 +22,8 @@ trainer:
     class_path: lightning.pytorch.loggers.TensorBoardLogger
     init_args: {{save_dir: {root}/runs, name: r}}
 model:
-  policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
+  policy: {policy}
+  quantizer: {quantizer}
   algorithm: GRPO
   rewards: [GSM8KAccuracy]
   sampling: {{n: 2, max_new_tokens: 4}}
@@ -30,12 +31,15 @@ model:
 data:
 {data}
 """
+TINY = "{class_path: RandomInit, init_args: {config: tiny}}"
 ARITHMETIC = "  class_path: Arithmetic\n  init_args: {batch_size: 2, num_train: 8, num_test: 4}"
 
 
-def write_recipe(tmp_path, data=ARITHMETIC):
+def write_recipe(tmp_path, data=ARITHMETIC, policy=TINY, quantizer="null"):
+    """A one-step recipe (tiny random policy, dense unless `quantizer` names a format) at `tmp_path`/r.yaml."""
     path = tmp_path / "r.yaml"
-    path.write_text(textwrap.dedent(RECIPE.format(path=path, root=tmp_path, data=data)))
+    path.write_text(textwrap.dedent(RECIPE.format(path=path, root=tmp_path, data=data, policy=policy,
+                                                  quantizer=quantizer)))
     return path
 
 

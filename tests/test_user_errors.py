@@ -3,41 +3,15 @@ traceback and no run folder left behind."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
-from test_damaged_files import one_line_error
+from test_damaged_files import ARITHMETIC, TINY, one_line_error, write_recipe
 
 from qerl.cli import main
 
-RECIPE = """\
-# qerl fit --config {path}
-seed_everything: 0
-trainer:
-  max_steps: 1
-  accelerator: cpu
-  enable_progress_bar: false
-  logger:
-    class_path: lightning.pytorch.loggers.TensorBoardLogger
-    init_args: {{save_dir: {root}/runs, name: r}}
-model:
-  policy: {policy}
-  quantizer: NVFP4
-  algorithm: GRPO
-  rewards: [GSM8KAccuracy]
-  sampling: {{n: 2, max_new_tokens: 4}}
-  dtype: float32
-data:
-{data}
-"""
-TINY = "{class_path: RandomInit, init_args: {config: tiny}}"
-ARITHMETIC = "  class_path: Arithmetic\n  init_args: {batch_size: 2, num_train: 8, num_test: 4}"
-
 
 def fit(tmp_path, policy=TINY, data=ARITHMETIC) -> int:
-    path = tmp_path / "r.yaml"
-    path.write_text(textwrap.dedent(RECIPE.format(path=path, root=tmp_path, policy=policy, data=data)))
-    return main(["fit", "--config", str(path)])
+    return main(["fit", "--config", str(write_recipe(tmp_path, data, policy, quantizer="NVFP4"))])
 
 
 def jsonl_with_latin1(tmp_path):
@@ -149,9 +123,8 @@ def test_yaml_syntax_error_names_the_recipe_file_and_line(tmp_path, capsys):
     ("  batches_per_step: four", "'model.batches_per_step' must be int, got 'four'."),
 ])
 def test_wrong_nested_type_is_one_line_naming_the_key(edit, said, tmp_path, capsys):
-    path = tmp_path / "r.yaml"
-    recipe = textwrap.dedent(RECIPE.format(path=path, root=tmp_path, policy=TINY, data=ARITHMETIC))
-    path.write_text(recipe.replace("  dtype: float32\n", f"  dtype: float32\n{edit}\n"))
+    path = write_recipe(tmp_path, quantizer="NVFP4")
+    path.write_text(path.read_text().replace("  dtype: float32\n", f"  dtype: float32\n{edit}\n"))
     assert main(["fit", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Union" not in err and said in err, err
