@@ -70,3 +70,36 @@ def test_stop_on_signal_notes_the_first_signal_and_stops_at_the_second(capfd):
     with pytest.raises(StoppedBySignal) as second:
         stop._on_signal(signal.SIGTERM, None)
     assert second.value.code == 143 and second.value.signal_name == "SIGTERM"
+
+
+def test_an_adapter_the_filesystem_refuses_is_one_line_naming_the_intact_checkpoint(tmp_path):
+    """A real refusal (a file where the run's `adapter` folder should be): AdapterWriteError names the adapter and
+    the run's intact checkpoint."""
+    import lightning as L
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qerl.callbacks.adapter_export import AdapterExport
+    from qerl.training.checkpoint_io import AdapterWriteError
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    module = L.LightningModule()
+    module.model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
+
+    def trainer(root):
+        return L.Trainer(default_root_dir=str(root), logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+
+    exporter = AdapterExport()
+    good = exporter.export(trainer(tmp_path / "good"), module, "step-2")  # the real thing works
+    assert os.path.isfile(os.path.join(good, "adapter_model.safetensors"))
+    run = tmp_path / "run"
+    write_atomically(checkpoint(2), str(run / "checkpoints" / "last.ckpt"))
+    (run / "adapter").write_text("a file, not a folder")
+    with pytest.raises(AdapterWriteError) as caught:
+        exporter.export(trainer(run), module, "step-4")
+    assert str(caught.value).startswith(f"adapter {run / 'adapter' / 'step-4'} was not written: Not a directory (")
+    assert str(caught.value).endswith(f"the checkpoint {run / 'checkpoints' / 'last.ckpt'} (step 2) is intact: free "
+                                      "space (or fix the folder) and resume from it with --ckpt_path last.")
+    assert sorted(os.listdir(run)) == ["adapter", "checkpoints"]

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import lightning as L
 
 from qerl.lora.adapter_folder import save_adapter
+from qerl.training.checkpoint_io import adapter_write_failure
 
 
 def run_dir(trainer: L.Trainer) -> str:
@@ -56,8 +58,17 @@ class AdapterExport(L.Callback):
         if not trainer.is_global_zero:
             return None
         path = os.path.join(folder, "adapter", name)
-        save_adapter(model, path)
-        ordinary_permissions(path)
+        existed = os.path.exists(path)
+        try:
+            save_adapter(model, path)
+            ordinary_permissions(path)
+        except Exception as exc:  # a full disk or read-only folder: one line, and no half-written new folder
+            failure = adapter_write_failure(path, exc)
+            if failure is None:
+                raise
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+            raise failure from exc
         self.exported.append(path)
         return path
 

@@ -173,6 +173,25 @@ def write_failure(path: str, obj: Any, error: OSError) -> CheckpointWriteError:
     return failure
 
 
+class AdapterWriteError(OSError):
+    """An adapter folder that was not written; the message says why and which checkpoint is intact."""
+
+
+def adapter_write_failure(path: str, exc: BaseException) -> AdapterWriteError | None:
+    """The one-line error for an adapter folder `path` the filesystem refused; None when `exc` is not a filesystem
+    error (safetensors reports its own failed writes as `... (os error N)`)."""
+    cause, text = os_error_in(exc), str(exc).strip()
+    if cause is None and "(os error" not in text:
+        return None
+    why = cause.strerror if cause is not None and cause.strerror else text.splitlines()[0][:160]
+    free = _free_bytes(os.path.dirname(os.path.abspath(path)))
+    room = f" ({_megabytes(free)} free there)" if free is not None else ""
+    intact = newest_readable(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "checkpoints"))
+    then = (f"the checkpoint {intact[0]} (step {intact[1]}) is intact: free space (or fix the folder) and resume from "
+            "it with --ckpt_path last" if intact is not None else "free space (or fix the folder) and run again")
+    return AdapterWriteError(f"adapter {path} was not written: {why}{room}; {then}.")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
