@@ -254,9 +254,9 @@ def run_row(spec: dict, args) -> dict:
 
     from qerl.algorithms import GRPO
     from qerl.memory import ModelShape, RunShape, auto_micro_batch, estimate_memory, free_device_memory, weight_bits
+    from qerl.parallel import world
     from qerl.rollout import HF
     from qerl.rollout.fast import FastEngine
-    from qerl.parallel import world
     from qerl.types import SamplingConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -99,7 +99,7 @@ def layering(text: str | None = None) -> dict[str, set[str]]:
             continue
         names = {n.rstrip("/").removesuffix(".py") for n in re.findall(r"`([^`]+)`", cells[0])}
         named = {n.rstrip("/") for n in re.findall(r"`([^`]+)`", cells[2])}
-        row = sorted(names)[0]
+        row = min(names)
         assert named or cells[2] in ("nothing", "every row above"), \
             f"docs/contributing.md, row {row}: name the rooms it may import, `nothing` or `every row above`"
         unknown = sorted(named - set(allowed))
@@ -139,9 +139,8 @@ def test_the_layering_check_catches_an_upward_import():
     assert "training" not in table["memory"] and "rollout" not in table["models"]
     graph = {"qerl.memory.startup": {"qerl.training.distributed"}, "qerl.training.update": {"qerl.rollout.vllm.outputs"},
              "qerl.rollout.vllm.ranks": {"qerl.parallel.group"}, "qerl.lightning_cli": {"qerl.commands.quiet"}}
-    assert upward_imports(graph, table) == [
-        "qerl.memory.startup imports qerl.training.distributed (memory may import: "
-        f"{sorted(table['memory'] - {'memory'})})"]
+    may = sorted(table["memory"] - {"memory"})
+    assert upward_imports(graph, table) == [f"qerl.memory.startup imports qerl.training.distributed (memory may import: {may})"]
     try:
         layering("## The packages\n| `a/` | x | nothing |\n| `b/` | y | `c` |\n| `c/` | z | `a` |\n")
     except AssertionError as exc:
