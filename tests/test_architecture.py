@@ -137,10 +137,12 @@ def test_every_import_runs_down_the_layering():
 def test_the_layering_check_catches_an_upward_import():
     table = layering()
     assert "training" not in table["memory"] and "rollout" not in table["models"]
-    graph = {"qerl.memory.startup": {"qerl.training.distributed"}, "qerl.training.update": {"qerl.rollout.vllm.outputs"},
-             "qerl.rollout.vllm.ranks": {"qerl.parallel.group"}, "qerl.lightning_cli": {"qerl.commands.quiet"}}
+    graph = {"qerl.memory.startup": {"qerl.training.distributed"},  # up a floor: caught
+             "qerl.training.update": {"qerl.rollout.vllm.outputs"}, "qerl.rollout.vllm.ranks": {"qerl.parallel.group"},
+             "qerl.lightning_cli": {"qerl.commands.quiet"}}  # down, down, and within the command line's floor
     may = sorted(table["memory"] - {"memory"})
-    assert upward_imports(graph, table) == [f"qerl.memory.startup imports qerl.training.distributed (memory may import: {may})"]
+    assert upward_imports(graph, table) == [
+        f"qerl.memory.startup imports qerl.training.distributed (memory may import: {may})"]
     try:
         layering("## The packages\n| `a/` | x | nothing |\n| `b/` | y | `c` |\n| `c/` | z | `a` |\n")
     except AssertionError as exc:
