@@ -82,6 +82,26 @@ def test_dapo_drops_no_signal_groups_and_refills_from_new_prompts(tmp_path):
     assert module._batches_drawn == 3 + sum(int(s["data/refill_rounds"]) for s in steps)
 
 
+class ZeroReward(EvenAnswersUniform):
+    """Every completion scores 0, as with random weights: no group ever carries signal."""
+
+    def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
+        return [0.0] * len(completions)
+
+
+def test_dapo_with_no_signal_anywhere_resamples_then_trains_on_the_last_rollout_and_says_so(tmp_path):
+    module = tiny_module(algorithm=DAPO(max_resample_rounds=2), rewards=[ZeroReward()], noise=None)
+    with pytest.warns(UserWarning, match=r"DAPO kept no group after 2 resample round\(s\) of at most 2") as seen:
+        trainer, steps = fit(tmp_path, module, 2, data=tiny_data(batch_size=2, num_train=40))
+    assert trainer.global_step == 2 and len(steps) == 2  # no loop, no crash
+    assert [s["data/refill_rounds"] for s in steps] == [2.0, 2.0]
+    # trained on: the last rollout's 2 groups of the 6 generated (3 batches of 2 prompts)
+    assert all(s["data/groups_kept_frac"] == pytest.approx(2 / 6) for s in steps)
+    assert module._batches_drawn == 2 * 3
+    assert sum("kept no group" in str(w.message) for w in seen) == 2  # one line per step
+    assert all(s["train/grad_norm"] == 0.0 for s in steps)  # zero advantages: no update signal
+
+
 class NaNLossOnce(GRPO):
     """GRPO whose first loss is NaN (as from an overflow in the forward)."""
 

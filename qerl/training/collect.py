@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from qerl.algorithms.base import Algorithm
 from qerl.noise.base import NoiseDraw
@@ -96,6 +97,10 @@ def collect_groups(parts: Collector, dataloader_iter: Iterator, timer: StepTimer
             break
         drawn += 1
         rounds += 1
+    if not kept:  # every group dropped (e.g. every reward 0): say so once, train on the last rollout (no signal)
+        rank_zero_warn(f"step {step}: {algorithm.__class__.__name__} kept no group after {rounds} resample "
+                       f"round(s) of at most {algorithm.max_resample_rounds} (every group's rewards were equal); "
+                       "this step trains on the last rollout, whose advantages are all 0 (no update signal).")
     result = concat_scored(kept, parts.rollout.pad_id) if kept else generated[-1]
     if result.num_groups > target:
         result = select_groups(result, torch.arange(result.num_groups, device=result.rewards.device) < target)
