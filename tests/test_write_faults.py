@@ -60,6 +60,7 @@ def test_stop_on_signal_notes_the_first_signal_and_stops_at_the_second(capfd):
     from qerl.callbacks.stop_on_signal import StopOnSignal, StoppedBySignal
 
     stop = StopOnSignal()
+    stop._done = False  # as in a fit, between `setup` and `teardown`
     with pytest.raises(StoppedBySignal) as early:  # no step finished yet: nothing to save, stop at once
         stop._on_signal(signal.SIGINT, None)
     assert early.value.code == 130 and early.value.checkpoint is None
@@ -70,6 +71,11 @@ def test_stop_on_signal_notes_the_first_signal_and_stops_at_the_second(capfd):
     with pytest.raises(StoppedBySignal) as second:
         stop._on_signal(signal.SIGTERM, None)
     assert second.value.code == 143 and second.value.signal_name == "SIGTERM"
+    calls = []
+    stop._original[signal.SIGINT] = lambda signum, frame: calls.append(signum)
+    stop._done = True  # after the fit (or a failed one): the handler found at `setup` gets the signal
+    stop._on_signal(signal.SIGINT, None)
+    assert calls == [signal.SIGINT]
 
 
 def test_an_adapter_the_filesystem_refuses_is_one_line_naming_the_intact_checkpoint(tmp_path):

@@ -57,6 +57,7 @@ class StopOnSignal(L.Callback):
         self.steps_done = 0  # optimizer steps finished by this process
         self._original: dict[int, Any] = {}  # the handlers found at `setup`, put back at `teardown`
         self._trainer: L.Trainer | None = None
+        self._done = True  # outside a fit (or after it failed) a signal gets the handler found at `setup`
 
     # ------------------------------------------------------------------ handlers
     def _install(self) -> None:
@@ -66,7 +67,18 @@ class StopOnSignal(L.Callback):
             previous = signal.signal(signum, self._on_signal)
             self._original.setdefault(signum, previous)
 
+    def _pass_on(self, signum: int, frame: Any) -> None:
+        """What the handler found at `setup` would have done (Lightning puts ours back after a failed fit)."""
+        original = self._original.get(signum, signal.SIG_DFL)
+        if callable(original):
+            original(signum, frame)
+        elif original != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._done:
+            return self._pass_on(signum, frame)
         name = signal.Signals(signum).name
         step = self._trainer.global_step if self._trainer is not None else 0
         if self.received is not None or self.steps_done == 0:
@@ -78,6 +90,7 @@ class StopOnSignal(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
         if stage == "fit":
+            self.received, self.steps_done, self._done = None, 0, False
             self._install()  # while the model loads: a signal stops at once (nothing to save yet)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -85,11 +98,14 @@ class StopOnSignal(L.Callback):
         # without a checkpoint): take over again; its teardown puts back what it found (ours, until `teardown`)
         self._install()
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._done = True  # `teardown` is not called after an exception
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._done = True
         if threading.current_thread() is threading.main_thread():
             for signum, previous in self._original.items():
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._original = {}
 
     # ------------------------------------------------------------------ the stop
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
