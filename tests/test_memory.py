@@ -8,17 +8,8 @@ import warnings
 import pytest
 import torch
 
-from qerl.memory import (
-    MemoryPlanWarning,
-    ModelShape,
-    RunShape,
-    auto_micro_batch,
-    check_fits,
-    estimate_memory,
-    layer_activation_bytes,
-    plan_for_module,
-    weight_bits,
-)
+from qerl.memory import MemoryPlanWarning, ModelShape, RunShape, plan_for_module
+from qerl.memory.estimate import auto_micro_batch, check_fits, estimate_memory, layer_activation_bytes, weight_bits
 
 SMALL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3, "num_attention_heads": 4,
          "num_key_value_heads": 2}
