@@ -40,7 +40,7 @@ def draw_lengths(kind: str, count: int, cap: int, seed: int = 0) -> list[int]:
         if rng.random() < at_cap:
             out.append(cap)
         else:
-            out.append(max(1, min(cap, int(round(median * math.exp(rng.gauss(0.0, sigma)))))))
+            out.append(max(1, min(cap, round(median * math.exp(rng.gauss(0.0, sigma))))))
     return out
 
 

@@ -193,7 +193,7 @@ def preemptions(llm) -> int | None:
     engine keeps no statistics)."""
     try:
         metrics = llm.get_metrics()
-    except Exception:  # stats off (`disable_log_stats`) or an engine without them: nothing to report
+    except (AssertionError, AttributeError, RuntimeError, ValueError):  # stats off: nothing to report
         return None
     found = [m.value for m in metrics if getattr(m, "name", "") == "vllm:num_preemptions"]
     return int(sum(found)) if found else None
