@@ -21,6 +21,13 @@ import sys
 from qerl.models.random_init import PRESETS
 
 MANIFEST = "qerl_export.json"
+#: the values vLLM accepts for --max-lora-rank (vLLM 0.22 / 0.32)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds an adapter of rank `rank`."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +115,7 @@ def export(args) -> dict:
     fold_norms(model, norms, args.adapter)
     record = {"model": args.model, "quantizer": args.quantizer, "adapter": os.path.abspath(args.adapter),
               "adapter_sha256": sha256_of(os.path.join(args.adapter, WEIGHTS_FILE)), "norms_folded": sorted(norms),
-              "merged": bool(args.merge), "dtype": args.dtype}
+              "rank": int(config.get("r", 0)), "merged": bool(args.merge), "dtype": args.dtype}
     os.makedirs(args.output, exist_ok=True)
     if args.merge:
         from qerl.lora.merge import merge_to_dense
@@ -148,5 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"wrote {out}: the base as compressed-tensors {args.quantizer.upper()} and the adapter in {out}/adapter"
               f"{' (trained norms folded into the base)' if record['norms_folded'] else ''}; serve it with:\n"
-              f"  vllm serve {out} --enable-lora --max-lora-rank <r> --lora-modules policy={out}/adapter")
+              f"  vllm serve {out} --enable-lora --max-lora-rank {vllm_max_lora_rank(record['rank'])} "
+              f"--lora-modules policy={out}/adapter")
     return 0

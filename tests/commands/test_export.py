@@ -74,7 +74,7 @@ def test_merged_model_loads_in_transformers_with_the_policys_logprobs(trained, t
     assert "Hugging Face model with the adapter merged in" in capsys.readouterr().out
 
 
-def test_deployable_folder_loads_back_with_the_policys_logprobs(trained, tmp_path):
+def test_deployable_folder_loads_back_with_the_policys_logprobs(trained, tmp_path, capsys):
     from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
     from compressed_tensors.quantization import preset_name_to_scheme
     from safetensors.torch import load_file
@@ -87,6 +87,7 @@ def test_deployable_folder_loads_back_with_the_policys_logprobs(trained, tmp_pat
     out = tmp_path / "served"
     assert main([*MODEL_ARGS, "--quantizer", "NVFP4", "--adapter", adapter, "--output", str(out),
                  "--dtype", "float32"]) == 0
+    assert f"vllm serve {out} --enable-lora --max-lora-rank 8 --lora-modules policy={out}/adapter" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["format"] == "nvfp4-pack-quantized"
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
