@@ -11,6 +11,13 @@ from qerl.lora.adapter_folder import save_adapter
 from qerl.training.checkpoint_io import adapter_write_failure
 
 
+def shares_save_dir(logger, log_dir: str | None) -> bool:
+    """Whether `trainer.log_dir` is the logger's `save_dir` itself (W&B), not a version folder of its own.
+    The same answer on every rank (it reads configuration only)."""
+    save_dir = getattr(logger, "save_dir", None) if logger is not None else None
+    return bool(save_dir and log_dir) and os.path.abspath(log_dir) == os.path.abspath(save_dir)
+
+
 def run_dir(trainer: L.Trainer) -> str:
     """The run's log directory (the logger's version folder), or the trainer's root dir without a logger.
 
@@ -19,8 +26,7 @@ def run_dir(trainer: L.Trainer) -> str:
     """
     folder = trainer.log_dir or trainer.default_root_dir  # on every rank: under DDP this is a broadcast from rank 0
     logger = trainer.loggers[0] if trainer.loggers else None
-    if trainer.is_global_zero and logger is not None and logger.save_dir and \
-            os.path.abspath(folder) == os.path.abspath(logger.save_dir):
+    if trainer.is_global_zero and shares_save_dir(logger, folder):
         _ = logger.experiment  # W&B draws the run id when its run starts
         if logger.version is not None:
             return os.path.join(folder, str(logger.name), str(logger.version))

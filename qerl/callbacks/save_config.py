@@ -5,7 +5,7 @@ import os
 
 from lightning.pytorch.cli import SaveConfigCallback
 
-from qerl.callbacks.adapter_export import run_dir
+from qerl.callbacks.adapter_export import run_dir, shares_save_dir
 
 
 class RunFolderSaveConfig(SaveConfigCallback):
@@ -20,10 +20,10 @@ class RunFolderSaveConfig(SaveConfigCallback):
         if self.already_saved or not self.save_to_log_dir:
             return super().setup(trainer, pl_module, stage)
         log_dir = trainer.log_dir  # every rank: a broadcast under DDP
-        folder = run_dir(trainer)
-        if folder == log_dir:
-            return super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero:  # a run folder of its own (W&B): only rank 0 knows the run id
+        if not shares_save_dir(trainer.loggers[0] if trainer.loggers else None, log_dir):
+            return super().setup(trainer, pl_module, stage)  # a version folder of its own (TensorBoard, CSV)
+        folder = run_dir(trainer)  # every rank takes this branch (one more broadcast); rank 0 knows the run id
+        if trainer.is_global_zero:
             path = os.path.join(folder, self.config_filename)
             if os.path.isfile(path) and not self.overwrite:
                 raise RuntimeError(f"{path} exists already: this run id's folder holds another run's config.")
