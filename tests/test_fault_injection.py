@@ -224,7 +224,7 @@ def test_a_full_disk_at_a_checkpoint_names_it_and_the_intact_earlier_one(tmp_pat
     errors = [line for line in full.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, full.stderr[-3000:]
     assert f"checkpoint {checkpoints / 'epoch=0-step=4.ckpt'} was not written: no space left on the device" in errors[0]
-    assert re.search(r"it needs \d[\d,.]* MiB, [\d,.]+ MiB free there", errors[0]), errors[0]
+    assert re.search(r"it needs \d[\d,.]* MiB, [\d,.]+ [MG]iB free there", errors[0]), errors[0]
     assert f"the earlier checkpoint {checkpoints / 'last.ckpt'} (step 2) is intact" in errors[0], errors[0]
     assert partial_files(runs) == [] and not (checkpoints / "epoch=0-step=4.ckpt").exists()
     from qerl.training.checkpoint_io import read_checkpoint
