@@ -9,10 +9,17 @@ eval's `summary.json`, and `learning.json` (the scalar curves read back from Ten
 `spread` in that JSON gives, per variant, the mean, standard deviation, min and max over the seeds.
 
 Variants (name: recipe, overrides):
-  nvfp4-aqn : grpo-nvfp4-arithmetic.yaml (NVFP4 + LoRA + AQN)
-  nvfp4     : the same with `model.noise: null`
-  bf16      : grpo-bf16-arithmetic.yaml (bf16 base + LoRA, no AQN - the paper's baseline)
-  bf16-aqn  : the same with the NVFP4 recipe's AQN schedule
+  nvfp4-aqn       : grpo-nvfp4-arithmetic.yaml (NVFP4 + LoRA + AQN: the paper's absolute schedule, 1e-2 -> 5e-4)
+  nvfp4           : the same with `model.noise: null`
+  bf16            : grpo-bf16-arithmetic.yaml (bf16 base + LoRA, no AQN - the paper's baseline)
+  bf16-aqn        : the same with the NVFP4 recipe's AQN schedule
+  nvfp4-aqn-rel1  : NVFP4 + the relative schedule (issue #33), sigma_start 1e-2 -> 5e-4 (relative: true)
+  nvfp4-aqn-rel4  : NVFP4 + the relative schedule, sigma_start 4e-2 -> 2e-3 (the absolute 1e-2's median relative
+                    size on SmolLM2, whose targeted norms have a median |w| of 0.27)
+
+Tasks (`--task`, the training data and the held-out `qerl eval` set):
+  addition : 2-digit addition (the recipes' `Arithmetic`, digits 2)
+  mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`)
 
     PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
 
@@ -34,17 +41,46 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 AQN = '{"class_path": "Exponential", "init_args": {"sigma_start": 0.01, "sigma_end": 0.0005, "num_stages": 10}}'
+
+
+def relative(start: float, end: float) -> str:
+    """The exponential schedule with `relative: true` (noise scaled by each norm weight's |w|)."""
+    return json.dumps({"class_path": "Exponential", "init_args": {"sigma_start": start, "sigma_end": end,
+                                                                  "num_stages": 10, "relative": True}})
+
+
 VARIANTS = {
     "nvfp4-aqn": ("grpo-nvfp4-arithmetic.yaml", []),
     "nvfp4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", "null"]),
     "bf16": ("grpo-bf16-arithmetic.yaml", []),
     "bf16-aqn": ("grpo-bf16-arithmetic.yaml", ["--model.noise", AQN]),
+    "nvfp4-aqn-rel1": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(1e-2, 5e-4)]),
+    "nvfp4-aqn-rel4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(4e-2, 2e-3)]),
+}
+#: --task: the `Arithmetic` settings trained on and evaluated (held-out test split) with `qerl eval`
+TASKS = {
+    "addition": {"digits": 2},
+    "mixed3": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"},
 }
 KEEP = ("train/accuracy", "train/entropy", "reward/total_mean", "val/accuracy", "noise/sigma", "perf/step_s",
-        "rollout/length_mean", "train/grad_norm", "train/clip_frac", "noise/realized_sigma", "noise/moved_fraction")
-SPREAD = ("train_acc_last20", "entropy_last20", "val_acc_final", "heldout_after")  # mean/std over seeds  # curves kept in learning.json
+        "rollout/length_mean", "train/grad_norm", "train/clip_frac", "noise/realized_sigma", "noise/moved_fraction",
+        "noise/row_sigma")
+SPREAD = ("train_acc_last20", "entropy_last20", "val_acc_final", "heldout_after", "takeoff_step", "step_s_median",
+          "entropy_first20")  # mean/std over seeds  # curves kept in learning.json
 BASES = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number.", "--max_new_tokens", "16"]
+TAKEOFF = 0.1  # a run takes off at the first step whose 10-step mean train accuracy exceeds this
+
+
+def arith(args) -> list[str]:
+    """`qerl eval` arguments of the task's held-out test split."""
+    return [*ARITH, "--dataset_args", json.dumps(TASKS[getattr(args, "task", "addition")])]
+
+
+def task_overrides(args) -> list[str]:
+    """`qerl fit` overrides that set the task's `Arithmetic` knobs (none for the recipes' own addition)."""
+    knobs = TASKS[getattr(args, "task", "addition")]
+    return [x for key, value in knobs.items() if key != "digits" for x in (f"--data.init_args.{key}", str(value))]
 
 
 def qerl(*args: str) -> list[str]:
@@ -53,6 +89,11 @@ def qerl(*args: str) -> list[str]:
 
 def run_name(variant: str, seed: int) -> str:
     return f"{variant}-s{seed}"
+
+
+def base_of(variant: str) -> str:
+    """The base format a variant trains on (`nvfp4` or `bf16`), as the before-training evals are named."""
+    return "nvfp4" if variant.startswith("nvfp4") else "bf16"
 
 
 def variant_of(run: str) -> str:
@@ -72,7 +113,7 @@ def fit_cmd(name: str, args, seed: int | None = None) -> list[str]:
                 "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
                 "--trainer.logger.init_args.save_dir", os.path.join(args.out, "runs"),
                 "--trainer.logger.init_args.name", run_name(name, seed), "--trainer.callbacks", "[]",
-                "--trainer.enable_checkpointing", "false", "--seed_everything", str(seed), *extra)
+                "--trainer.enable_checkpointing", "false", "--seed_everything", str(seed), *task_overrides(args), *extra)
 
 
 def eval_cmd(tag: str, quantizer: str | None, adapter: str | None, dataset: list[str], args) -> list[str]:
@@ -148,6 +189,16 @@ def mean(points: list, lo: int, hi: int) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
+def takeoff(points: list, window: int = 10, level: float = TAKEOFF) -> int | None:
+    """The first step whose trailing `window`-step mean of `points` ([step, value]) exceeds `level`, or None."""
+    values = [v for _, v in sorted(points)]
+    steps = [s for s, _ in sorted(points)]
+    for i in range(window - 1, len(values)):
+        if sum(values[i - window + 1 : i + 1]) / window > level:
+            return steps[i]
+    return None
+
+
 def summarize(record: dict) -> list[dict]:
     """One row per run: steps done, train accuracy/entropy early and late, held-out accuracy before and after."""
     rows, evals = [], record.get("evals", {})
@@ -155,11 +206,12 @@ def summarize(record: dict) -> list[dict]:
         acc = c.get("train/accuracy", [])
         last = acc[-1][0] + 1 if acc else 0
         variant = variant_of(name)
-        base = "nvfp4" if variant.startswith("nvfp4") else "bf16"
+        base = base_of(variant)
         val = c.get("val/accuracy", [])
         at = {step: v for step, v in val}
         rows.append({
-            "run": name, "variant": variant, "base": base, "aqn": variant.endswith("aqn"), "steps": last,
+            "run": name, "variant": variant, "base": base, "aqn": "aqn" in variant, "steps": last,
+            "takeoff_step": takeoff(acc),
             "step_s_median": round(sorted(v for _, v in c.get("perf/step_s", [[0, 0.0]]))[
                 len(c.get("perf/step_s", [[0, 0.0]])) // 2], 3),
             "train_acc_first20": mean(acc, 0, 20), "train_acc_last20": mean(acc, last - 20, last),
@@ -211,7 +263,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf", required=True, help="the SmolLM2-135M-Instruct .gguf file")
     p.add_argument("--out", required=True)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["nvfp4-aqn", "nvfp4", "bf16", "bf16-aqn"], choices=list(VARIANTS))
+    p.add_argument("--task", default="addition", choices=list(TASKS), help="what the runs train on and are scored on")
+    p.add_argument("--all-bases", action="store_true",
+                   help="score every base format before training (default: only the bases of --variants)")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--max-minutes", type=int, default=6, help="wall-clock cap of each training run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -240,7 +295,8 @@ def main() -> int:
                                          os.path.join(args.out, "logs", f"fit-{run_name(name, seed)}.log"), env,
                                          i % gpus if gpus > 1 else None)
             for i, (name, seed) in enumerate(runs)}
-    before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, ARITH, args), ) for b, q in BASES.items()]
+    before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, arith(args), args), ) for b, q in BASES.items()
+              if args.all_bases or b in {base_of(v) for v in args.variants}]
     if args.gsm8k_limit >= 0:
         before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
     codes = run_queue(before, 2, env, args.out, start + args.budget_s, gpus)
@@ -251,7 +307,7 @@ def main() -> int:
         final = glob.glob(os.path.join(args.out, "runs", name, "version_*", "adapter", "final"))
         if final:
             quant = "NVFP4" if name.startswith("nvfp4") else None
-            after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], ARITH, args)))
+            after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], arith(args), args)))
             if variant_of(name) in args.gsm8k_after and args.gsm8k_limit >= 0:
                 after.append((f"gsm8k-{name}-after",
                               eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))

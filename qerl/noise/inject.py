@@ -88,7 +88,8 @@ def noisy_norms(
     check_relative("noisy_norms", relative)
     if seed is not None and generator is not None:
         raise ValueError("noisy_norms: give seed or generator, not both.")
-    groups = targeted_norms(model, targets)
+    with record_function("aqn/find"):
+        groups = targeted_norms(model, targets)
     if value == 0.0:
         yield AppliedNoise()
         return

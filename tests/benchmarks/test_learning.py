@@ -14,11 +14,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmar
 import learning
 
 
-def printed_config(name: str, tmp_path, seed: int | None = None, dtype: str | None = None) -> dict:
+def printed_config(name: str, tmp_path, seed: int | None = None, dtype: str | None = None,
+                   task: str = "addition") -> dict:
     from qerl.cli import main
 
     args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path), seed=5,
-                              dtype=dtype)
+                              dtype=dtype, task=task)
     argv = learning.fit_cmd(name, args, seed)[3:]  # drop `python -m qerl.cli`
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -36,9 +37,11 @@ def test_every_variant_is_a_valid_recipe_with_its_overrides(name, tmp_path):
     assert cfg["model"]["policy"]["init_args"]["path"] == str(tmp_path / "m.gguf")
     assert (cfg["model"]["quantizer"] is None) == name.startswith("bf16")
     noise = cfg["model"]["noise"]
-    if name.endswith("aqn"):
+    if "aqn" in name:
         assert noise["class_path"].endswith("Exponential")
-        assert noise["init_args"]["sigma_start"] == pytest.approx(0.01)
+        start = {"nvfp4-aqn-rel4": 0.04}.get(name, 0.01)
+        assert noise["init_args"]["sigma_start"] == pytest.approx(start)
+        assert noise["init_args"]["relative"] is ("-rel" in name)
     else:
         assert noise is None
 
@@ -78,3 +81,20 @@ def test_summary_rows_are_computed_from_curves_and_evals():
     assert row["val_acc_step200"] is None and row["val_acc_final"] == 0.75
     assert (row["heldout_before"], row["heldout_after"]) == (0.01, 0.7)
     assert (row["gsm8k_before"], row["gsm8k_after"]) == (0.02, None)
+
+
+def test_the_mixed3_task_reaches_the_data_and_the_held_out_eval(tmp_path):
+    cfg = printed_config("nvfp4-aqn-rel1", tmp_path, task="mixed3")
+    data = cfg["data"]["init_args"]
+    assert (data["digits"], data["min_digits"], data["num_operands"], data["operations"]) == (2, 1, 3, "+-")
+    assert printed_config("nvfp4", tmp_path)["data"]["init_args"]["num_operands"] == 2  # addition: the recipe's
+    cmd = learning.eval_cmd("t", None, None, learning.arith(argparse.Namespace(task="mixed3")),
+                            argparse.Namespace(gguf="m.gguf", out=str(tmp_path)))
+    assert '{"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}' in cmd
+
+
+def test_takeoff_is_the_first_step_whose_ten_step_mean_passes_the_level():
+    points = [[s, 0.0] for s in range(30)] + [[s, 0.5] for s in range(30, 60)]
+    assert learning.takeoff(points) == 32  # mean of steps 23-32: 3 x 0.5 / 10 = 0.15 > 0.1 (0.10 at 31 is not)
+    assert learning.takeoff([[s, 0.05] for s in range(100)]) is None
+    assert learning.variant_of("nvfp4-aqn-rel4-s3") == "nvfp4-aqn-rel4"
