@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -232,6 +233,9 @@ def load_compressed(folder: str, files: list[str], scheme: CompressedScheme, qua
         report.dense_bytes = dense_bytes
     stamps = {os.path.abspath(f): (os.stat(f).st_size, os.stat(f).st_mtime_ns)
               for f in [*files, os.path.join(folder, "config.json")]}
-    model.qerl_compressed_source = CompressedSource(os.path.abspath(folder), scheme.format, stored_fingerprint(model),
-                                                    stamps)
+    started = time.perf_counter()
+    fingerprint = stored_fingerprint(model)
+    report.checksum_seconds = time.perf_counter() - started
+    report.seconds += report.checksum_seconds
+    model.qerl_compressed_source = CompressedSource(os.path.abspath(folder), scheme.format, fingerprint, stamps)
     return model

@@ -30,7 +30,9 @@ class LoadReport:
             starts, less what was already allocated then), or the process RSS high-water mark on CPU (`ru_maxrss`, which includes everything the process
             held before loading, so it is only an upper bound).
         peak_device_source: which of the two `peak_device_bytes` is.
-        seconds: wall time of the load.
+        seconds: wall time of the load (checksum included).
+        checksum_seconds: of which the checksum of the stored base (pre-quantized folders; 0 otherwise), taken so a
+            later step can tell that the base is still the folder's (`qerl.quantizers.fingerprint`).
         quantized_layers: number of Linear layers replaced by QuantLinear.
         layer_errors: relative Frobenius error ||W - Q(W)|| / ||W|| per quantized layer (only with measure_errors).
     """
@@ -47,6 +49,7 @@ class LoadReport:
     peak_device_bytes: int | None = None
     peak_device_source: str = ""
     seconds: float = 0.0
+    checksum_seconds: float = 0.0
     quantized_layers: int = 0
     layer_errors: dict[str, float] = field(default_factory=dict)
 
@@ -63,6 +66,17 @@ class LoadReport:
             (f"peak model tensors while loading: {_gib(self.peak_tensor_bytes)} "
              f"(largest dense block awaiting quantization: {_gib(self.peak_layer_dense_bytes)})"),
             f"peak memory ({self.peak_device_source or 'n/a'}): {_gib(self.peak_device_bytes)}",
-            f"load time: {self.seconds:.1f} s",
+            f"load time: {self.seconds:.1f} s" + (f" (base checksum {self.checksum_seconds:.1f} s)"
+                                                  if self.checksum_seconds else ""),
         ]
         return "\n".join(lines)
+
+    def one_line(self) -> str:
+        """How the base was loaded, in one line for the run's log."""
+        how = {"pre-quantized": f"pre-quantized {self.quantizer} layers read as stored",
+               "streamed": f"streamed and quantized to {self.quantizer} layer by layer",
+               "load-then-quantize": f"loaded whole in {self.dtype}, then quantized to {self.quantizer}",
+               }.get(self.mode, f"dense {self.dtype}")
+        checksum = f", base checksum {self.checksum_seconds:.1f} s" if self.checksum_seconds else ""
+        return (f"base: {self.source}: {how} ({self.quantized_layers} layers packed, {_gib(self.final_bytes)} on "
+                f"{self.device}, {self.seconds:.1f} s{checksum})")

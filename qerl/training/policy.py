@@ -11,6 +11,7 @@ from qerl.lora.init_from import load_init_from
 from qerl.models.base import PolicyLoader
 from qerl.models.logprobs import causal_lm
 from qerl.noise.precision import keep_norms_float32
+from qerl.parallel import world
 from qerl.quantizers.base import Quantizer
 from qerl.training.checks import _KEY, RecipeError
 from qerl.training.settings import LoRASettings
@@ -23,6 +24,8 @@ def build_policy(policy: PolicyLoader, quantizer: Quantizer | None, lora: LoRASe
     With `noise` (AQN on), the targeted norm weights are kept in float32 so noise down to 1e-4 survives
     (`qerl.noise.precision`)."""
     model, tokenizer = policy.load(quantizer=quantizer, dtype=dtype, device=device)
+    if policy.last_report is not None and world()[1] == 0:
+        print(f"qerl: {policy.last_report.one_line()}")
     if lora is not None:
         try:
             model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,

@@ -55,6 +55,13 @@ def test_training_from_a_folder_matches_training_from_quantize_on_load(tmp_path,
         tiny_trainer(tmp_path / name, 2, callbacks=[recorder]).fit(module, tiny_data())
         runs.append((module, recorder.steps))
     (from_folder, steps_a), (_on_load, steps_b) = runs
+    base_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("qerl: base: ")]
+    assert len(base_lines) == 2, base_lines  # one line per run says how its base was loaded
+    assert "pre-quantized NVFP4 layers read as stored (14 layers packed" in base_lines[0] and "base checksum" in \
+        base_lines[0] and "RandomInit" in base_lines[1] and "checksum" not in base_lines[1], base_lines
+    report = from_folder.policy.last_report
+    assert report.checksum_seconds > 0 and report.seconds >= report.checksum_seconds
+    assert f"(base checksum {report.checksum_seconds:.1f} s)" in report.summary()
     keys = ("train/loss", "reward/total_mean", "train/grad_norm", "train/entropy")
     assert len(steps_a) == 2 and [[s[k] for k in keys] for s in steps_a] == [[s[k] for k in keys] for s in steps_b]
     packed = [m for m in from_folder.model.modules() if isinstance(m, QuantLinear)]
