@@ -1,0 +1,79 @@
+"""GPU twin of test_export_vllm.py: vLLM serves the deployable folder itself - the NVFP4 base packed, through its
+FP4 kernels - with the exported adapter, and gives the trained policy's log-probs (bf16 engine: a looser bound)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                  reason="vllm is not installed")]
+
+CONFIG = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2}
+ENGINE = r"""
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+from vllm.lora.request import LoRARequest
+folder, adapter, sequences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+llm = LLM(model=folder, enable_lora=True, max_lora_rank=8, dtype="bfloat16", max_model_len=64, max_num_seqs=4,
+          gpu_memory_utilization=0.15, enforce_eager=True, seed=0, skip_tokenizer_init=True)
+params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
+out = []
+for tokens in sequences:
+    result = llm.generate([{"prompt_token_ids": tokens}], params, lora_request=LoRARequest("policy", 1, adapter))[0]
+    out.append([None if d is None else d[t].logprob for d, t in zip(result.prompt_logprobs, tokens)])
+print("LOGPROBS=" + json.dumps(out))
+"""
+
+
+def test_vllm_on_cuda_serves_the_exported_nvfp4_folder_with_the_policys_logprobs(tmp_path):
+    from qerl.commands.export import main
+    from qerl.lora.adapter_folder import save_adapter
+    from qerl.models import RandomInit
+    from qerl.models.logprobs import completion_logprobs
+    from qerl.quantizers import NVFP4
+    from qerl.training.policy import build_policy
+    from qerl.training.settings import LoRASettings
+
+    policy, _ = build_policy(RandomInit(CONFIG, seed=0), NVFP4(), LoRASettings(rank=4, alpha=8.0, train_norms=True),
+                             "float32", "cpu", False)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for _, p in policy.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    policy.eval()
+    adapter = save_adapter(policy, str(tmp_path / "adapter"))
+    out = tmp_path / "served"
+    sets = [f"{k}={v}" for k, v in CONFIG.items()]
+    assert main(["--model", "tiny", "--set", *sets, "--quantizer", "NVFP4", "--adapter", adapter, "--output", str(out),
+                 "--dtype", "bfloat16"]) == 0
+    with open(out / "config.json") as f:
+        assert json.load(f)["quantization_config"]["format"] == "nvfp4-pack-quantized"  # served packed, not dense
+
+    prompts, completions = [list(b"12+35="), list(b"What is 7*8?")], [list(b"47<"), list(b" 56 ok")]
+    sequences = [p + c for p, c in zip(prompts, completions)]
+    child = subprocess.run([sys.executable, "-c", ENGINE, str(out), str(out / "adapter"), json.dumps(sequences)],
+                           capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ))
+    line = next((x for x in child.stdout.splitlines() if x.startswith("LOGPROBS=")), None)
+    assert line is not None, child.stderr[-6000:]
+    served = json.loads(line.removeprefix("LOGPROBS="))
+    gaps, effects = [], []
+    for prompt, completion, engine in zip(prompts, completions, served):
+        p, c = torch.tensor([prompt]), torch.tensor([completion])
+        with torch.no_grad():
+            want = completion_logprobs(policy, p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
+            with policy.disable_adapter():
+                base_lp = completion_logprobs(policy, p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
+        gaps.append(float((torch.tensor(engine[len(prompt):]) - want).abs().max()))
+        effects.append(float((want - base_lp).abs().max()))
+    print(f"vLLM on CUDA (NVFP4 folder + exported adapter) vs float32 policy: max gap {max(gaps):.3e}, "
+          f"adapter effect {min(effects):.3e}")
+    assert max(effects) > 0.05  # the adapter (and norms) matter
+    assert max(gaps) < 0.05  # bf16 activations in the engine: far below the adapter's own effect
