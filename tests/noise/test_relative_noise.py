@@ -127,9 +127,12 @@ def test_hf_backend_applies_the_same_relative_z_and_logs_row_sigma(small_norms, 
     ids = [tok.encode("What is 2 + 3?")]
     cfg = SamplingConfig(n=2, temperature=0.0, max_new_tokens=8)
     clean = hf.generate(ids, cfg)
+    state = hf._fast_engine.state if fast else None
     with hf.noise(0.2, seed=5, relative=True):
         noisy = hf.generate(ids, cfg)
         metrics = dict(hf.noise_metrics)
+    if fast:  # noise is written in place: the engine keeps its buffers (and, on a GPU, its captured graphs)
+        assert hf._fast_engine.state is state
     reference = copy.deepcopy(model)
     with noisy_norms(reference, 0.2, seed=5, relative=True):
         expected = HF(fast=False)
