@@ -19,7 +19,8 @@ Variants (name: recipe, overrides):
 
 Tasks (`--task`, the training data and the held-out `qerl eval` set):
   addition : 2-digit addition (the recipes' `Arithmetic`, digits 2)
-  mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`)
+  mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`), 48 tokens,
+             the flexible GSM8KAccuracy (the last number counts)
 
     PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
 
@@ -57,30 +58,40 @@ VARIANTS = {
     "nvfp4-aqn-rel1": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(1e-2, 5e-4)]),
     "nvfp4-aqn-rel4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(4e-2, 2e-3)]),
 }
-#: --task: the `Arithmetic` settings trained on and evaluated (held-out test split) with `qerl eval`
+#: --task: the `Arithmetic` settings trained on and evaluated (held-out test split) with `qerl eval`, the tokens per
+#: completion, and whether the reward is GSM8KAccuracy's flexible rule (the last number counts) or the strict one
 TASKS = {
-    "addition": {"digits": 2},
-    "mixed3": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"},
+    "addition": {"data": {"digits": 2}, "tokens": 16, "flexible": False},
+    "mixed3": {"data": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}, "tokens": 48,
+               "flexible": True},
 }
+FLEXIBLE = '[{"class_path": "GSM8KAccuracy", "init_args": {"flexible": true}}]'
 KEEP = ("train/accuracy", "train/entropy", "reward/total_mean", "val/accuracy", "noise/sigma", "perf/step_s",
         "rollout/length_mean", "train/grad_norm", "train/clip_frac", "noise/realized_sigma", "noise/moved_fraction",
         "noise/row_sigma")
 SPREAD = ("train_acc_last20", "entropy_last20", "val_acc_final", "heldout_after", "takeoff_step", "step_s_median",
           "entropy_first20")  # mean/std over seeds  # curves kept in learning.json
 BASES = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
-ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number.", "--max_new_tokens", "16"]
+ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number."]
 TAKEOFF = 0.1  # a run takes off at the first step whose 10-step mean train accuracy exceeds this
 
 
 def arith(args) -> list[str]:
-    """`qerl eval` arguments of the task's held-out test split."""
-    return [*ARITH, "--dataset_args", json.dumps(TASKS[getattr(args, "task", "addition")])]
+    """`qerl eval` arguments of the task's held-out test split (its tokens and reward rule)."""
+    task = TASKS[getattr(args, "task", "addition")]
+    return [*ARITH, "--max_new_tokens", str(task["tokens"]), "--dataset_args", json.dumps(task["data"]),
+            *(["--flexible"] if task["flexible"] else [])]
 
 
 def task_overrides(args) -> list[str]:
-    """`qerl fit` overrides that set the task's `Arithmetic` knobs (none for the recipes' own addition)."""
-    knobs = TASKS[getattr(args, "task", "addition")]
-    return [x for key, value in knobs.items() if key != "digits" for x in (f"--data.init_args.{key}", str(value))]
+    """`qerl fit` overrides that set the task's `Arithmetic` knobs, tokens and reward (none for the recipes' own
+    addition)."""
+    task = TASKS[getattr(args, "task", "addition")]
+    out = [x for key, value in task["data"].items() if key != "digits" for x in (f"--data.init_args.{key}", str(value))]
+    if task["tokens"] != 16:
+        out += ["--model.sampling.max_new_tokens", str(task["tokens"]),
+                "--model.validation.max_new_tokens", str(task["tokens"])]
+    return out + (["--model.rewards", FLEXIBLE] if task["flexible"] else [])
 
 
 def qerl(*args: str) -> list[str]:

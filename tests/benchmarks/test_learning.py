@@ -87,10 +87,16 @@ def test_the_mixed3_task_reaches_the_data_and_the_held_out_eval(tmp_path):
     cfg = printed_config("nvfp4-aqn-rel1", tmp_path, task="mixed3")
     data = cfg["data"]["init_args"]
     assert (data["digits"], data["min_digits"], data["num_operands"], data["operations"]) == (2, 1, 3, "+-")
-    assert printed_config("nvfp4", tmp_path)["data"]["init_args"]["num_operands"] == 2  # addition: the recipe's
+    assert cfg["model"]["sampling"]["max_new_tokens"] == 48 and cfg["model"]["validation"]["max_new_tokens"] == 48
+    (reward,) = cfg["model"]["rewards"]
+    assert reward["class_path"].endswith("GSM8KAccuracy") and reward["init_args"]["flexible"] is True
+    addition = printed_config("nvfp4", tmp_path)  # the recipe's own task, tokens and strict reward
+    assert addition["data"]["init_args"]["num_operands"] == 2 and addition["model"]["sampling"]["max_new_tokens"] == 16
+    assert addition["model"]["rewards"][0]["init_args"]["flexible"] is False
     cmd = learning.eval_cmd("t", None, None, learning.arith(argparse.Namespace(task="mixed3")),
                             argparse.Namespace(gguf="m.gguf", out=str(tmp_path)))
-    assert '{"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}' in cmd
+    assert '{"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}' in cmd and "--flexible" in cmd
+    assert cmd[cmd.index("--max_new_tokens") + 1] == "48"
 
 
 def test_takeoff_is_the_first_step_whose_ten_step_mean_passes_the_level():
