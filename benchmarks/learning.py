@@ -19,7 +19,7 @@ Variants (name: recipe, overrides):
 
 Tasks (`--task`, the training data and the held-out `qerl eval` set):
   addition : 2-digit addition (the recipes' `Arithmetic`, digits 2)
-  mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`), 48 tokens,
+  mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`), 32 tokens,
              the flexible GSM8KAccuracy (the last number counts)
 
     PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
@@ -62,7 +62,7 @@ VARIANTS = {
 #: completion, and whether the reward is GSM8KAccuracy's flexible rule (the last number counts) or the strict one
 TASKS = {
     "addition": {"data": {"digits": 2}, "tokens": 16, "flexible": False},
-    "mixed3": {"data": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}, "tokens": 48,
+    "mixed3": {"data": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}, "tokens": 32,
                "flexible": True},
 }
 FLEXIBLE = '[{"class_path": "GSM8KAccuracy", "init_args": {"flexible": true}}]'

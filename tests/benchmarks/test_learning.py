@@ -87,7 +87,7 @@ def test_the_mixed3_task_reaches_the_data_and_the_held_out_eval(tmp_path):
     cfg = printed_config("nvfp4-aqn-rel1", tmp_path, task="mixed3")
     data = cfg["data"]["init_args"]
     assert (data["digits"], data["min_digits"], data["num_operands"], data["operations"]) == (2, 1, 3, "+-")
-    assert cfg["model"]["sampling"]["max_new_tokens"] == 48 and cfg["model"]["validation"]["max_new_tokens"] == 48
+    assert cfg["model"]["sampling"]["max_new_tokens"] == 32 and cfg["model"]["validation"]["max_new_tokens"] == 32
     (reward,) = cfg["model"]["rewards"]
     assert reward["class_path"].endswith("GSM8KAccuracy") and reward["init_args"]["flexible"] is True
     addition = printed_config("nvfp4", tmp_path)  # the recipe's own task, tokens and strict reward
@@ -96,7 +96,7 @@ def test_the_mixed3_task_reaches_the_data_and_the_held_out_eval(tmp_path):
     cmd = learning.eval_cmd("t", None, None, learning.arith(argparse.Namespace(task="mixed3")),
                             argparse.Namespace(gguf="m.gguf", out=str(tmp_path)))
     assert '{"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}' in cmd and "--flexible" in cmd
-    assert cmd[cmd.index("--max_new_tokens") + 1] == "48"
+    assert cmd[cmd.index("--max_new_tokens") + 1] == "32"
 
 
 def test_takeoff_is_the_first_step_whose_ten_step_mean_passes_the_level():
