@@ -136,3 +136,26 @@ def test_wrong_type_under_init_args_names_the_class(tmp_path, capsys):
     assert fit(tmp_path, policy=policy) == 2
     err = capsys.readouterr().err
     assert "'model.policy.init_args.seed' (RandomInit) must be int, got 'abc'." in err, err
+
+
+# ------------------------------------------------------------------------------------------ 9: the recipe scores
+def test_prequantized_recipe_reward_credits_8_token_replies():
+    """The recipe's replies are cut at 8 tokens: its reward must credit a cut reply that ends in the right number
+    (the strict GSM8K rule scored every step 0, so GRPO had no gradient); a wrong number still scores 0."""
+    from pathlib import Path
+
+    from qerl.lightning_cli import parse_recipe
+    from qerl.registry import REWARDS
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/smollm2/grpo-nvfp4-prequantized-arithmetic.yaml"
+    config = parse_recipe(recipe)
+    assert config.model.sampling.max_new_tokens == 8
+    rewards = []
+    for entry in config.model.rewards:
+        name = entry if isinstance(entry, str) else entry["class_path"]
+        init = {} if isinstance(entry, str) else dict(entry.get("init_args") or {})
+        rewards.append(REWARDS.get(name.rsplit(".", 1)[-1])(**init))
+    replies, golds = ["3 + 4 = 7", "The sum of 3 and 4 is 7", "3 + 4 = 8"], ["7", "7", "7"]
+    total = [sum(r.weight * s for r, s in zip(rewards, scores))
+             for scores in zip(*(r(replies, golds, truncated=[True] * 3) for r in rewards))]
+    assert total == [1.0, 1.0, 0.0]
