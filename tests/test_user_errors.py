@@ -159,3 +159,14 @@ def test_prequantized_recipe_reward_credits_8_token_replies():
     total = [sum(r.weight * s for r, s in zip(rewards, scores))
              for scores in zip(*(r(replies, golds, truncated=[True] * 3) for r in rewards))]
     assert total == [1.0, 1.0, 0.0]
+
+
+def test_missing_local_folder_is_named_but_a_hub_id_is_left_to_the_hub(tmp_path, monkeypatch):
+    from qerl.models import HFModel, ModelNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for path in ("checkpoints/smollm2-nvfp4", str(tmp_path / "gone"), "./gone"):
+        with pytest.raises(ModelNotFoundError, match="is not a folder"):
+            HFModel(path).check_files()
+    HFModel("HuggingFaceTB/SmolLM2-135M-Instruct").check_files()  # a hub id: from_pretrained decides

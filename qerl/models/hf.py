@@ -47,7 +47,9 @@ class HFModel(PolicyLoader):
     def check_files(self) -> None:
         """A local folder has config.json and every *.safetensors header is whole (a hub id is not checked)."""
         if not os.path.isdir(self.path):
-            if os.path.exists(self.path) or self.path.startswith(("/", ".", "~")) or self.path.count("/") > 1:
+            local = self.path.startswith(("/", ".", "~")) or self.path.count("/") > 1 or \
+                os.path.isdir(self.path.split("/")[0])  # `checkpoints/x` with a checkpoints/ folder here
+            if os.path.exists(self.path) or local:
                 raise ModelNotFoundError(f"HFModel: {self.path!r} is not a folder; give a Hugging Face model folder "
                                          "(config.json, *.safetensors, tokenizer files).")
             return
