@@ -184,6 +184,8 @@ def test_noise_on_a_policy_without_the_targeted_norms_stops_at_setup_naming_the_
     from qerl.training.policy import build_policy
 
     class NoNorms:
+        last_report = None  # as a PolicyLoader before its first load
+
         def load(self, **kwargs):
             return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)), None
 
