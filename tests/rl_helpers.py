@@ -108,3 +108,37 @@ def tiny_trainer(root, max_steps: int, callbacks=(), **kwargs) -> L.Trainer:
 
 def lora_state(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.model.named_parameters() if v.requires_grad}
+
+
+#: a 2-step tiny `qerl fit` recipe with a checkpoint every step: {path}, {logger} + {init_args}, {noise} (a model
+#: line, or ""), {samples} (log_samples_every); textwrap.dedent it after format
+RESUME_RECIPE = """\
+# qerl fit --config {path}
+seed_everything: 0
+trainer:
+  max_steps: 2
+  accelerator: cpu
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    class_path: {logger}
+    init_args: {init_args}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{every_n_train_steps: 1, save_last: true}}
+model:
+  policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
+  quantizer: NVFP4
+  lora: {{rank: 4, alpha: 8}}{noise}
+  algorithm: GRPO
+  rewards:
+    - GSM8KAccuracy
+  sampling: {{n: 2, max_new_tokens: 4}}
+  dtype: float32
+  log_samples_every: {samples}
+  num_samples_logged: 1
+data:
+  class_path: Arithmetic
+  init_args: {{batch_size: 2, num_train: 16, num_test: 4, val_size: 0}}
+"""

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
+from rl_helpers import RESUME_RECIPE, MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
 
 COMPARED = ["train/loss", "train/grad_norm", "reward/total_mean", "rollout/length_mean", "train/entropy",
             "noise/sigma", "train/lr", "train/ratio_mean",
@@ -67,43 +67,20 @@ def test_checkpoint_holds_only_trainable_weights_and_the_run_state(tmp_path):
     assert noise_state["total_steps"] == 4 and noise_state["last_step"] == 0
 
 
-RECIPE = """\
-# qerl fit --config {path}
-seed_everything: 0
-trainer:
-  max_steps: 2
-  accelerator: cpu
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger:
-    class_path: lightning.pytorch.loggers.TensorBoardLogger
-    init_args: {{save_dir: {root}, name: run}}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{every_n_train_steps: 1, save_last: true}}
-model:
-  policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
-  quantizer: NVFP4
-  lora: {{rank: 4, alpha: 8}}
-  noise: {{class_path: Exponential, init_args: {{sigma_start: 0.01, sigma_end: 0.001, num_stages: 3}}}}
-  algorithm: GRPO
-  rewards:
-    - GSM8KAccuracy
-  sampling: {{n: 2, max_new_tokens: 4}}
-  dtype: float32
-  log_samples_every: 0
-data:
-  class_path: Arithmetic
-  init_args: {{batch_size: 2, num_train: 16, num_test: 4, val_size: 0}}
-"""
+NOISE = "\n  noise: {class_path: Exponential, init_args: {sigma_start: 0.01, sigma_end: 0.001, num_stages: 3}}"
+
+
+def resume_recipe(path, root) -> str:
+    """The 2-step TensorBoard recipe with AQN on and no sample logging."""
+    return textwrap.dedent(RESUME_RECIPE.format(path=path, logger="lightning.pytorch.loggers.TensorBoardLogger",
+                                                init_args=f"{{save_dir: {root}, name: run}}", noise=NOISE, samples=0))
 
 
 def test_qerl_fit_ckpt_path_last_continues_the_run(tmp_path):
     from qerl.cli import main
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, root=tmp_path)))
+    recipe.write_text(resume_recipe(recipe, tmp_path))
     assert main(["fit", "--config", str(recipe)]) == 0
     assert torch.load(tmp_path / "run" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert main(["fit", "--config", str(recipe), "--trainer.max_steps=3", "--ckpt_path=last"]) == 0
@@ -115,7 +92,7 @@ def test_qerl_fit_reports_a_lora_target_matching_no_module_without_a_traceback(t
     from qerl.cli import main
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, root=tmp_path)))
+    recipe.write_text(resume_recipe(recipe, tmp_path))
     assert main(["fit", "--config", str(recipe), "--model.lora.targets=[q_proj,attn_qkv]"]) != 0
     err = capsys.readouterr().err
     assert "lora.targets" in err and "attn_qkv" in err and "Traceback" not in err

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from export_setup import perturb
 
 from qerl.commands.export import main
 from qerl.lora.adapter_folder import save_adapter
@@ -29,12 +30,7 @@ def trained(tmp_path_factory):
     """A float32 NVFP4 + LoRA policy with trained norms, moved away from its initial adapter, and its saved adapter."""
     lora = LoRASettings(rank=4, alpha=8.0, train_norms=True)
     model, _ = build_policy(RandomInit(overrides=SHAPE, seed=0), NVFP4(), lora, "float32", "cpu", False)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    model.eval()
+    perturb(model, 3)
     folder = save_adapter(model, str(tmp_path_factory.mktemp("run") / "adapter"))
     return model, folder
 

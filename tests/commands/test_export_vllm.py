@@ -8,10 +8,6 @@ process, so its thread pinning and parallel state stay out of the test process.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -36,47 +32,23 @@ print("LOGPROBS=" + json.dumps(out))
 
 
 def test_vllm_serves_the_exported_adapter_with_the_policys_logprobs(tmp_path):
-    from qerl.commands.export import main
-    from qerl.lora.adapter_folder import save_adapter
-    from qerl.lora.merge import merge_to_dense
-    from qerl.models import HFModel, RandomInit
-    from qerl.models.logprobs import completion_logprobs
-    from qerl.quantizers import NVFP4
-    from qerl.training.policy import build_policy
-    from qerl.training.settings import LoRASettings
+    from export_setup import COMPLETIONS, PROMPTS, engine_logprobs, export_deployable, policy_logprobs, trained_policy
 
-    policy, _ = build_policy(RandomInit(CONFIG, seed=0), NVFP4(), LoRASettings(rank=4, alpha=8.0, train_norms=True),
-                             "float32", "cpu", False)
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for _, p in policy.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    policy.eval()
-    adapter = save_adapter(policy, str(tmp_path / "adapter"))
-    out = tmp_path / "served"
-    sets = [f"{k}={v}" for k, v in CONFIG.items()]
-    assert main(["--model", "tiny", "--set", *sets, "--quantizer", "NVFP4", "--adapter", adapter, "--output", str(out),
-                 "--dtype", "float32"]) == 0
+    from qerl.lora.merge import merge_to_dense
+    from qerl.models import HFModel
+    from qerl.quantizers import NVFP4
+
+    policy = trained_policy(CONFIG)
+    out = export_deployable(policy, CONFIG, tmp_path, "float32")
     base, tokenizer = HFModel(str(out)).load(quantizer=NVFP4(), dtype="float32", device="cpu")
     dense = tmp_path / "dense"
     merge_to_dense(base, torch.float32).save_pretrained(str(dense))
     tokenizer.save_pretrained(str(dense))
 
-    prompts, completions = [list(b"12+35="), list(b"What is 7*8?")], [list(b"47<"), list(b" 56 ok")]
-    sequences = [p + c for p, c in zip(prompts, completions)]
-    child = subprocess.run([sys.executable, "-c", ENGINE, str(dense), str(out / "adapter"), json.dumps(sequences)],
-                           capture_output=True, text=True, timeout=900, check=False)
-    line = next((x for x in child.stdout.splitlines() if x.startswith("LOGPROBS=")), None)
-    assert line is not None, child.stderr[-6000:]
-    served = json.loads(line.removeprefix("LOGPROBS="))
+    served = engine_logprobs(ENGINE, dense, out / "adapter")
     worst = 0.0
-    for prompt, completion, engine in zip(prompts, completions, served):
-        p, c = torch.tensor([prompt]), torch.tensor([completion])
-        with torch.no_grad():
-            want = completion_logprobs(policy, p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
-            with policy.disable_adapter():
-                base_lp = completion_logprobs(policy, p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0]
+    for prompt, completion, engine in zip(PROMPTS, COMPLETIONS, served):
+        want, base_lp = policy_logprobs(policy, prompt, completion)
         got = torch.tensor(engine[len(prompt):])
         worst = max(worst, float((got - want).abs().max()))
         assert float((want - base_lp).abs().max()) > 0.05  # the adapter (and norms) matter

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -39,52 +36,24 @@ print("LOGPROBS=" + json.dumps(out))
 
 
 def test_vllm_on_cuda_serves_the_exported_nvfp4_folder_with_the_policys_logprobs(tmp_path):
-    from qerl.commands.export import main
-    from qerl.lora.adapter_folder import save_adapter
-    from qerl.models import RandomInit
-    from qerl.models.logprobs import completion_logprobs
+    from export_setup import COMPLETIONS, PROMPTS, engine_logprobs, export_deployable, policy_logprobs, trained_policy
+
+    from qerl.models import HFModel
     from qerl.quantizers import NVFP4
     from qerl.training.policy import build_policy
     from qerl.training.settings import LoRASettings
 
-    policy, _ = build_policy(RandomInit(CONFIG, seed=0), NVFP4(), LoRASettings(rank=4, alpha=8.0, train_norms=True),
-                             "float32", "cpu", False)
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for _, p in policy.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    policy.eval()
-    adapter = save_adapter(policy, str(tmp_path / "adapter"))
-    out = tmp_path / "served"
-    sets = [f"{k}={v}" for k, v in CONFIG.items()]
-    assert main(["--model", "tiny", "--set", *sets, "--quantizer", "NVFP4", "--adapter", adapter, "--output", str(out),
-                 "--dtype", "bfloat16"]) == 0
+    out = export_deployable(trained_policy(CONFIG), CONFIG, tmp_path, "bfloat16")
     with open(out / "config.json") as f:
         assert json.load(f)["quantization_config"]["format"] == "nvfp4-pack-quantized"  # served packed, not dense
-
-    prompts, completions = [list(b"12+35="), list(b"What is 7*8?")], [list(b"47<"), list(b" 56 ok")]
-    sequences = [p + c for p, c in zip(prompts, completions)]
-    child = subprocess.run([sys.executable, "-c", ENGINE, str(out), str(out / "adapter"), json.dumps(sequences)],
-                           capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ))
-    line = next((x for x in child.stdout.splitlines() if x.startswith("LOGPROBS=")), None)
-    assert line is not None, child.stderr[-6000:]
-    served = json.loads(line.removeprefix("LOGPROBS="))
-    from qerl.models import HFModel
-    from qerl.quantizers import NVFP4 as Quantizer
-
-    reference, _ = build_policy(HFModel(str(out)), Quantizer(), LoRASettings(rank=4, alpha=8.0,
-                                                                             init_from=str(out / "adapter")),
+    served = engine_logprobs(ENGINE, out, out / "adapter")
+    reference, _ = build_policy(HFModel(str(out)), NVFP4(), LoRASettings(rank=4, alpha=8.0,
+                                                                         init_from=str(out / "adapter")),
                                 "bfloat16", "cuda", False)
     reference.eval()
     gaps, effects = [], []
-    for prompt, completion, engine in zip(prompts, completions, served):
-        p, c = torch.tensor([prompt], device="cuda"), torch.tensor([completion], device="cuda")
-        with torch.no_grad():
-            want = completion_logprobs(reference, p, torch.ones_like(p), c, torch.ones_like(c)).logprobs[0].float().cpu()
-            with reference.disable_adapter():
-                base_lp = completion_logprobs(reference, p, torch.ones_like(p), c,
-                                              torch.ones_like(c)).logprobs[0].float().cpu()
+    for prompt, completion, engine in zip(PROMPTS, COMPLETIONS, served):
+        want, base_lp = policy_logprobs(reference, prompt, completion, device="cuda")
         gaps.append(float((torch.tensor(engine[len(prompt):]) - want).abs().mean()))
         effects.append(float((want - base_lp).abs().max()))
     print(f"vLLM on CUDA (NVFP4 folder + exported adapter) vs the folder in qerl, bf16: mean gap {max(gaps):.3e}, "

@@ -10,39 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from rl_helpers import RESUME_RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-RECIPE = """\
-# qerl fit --config {path}
-seed_everything: 0
-trainer:
-  max_steps: 2
-  accelerator: cpu
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  logger:
-    class_path: {logger}
-    init_args: {init_args}
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{every_n_train_steps: 1, save_last: true}}
-model:
-  policy: {{class_path: RandomInit, init_args: {{config: tiny}}}}
-  quantizer: NVFP4
-  lora: {{rank: 4, alpha: 8}}
-  algorithm: GRPO
-  rewards:
-    - GSM8KAccuracy
-  sampling: {{n: 2, max_new_tokens: 4}}
-  dtype: float32
-  log_samples_every: 1
-  num_samples_logged: 1
-data:
-  class_path: Arithmetic
-  init_args: {{batch_size: 2, num_train: 16, num_test: 4, val_size: 0}}
-"""
 
 
 def fit_twice(tmp_path, logger: str, init_args: str, after_first=None) -> None:
@@ -50,7 +21,8 @@ def fit_twice(tmp_path, logger: str, init_args: str, after_first=None) -> None:
     from qerl.cli import main
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent(RECIPE.format(path=recipe, logger=logger, init_args=init_args)))
+    text = RESUME_RECIPE.format(path=recipe, logger=logger, init_args=init_args, noise="", samples=1)
+    recipe.write_text(textwrap.dedent(text))
     assert main(["fit", "--config", str(recipe)]) == 0
     if after_first is not None:
         after_first()
