@@ -30,10 +30,17 @@ class AppliedNoise(dict):
         super().__init__()
         self.clean: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (clean copy, Z)
         self.realized = RealizedNoise(0.0, 0.0, 0.0, 0, "")
+        self.measured: tuple[int, ...] = ()  # ids of the weights `realized` was measured on, in its order
 
     def measure(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> RealizedNoise:
-        """`RealizedNoise` of (norm weight perturbed here, tensor an engine multiplies by instead) pairs."""
-        return measure_noise((used, *self.clean[id(weight)]) for weight, used in pairs if id(weight) in self.clean)
+        """`RealizedNoise` of (norm weight perturbed here, tensor an engine multiplies by instead) pairs.
+
+        An engine that multiplies by the perturbed weights themselves (the HF fast engine) gets `realized` back:
+        the same triples in the same order, so the same numbers, without copying every norm to the host again."""
+        pairs = [(weight, used) for weight, used in pairs if id(weight) in self.clean]
+        if tuple(id(w) for w, _ in pairs) == self.measured and all(used is w for w, used in pairs):
+            return self.realized
+        return measure_noise((used, *self.clean[id(weight)]) for weight, used in pairs)
 
 
 @contextlib.contextmanager
@@ -106,29 +113,67 @@ def noisy_norms(
                 sizes = [weights[0].numel() for weights in groups.values()]
                 flat = torch.cat([torch.randn(n, generator=generator, dtype=torch.float32, device=device)
                                   for n in sizes]).to(target).mul_(value)
+                if relative:  # |w| of every norm's first copy, all norms in one multiply (the same products)
+                    firsts = [weights[0].detach() for weights in groups.values()]
+                    if len({(w.dtype, w.device) for w in firsts}) == 1:
+                        flat.mul_(torch.cat([w.flatten() for w in firsts]).to(target).abs())
+                    else:
+                        for z, w in zip(flat.split(sizes), firsts, strict=True):
+                            z.mul_(w.to(target).abs())
                 for (name, weights), z in zip(groups.items(), flat.split(sizes), strict=True):
-                    if relative:
-                        z.mul_(weights[0].detach().to(target).abs())
                     applied[name] = z
             with record_function("aqn/apply"):
                 for name, weights in groups.items():
-                    z = applied[name]
                     for weight in weights:
-                        if weight.numel() != z.numel():
+                        if weight.numel() != applied[name].numel():
                             raise ValueError(f"noisy_norms: copies of {name!r} differ in size "
-                                             f"({weight.numel()} vs {z.numel()}).")
-                        saved.append((weight, weight.detach().clone()))
-                        applied.clean[id(weight)] = (saved[-1][1], z)
-                        wide = torch.promote_types(weight.dtype, torch.float32)
-                        noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
-                        weight.copy_(noisy.to(weight.dtype))
+                                             f"({weight.numel()} vs {applied[name].numel()}).")
+                _save_and_add(groups, applied, saved)
             with record_function("aqn/measure"):
-                applied.realized = applied.measure([(w, w) for w, _ in saved])
+                order = [w for weights in groups.values() for w in weights]  # model order, as `saved` was
+                applied.realized = applied.measure([(w, w) for w in order])
+                applied.measured = tuple(id(w) for w in order)
         warn_if_not_held(applied.realized, value, type(model).__name__,
                          "Keep the targeted norms in float32: qerl.noise.precision.keep_norms_float32(model).", model,
                          relative)
         yield applied
     finally:
         with torch.no_grad(), record_function("aqn/restore"):
-            for weight, clean in reversed(saved):
-                weight.copy_(clean)
+            _restore(saved)
+
+
+def _by_kind(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """`pairs` grouped by the first tensor's (device, dtype), each group in the given order."""
+    kinds: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for pair in pairs:
+        kinds.setdefault((pair[0].device, pair[0].dtype), []).append(pair)
+    return kinds
+
+
+def _save_and_add(groups: dict[str, list[torch.Tensor]], applied: AppliedNoise,
+                  saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Save a clean copy of every targeted weight, then add its Z (rounded once to the weight's dtype).
+
+    A few operations for all norms instead of three per norm: per (device, dtype), one `cat` holds the clean copies
+    (each norm's copy is a view of it) and float32 weights take their Z in one `_foreach_add_` - the same float32
+    sums as one add per norm; other dtypes add in float32 (or wider) and round once, norm by norm, as always."""
+    pairs = [(weight, applied[name]) for name, weights in groups.items() for weight in weights]
+    for (_, dtype), kind in _by_kind(pairs).items():
+        weights = [w for w, _ in kind]
+        clean = torch.cat([w.detach().flatten() for w in weights]).split([w.numel() for w in weights])
+        for (weight, z), copy in zip(kind, clean, strict=True):
+            saved.append((weight, copy.view_as(weight)))
+            applied.clean[id(weight)] = (saved[-1][1], z)
+        if dtype == torch.float32 and all(z.device == w.device for w, z in kind):
+            torch._foreach_add_(weights, [z.view_as(w) for w, z in kind])
+            continue
+        for weight, z in kind:
+            wide = torch.promote_types(weight.dtype, torch.float32)
+            noisy = weight.detach().to(wide) + z.to(device=weight.device, dtype=wide)
+            weight.copy_(noisy.to(weight.dtype))
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy every saved clean copy back into its weight (bit-exact): one `_foreach_copy_` per (device, dtype)."""
+    for kind in _by_kind(saved).values():
+        torch._foreach_copy_([w for w, _ in kind], [c for _, c in kind])

@@ -78,12 +78,23 @@ def measure_noise(weights: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tens
         return RealizedNoise(0.0, 0.0, 0.0, 0, "")
     dtypes = "/".join(sorted({str(noisy.dtype).removeprefix("torch.") for noisy, _, _ in triples}))
     device, where_z = triples[0][0].device, triples[0][2].device
-    with torch.no_grad():  # one device-to-host copy for all norms, not three per norm
-        clean = torch.cat([c.to(device=device, dtype=torch.float64).flatten() for _, c, _ in triples])
-        noisy = torch.cat([n.to(device=device, dtype=torch.float64).flatten() for n, _, _ in triples])
-        changes, clean = torch.stack([noisy - clean, clean]).cpu()
-        drawn = torch.cat([z.to(device=where_z, dtype=torch.float64).flatten() for _, _, z in triples]).cpu()
+    with torch.no_grad():  # one device-to-host copy for all norms, and one cast per kind, not three per norm
+        clean = _flat64([c for _, c, _ in triples], device)
+        noisy = _flat64([n for n, _, _ in triples], device)
+        drawn = _flat64([z for _, _, z in triples], where_z)
+        if where_z == device:
+            changes, clean, drawn = torch.stack([noisy - clean, clean, drawn]).cpu()
+        else:
+            changes, clean = torch.stack([noisy - clean, clean]).cpu()
+            drawn = drawn.cpu()
     return measure_changes(changes, drawn, dtypes, clean)
+
+
+def _flat64(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The tensors flattened end to end on `device`, in float64: concatenated first (exact: `cat` only widens a
+    mixed set to a common floating dtype), then cast once, instead of one cast per tensor."""
+    flat = torch.cat([t.flatten() if t.device == device else t.to(device).flatten() for t in tensors])
+    return flat.to(torch.float64)
 
 
 def warn_if_not_held(realized: RealizedNoise, sigma: float, where: str, fix: str, owner: object,
