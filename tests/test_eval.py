@@ -151,7 +151,7 @@ def test_an_untrained_adapter_and_a_missing_folder_are_refused(tmp_path, capsys)
 def test_unknown_dataset_lists_the_known_ones_and_missing_files_name_the_path(tmp_path, capsys):
     assert main(["--model", "tiny", "--dataset", "gsm9k", "--output_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "qerl eval: unknown dataset 'gsm9k'. Known datasets: AIME24, AMC23, Arithmetic, GSM8K, jsonl" in err
+    assert "qerl eval: unknown dataset 'gsm9k'. Known datasets: AIME24, AMC23, Arithmetic, GSM8K, HFPrompts, jsonl" in err
     assert err.rstrip().endswith("Did you mean GSM8K?")
     assert main(["--model", "tiny", "--quantizer", "nvfp5"]) == 2
     assert "qerl eval: unknown quantizer 'nvfp5'. Known quantizers: " in capsys.readouterr().err
