@@ -89,10 +89,18 @@ class StepClock(L.Callback):
         self.rows.append({"wall_s": time.perf_counter() - self.t0, "cpu_s": time.process_time() - self.c0,
                           **{k: m[k] for k in m if k.startswith(("perf/", "noise/"))},
                           "completion_tokens": m.get("rollout/length_mean")})
+        if len(self.rows) == trainer.max_steps:  # the profile holds the steps only, not Lightning's teardown
+            self.stop_profile()
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.profile is not None:
+        self.stop_profile()
+
+    def stop_profile(self) -> None:
+        """End the profile (once). Ended at on_fit_end it would hold Lightning's teardown - the whole model and the
+        logged metrics moved to the CPU, ~3,100 device-to-host copies that are no part of a step."""
+        if self.profile is not None and not getattr(self, "profile_done", False):
             self.profile.__exit__(None, None, None)
+            self.profile_done = True
 
 
 def module_for(args, noise) -> QeRLModule:
