@@ -8,7 +8,6 @@ active with a non-zero B, and the adapter must change the model's logits. Anythi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qerl.lora.adapter_folder import CONFIG_FILE, AdapterFolderError, read_config
 from qerl.lora.apply import _lora_linear_class
 from qerl.quantizers.layers import QuantLinear
 
-CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -45,14 +44,12 @@ class AdapterInfo:
                 f"max |logit change| {self.logit_change:.3g})")
 
 
-def adapter_files(path: str) -> tuple[str, str]:
-    """(adapter_config.json, weights file) of an adapter folder; errors name the missing path."""
-    if not os.path.isdir(path):
-        raise AdapterError(f"Adapter folder {path!r} does not exist (expected a peft adapter folder with {CONFIG_FILE} "
-                           f"and {WEIGHT_FILES[0]}, e.g. <run>/adapter/final).")
-    config = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(config):
-        raise AdapterError(f"{config} is missing: {path!r} is not a peft adapter folder.")
+def adapter_files(path: str) -> tuple[dict, str]:
+    """(adapter config, weights file) of an adapter folder; errors name the missing path or the bad key."""
+    try:
+        config = read_config(path)  # the folder, adapter_config.json, valid JSON, a LoRA config
+    except AdapterFolderError as exc:
+        raise AdapterError(str(exc)) from None
     for name in WEIGHT_FILES:
         if os.path.isfile(os.path.join(path, name)):
             return config, os.path.join(path, name)
@@ -69,14 +66,7 @@ def sha256_of(file: str) -> str:
 
 def read_adapter(path: str) -> tuple[dict, dict[str, torch.Tensor], str]:
     """(config dict, tensors, weights file) of an adapter folder."""
-    config_file, weights = adapter_files(path)
-    try:
-        with open(config_file) as handle:
-            config = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_file} line {exc.lineno}: not valid JSON ({exc.msg}).") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"{config_file}: peft_type is {config.get('peft_type')!r}; only LoRA adapters are supported.")
+    config, weights = adapter_files(path)
     size = os.path.getsize(weights)
     try:
         if weights.endswith(".safetensors"):
