@@ -89,15 +89,16 @@ def build(model: str, fmt: str, device: str, checkpointing: bool):
     return policy, tok, loader.hf_config(), load_s
 
 
-def train_flops(cfg, rows: int, seq: int, new: int, checkpointing: bool) -> float:
-    """Matmul FLOPs of the training phase: forward + input gradient (frozen base; LoRA terms ignored) over all
-    positions, LM head on completion positions, causal attention; plus one more forward with checkpointing."""
+def train_flops(cfg, completions: list[int], checkpointing: bool) -> float:
+    """Matmul FLOPs of the training phase over the real tokens: forward + input gradient (frozen base; LoRA terms
+    ignored) over every prompt + completion position, LM head on completion positions, causal attention; plus one
+    more forward with checkpointing. `completions`: each row's completion length (padding is not counted)."""
     from qerl.memory import ModelShape
 
     s = ModelShape.from_config(cfg)
-    tokens = rows * seq
-    linear = 2 * s.layer_linear_params() * s.layers * tokens + 2 * s.vocab * s.hidden * rows * new
-    attention = 2 * s.layers * rows * seq * seq * s.hidden  # QK^T and PV, causal half, forward
+    seqs = [PROMPT + c for c in completions]
+    linear = 2 * s.layer_linear_params() * s.layers * sum(seqs) + 2 * s.vocab * s.hidden * sum(completions)
+    attention = 2 * s.layers * s.hidden * sum(q * q for q in seqs)  # QK^T and PV, causal half, forward
     forward = linear + attention
     return forward * (2 + (1 if checkpointing else 0))
 
@@ -122,6 +123,7 @@ def synthetic_rollout(prompt_ids, cfg, policy):
 def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
     from step_ranks import slowest
 
+    from qerl.models.logprobs import padded_positions
     from qerl.parallel import sum_over_ranks
     from qerl.training.distributed import global_totals, sum_gradients
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
@@ -179,6 +181,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "sync_split": {k: round(v, 3) for k, v in getattr(backend, "sync_timings", {}).items()},
             "preemptions": getattr(backend, "last_metrics", {}).get("rollout/preemptions"),
+            "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
+            "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # what the update computed
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -215,7 +219,7 @@ def device_used_gib() -> float | None:
     return round((total - free - ballast_bytes()) / 2**30, 2)
 
 
-def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
+def vllm_backend(policy, tok, batch: int, new: int, args, decide=None, lengths: list[int] | None = None):
     """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds. `decide(backend)`:
     `--vllm-sleep auto`'s decision, made before the engine starts."""
     from qerl.rollout.vllm import VLLM
@@ -226,10 +230,10 @@ def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
             params.ignore_eos = True
             return params
 
-    if args.lengths != "fixed":  # each completion its own drawn length (benchmarks/lengths.py)
+    if lengths is not None:  # each completion its own drawn length (benchmarks/lengths.py)
         from lengths import length_model_vllm
 
-        NoEosVLLM = length_model_vllm(NoEosVLLM, draw_lengths_of(args, batch, new))
+        NoEosVLLM = length_model_vllm(NoEosVLLM, lengths)
     backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
                         enable_sleep_mode={"on": True, "off": False}.get(args.vllm_sleep, "auto"), compile=not args.vllm_no_compile,
                         kv_cache_memory_gb=args.vllm_kv_gib, kv_cache_dtype=args.vllm_kv_dtype,
@@ -241,12 +245,6 @@ def vllm_backend(policy, tok, batch: int, new: int, args, decide=None):
     backend.setup(policy, tok)
     sync()
     return backend, round(time.perf_counter() - t0, 1)
-
-
-def draw_lengths_of(args, batch: int, new: int) -> list[int]:
-    from lengths import draw_lengths
-
-    return draw_lengths(args.lengths, batch, new, seed=0)
 
 
 def run_row(spec: dict, args) -> dict:
@@ -307,12 +305,13 @@ def run_row(spec: dict, args) -> dict:
             backend.resolved_sleep_mode = decide_sleep(shape, replace(run, micro_batch=micro), budget, bits, 2,
                                                        need, runs)[0]
 
-        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, decide)
+        drawn = None
         if args.lengths != "fixed":
-            from lengths import summary
+            from lengths import draw_lengths, summary
 
-            drawn = draw_lengths_of(args, local, new)
+            drawn = draw_lengths(args.lengths, local, new, seed=0)
             row.update(lengths=args.lengths, lengths_drawn=drawn, lengths_summary=summary(drawn, new))
+        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, decide, drawn)
         row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
                          "kv_cache_memory_gb": args.vllm_kv_gib, "kv_cache_dtype": args.vllm_kv_dtype,
@@ -342,14 +341,15 @@ def run_row(spec: dict, args) -> dict:
             print(f"  step: {out['phases']} sync {out['sync_split']} peak {out['peak_gb']} GB", flush=True)
     last = steps[-1]
     ph = last["phases"]
-    flops = train_flops(hf_cfg, batch, PROMPT + new, new, not args.no_checkpointing)
+    # this rank's rows; under torchrun every rank trains an equal share of the global batch
+    flops = train_flops(hf_cfg, last["completion_lengths"], not args.no_checkpointing) * ranks
     row.update(status="ok", peak_gb=max(s["peak_gb"] or 0 for s in steps), step_s=round(ph["step"], 2),
                first_step_s=round(steps[0]["phases"]["step"], 2), rollout_s=round(ph["rollout"], 2),
                train_s=round(ph["train"], 2), wake_s=round(ph["wake"], 2), generate_s=round(ph["generate"], 2),
                sleep_s=round(ph["sleep"], 2), sync_s=round(ph["sync"], 3), rollout_share=round(ph["rollout"] / ph["step"], 3),
                tokens_per_s=round(last["completion_tokens"] / ph["step"], 1),
                rollout_tok_s=round(last["completion_tokens"] * (1 + RESAMPLE["rounds"]) / ph["rollout"], 1),
-               preemptions=last.get("preemptions"),
+               preemptions=last.get("preemptions"), padded_positions=last.get("padded_positions"),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                device_used_gib_rollout=last["device_used_gib_rollout"],
@@ -430,6 +430,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
+    if args.lengths != "fixed" and args.rollout != "vllm":
+        parser.error(f"--lengths {args.lengths} needs --rollout vllm (the fast engine generates every completion "
+                     "to the cap)")
     RESAMPLE["rounds"] = args.resample_rounds
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
 

@@ -72,3 +72,24 @@ def test_micro_batches_sum_to_the_full_batch_gradient(rollout_and_model, algorit
     assert split.metrics["ratio_max"] == pytest.approx(whole.metrics["ratio_max"], rel=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_whole, g_split))
     model.zero_grad()
+
+
+def test_micro_batches_group_rows_by_length_so_a_few_long_completions_do_not_pad_the_rest():
+    from qerl.models.logprobs import micro_batches, padded_positions
+
+    # 16 rows: two at the 64-token cap, the rest short, the long ones far apart (as vLLM returns them)
+    lengths = [64, 5, 7, 6, 5, 8, 9, 4, 6, 64, 7, 5, 6, 8, 4, 5]
+    mask = (torch.arange(64)[None, :] < torch.tensor(lengths)[:, None]).long()
+    groups = list(micro_batches(mask, 4))
+    assert sorted(torch.cat(groups).tolist()) == list(range(16))  # every row once
+    assert set(groups[0][:2].tolist()) == {0, 9}  # the two long rows share one micro-batch
+    in_order = sum(4 * max(lengths[i:i + 4]) for i in range(0, 16, 4))
+    assert in_order == 4 * 64 + 4 * 9 + 4 * 64 + 4 * 8
+    assert padded_positions(mask, 4) == 4 * 64 + 4 * 8 + 4 * 6 + 4 * 5  # 332 positions instead of 580
+
+
+def test_stored_logprobs_land_in_each_rows_own_place_whatever_the_grouping(rollout_and_model):
+    model, r = rollout_and_model
+    whole = stored_logprobs(model, r, r.num_rows, 1.0)
+    for size in (1, 5):
+        assert torch.allclose(stored_logprobs(model, r, size, 1.0), whole, atol=1e-5)

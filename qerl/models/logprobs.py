@@ -108,13 +108,22 @@ def trim_padding(prompt_ids, prompt_mask, completion_ids, completion_mask):
     return (prompt_ids[:, first:], prompt_mask[:, first:], completion_ids[:, :longest], completion_mask[:, :longest])
 
 
-def micro_batches(num_rows: int, size: int):
-    """Row slices of at most `size` rows covering `num_rows`."""
-    for start in range(0, num_rows, size):
-        yield slice(start, min(num_rows, start + size))
+def micro_batches(completion_mask: torch.Tensor, size: int):
+    """Row-index groups of at most `size` rows covering every row, longest completions first, so that each
+    micro-batch pads only to its own longest completion: with ragged lengths (a few completions at the cap), rows
+    taken in order would pad most micro-batches to the cap. Losses and gradients sum over micro-batches with the
+    batch's own normalisers, so the grouping changes only the order of the sums."""
+    order = torch.argsort(completion_mask.sum(dim=1), descending=True, stable=True)
+    for start in range(0, order.numel(), size):
+        yield order[start:start + size]
 
 
-def rollout_inputs(rollout: Rollout, rows: slice):
+def padded_positions(completion_mask: torch.Tensor, size: int) -> int:
+    """Completion positions the micro-batches of `micro_batches` compute, padding included (rows x longest row)."""
+    return sum(len(rows) * int(completion_mask[rows].sum(dim=1).max()) for rows in micro_batches(completion_mask, size))
+
+
+def rollout_inputs(rollout: Rollout, rows: torch.Tensor):
     """The prompt and completion tensors of `rows`, their shared padding trimmed."""
     return trim_padding(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
                         rollout.completion_mask[rows])
@@ -125,7 +134,7 @@ def stored_logprobs(model: nn.Module, rollout: Rollout, micro_batch_size: int, t
                     context: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
     """(R, T) log-probs of the rollout's completions without gradients (old policy, or reference inside `context`)."""
     out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-    for rows in micro_batches(rollout.num_rows, micro_batch_size):
+    for rows in micro_batches(rollout.completion_mask, micro_batch_size):
         p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
         with context() if context is not None else contextlib.nullcontext():
             lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature).logprobs

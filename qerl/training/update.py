@@ -63,7 +63,7 @@ def accumulate_gradients(
     sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
     weighted: dict[str, float] = {}
     extremes: dict[str, float] = {}
-    for rows in micro_batches(rollout.num_rows, micro_batch_size):
+    for rows in micro_batches(rollout.completion_mask, micro_batch_size):
         p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
         width = c_ids.shape[1]
         with forward_context() if forward_context is not None else contextlib.nullcontext():
