@@ -38,6 +38,13 @@ still books the sleeping engine's unmapped pool (105.55 GB for a 32B 16 x 2,048 
 read `device_used_gib_*` for what the card held. With `--rollout vllm` on one GPU each row runs in a child
 process (`child_rows.py`): an engine released in the same process can still be handing memory back while the
 next one profiles the card, which stops vLLM ("Error in memory profiling", seen 2026-12-02).
+
+`--aqn [RECIPE]` turns AQN on as `qerl fit` does for the recipe's `model.noise` (default the 7B NVFP4 GSM8K
+recipe's `Exponential`; `--aqn-relative` for relative noise; see `step_aqn.py`): float32 targeted norms, sigma per
+step from `NoiseCallback`, generation inside the backend's noise block. The row records `aqn` (the schedule, each
+step's `noise/sigma`, `noise/realized_sigma`, `noise/moved_fraction`, `noise/row_sigma`, and whether the norms were
+bit-exactly restored) and `aqn_s` (applying + restoring the noise, inside the rollout, out of `generate_s`). Compare
+AQN on and off with two processes, one row each, the same flags otherwise.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_ranks, child_rows
 
 from child_rows import rows_from_child, write_child_rows
+from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
@@ -68,7 +76,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-def build(model: str, fmt: str, device: str, checkpointing: bool):
+def build(model: str, fmt: str, device: str, checkpointing: bool, aqn: bool = False):
     from qerl.lora.apply import apply_lora
     from qerl.models.logprobs import causal_lm
     from qerl.models.random_init import RandomInit
@@ -80,6 +88,10 @@ def build(model: str, fmt: str, device: str, checkpointing: bool):
     sync()
     load_s = time.perf_counter() - t0
     policy = apply_lora(policy, rank=32, alpha=64.0)
+    if aqn:  # as build_policy(noise=True): the targeted norms in float32, before any engine copies them
+        from qerl.noise.precision import keep_norms_float32
+
+        keep_norms_float32(policy)
     for name, p in policy.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; fill it so the adapter changes every output
             torch.nn.init.normal_(p, std=1e-3)
@@ -120,7 +132,10 @@ def synthetic_rollout(prompt_ids, cfg, policy):
                    truncated=torch.ones(rows, dtype=torch.bool, device=device), group_size=cfg.n)
 
 
-def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int) -> dict:
+def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int, noise=None) -> dict:
+    """One step; `noise` (a `step_aqn.StepNoise`, its draw for this step made): each generation in its noise block."""
+    import contextlib
+
     from step_ranks import slowest
 
     from qerl.models.logprobs import padded_positions
@@ -128,7 +143,12 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
     from qerl.training.distributed import global_totals, sum_gradients
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
-    phases = {}
+    phases = {"aqn": 0.0}
+
+    def generate():
+        with noise.generating(backend, phases) if noise is not None else contextlib.nullcontext():
+            return backend.generate(prompt_ids, cfg)
+
     sync()
     t0 = time.perf_counter()
     STAGE["now"] = "step: rollout (generation and the policy's mismatch scoring)"
@@ -136,13 +156,13 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
         backend.prepare()
         sync()
     phases["wake"] = time.perf_counter() - t0
-    rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else backend.generate(prompt_ids, cfg)
+    rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else generate()
     for _ in range(RESAMPLE["rounds"] if backend is not None else 0):  # DAPO's dynamic sampling: a second draw
-        backend.generate(prompt_ids, cfg)
+        generate()
     used_at_rollout = device_used_gib()
     sync()
     t_sleep = time.perf_counter()
-    phases["generate"] = t_sleep - t0 - phases["wake"]
+    phases["generate"] = t_sleep - t0 - phases["wake"] - phases["aqn"]
     if backend is not None:
         backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
     sync()
@@ -181,6 +201,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int)
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "sync_split": {k: round(v, 3) for k, v in getattr(backend, "sync_timings", {}).items()},
             "preemptions": getattr(backend, "last_metrics", {}).get("rollout/preemptions"),
+            "noise": noise.metrics(backend) if noise is not None else None,
             "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
             "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # what the update computed
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
@@ -262,8 +283,16 @@ def run_row(spec: dict, args) -> dict:
     row = dict(spec, gpus=ranks)
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
     local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
+    noise = None
+    if args.aqn:  # the recipe parsed before the model loads: a bad recipe fails at once
+        from step_aqn import StepNoise
+
+        noise = StepNoise(args.aqn, args.aqn_relative, args.aqn_step)
+        row["aqn"] = dict(noise.describe(), steps=[])
+    else:
+        row["aqn"] = {"on": False}
     STAGE["now"] = "load"
-    policy, tok, hf_cfg, load_s = build(model, fmt, device, not args.no_checkpointing)
+    policy, tok, hf_cfg, load_s = build(model, fmt, device, not args.no_checkpointing, aqn=noise is not None)
     row["load_s"] = round(load_s, 1)
     if device == "cuda":
         row["after_load_gb"] = allocated_gb()
@@ -327,10 +356,18 @@ def run_row(spec: dict, args) -> dict:
     algorithm = GRPO()
     algorithm.configure(cfg)
     steps = []
-    for _ in range(spec.get("steps", 2)):
+    for index in range(spec.get("steps", 2)):
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro)
+        if noise is not None:
+            from step_aqn import targeted_snapshot
+
+            noise.begin_step(index)  # NoiseCallback: this step's sigma and seed
+            clean = targeted_snapshot(policy)  # outside the timed step
+        out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro, noise)
+        if noise is not None:
+            row["aqn"]["steps"].append(dict(out["noise"], step=noise.first_step + index,
+                                            norms_restored=bool(torch.equal(clean, targeted_snapshot(policy)))))
         if args.rollout == "vllm" and backend is not None:
             out["device_used_gib_after_train"] = device_used_gib()
         out["peak_gb"] = allocated_gb(peak=True) if device == "cuda" else None
@@ -346,7 +383,8 @@ def run_row(spec: dict, args) -> dict:
     row.update(status="ok", peak_gb=max(s["peak_gb"] or 0 for s in steps), step_s=round(ph["step"], 2),
                first_step_s=round(steps[0]["phases"]["step"], 2), rollout_s=round(ph["rollout"], 2),
                train_s=round(ph["train"], 2), wake_s=round(ph["wake"], 2), generate_s=round(ph["generate"], 2),
-               sleep_s=round(ph["sleep"], 2), sync_s=round(ph["sync"], 3), rollout_share=round(ph["rollout"] / ph["step"], 3),
+               sleep_s=round(ph["sleep"], 2), sync_s=round(ph["sync"], 3), aqn_s=round(ph["aqn"], 4),
+               noise=last.get("noise"), rollout_share=round(ph["rollout"] / ph["step"], 3),
                tokens_per_s=round(last["completion_tokens"] / ph["step"], 1),
                rollout_tok_s=round(last["completion_tokens"] * (1 + RESAMPLE["rounds"]) / ph["rollout"], 1),
                preemptions=last.get("preemptions"), padded_positions=last.get("padded_positions"),
@@ -365,15 +403,21 @@ def run_row(spec: dict, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'model':<5}{'fmt':<7}{'gpus':>5}{'batch':>6}{'new':>6}{'mb':>4}{'load s':>8}{'peak GB':>9}{'est GB':>8}"
-            f"{'step s':>8}{'1st s':>7}{'rollout':>8}{'tok/s':>8}{'TFLOP/s':>9}  status")
+            f"{'step s':>8}{'1st s':>7}{'rollout':>8}{'tok/s':>8}{'TFLOP/s':>9}{'aqn ms':>8}  status")
     lines = [head]
     for r in rows:
         def f(key, fmt="{}", r=r):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         lines.append(f"{r['model']:<5}{r['format']:<7}{f('gpus'):>5}{r['batch']:>6}{r['new']:>6}{f('micro_batch'):>4}{f('load_s'):>8}"
                      f"{f('peak_gb'):>9}{f('est_peak_gb'):>8}{f('step_s'):>8}{f('first_step_s'):>7}"
-                     f"{f('rollout_share', '{:.0%}'):>8}{f('tokens_per_s'):>8}{f('train_tflops'):>9}  {r['status']}")
+                     f"{f('rollout_share', '{:.0%}'):>8}{f('tokens_per_s'):>8}{f('train_tflops'):>9}"
+                     f"{aqn_ms(r):>8}  {r['status']}")
     return "\n".join(lines)
+
+
+def aqn_ms(row: dict) -> str:
+    """The table's AQN column: milliseconds applying and restoring the noise, "-" for a row without AQN."""
+    return f"{1000 * row['aqn_s']:.1f}" if row.get("aqn", {}).get("on") and row.get("aqn_s") is not None else "-"
 
 
 def spec_text(spec: dict) -> str:
@@ -427,12 +471,24 @@ def main() -> None:
                         help="extra generations of the whole batch per step, timed in the rollout (DAPO resampling)")
     parser.add_argument("--vllm-kv-dtype", default="auto", choices=("auto", "fp8"),
                         help="VLLM kv_cache_dtype: auto (the model's dtype) or fp8 (half the KV bytes)")
+    parser.add_argument("--aqn", nargs="?", const=DEFAULT_AQN_RECIPE, default=None, metavar="RECIPE",
+                        help="AQN on, as `qerl fit` runs this recipe's model.noise (bare: the 7B NVFP4 GSM8K recipe's "
+                             "Exponential 1e-2 -> 5e-4, 10 stages); see benchmarks/step_aqn.py")
+    parser.add_argument("--aqn-relative", action="store_true",
+                        help="with --aqn: the schedule's relative noise (Z = sigma * |w| * N(0, 1))")
+    parser.add_argument("--aqn-step", type=int, default=None,
+                        help="with --aqn: the global step of the row's first step (default: the schedule's first "
+                             "step with sigma > 0, 50 of 500 for the default recipe)")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
     if args.lengths != "fixed" and args.rollout != "vllm":
         parser.error(f"--lengths {args.lengths} needs --rollout vllm (the fast engine generates every completion "
                      "to the cap)")
+    if (args.aqn_relative or args.aqn_step is not None) and not args.aqn:
+        parser.error("--aqn-relative and --aqn-step need --aqn")
+    if args.aqn and args.synthetic_rollout:
+        parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
 
@@ -481,7 +537,8 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         with open(path, "w") as fh:
             json.dump({"card": card, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                       "prompt": PROMPT, "group": GROUP, "gpus": ranks, "rollout": args.rollout,
+                       "prompt": PROMPT, "group": GROUP, "gpus": ranks, "rollout": args.rollout, "aqn": args.aqn,
+                       "aqn_relative": args.aqn_relative,
                        "memory_cap_gib": args.memory_cap_gib, "card_gib": args.card_gib, "rows": rows}, fh, indent=1)
     leave()
     if rank == 0:
