@@ -18,7 +18,12 @@ One child process per (format, lora) cell so each engine's memory is gone before
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_FLASHINFER_SAMPLER=0
     python benchmarks/rollout_profile.py --cells nvfp4:1 bf16:1 nvfp4:0 bf16:0 --batches 8 64 128 256 --out DIR
 A cell is `format:lora[:key=value,...]`; the third part passes further vllm.LLM settings to try, e.g.
-`nvfp4:1:async_scheduling=true`.
+`nvfp4:1:async_scheduling=false` (vLLM 0.22 already schedules asynchronously when not told: each row records
+`async_scheduling`, the value the engine ran with), except `seeded=false`: requests without a seed (qerl seeds
+every prompt, so vLLM samples each seeded row with its own generator, one small kernel per row per step).
+Async scheduling on vs off, in separate processes:
+
+    python benchmarks/rollout_profile.py --cells nvfp4:1 nvfp4:1:async_scheduling=false --batches 8 64 128 256
 """
 from __future__ import annotations
 
@@ -155,10 +160,15 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
     from vllm import SamplingParams, TokensPrompt
     from vllm.lora.request import LoRARequest
 
+    from qerl.rollout.vllm import scheduling
+
     root = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     started = time.perf_counter()
-    llm = engine(make_model(root, fmt), max(batches), utilization, parse_extra(extra_text))
+    extra = parse_extra(extra_text)
+    seeded = extra.pop("seeded", True)
+    llm = engine(make_model(root, fmt), max(batches), utilization, extra)
     setup_s = time.perf_counter() - started
+    async_on = scheduling.resolved(llm)
     request = LoRARequest("adapter", 1, make_adapter(root)) if lora else None
     rng = random.Random(0)
 
@@ -170,7 +180,7 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
         prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(10, SHAPE["vocab_size"] - 10) for _ in range(PROMPT)])
                    for _ in range(batch)]
         params = SamplingParams(max_tokens=new, ignore_eos=True, temperature=1.0, detokenize=False, logprobs=0,
-                                seed=rng.randrange(1 << 30))
+                                seed=rng.randrange(1 << 30) if seeded else None)
         synchronize()
         t0 = time.perf_counter()
         llm.generate(prompts, params, lora_request=request, use_tqdm=False)
@@ -195,7 +205,8 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
                       for k in set(p_fam) | set(d_fam)}
         decode_ms = (long_ms - prefill_ms) / DECODE_STEPS
         busy = sum(decode_fam.values())
-        rows.append({"fmt": fmt, "lora": lora, "extra": extra_text, "batch": batch, "setup_s": round(setup_s, 1),
+        rows.append({"fmt": fmt, "lora": lora, "extra": extra_text, "async_scheduling": async_on, "seeded": seeded,
+                     "batch": batch, "setup_s": round(setup_s, 1),
                      "tok_s": round(batch * NEW / gen_ms * 1000.0, 1), "gen_ms": round(gen_ms, 1),
                      "prefill_ms": round(prefill_ms, 2), "decode_ms": round(decode_ms, 3),
                      "prefill_gpu_ms": {k: round(v, 3) for k, v in sorted(p_fam.items())},
@@ -209,13 +220,14 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
 
 def table(rows: list[dict]) -> str:
     fams = [f for f, _ in FAMILIES] + ["other"]
-    head = ["cell", "B", "tok/s", "prefill ms", "decode ms", "idle"] + fams
+    head = ["cell", "async", "B", "tok/s", "prefill ms", "decode ms", "idle"] + fams
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['fmt']}{'+lora' if r['lora'] else ''}{' ' + r['extra'] if r.get('extra') else ''} | error: {r['error'][:120]}")
             continue
         lines.append(" | ".join([f"{r['fmt']}{'+lora' if r['lora'] else ''}{' ' + r['extra'] if r.get('extra') else ''}",
+                                 {True: "on", False: "off"}.get(r.get("async_scheduling"), "?"),
                                  str(r["batch"]), str(r["tok_s"]),
                                  str(r["prefill_ms"]), str(r["decode_ms"]), str(r["decode_idle_ms"])]
                                 + [f"{r['decode_gpu_ms'].get(f, 0.0):.3f}" for f in fams]))

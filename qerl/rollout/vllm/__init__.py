@@ -5,7 +5,7 @@ Importing this package does not import vllm; `VLLM.setup` does. The files, one p
 adapter checks), `worker.py` (functions run inside the engine worker: LoRA, norms, AQN), `host_copy.py` (the
 adapter snapshot), `norms.py` (float32 norms), `noise.py` (AQN in the engine), `sleep.py` (sleep mode),
 `memory.py` (its side of the memory plan), `ranks.py` (an engine per rank or tensor-parallel group),
-`outputs.py` (vLLM outputs -> `Rollout`).
+`outputs.py` (vLLM outputs -> `Rollout`), `scheduling.py` (vLLM's asynchronous scheduling).
 """
 from qerl.rollout.vllm.backend import VLLM
 

