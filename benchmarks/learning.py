@@ -51,11 +51,11 @@ def relative(start: float, end: float) -> str:
 
 
 VARIANTS = {
-    "nvfp4-aqn": ("grpo-nvfp4-arithmetic.yaml", []),
+    "nvfp4-aqn": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", AQN]),  # the paper's absolute schedule
     "nvfp4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", "null"]),
     "bf16": ("grpo-bf16-arithmetic.yaml", []),
     "bf16-aqn": ("grpo-bf16-arithmetic.yaml", ["--model.noise", AQN]),
-    "nvfp4-aqn-rel1": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(1e-2, 5e-4)]),
+    "nvfp4-aqn-rel1": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(1e-2, 5e-4)]),  # the recipe's own
     "nvfp4-aqn-rel4": ("grpo-nvfp4-arithmetic.yaml", ["--model.noise", relative(4e-2, 2e-3)]),
 }
 #: --task: the `Arithmetic` settings trained on and evaluated (held-out test split) with `qerl eval`, the tokens per
