@@ -41,7 +41,8 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-AQN = '{"class_path": "Exponential", "init_args": {"sigma_start": 0.01, "sigma_end": 0.0005, "num_stages": 10}}'
+AQN = ('{"class_path": "Exponential", "init_args": {"sigma_start": 0.01, "sigma_end": 0.0005, "num_stages": 10, '
+       '"relative": false}}')  # the paper's absolute schedule, named in full: a recipe's own init_args would merge in
 
 
 def relative(start: float, end: float) -> str:
