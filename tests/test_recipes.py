@@ -31,3 +31,21 @@ def test_recipe_parses(path, capsys, monkeypatch):
     except SystemExit:
         pytest.fail(f"{path.relative_to(ROOT)} does not parse:\n{capsys.readouterr().err}", pytrace=False)
     assert config.model is not None and config.trainer is not None
+
+
+def test_smollm2_recipes_use_the_studys_relative_noise_and_qwen_recipes_the_papers():
+    """The issue #33 study's default (docs/concepts/aqn.md, "Which setting to start from"): SmolLM2's 4-bit recipes
+    scale the noise by |w| (its norm weights are small); the Qwen2.5 recipes keep the paper's absolute schedule."""
+    import yaml
+
+    seen = {"smollm2": 0, "qwen": 0}
+    for path in RECIPES:
+        noise = (yaml.safe_load(path.read_text(encoding="utf-8")).get("model") or {}).get("noise")
+        if not isinstance(noise, dict):
+            continue
+        relative = bool((noise.get("init_args") or {}).get("relative", False))
+        family = "smollm2" if "smollm2" in path.parts else "qwen" if path.parts[-2].startswith("qwen") else None
+        if family:
+            assert relative is (family == "smollm2"), f"{path.relative_to(ROOT)}: relative={relative}"
+            seen[family] += 1
+    assert seen["smollm2"] >= 5 and seen["qwen"] >= 2, seen

@@ -42,7 +42,7 @@ OPTIONAL_PAGES = {
                                 "reference/rewards.md"),
 }
 PLOTS = {"img/formats-error.png": "plot_formats", "img/aqn-schedules.png": "plot_aqn",
-         "img/learning-smollm2.png": "plot_learning"}
+         "img/learning-smollm2.png": "plot_learning", "img/aqn-study.png": "plot_aqn_study"}
 INCLUDE = re.compile(r"^<!-- qerl:include (\S+?)(?: lines=(\d+)-(\d+))? -->$", re.MULTILINE)
 LIST = re.compile(r"^<!-- qerl:list (\S+) -->$", re.MULTILINE)
 LANGS = {".py": "python", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json", ".sh": "bash"}

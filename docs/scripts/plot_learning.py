@@ -1,7 +1,7 @@
 """Learning curves of the GPU runs (NVFP4 / bf16 LoRA, with and without AQN), from the committed results.
 
-Reads every `benchmarks/results/learning-*.json` of the newest date (written by `benchmarks/learning.py`, one
-file per seed) and draws train accuracy, held-out accuracy, policy entropy and the AQN sigma over optimizer
+Reads the `benchmarks/results/learning-smollm2-h100-2026-11-26*.json` files (the first study, written by
+`benchmarks/learning.py`, one file per seed; the later AQN studies are drawn by `plot_aqn_study.py`) and draws train accuracy, held-out accuracy, policy entropy and the AQN sigma over optimizer
 steps: the first seed bold, further seeds thin in the same colour and line style.
 
     .venv/bin/python docs/scripts/plot_learning.py docs/img/learning-smollm2.png
@@ -24,11 +24,15 @@ STYLE = {"nvfp4-aqn": ("tab:red", "-"), "nvfp4": ("tab:red", "--"), "bf16": ("ta
          "bf16-aqn": ("tab:blue", "-")}
 
 
-def latest() -> list[dict]:
-    """The records of the newest date, in seed order."""
-    records = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("learning-*.json"))]
+#: the files of the study this plot shows (docs/learning.md, "The first study")
+STUDY = "learning-smollm2-h100-2026-11-26*.json"
+
+
+def latest(pattern: str = STUDY) -> list[dict]:
+    """The records of the newest date among the files matching `pattern`, in seed order."""
+    records = [json.loads(f.read_text()) for f in sorted(RESULTS.glob(pattern))]
     if not records:
-        raise FileNotFoundError(f"no learning-*.json in {RESULTS}; run benchmarks/learning.py on a GPU first")
+        raise FileNotFoundError(f"no {pattern} in {RESULTS}; run benchmarks/learning.py on a GPU first")
     newest = max(r["date"] for r in records)
     return sorted((r for r in records if r["date"] == newest), key=lambda r: r.get("args", {}).get("seed", 0))
 

@@ -102,3 +102,16 @@ def test_screenshots_render(site, tmp_path):
     for path in shots:
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 20_000, f"{path} looks blank"
+
+
+def test_aqn_study_plot_averages_seeds_over_the_steps_every_seed_reached():
+    study = script("plot_aqn_study")
+    steps, values = study.seed_mean([([0, 1, 2, 3], [0.0, 1.0, 2.0, 3.0]), ([0, 1, 2], [2.0, 3.0, 4.0])])
+    assert steps == [0, 1, 2] and values == [1.0, 2.0, 3.0]  # step 3: one seed only (cut by the time cap)
+    runs = study.by_variant([{"curves": {"nvfp4-aqn-rel1-s3": {"a": 1}, "bf16-s0": {"b": 2}}},
+                             {"curves": {"nvfp4-aqn-rel1-s0": {"c": 3}}}])
+    assert runs == {"nvfp4-aqn-rel1": {3: {"a": 1}, 0: {"c": 3}}, "bf16": {0: {"b": 2}}}
+    pytest.importorskip("matplotlib")
+    records = study.latest(study.STUDY)
+    assert sum(len(r["curves"]) for r in records) >= 16  # the committed study: 4 variants x 4 seeds
+    assert study.render_png()[:8] == PNG_MAGIC
