@@ -41,10 +41,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MATH500 = os.path.join(REPO, "qerl", "data", "files", "math500", "test.jsonl")
-#: qerl.training.collect's one line for a step whose dynamic sampling kept no group
-NO_GROUP_LINE = re.compile(r"step \d+: \w+ kept no group after \d+ resample round")
+#: qerl.training.collect.no_signal_line: the one line of a step whose dynamic sampling kept no group
+NO_GROUP_LINE = re.compile(r"step \d+: \w+: no group had a reward spread after \d+ resample round")
 COLUMNS = ("wall_s", "perf/step_s", "perf/rollout_s", "perf/score_s", "perf/train_s", "rollout/tokens_per_s",
-           "rollout/length_mean", "data/refill_rounds", "data/groups_kept_frac", "perf/peak_mem", "device_used_gib")
+           "rollout/length_mean", "data/refill_rounds", "data/groups_kept_frac", "data/fallback_frac", "perf/peak_mem",
+           "device_used_gib")
 
 
 def write_prompts(path: str, rows: int) -> str:
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     for p in summary["phases"]:
         failed = [k for k, ok in p["checks"].items() if not ok]
         print(f"{p['phase']}: exit {p['exit']}, {p['wall_s']} s (setup {p['setup_s']} s), "
-              f"'kept no group' lines {p['no_group_log_lines']}, checks {'ok' if not failed else 'FAILED: ' + ', '.join(failed)}")
+              f"'no group had a reward spread' lines {p['no_group_log_lines']}, checks {'ok' if not failed else 'FAILED: ' + ', '.join(failed)}")
         if p["phase"] == "resume" and p["start"]:
             s = p["start"]
             print(f"  resumed at step {s.get('global_step')} from {s.get('ckpt_path')} (checkpoint step "

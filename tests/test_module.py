@@ -31,6 +31,7 @@ REQUIRED = [
     "rollout/length_mean", "rollout/length_max", "rollout/truncated_frac", "train/entropy", "train/clip_frac",
     "train/grad_norm", "noise/sigma", "rollout/tokens_per_s", "perf/step_s", "perf/rollout_s", "perf/score_s",
     "perf/train_s", "perf/peak_mem", "reward/running_mean", "train/accuracy_running", "data/groups_kept_frac",
+    "data/fallback_frac",
 ]
 
 
@@ -82,6 +83,38 @@ def test_dapo_drops_no_signal_groups_and_refills_from_new_prompts(tmp_path):
     assert module._batches_drawn == 3 + sum(int(s["data/refill_rounds"]) for s in steps)
 
 
+class OddAnswersSpread(EvenAnswersUniform):
+    """A prompt with an odd gold answer has signal (its first completion scores 1, the rest 0); even: all 0.
+
+    Records how many prompts of each scored batch had signal, so a test knows which groups DAPO kept.
+    """
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        self.group_size, self.with_signal = group_size, []
+
+    def __call__(self, completions: list[str], answers: list[str], **meta) -> list[float]:
+        self.with_signal.append(sum(int(a) % 2 for a in answers[::self.group_size]))
+        return [float(int(a) % 2 == 1 and i % self.group_size == 0) for i, a in enumerate(answers)]
+
+
+def test_groups_kept_frac_counts_only_groups_with_a_reward_spread(tmp_path):
+    """2 prompts a step, up to 3 refills: kept = min(2, prompts with signal) of the 2 x (refills + 1) seen; a
+    step that found none trains on its last rollout and counts 0 kept, data/fallback_frac 1."""
+    reward = OddAnswersSpread()
+    module = tiny_module(algorithm=DAPO(max_resample_rounds=3), rewards=[reward], noise=None)
+    _, steps = fit(tmp_path, module, 6, data=tiny_data(batch_size=2, num_train=60))
+    calls = iter(reward.with_signal)
+    expected = []
+    for s in steps:
+        found = sum(next(calls) for _ in range(int(s["data/refill_rounds"]) + 1))
+        expected.append((min(2, found) / (2 * (s["data/refill_rounds"] + 1)), float(found == 0)))
+    assert [(round(s["data/groups_kept_frac"], 6), s["data/fallback_frac"]) for s in steps] == [
+        (round(kept, 6), fallback) for kept, fallback in expected]
+    assert any(0 < kept < 1 for kept, _ in expected)  # some steps dropped groups and refilled
+    assert next(calls, None) is None  # every scored batch belongs to a step
+
+
 class ZeroReward(EvenAnswersUniform):
     """Every completion scores 0, as with random weights: no group ever carries signal."""
 
@@ -89,17 +122,62 @@ class ZeroReward(EvenAnswersUniform):
         return [0.0] * len(completions)
 
 
+class RecordingHF(HF):
+    """The HF backend, keeping every rollout it generates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rollouts = []
+
+    def generate(self, prompt_ids, sampling):
+        self.rollouts.append(super().generate(prompt_ids, sampling))
+        return self.rollouts[-1]
+
+
+NO_SIGNAL = r"step {}: DAPO: no group had a reward spread after 2 resample round\(s\) of at most 2; training on the last rollout"
+
+
+def no_signal_lines(seen) -> list[str]:
+    return [str(w.message) for w in seen if "no group had a reward spread" in str(w.message)]
+
+
 def test_dapo_with_no_signal_anywhere_resamples_then_trains_on_the_last_rollout_and_says_so(tmp_path):
+    """Every completion runs to the 6-token cap: the overlong penalty is the same for all, so |A| = 0."""
     module = tiny_module(algorithm=DAPO(max_resample_rounds=2), rewards=[ZeroReward()], noise=None)
-    with pytest.warns(UserWarning, match=r"DAPO kept no group after 2 resample round\(s\) of at most 2") as seen:
+    with pytest.warns(UserWarning, match=NO_SIGNAL.format(0)) as seen:
         trainer, steps = fit(tmp_path, module, 2, data=tiny_data(batch_size=2, num_train=40))
     assert trainer.global_step == 2 and len(steps) == 2  # no loop, no crash
     assert [s["data/refill_rounds"] for s in steps] == [2.0, 2.0]
-    # trained on: the last rollout's 2 groups of the 6 generated (3 batches of 2 prompts)
-    assert all(s["data/groups_kept_frac"] == pytest.approx(2 / 6) for s in steps)
+    # trained on the last rollout's 2 groups of the 6 generated (3 batches of 2 prompts), none with a spread
+    assert [(s["data/groups_kept_frac"], s["data/fallback_frac"]) for s in steps] == [(0.0, 1.0), (0.0, 1.0)]
     assert module._batches_drawn == 2 * 3
-    assert sum("kept no group" in str(w.message) for w in seen) == 2  # one line per step
+    lines = no_signal_lines(seen)
+    assert len(lines) == 2 and [line.split(":")[0] for line in lines] == ["step 0", "step 1"]  # one line per step
+    assert all(line.endswith("mean |A| = 0 - no update signal") for line in lines)
     assert all(s["train/grad_norm"] == 0.0 for s in steps)  # zero advantages: no update signal
+
+
+def test_the_fallback_line_gives_the_mean_advantage_that_length_shaping_leaves(tmp_path):
+    """Completions stopped at random lengths (stop string U+FFFD) inside a 5-token overlong buffer: the penalty
+    differs within a group, so the fallback rollout trains with non-zero advantages and the line says how large."""
+    backend, algorithm = RecordingHF(), DAPO(max_resample_rounds=2, overlong_buffer=5)
+    sampling = SamplingConfig(n=4, max_new_tokens=6, temperature=1.0, stop=["\ufffd"])
+    module = tiny_module(algorithm=algorithm, rewards=[ZeroReward()], noise=None, rollout=backend, sampling=sampling)
+    with pytest.warns(UserWarning, match=NO_SIGNAL.format(0)) as seen:
+        _, steps = fit(tmp_path, module, 2, data=tiny_data(batch_size=2, num_train=40))
+    assert len(backend.rollouts) == 2 * 3
+    measured = []
+    for last in backend.rollouts[2::3]:  # each step's third rollout is the one it trains on
+        shaped = algorithm.shape_rewards(torch.zeros(last.num_rows), last.lengths, 6)
+        measured.append(float(algorithm.advantages(shaped, 4).abs().mean()))
+    assert all(m > 0.1 for m in measured)
+    lines = no_signal_lines(seen)
+    assert len(lines) == 2
+    assert [line.split(":")[0] for line in lines] == ["step 0", "step 1"]
+    assert [line.rsplit("mean |A| = ", 1)[1] for line in lines] == [f"{m:.4g}" for m in measured]
+    assert all("from reward shaping only (DAPO: the overlong length penalty)" in line for line in lines)
+    assert [(s["data/groups_kept_frac"], s["data/fallback_frac"]) for s in steps] == [(0.0, 1.0), (0.0, 1.0)]
+    assert all(s["train/grad_norm"] > 0 for s in steps)  # the shaping alone moves the adapter
 
 
 class NaNLossOnce(GRPO):

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from qerl.algorithms.base import Algorithm
 from qerl.noise.base import NoiseDraw
@@ -35,12 +34,16 @@ class Collector:
 
 @dataclass
 class Collected:
-    """One prompt batch's groups to train on, every scored rollout generated, refill rounds, batches drawn."""
+    """One prompt batch's groups to train on, every scored rollout generated, refill rounds, batches drawn.
+
+    `fallback` is True when no group had a reward spread and `kept` is the last rollout, trained on anyway.
+    """
 
     kept: Scored
     generated: list[Scored]
     rounds: int
     batches_drawn: int
+    fallback: bool = False
 
 
 _SEED_MIX = 1_000_003
@@ -77,7 +80,7 @@ def collect_groups(parts: Collector, dataloader_iter: Iterator, timer: StepTimer
     """One prompt batch of groups to train on, refilled from the next prompts while the algorithm drops groups.
 
     At most `algorithm.max_resample_rounds` extra batches are drawn; if the epoch runs out or the rounds are
-    spent, training uses what was kept (or, when nothing was, the last rollout: a zero-signal step).
+    spent, training uses what was kept (or, when nothing was, the last rollout: `Collected.fallback`).
     """
     algorithm, n = parts.algorithm, parts.sampling.n
     batch = draw_prompts(dataloader_iter)
@@ -97,11 +100,22 @@ def collect_groups(parts: Collector, dataloader_iter: Iterator, timer: StepTimer
             break
         drawn += 1
         rounds += 1
-    if not kept:  # every group dropped (e.g. every reward 0): say so once, train on the last rollout (no signal)
-        rank_zero_warn(f"step {step}: {algorithm.__class__.__name__} kept no group after {rounds} resample "
-                       f"round(s) of at most {algorithm.max_resample_rounds} (every group's rewards were equal); "
-                       "this step trains on the last rollout, whose advantages are all 0 (no update signal).")
+    # every group dropped (e.g. every reward 0): train on the last rollout; the module says so once a step
     result = concat_scored(kept, parts.rollout.pad_id) if kept else generated[-1]
     if result.num_groups > target:
         result = select_groups(result, torch.arange(result.num_groups, device=result.rewards.device) < target)
-    return Collected(result, generated, rounds, drawn)
+    return Collected(result, generated, rounds, drawn, fallback=not kept)
+
+
+def fallback_rows(collected: list[Collected]) -> torch.Tensor:
+    """Bool (R,) over a step's training rows (the `kept` of each, joined in order): True on fallback rollouts."""
+    return torch.cat([torch.full((c.kept.rollout.num_rows,), c.fallback, dtype=torch.bool) for c in collected])
+
+
+def no_signal_line(step: int, algorithm: Algorithm, rounds: int, mean_abs_advantage: float) -> str:
+    """The one log line of a step that trains on a fallback rollout, with the advantages it really has."""
+    name = type(algorithm).__name__
+    signal = "" if mean_abs_advantage > 0 else " - no update signal"
+    return (f"step {step}: {name}: no group had a reward spread after {rounds} resample round(s) of at most "
+            f"{algorithm.max_resample_rounds}; training on the last rollout, whose advantages come from reward "
+            f"shaping only (DAPO: the overlong length penalty): mean |A| = {mean_abs_advantage:.4g}{signal}")

@@ -69,7 +69,9 @@ def test_dapo_32b_recipe_resamples_then_trains_on_what_it_has_and_resumes(tmp_pa
                              "--prompt-reader", "JsonlPrompts")
     fit, resume = summary["phases"]
     for record in fit["steps"] + resume["steps"]:
-        assert record["metrics"]["reward/total_mean"] == 0.0 and record["metrics"]["data/refill_rounds"] == 3.0
+        metrics = record["metrics"]
+        assert metrics["reward/total_mean"] == 0.0 and metrics["data/refill_rounds"] == 3.0
+        assert metrics["data/groups_kept_frac"] == 0.0 and metrics["data/fallback_frac"] == 1.0  # 0 of 8 groups
     assert (fit["no_group_log_lines"], resume["no_group_log_lines"]) == (2, 1)  # one line a step
     assert "--data=JsonlPrompts" in fit["command"] and "--ckpt_path=last" in resume["command"]
 
