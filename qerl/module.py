@@ -8,7 +8,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from qerl.algorithms.base import Algorithm
 from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, SampleLogger
@@ -28,7 +27,7 @@ from qerl.rollout.base import RolloutBackend
 from qerl.rollout.hf import HF
 from qerl.training import distributed
 from qerl.training.checks import check_module_args
-from qerl.training.collect import Collector, collect_groups, fallback_rows, no_signal_line
+from qerl.training.collect import Collector, collect_groups, data_metrics
 from qerl.training.policy import build_policy
 from qerl.training.resumable import ResumableRun
 from qerl.training.running_rewards import RunningRewards
@@ -192,13 +191,12 @@ class QeRLModule(ResumableRun, L.LightningModule):
         self._resume_data_position(dataloader_iter)
         parts = Collector(self.tokenizer, self.rollout, self.rewards, self.algorithm, self.sampling, self.seed,
                           self.accuracy_index)
-        collected, generated, refills, step = [], [], 0, self.global_step  # the optimizer steps move global_step
+        collected, generated, step = [], [], self.global_step  # the optimizer steps move global_step
         for _ in range(self.batches_per_step):
             got = collect_groups(parts, dataloader_iter, timer, step, len(generated), self.noise_draw)
             self._batches_drawn += got.batches_drawn
             collected.append(got)
             generated.extend(got.generated)
-            refills += got.rounds
         kept = [got.kept for got in collected]
         pad = self.rollout.pad_id
         train, seen = concat_scored(kept, pad), concat_scored(generated, pad)
@@ -221,16 +219,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
         if self.noise is not None:  # measured on the generating engine's weights, 0 at sigma 0
             metrics.update(dict.fromkeys(RealizedNoise.TAGS, 0.0)
                            if self.noise_draw.sigma <= 0 else self.rollout.noise_metrics)
-        on_fallback = fallback_rows(collected).to(advantages.device)  # rows of rollouts whose groups had no spread
-        train_groups, seen_groups, fallback_groups, fallback_abs, fallback_count = sum_over_ranks(
-            [train.num_groups, seen.num_groups, float(on_fallback.sum()) / self.sampling.n,
-             float(advantages[on_fallback].abs().sum()), float(on_fallback.sum())], self.device)
-        metrics["data/groups_kept_frac"] = (train_groups - fallback_groups) / max(1.0, seen_groups)  # with signal
-        metrics["data/fallback_frac"] = fallback_groups / max(1.0, train_groups)
-        if fallback_count:  # one line a step, over every rank's fallback rows
-            rounds = max((got.rounds for got in collected if got.fallback), default=refills)
-            rank_zero_warn(no_signal_line(step, self.algorithm, rounds, fallback_abs / fallback_count))
-        metrics["data/refill_rounds"] = float(refills)
+        metrics.update(data_metrics(collected, train.num_groups, seen.num_groups, advantages, self.sampling.n,
+                                    step, self.algorithm, self.device))
         shaped_sum, shaped_rows, reshaped = sum_over_ranks(
             [float(shaped.sum()), shaped.numel(), float(not torch.equal(shaped, train.rewards))], self.device)
         if reshaped:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from qerl.algorithms.base import Algorithm
 from qerl.noise.base import NoiseDraw
+from qerl.parallel import sum_over_ranks
 from qerl.rewards.base import Reward
 from qerl.rollout.base import RolloutBackend
 from qerl.training.distributed import global_draw
@@ -119,3 +121,20 @@ def no_signal_line(step: int, algorithm: Algorithm, rounds: int, mean_abs_advant
     return (f"step {step}: {name}: no group had a reward spread after {rounds} resample round(s) of at most "
             f"{algorithm.max_resample_rounds}; training on the last rollout, whose advantages come from reward "
             f"shaping only (DAPO: the overlong length penalty): mean |A| = {mean_abs_advantage:.4g}{signal}")
+
+
+def data_metrics(collected: list[Collected], train_groups: int, seen_groups: int, advantages: torch.Tensor, n: int,
+                 step: int, algorithm: Algorithm, device: torch.device) -> dict[str, float]:
+    """A step's `data/*` scalars, summed over ranks: the share of the groups seen that had a reward spread, the
+    share of the trained groups that came from a fallback rollout, the resample rounds; and the one line of a step
+    that trains on a fallback rollout (over every rank's fallback rows)."""
+    on_fallback = fallback_rows(collected).to(advantages.device)  # rows of rollouts whose groups had no spread
+    trained, seen, fallback_groups, fallback_abs, fallback_count = sum_over_ranks(
+        [train_groups, seen_groups, float(on_fallback.sum()) / n, float(advantages[on_fallback].abs().sum()),
+         float(on_fallback.sum())], device)
+    refills = sum(got.rounds for got in collected)
+    if fallback_count:
+        rounds = max((got.rounds for got in collected if got.fallback), default=refills)
+        rank_zero_warn(no_signal_line(step, algorithm, rounds, fallback_abs / fallback_count))
+    return {"data/groups_kept_frac": (trained - fallback_groups) / max(1.0, seen),  # groups with signal
+            "data/fallback_frac": fallback_groups / max(1.0, trained), "data/refill_rounds": float(refills)}
