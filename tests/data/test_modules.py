@@ -4,6 +4,7 @@ import logging
 import pytest
 
 from qerl.data import AIME24, AMC23, GSM8K, MATH500, DatasetError, PromptDataModule, dataset_names, load_dataset_rows
+from qerl.data.arithmetic import Arithmetic
 from qerl.types import PromptBatch
 
 
@@ -113,3 +114,16 @@ def test_catalog_lists_rows_and_known_names():
 def test_base_without_rows_says_what_to_implement():
     with pytest.raises(NotImplementedError, match="load_rows"):
         PromptDataModule().rows("test")
+
+
+def test_val_batch_size_sets_only_the_validation_batches(tiny_tokenizer):
+    dm = Arithmetic(num_train=40, val_size=20, batch_size=4, val_batch_size=16)
+    dm.set_tokenizer(tiny_tokenizer)
+    dm.setup("fit")
+    assert [len(b) for b in dm.val_dataloader()] == [16, 4]
+    assert {len(b) for b in dm.train_dataloader()} == {4}
+    default = Arithmetic(num_train=40, val_size=20, batch_size=4)
+    default.set_tokenizer(tiny_tokenizer)
+    assert [len(b) for b in default.val_dataloader()] == [4] * 5
+    with pytest.raises(DatasetError, match="val_batch_size must be >= 1"):
+        Arithmetic(val_batch_size=0)
