@@ -12,7 +12,10 @@ Row spec: model:format:batch:new[:steps], format nvfp4|mxfp4|nf4|bf16; batch = c
 min(8, batch)). Each row: load (timed: `load_s` is the quantize-on-load time), then `steps` steps (default 2:
 the first pays CUDA-graph capture and Triton compiles, the last is reported). Micro-batch: `--micro-batch auto`
 (default) picks it from free memory with `qerl.memory.auto_micro_batch`; gradient checkpointing on by default.
-Columns: peak = max allocated over the step; est = `qerl.memory` estimate; rollout share; tokens/s = batch x
+Columns: peak = max allocated over the step; est = `qerl.memory` estimate (vLLM rows on a GPU: the engine-aware
+plan `QeRLModule` prints - the engine at the utilization it got, asleep or awake as decided, at the row's
+micro-batch - with `est_phases_gb`, `est_policy_peak_gb` the plan without the engine, and `plan_vs_measured` per
+phase against the card, GB = 1e9 bytes: see `plan_vs_measured.py`); rollout share; tokens/s = batch x
 new / step time; train TFLOP/s = (fwd + input-grad [+ recompute]) matmul FLOPs / training-phase time.
 OOM is a result (`torch.cuda.OutOfMemoryError` is caught and reported). Rows starting after --budget-s are
 listed as not run. Writes benchmarks/results/step-<card>-<date>.json after every row; prints the table last.
@@ -29,7 +32,9 @@ metrics) and `sleep_s` (copy the weights out); after the optimizer the adapter i
 engine (`sync_s`, inside `step_s`, as `RolloutSyncCallback` does; rows before 2026-12-02's fourth lease left
 the sync out). `--memory-cap-gib 80` caps torch's allocator (`set_per_process_memory_fraction`) so an 80 GB
 card is modelled on a bigger one; `device_used_gib` (total - free, all allocators, vLLM's included) is sampled
-after setup, rollout and training, since vLLM's sleep-mode pool bypasses torch's cap. With `--vllm-sleep` the cap
+after loading the policy, after setup, in the rollout (`device_used_gib_first_rollout`: the first step's), with the
+engine asleep (`device_used_gib_asleep`) and after training, since vLLM's sleep-mode pool bypasses torch's cap;
+`peak_reserved_gb` is torch's peak reserve and `vllm_kv_cache` the KV cache vLLM allocated (tokens, GB). With `--vllm-sleep` the cap
 also counts the sleeping engine's pool (unmapped, but still in torch's accounting): a 32B 16 x 2,048 row hit the
 76 GiB cap while the card held 43.6 GiB (2026-12-02). `--card-gib 79` models the smaller card instead by holding
 the rest of the free memory as ballast, which binds every allocator; the ballast is left out of every number.
@@ -166,6 +171,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
     if backend is not None:
         backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
     sync()
+    used_asleep = device_used_gib() if getattr(backend, "sleep_mode", False) else None
     phases["sleep"] = time.perf_counter() - t_sleep
     phases["rollout"] = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -195,7 +201,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
     phases["sync"] = time.perf_counter() - t3
     phases["step"] = time.perf_counter() - t0
     return {"phases": slowest(phases), "finite": result.finite, "loss": result.metrics.get("loss"),
-            "device_used_gib_rollout": used_at_rollout,
+            "device_used_gib_rollout": used_at_rollout, "device_used_gib_asleep": used_asleep,
             "mismatch": {k: round(float(v), 6) for k, v in {**getattr(backend, "last_metrics", {}), **{
                 k: v for k, v in result.metrics.items() if k.startswith("rollout/mismatch")}}.items()},
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
@@ -232,6 +238,12 @@ def allocated_gb(peak: bool = False) -> float:
     return round((used - ballast_bytes()) / 1e9, 2)
 
 
+def reserved_gb(peak: bool = False) -> float:
+    """torch's reserved (or peak reserved) bytes in GB, the ballast left out: what the caching allocator holds."""
+    used = torch.cuda.max_memory_reserved() if peak else torch.cuda.memory_reserved()
+    return round((used - ballast_bytes()) / 1e9, 2)
+
+
 def device_used_gib() -> float | None:
     """What the card holds (all allocators, vLLM's included), the ballast left out."""
     if not torch.cuda.is_available():
@@ -240,9 +252,17 @@ def device_used_gib() -> float | None:
     return round((total - free - ballast_bytes()) / 2**30, 2)
 
 
-def vllm_backend(policy, tok, batch: int, new: int, args, decide=None, lengths: list[int] | None = None):
-    """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds. `decide(backend)`:
-    `--vllm-sleep auto`'s decision, made before the engine starts."""
+def vllm_settings(batch: int, new: int, args) -> dict:
+    """The `VLLM` keyword arguments of a row (`plan_vs_measured.row_settings` rebuilds the engine's from a row)."""
+    return {"gpu_memory_utilization": args.vllm_util, "max_model_len": PROMPT + new + 8, "max_num_seqs": batch,
+            "enable_sleep_mode": {"on": True, "off": False}.get(args.vllm_sleep, "auto"),
+            "compile": not args.vllm_no_compile, "kv_cache_memory_gb": args.vllm_kv_gib,
+            "kv_cache_dtype": args.vllm_kv_dtype, "measure_mismatch": "update" if args.mismatch == "update" else True}
+
+
+def vllm_backend(policy, tok, batch: int, new: int, args, plan=None, lengths: list[int] | None = None):
+    """The `VLLM` backend (EOS ignored) built on `policy`; returns it and its setup seconds. `plan(backend, policy)`:
+    the start-up memory plan (and `--vllm-sleep auto`'s decision), made before the engine starts."""
     from qerl.rollout.vllm import VLLM
 
     class NoEosVLLM(VLLM):
@@ -255,12 +275,9 @@ def vllm_backend(policy, tok, batch: int, new: int, args, decide=None, lengths: 
         from lengths import length_model_vllm
 
         NoEosVLLM = length_model_vllm(NoEosVLLM, lengths)
-    backend = NoEosVLLM(gpu_memory_utilization=args.vllm_util, max_model_len=PROMPT + new + 8, max_num_seqs=batch,
-                        enable_sleep_mode={"on": True, "off": False}.get(args.vllm_sleep, "auto"), compile=not args.vllm_no_compile,
-                        kv_cache_memory_gb=args.vllm_kv_gib, kv_cache_dtype=args.vllm_kv_dtype,
-                        measure_mismatch="update" if args.mismatch == "update" else True)
-    if decide is not None and args.vllm_sleep == "auto":
-        decide(backend, policy)
+    backend = NoEosVLLM(**vllm_settings(batch, new, args))
+    if plan is not None:
+        plan(backend, policy)
     sync()
     t0 = time.perf_counter()
     backend.setup(policy, tok)
@@ -296,6 +313,7 @@ def run_row(spec: dict, args) -> dict:
     row["load_s"] = round(load_s, 1)
     if device == "cuda":
         row["after_load_gb"] = allocated_gb()
+    used_at_load = device_used_gib()  # the card before any engine: CUDA context + the policy (None off CUDA)
     STAGE["now"] = "step"
     shape = ModelShape.from_config(hf_cfg)
     run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
@@ -313,7 +331,8 @@ def run_row(spec: dict, args) -> dict:
     from dataclasses import replace
 
     estimate = estimate_memory(shape, replace(run, micro_batch=micro), quant_bits=bits)
-    row.update(micro_batch=micro, est_peak_gb=round(estimate.peak / 1e9, 2), estimate=estimate.as_dict())
+    row.update(micro_batch=micro, est_peak_gb=round(estimate.peak / 1e9, 2), estimate=estimate.as_dict(),
+               gradient_checkpointing=not args.no_checkpointing)
     if rank == 0:
         print(estimate.table(), flush=True)
     group = min(GROUP, batch)
@@ -325,14 +344,20 @@ def run_row(spec: dict, args) -> dict:
     if args.synthetic_rollout:
         row["rollout"] = "synthetic (training phase only)"
     elif args.rollout == "vllm":
-        def decide(backend, policy):  # --vllm-sleep auto: QeRLModule's start-up plan for this row, on the modelled card
+        engine = {}
+
+        def plan(backend, policy):  # QeRLModule's start-up plan for this row (on the modelled card), before the engine
             from qerl.memory.engine import engine_as_run
             from qerl.memory.startup import decide_sleep
 
-            need = backend.engine_estimate(policy, device)
-            runs, _ = engine_as_run(need, args.vllm_util, torch.cuda.get_device_properties(0).total_memory, free)
-            backend.resolved_sleep_mode = decide_sleep(shape, replace(run, micro_batch=micro), budget, bits, 2,
-                                                       need, runs)[0]
+            if device != "cuda":  # no card: QeRLModule plans no engine either
+                return
+            engine.update(need=backend.engine_estimate(policy, device),
+                          total=torch.cuda.get_device_properties(0).total_memory)
+            if args.vllm_sleep == "auto":
+                runs, _ = engine_as_run(engine["need"], args.vllm_util, engine["total"], free)
+                backend.resolved_sleep_mode = decide_sleep(shape, replace(run, micro_batch=micro), budget, bits, 2,
+                                                           engine["need"], runs)[0]
 
         drawn = None
         if args.lengths != "fixed":
@@ -340,8 +365,19 @@ def run_row(spec: dict, args) -> dict:
 
             drawn = draw_lengths(args.lengths, local, new, seed=0)
             row.update(lengths=args.lengths, lengths_drawn=drawn, lengths_summary=summary(drawn, new))
-        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, decide, drawn)
-        row.update(rollout="vllm", served_as=backend.served_as, device_used_gib={"setup": device_used_gib()},
+        backend, row["setup_s"] = vllm_backend(policy, tok, local, new, args, plan, drawn)
+        if engine:  # the engine-aware plan QeRLModule prints, at the utilization the engine got (GB = 1e9 bytes)
+            from plan_vs_measured import engine_kv_cache, engine_plan, plan_fields
+
+            aware = engine_plan(shape, replace(run, micro_batch=micro), bits, engine["need"],
+                                backend.resolved_utilization, engine["total"], backend.sleep_mode)
+            row.update(plan_fields(aware, estimate, backend.resolved_utilization, backend.sleep_mode,
+                                   engine["total"], budget),
+                       vllm_kv_cache=engine_kv_cache(backend, shape, engine["need"].settings))
+            if rank == 0:
+                print(aware.table(), flush=True)
+        row.update(rollout="vllm", served_as=backend.served_as,
+                   device_used_gib={"load": used_at_load, "setup": device_used_gib()},
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
                          "kv_cache_memory_gb": args.vllm_kv_gib, "kv_cache_dtype": args.vllm_kv_dtype,
                          "resample_rounds": args.resample_rounds,
@@ -371,6 +407,7 @@ def run_row(spec: dict, args) -> dict:
         if args.rollout == "vllm" and backend is not None:
             out["device_used_gib_after_train"] = device_used_gib()
         out["peak_gb"] = allocated_gb(peak=True) if device == "cuda" else None
+        out["peak_reserved_gb"] = reserved_gb(peak=True) if device == "cuda" else None
         if device == "cuda":
             row["after_step_gb"] = allocated_gb()  # weights + LoRA, grads, AdamW
         steps.append(out)
@@ -390,13 +427,24 @@ def run_row(spec: dict, args) -> dict:
                preemptions=last.get("preemptions"), padded_positions=last.get("padded_positions"),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
-               device_used_gib_rollout=last["device_used_gib_rollout"],
+               peak_reserved_gb=max(s["peak_reserved_gb"] or 0 for s in steps) or None,
+               device_used_gib_rollout=last["device_used_gib_rollout"], device_used_gib_asleep=last["device_used_gib_asleep"],
+               # an awake engine's later rollouts also hold the previous update's cached segments: the plan's rollout
+               # phase is the first step's
+               device_used_gib_first_rollout=steps[0]["device_used_gib_rollout"],
                device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"),
                generate_split=last.get("generate_split"), sync_split=last.get("sync_split"))
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)
-    row["est_vs_peak"] = round(row["est_peak_gb"] / row["peak_gb"], 3) if row["peak_gb"] else None
+    if "est_phases_gb" in row:  # a vLLM row: like with like (torch's peak counts a sleeping engine's unmapped pool)
+        from plan_vs_measured import compare, measured
+
+        row["plan_vs_measured"] = compare({**row["est_phases_gb"], "peak": row["est_peak_gb"]}, measured(row),
+                                          row["plan"]["sleep"])
+        row["est_vs_peak"] = row["plan_vs_measured"]["est_vs_peak"]
+    else:
+        row["est_vs_peak"] = round(row["est_peak_gb"] / row["peak_gb"], 3) if row["peak_gb"] else None
     del policy, backend, opt
     return row
 
