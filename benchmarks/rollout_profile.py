@@ -20,7 +20,11 @@ One child process per (format, lora) cell so each engine's memory is gone before
 A cell is `format:lora[:key=value,...]`; the third part passes further vllm.LLM settings to try, e.g.
 `nvfp4:1:async_scheduling=false` (vLLM 0.22 already schedules asynchronously when not told: each row records
 `async_scheduling`, the value the engine ran with), except `seeded=false`: requests without a seed (qerl seeds
-every prompt, so vLLM samples each seeded row with its own generator, one small kernel per row per step).
+every prompt, so vLLM samples each seeded row with its own generator, one small kernel per row per step), and
+`lora_configs=DIR`: the engine reads tuned LoRA kernel configs from DIR (`VLLM(lora_configs=...)`, written by
+benchmarks/lora_tune.py; checked for this GPU's files first). Default vs tuned, each in its own process:
+
+    python benchmarks/rollout_profile.py --cells nvfp4:1 nvfp4:1:lora_configs=OUT/lora-configs --batches 8 64 128 256
 Async scheduling on vs off, in separate processes:
 
     python benchmarks/rollout_profile.py --cells nvfp4:1 nvfp4:1:async_scheduling=false --batches 8 64 128 256
@@ -161,12 +165,17 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
     from vllm.lora.request import LoRARequest
 
     from qerl.rollout.vllm import scheduling
+    from qerl.rollout.vllm.lora_configs import check_folder, handed_to_engine
 
     root = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     started = time.perf_counter()
     extra = parse_extra(extra_text)
     seeded = extra.pop("seeded", True)
-    llm = engine(make_model(root, fmt), max(batches), utilization, extra)
+    lora_configs = extra.pop("lora_configs", None)
+    if lora_configs and torch.cuda.is_available():
+        check_folder(lora_configs, torch.cuda.get_device_name())
+    with handed_to_engine(lora_configs if torch.cuda.is_available() else None):
+        llm = engine(make_model(root, fmt), max(batches), utilization, extra)
     setup_s = time.perf_counter() - started
     async_on = scheduling.resolved(llm)
     request = LoRARequest("adapter", 1, make_adapter(root)) if lora else None
@@ -206,6 +215,7 @@ def cell(fmt: str, lora: bool, batches: list[int], utilization: float, extra_tex
         decode_ms = (long_ms - prefill_ms) / DECODE_STEPS
         busy = sum(decode_fam.values())
         rows.append({"fmt": fmt, "lora": lora, "extra": extra_text, "async_scheduling": async_on, "seeded": seeded,
+                     "lora_configs": lora_configs,
                      "batch": batch, "setup_s": round(setup_s, 1),
                      "tok_s": round(batch * NEW / gen_ms * 1000.0, 1), "gen_ms": round(gen_ms, 1),
                      "prefill_ms": round(prefill_ms, 2), "decode_ms": round(decode_ms, 3),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 import weakref
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from qerl.rollout.vllm import engine, memory, ranks, scheduling, worker  # ranks
 from qerl.rollout.vllm.checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm.engine import engine_name, scratch_dir
 from qerl.rollout.vllm.host_copy import to_host
+from qerl.rollout.vllm.lora_configs import check_folder, handed_to_engine
 from qerl.rollout.vllm.noise import EngineNoise
 from qerl.rollout.vllm.norms import float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, rollout_from_outputs
@@ -75,6 +77,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         async_scheduling: vLLM schedules step n+1 on the CPU while the GPU runs step n. None: vLLM decides (0.22
             turns it on for every engine qerl builds on CUDA; the CPU build always runs it off); true/false force
             it (`resolved_async_scheduling` says what the engine runs; see `qerl.rollout.vllm.scheduling`).
+        lora_configs: a folder of tuned configs for vLLM's Triton LoRA kernels (`benchmarks/lora_tune.py` writes one
+            per card; `qerl.rollout.vllm.lora_configs` says how vLLM reads it). None: vLLM's defaults. Checked at
+            `setup` for this GPU's files; the CPU build has no Triton LoRA kernels and ignores it (with a warning).
         engine_kwargs: further `vllm.LLM` keyword arguments. Unless they set `compilation_config`, CUDA graphs
             are captured only up to `max_num_seqs` rows (vLLM's default goes to twice that), and only with the
             adapter active (vLLM's default also captures each size without LoRA, which qerl never runs).
@@ -87,7 +92,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None,
-                 async_scheduling: bool | None = None) -> None:
+                 async_scheduling: bool | None = None, lora_configs: str | None = None) -> None:
         check_settings(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
                        lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype,
@@ -100,6 +105,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.importance_sampling_cap, self.measure_mismatch = importance_sampling_cap, measure_mismatch
         self.enforce_eager, self.seed, self.engine_kwargs = enforce_eager, seed, dict(engine_kwargs or {})
         self.cache_dir, self.async_scheduling = cache_dir, async_scheduling
+        if lora_configs is not None:
+            check_folder(lora_configs)  # the folder and some config in it; this GPU's files at setup
+        self.lora_configs = None if lora_configs is None else os.path.abspath(lora_configs)
         self.resolved_async_scheduling: bool | None = None  # what the engine runs (setup)
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
         self.resolved_sleep_mode: bool | None = None  # enable_sleep_mode "auto" as the memory plan decided it
@@ -163,8 +171,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             kv_gb = 1.0
         placement = ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
         self._tp_group = ranks.make_group(self.tensor_parallel_size)
+        lora_configs = self._lora_configs(on_cuda, next(policy.parameters()).device)
         try:
-            with float32_rms_norms(wants_float32_norms(lm, dtype)):  # AQN noise needs float32 norm weights
+            with float32_rms_norms(wants_float32_norms(lm, dtype)), handed_to_engine(lora_configs):
                 self.llm = engine.build_llm(
                     served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
                     gpu_memory_utilization=self.resolved_utilization, max_model_len=self.max_model_len,
@@ -182,6 +191,17 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self._ready()
         engine.probe(self.llm, self.pad_id, self.lora_request())
         self.setup_s = time.perf_counter() - started
+
+    def _lora_configs(self, on_cuda: bool, device) -> str | None:
+        """The tuned LoRA kernel config folder the engine gets, after checking it has this GPU's files."""
+        if self.lora_configs is None:
+            return None
+        if not on_cuda:
+            warnings.warn("VLLM: `lora_configs` is ignored on the CPU build (its LoRA kernels are not Triton's).",
+                          stacklevel=3)
+            return None
+        check_folder(self.lora_configs, torch.cuda.get_device_name(device))
+        return self.lora_configs
 
     def _packed_format(self, lm: nn.Module, on_cuda: bool) -> tuple[str | None, str | None]:
         """(the 4-bit format the engine serves packed or None, why a packed base must go in dense or None)."""
