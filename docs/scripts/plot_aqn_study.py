@@ -43,6 +43,18 @@ def seed_mean(series: list[tuple[list, list]]) -> tuple[list, list]:
     return common, [sum(t[s] for t in tables) / len(tables) for s in common]
 
 
+def draw(ax, seeds: dict[int, dict], tag: str, window: int, color: str, line: str, variant: str) -> None:
+    """Every seed's curve thin, their mean bold."""
+    series = [smooth(curves[tag], window) for curves in seeds.values() if curves.get(tag)]
+    if not series:
+        return
+    for steps, values in series:
+        ax.plot(steps, values, color=color, ls=line, lw=0.7, alpha=0.35)
+    steps, values = seed_mean(series)
+    ax.plot(steps, values, color=color, ls=line, lw=1.8, label=f"{variant} (mean of {len(series)} seeds)",
+            marker="o" if tag == "val/accuracy" else None, ms=3)
+
+
 def render_png() -> bytes:
     import matplotlib
 
@@ -54,23 +66,13 @@ def render_png() -> bytes:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
     for ax, (tag, title, window, log) in zip(axes.flat, PANELS):
         for variant, seeds in variants.items():
-            color, line = STYLE.get(variant, ("gray", ":"))
-            series = [smooth(curves[tag], window) for curves in seeds.values() if curves.get(tag)]
-            if not series:
-                continue
-            for steps, values in series:
-                ax.plot(steps, values, color=color, ls=line, lw=0.7, alpha=0.35)
-            steps, values = seed_mean(series)
-            ax.plot(steps, values, color=color, ls=line, lw=1.8, label=f"{variant} (mean of {len(series)} seeds)",
-                    marker="o" if tag == "val/accuracy" else None, ms=3)
-        ax.set(title=title, xlabel="optimizer step")
-        if log:
-            ax.set_yscale("log")
+            draw(ax, seeds, tag, window, *STYLE.get(variant, ("gray", ":")), variant)
+        ax.set(title=title, xlabel="optimizer step", yscale="log" if log else "linear")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    first = records[0]
-    fig.suptitle(f"AQN study: SmolLM2-135M-Instruct, GRPO on 2-digit addition, bf16 dense parts - {first['card']}, "
-                 f"{first['date']}; thin = one seed", fontsize=10)
+    card, date = records[0]["card"], records[0]["date"]
+    fig.suptitle(f"AQN study: SmolLM2-135M-Instruct, GRPO on 2-digit addition, bf16 dense parts - {card}, {date}; "
+                 "thin = one seed", fontsize=10)
     return png(fig)
 
 
