@@ -110,8 +110,8 @@ def test_validation_flags_and_a_fractional_time_cap_reach_the_fit_config(tmp_pat
     cfg = printed_config("nvfp4-aqn-rel1", tmp_path, task="mixed3", val_every=100, val_batch_size=64)
     assert cfg["trainer"]["val_check_interval"] == 100 and cfg["data"]["init_args"]["val_batch_size"] == 64
     assert cfg["data"]["init_args"]["val_size"] == 128 and cfg["data"]["init_args"]["batch_size"] == 8
-    plain = printed_config("bf16", tmp_path)  # without the flags: the recipe's every 50 steps, 8 prompts a call
-    assert plain["trainer"]["val_check_interval"] == 50 and plain["data"]["init_args"]["val_batch_size"] is None
+    plain = printed_config("bf16", tmp_path)  # without the flags: the recipe's every 50 steps, 64 prompts a call
+    assert plain["trainer"]["val_check_interval"] == 50 and plain["data"]["init_args"]["val_batch_size"] == 64
     assert printed_config("bf16", tmp_path, max_minutes=7.5)["trainer"]["max_time"] == "00:00:07:30"
     assert [learning.max_time(m) for m in (3, 7.25, 61)] == ["00:00:03:00", "00:00:07:15", "00:01:01:00"]
 
