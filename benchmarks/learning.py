@@ -21,6 +21,8 @@ Tasks (`--task`, the training data and the held-out `qerl eval` set):
   addition : 2-digit addition (the recipes' `Arithmetic`, digits 2)
   mixed3   : three operands of 1-2 digits with + and - (`num_operands 3, operations "+-", min_digits 1`), 32 tokens,
              the flexible GSM8KAccuracy (the last number counts)
+  addsub   : two 1-2 digit operands with + or - (`operations "+-"`: half subtractions, a quarter of all answers
+             negative), 16 tokens (an addition step's cost), the flexible GSM8KAccuracy
 
     PYTHONPATH=. python benchmarks/learning.py --gguf /tmp/keep/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/learning
 
@@ -75,6 +77,7 @@ TASKS = {
     "addition": {"data": {"digits": 2}, "tokens": 16, "flexible": False},
     "mixed3": {"data": {"digits": 2, "min_digits": 1, "num_operands": 3, "operations": "+-"}, "tokens": 32,
                "flexible": True},
+    "addsub": {"data": {"digits": 2, "operations": "+-"}, "tokens": 16, "flexible": True},
 }
 FLEXIBLE = '[{"class_path": "GSM8KAccuracy", "init_args": {"flexible": true}}]'
 #: the TensorBoard scalars kept in learning.json's curves

@@ -99,6 +99,21 @@ def test_the_mixed3_task_reaches_the_data_and_the_held_out_eval(tmp_path):
     assert cmd[cmd.index("--max_new_tokens") + 1] == "32"
 
 
+def test_the_addsub_task_keeps_16_tokens_and_flips_only_the_operations_and_the_reward(tmp_path):
+    cfg = printed_config("nvfp4-aqn", tmp_path, task="addsub")
+    data = cfg["data"]["init_args"]
+    assert (data["digits"], data["min_digits"], data["num_operands"], data["operations"]) == (2, 1, 2, "+-")
+    assert cfg["model"]["sampling"]["max_new_tokens"] == 16 and cfg["model"]["validation"]["max_new_tokens"] == 16
+    (reward,) = cfg["model"]["rewards"]
+    assert reward["class_path"].endswith("GSM8KAccuracy") and reward["init_args"]["flexible"] is True
+    assert learning.task_overrides(argparse.Namespace(task="addsub")) == [
+        "--data.init_args.operations", "+-", "--model.rewards", learning.FLEXIBLE]  # no token overrides
+    cmd = learning.eval_cmd("t", "NVFP4", None, learning.arith(argparse.Namespace(task="addsub")),
+                            argparse.Namespace(gguf="m.gguf", out=str(tmp_path)))
+    assert '{"digits": 2, "operations": "+-"}' in cmd and "--flexible" in cmd
+    assert cmd[cmd.index("--max_new_tokens") + 1] == "16"
+
+
 def test_takeoff_is_the_first_step_whose_ten_step_mean_passes_the_level():
     points = [[s, 0.0] for s in range(30)] + [[s, 0.5] for s in range(30, 60)]
     assert learning.takeoff(points) == 32  # mean of steps 23-32: 3 x 0.5 / 10 = 0.15 > 0.1 (0.10 at 31 is not)
