@@ -128,10 +128,11 @@ def data_metrics(collected: list[Collected], train_groups: int, seen_groups: int
     """A step's `data/*` scalars, summed over ranks: the share of the groups seen that had a reward spread, the
     share of the trained groups that came from a fallback rollout, the resample rounds; and the one line of a step
     that trains on a fallback rollout (over every rank's fallback rows)."""
-    on_fallback = fallback_rows(collected).to(advantages.device)  # rows of rollouts whose groups had no spread
+    on_fallback = fallback_rows(collected)  # rows of rollouts whose groups had no spread (on the host)
+    rows = int(on_fallback.sum())
+    fallback_abs = float(advantages[on_fallback.to(advantages.device)].abs().sum()) if rows else 0.0
     trained, seen, fallback_groups, fallback_abs, fallback_count = sum_over_ranks(
-        [train_groups, seen_groups, float(on_fallback.sum()) / n, float(advantages[on_fallback].abs().sum()),
-         float(on_fallback.sum())], device)
+        [train_groups, seen_groups, rows / n, fallback_abs, rows], device)
     refills = sum(got.rounds for got in collected)
     if fallback_count:
         rounds = max((got.rounds for got in collected if got.fallback), default=refills)
