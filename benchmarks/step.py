@@ -50,6 +50,9 @@ step from `NoiseCallback`, generation inside the backend's noise block. The row 
 step's `noise/sigma`, `noise/realized_sigma`, `noise/moved_fraction`, `noise/row_sigma`, and whether the norms were
 bit-exactly restored) and `aqn_s` (applying + restoring the noise, inside the rollout, out of `generate_s`). Compare
 AQN on and off with two processes, one row each, the same flags otherwise.
+
+`--vllm-lora-configs DIR` hands the engine tuned LoRA kernel configs (`benchmarks/lora_tune.py --out X` writes
+X/lora-configs on the GPU that runs the row); the row records the folder and the async scheduling the engine ran.
 """
 from __future__ import annotations
 
@@ -257,7 +260,8 @@ def vllm_settings(batch: int, new: int, args) -> dict:
     return {"gpu_memory_utilization": args.vllm_util, "max_model_len": PROMPT + new + 8, "max_num_seqs": batch,
             "enable_sleep_mode": {"on": True, "off": False}.get(args.vllm_sleep, "auto"),
             "compile": not args.vllm_no_compile, "kv_cache_memory_gb": args.vllm_kv_gib,
-            "kv_cache_dtype": args.vllm_kv_dtype, "measure_mismatch": "update" if args.mismatch == "update" else True}
+            "kv_cache_dtype": args.vllm_kv_dtype, "measure_mismatch": "update" if args.mismatch == "update" else True,
+            "lora_configs": args.vllm_lora_configs}
 
 
 def vllm_backend(policy, tok, batch: int, new: int, args, plan=None, lengths: list[int] | None = None):
@@ -381,7 +385,8 @@ def run_row(spec: dict, args) -> dict:
                    vllm={"gpu_memory_utilization": args.vllm_util, "resolved_utilization": backend.resolved_utilization,
                          "kv_cache_memory_gb": args.vllm_kv_gib, "kv_cache_dtype": args.vllm_kv_dtype,
                          "resample_rounds": args.resample_rounds,
-                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "slept": backend.sleep_mode, "mismatch": args.mismatch})
+                         "compile": not args.vllm_no_compile, "sleep": args.vllm_sleep, "slept": backend.sleep_mode, "mismatch": args.mismatch,
+                         "lora_configs": backend.lora_configs, "async_scheduling": backend.resolved_async_scheduling})
     else:
         backend = HF(max_batch_rows=local)
         backend.setup(policy, tok)
@@ -519,6 +524,8 @@ def main() -> None:
                         help="extra generations of the whole batch per step, timed in the rollout (DAPO resampling)")
     parser.add_argument("--vllm-kv-dtype", default="auto", choices=("auto", "fp8"),
                         help="VLLM kv_cache_dtype: auto (the model's dtype) or fp8 (half the KV bytes)")
+    parser.add_argument("--vllm-lora-configs", default=None, metavar="DIR",
+                        help="VLLM lora_configs: tuned LoRA kernel configs (DIR/lora-configs of benchmarks/lora_tune.py)")
     parser.add_argument("--aqn", nargs="?", const=DEFAULT_AQN_RECIPE, default=None, metavar="RECIPE",
                         help="AQN on, as `qerl fit` runs this recipe's model.noise (bare: the 7B NVFP4 GSM8K recipe's "
                              "Exponential 1e-2 -> 5e-4, 10 stages); see benchmarks/step_aqn.py")

@@ -31,7 +31,7 @@ def test_row_settings_are_what_the_vllm_backend_estimates_for_step_pys_engine(qu
     policy, _ = loader.load(quantizer=quantizer, dtype="bfloat16", device="cpu")
     policy = apply_lora(policy, rank=32, alpha=64.0)  # as step.build
     args = types.SimpleNamespace(vllm_util="auto", vllm_sleep=sleep, vllm_no_compile=True, vllm_kv_gib=kv_gib,
-                                 vllm_kv_dtype=kv_dtype, mismatch="update")
+                                 vllm_kv_dtype=kv_dtype, mismatch="update", vllm_lora_configs=None)
     backend = VLLM(**step.vllm_settings(16, 64, args))
     need = backend.engine_estimate(policy, "cuda")
     row = {"batch": 16, "new": 64, "gpus": 1, "served_as": served_as,
