@@ -23,6 +23,12 @@ def parts(row: dict, steps: int) -> tuple[float, float, float]:
     return row["prefill_ms"] - gemm_ms(row["prefill_gpu_ms"]), step, gemm_ms(row["decode_gpu_ms"])
 
 
+def perfect_gemm_ms(row: dict, params: float, tflops: float, floor_ms: float) -> float:
+    """A decode step's GEMMs with the FP4 ones ideal: the larger of the weight-read floor and the compute time at
+    `tflops`, plus the row's bf16 GEMMs (the head), which stay as profiled."""
+    return max(floor_ms, 2 * row["batch"] * params / tflops / 1e9) + row["decode_gpu_ms"].get("bf16 gemm", 0.0)
+
+
 def ceiling(profile: dict, params: float, tflops: float, floor_ms: float) -> list[dict]:
     rows = {(r["fmt"], r["batch"]): r for r in profile["rows"] if r["lora"]}
     steps = profile["new"] - 1
@@ -31,7 +37,7 @@ def ceiling(profile: dict, params: float, tflops: float, floor_ms: float) -> lis
         nv, bf = rows[("nvfp4", batch)], rows[("bf16", batch)]
         nv_pre, nv_step, nv_gemm = parts(nv, steps)
         bf_prefill_gemm = gemm_ms(bf["prefill_gpu_ms"])
-        perfect = max(floor_ms, 2 * batch * params / tflops / 1e9) + nv["decode_gpu_ms"].get("bf16 gemm", 0.0)
+        perfect = perfect_gemm_ms(nv, params, tflops, floor_ms)
         shared = nv_step - nv_gemm
         bf_step = (bf["gen_ms"] - bf["prefill_ms"]) / steps
         out.append({"batch": batch, "today": bf["gen_ms"] / nv["gen_ms"],

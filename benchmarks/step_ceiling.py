@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import pairwise
 
-from profile_ceiling import gemm_ms
+from profile_ceiling import gemm_ms, perfect_gemm_ms
 
 
 def active_rows(lengths: list[int]) -> list[int]:
@@ -30,15 +31,15 @@ def interpolate(points: dict[int, float], batch: int) -> float:
     keys = sorted(points)
     if batch <= keys[0]:
         return points[keys[0]]
-    for lo, hi in zip(keys, keys[1:]):
+    for lo, hi in pairwise(keys):
         if batch <= hi:
             return points[lo] + (points[hi] - points[lo]) * (batch - lo) / (hi - lo)
     return points[keys[-1]]
 
 
-def step_ms(profile: dict, fmt: str, perfect: tuple[float, float] | None = None) -> dict[int, float]:
-    """{batch: ms of one decode step} for the LoRA rows of `fmt`; `perfect` = (params / FLOP/s in ms per row,
-    floor ms): the FP4 GEMM replaced by its ideal time."""
+def step_ms(profile: dict, fmt: str, perfect: tuple[float, float, float] | None = None) -> dict[int, float]:
+    """{batch: ms of one decode step} for the LoRA rows of `fmt`; `perfect` = (params, tflops, floor_ms): the
+    GEMMs replaced by `profile_ceiling.perfect_gemm_ms`."""
     steps = profile["new"] - 1
     out = {}
     for r in profile["rows"]:
@@ -46,9 +47,7 @@ def step_ms(profile: dict, fmt: str, perfect: tuple[float, float] | None = None)
             continue
         ms = (r["gen_ms"] - r["prefill_ms"]) / steps
         if perfect is not None:
-            per_row, floor = perfect
-            ideal = max(floor, 2 * r["batch"] * per_row) + r["decode_gpu_ms"].get("bf16 gemm", 0.0)
-            ms += ideal - gemm_ms(r["decode_gpu_ms"])
+            ms += perfect_gemm_ms(r, *perfect) - gemm_ms(r["decode_gpu_ms"])
         out[r["batch"]] = ms
     return out
 
@@ -69,7 +68,7 @@ def ceiling(rows: list[dict], profile: dict, train_s: float | None, params: floa
     rest = {f: r["step_s"] - r["generate_s"] - r["train_s"] for f, r in by_fmt.items()}  # sync, wake, sleep
     train = {f: (train_s if train_s is not None else r["train_s"]) for f, r in by_fmt.items()}
     model = {f: generate_s(profile, f, lengths) for f in by_fmt}
-    ideal = generate_s(profile, "nvfp4", lengths, (params / tflops / 1e9, floor_ms))
+    ideal = generate_s(profile, "nvfp4", lengths, (params, tflops, floor_ms))
     bf_step = bf["generate_s"] + train["bf16"] + rest["bf16"]
     rows_at = active_rows(lengths)
     out = {"decode_steps": len(rows_at), "steps_at_8_rows_or_fewer": sum(1 for a in rows_at if a <= 8),
@@ -85,6 +84,21 @@ def ceiling(rows: list[dict], profile: dict, train_s: float | None, params: floa
     return out
 
 
+def load(step_path: str, profile_path: str) -> tuple[list[dict], dict]:
+    """The step rows and the profile, or a one-line exit naming the file and what it lacks."""
+    with open(step_path) as f:
+        rows = json.load(f).get("rows", [])
+    fmts = {r.get("format"): r for r in rows}
+    if not {"nvfp4", "bf16"} <= fmts.keys() or not all(fmts[f].get("lengths_drawn") for f in ("nvfp4", "bf16")):
+        raise SystemExit(f"{step_path}: needs an nvfp4 and a bf16 row with `lengths_drawn` (step.py --rollout vllm "
+                         f"--lengths gsm8k|dapo); found formats {sorted(map(str, fmts))}")
+    with open(profile_path) as f:
+        profile = json.load(f)
+    if not {"nvfp4", "bf16"} <= {r["fmt"] for r in profile.get("rows", []) if r.get("lora")}:
+        raise SystemExit(f"{profile_path}: needs LoRA rows of both nvfp4 and bf16 (benchmarks/rollout_profile.py)")
+    return rows, profile
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step_rows", help="a step-*.json with an nvfp4 and a bf16 row of the same drawn lengths")
@@ -94,10 +108,7 @@ def main() -> None:
     p.add_argument("--tflops", type=float, default=770.0, help="the best bf16 GEMM rate measured (cuBLAS prefill)")
     p.add_argument("--floor-ms", type=float, default=1.6, help="reading the FP4 weights once (7B on an H100)")
     args = p.parse_args()
-    with open(args.step_rows) as f:
-        rows = json.load(f)["rows"]
-    with open(args.profile) as f:
-        profile = json.load(f)
+    rows, profile = load(args.step_rows, args.profile)
     print(json.dumps(ceiling(rows, profile, args.train_s, args.params, args.tflops, args.floor_ms), indent=1))
 
 

@@ -37,3 +37,10 @@ def test_the_model_matches_the_measured_generates_and_bounds_the_ratio():
     bf_step = 35.12 + 24.5 + grouped["rest_s"]["bf16"]
     assert bf_step / (grouped["nvfp4_generate_for_1_5x_s"] + 24.5 + grouped["rest_s"]["nvfp4"]) == \
         pytest.approx(1.5, abs=0.002)
+
+
+def test_a_step_file_without_both_ragged_rows_is_refused_naming_the_file(tmp_path):
+    bad = tmp_path / "step.json"
+    bad.write_text(json.dumps({"rows": [{"format": "nvfp4", "lengths_drawn": [3, 2]}]}))
+    with pytest.raises(SystemExit, match=r"step\.json: needs an nvfp4 and a bf16 row with `lengths_drawn`"):
+        step_ceiling.load(str(bad), str(PROFILE))
