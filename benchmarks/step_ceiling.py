@@ -81,6 +81,12 @@ def ceiling(rows: list[dict], profile: dict, train_s: float | None, params: floa
            "ratio_perfect_gemm": round(bf_step / (ideal * nv["generate_s"] / model["nvfp4"] + train["nvfp4"]
                                                   + rest["nvfp4"]), 3)}
     out["nvfp4_generate_for_1_5x_s"] = round(bf_step / 1.5 - train["nvfp4"] - rest["nvfp4"], 2)
+    # training is the same seconds in both steps, so a faster update raises the ratio towards the rollouts' own:
+    # (bf_rollout + T) / (nv_rollout + T) = 1.5 at T = 2 * (bf_rollout - 1.5 * nv_rollout); None if no T reaches it
+    bf_roll, nv_roll = bf["generate_s"] + rest["bf16"], nv["generate_s"] + rest["nvfp4"]
+    need = 2.0 * (bf_roll - 1.5 * nv_roll)
+    out["rollout_ratio"] = round(bf_roll / nv_roll, 3)
+    out["train_for_1_5x_s"] = round(need, 2) if need > 0 else None
     return out
 
 

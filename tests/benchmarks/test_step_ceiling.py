@@ -37,6 +37,12 @@ def test_the_model_matches_the_measured_generates_and_bounds_the_ratio():
     bf_step = 35.12 + 24.5 + grouped["rest_s"]["bf16"]
     assert bf_step / (grouped["nvfp4_generate_for_1_5x_s"] + 24.5 + grouped["rest_s"]["nvfp4"]) == \
         pytest.approx(1.5, abs=0.002)
+    # the other lever: training (the same seconds in both steps) short enough that the rollouts' ratio shows
+    need = grouped["train_for_1_5x_s"]
+    assert grouped["rollout_ratio"] == pytest.approx((35.12 + grouped["rest_s"]["bf16"]) / (26.67 + grouped["rest_s"]["nvfp4"]), abs=0.001)
+    assert 12.0 < need < 14.0 and need == out["train_for_1_5x_s"]  # measured generates: independent of --train-s
+    fast = step_ceiling.ceiling(rows, json.loads(PROFILE.read_text()), need, 6.5e9, 770.0, 1.6)
+    assert fast["ratio_at_train_s"] == pytest.approx(1.5, abs=0.002)
 
 
 def test_a_step_file_without_both_ragged_rows_is_refused_naming_the_file(tmp_path):
