@@ -14,7 +14,7 @@ import pytest
 import torch
 
 KERNEL_MODULES = ("qerl.kernels.formats", "qerl.kernels.fused", "qerl.kernels.gemv", "qerl.kernels.dgrad",
-                  "qerl.kernels.dequant")
+                  "qerl.kernels.dequant", "qerl.kernels.rms_norm")
 
 
 def _load_interpreted() -> None:

@@ -20,7 +20,7 @@ import textwrap
 import pytest
 
 CHILD = textwrap.dedent("""
-    import json, sys, warnings
+    import json, os, sys, warnings
     import torch
     device, mode = sys.argv[1], {"none": None, "true": True, "false": False}[sys.argv[2]]
     sys.path.insert(0, sys.argv[3])
@@ -44,6 +44,7 @@ CHILD = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backend.setup(policy, tokenizer)
+    print("STAGE engine built", flush=True)  # where a child past its time limit stopped
     prompts = [list(b"12+35="), list(b"What is 7*8?"), list(b"1+1="), list(b"Say hi")]
 
     def greedy():
@@ -58,14 +59,21 @@ CHILD = textwrap.dedent("""
                                     for o, p in zip(outs, prompts)]}
 
     first = greedy()
+    print("STAGE greedy", flush=True)
     sampled = backend.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=12, seed=7))
     score = backend.score(prompts[0], first["tokens"][0])
+    print("STAGE sampled and scored", flush=True)
     backend.release_memory()  # sleep mode on CUDA (the CPU build ignores it); the next generate wakes it
+    print("STAGE asleep", flush=True)
     again = greedy()
     print("RESULT " + json.dumps({
         "resolved": backend.resolved_async_scheduling, "greedy": first, "again": again,
         "sampled": sampled.completion_ids.tolist(), "sampled_logprobs": sampled.logprobs.tolist(),
-        "score": score.tolist(), "warnings": [str(w.message) for w in caught if "async_scheduling" in str(w.message)]}))
+        "score": score.tolist(), "warnings": [str(w.message) for w in caught if "async_scheduling" in str(w.message)]}),
+        flush=True)
+    # the answer is out: skip the interpreter's teardown (vLLM's atexit shutdown of a slept engine is not under test,
+    # and a child waiting in it would hold the parent to its time limit)
+    os._exit(0)
 """)
 
 

@@ -2,9 +2,10 @@
 
 A captured decode step is bound by its number of kernels as much as by weight bytes, so the engine:
 - runs RMSNorm as one `F.rms_norm` (reading the module's weight in place, so AQN noise applies) instead of
-  HF's eight elementwise kernels; a float32 weight next to bf16 activations (AQN norms kept in float32) costs
-  two casts more: normalized and scaled in float32, rounded once to the activation dtype, as
-  `qerl.noise.precision` makes the HF module do; unknown norm types are called as modules;
+  HF's eight elementwise kernels; a float32 weight next to bf16 activations (AQN norms kept in float32) is
+  normalized and scaled in float32, rounded once to the activation dtype, as `qerl.noise.precision` makes the HF
+  module do - on CUDA in one Triton kernel (`qerl.kernels.rms_norm`), elsewhere with two casts around
+  `F.rms_norm`; unknown norm types are called as modules;
 - runs a peft LoRA layer as base(x) + (x A^T) B^T * scaling, added in place, with the input cast to the
   adapter dtype once for the projections that share it (q/k/v, gate/up); LoRA weights are read in place;
   a layer with adapters disabled, merged, or a LoRA variant (DoRA...) is called as the module;
@@ -35,7 +36,21 @@ def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     weight = norm_scale(module)
     if weight.dtype == x.dtype:
         return F.rms_norm(x, (x.shape[-1],), weight=weight, eps=eps)
+    if x.is_cuda and _float32_weight_kernel(x, weight):  # the same arithmetic in one kernel instead of three
+        from qerl.kernels.rms_norm import rms_norm_f32w
+
+        return rms_norm_f32w(x, weight, eps)
     return F.rms_norm(x.to(weight.dtype), (x.shape[-1],), weight=weight, eps=eps).to(x.dtype)
+
+
+def _float32_weight_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    from qerl import kernels
+
+    if not kernels.available():
+        return False
+    from qerl.kernels.rms_norm import supports
+
+    return supports(x, weight)
 
 
 def plain_lora(module: nn.Module) -> bool:

@@ -20,7 +20,7 @@ from qerl.models.mismatch import mismatch
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.vllm import engine, memory, ranks, scheduling, worker  # ranks: DDP, an engine per rank/TP group
+from qerl.rollout.vllm import engine, ir_norms, memory, ranks, scheduling, worker  # ranks: an engine per rank
 from qerl.rollout.vllm.checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm.engine import engine_name, scratch_dir
 from qerl.rollout.vllm.host_copy import to_host
@@ -172,8 +172,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         placement = ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
         self._tp_group = ranks.make_group(self.tensor_parallel_size)
         lora_configs = self._lora_configs(on_cuda, next(policy.parameters()).device)
+        float32_norms = wants_float32_norms(lm, dtype)
         try:
-            with float32_rms_norms(wants_float32_norms(lm, dtype)), handed_to_engine(lora_configs):
+            with float32_rms_norms(float32_norms), handed_to_engine(lora_configs):
                 self.llm = engine.build_llm(
                     served, dtype=dtype, max_lora_rank=self.max_lora_rank, max_loras=1,
                     gpu_memory_utilization=self.resolved_utilization, max_model_len=self.max_model_len,
@@ -181,7 +182,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                     enable_sleep_mode=self.sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
                     extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
-                           **self.engine_kwargs}, async_scheduling=self.async_scheduling)
+                           **ir_norms.engine_kwargs(float32_norms, on_cuda, self.compile), **self.engine_kwargs},
+                    async_scheduling=self.async_scheduling)
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
