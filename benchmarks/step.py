@@ -140,8 +140,9 @@ def synthetic_rollout(prompt_ids, cfg, policy):
                    truncated=torch.ones(rows, dtype=torch.bool, device=device), group_size=cfg.n)
 
 
-def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int, noise=None) -> dict:
-    """One step; `noise` (a `step_aqn.StepNoise`, its draw for this step made): each generation in its noise block."""
+def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int, noise=None, profile=None) -> dict:
+    """One step; `noise` (a `step_aqn.StepNoise`, its draw for this step made): each generation in its noise block;
+    `profile` (a `train_profile.TrainProfile`): its profiler around the training half."""
     import contextlib
 
     from step_ranks import slowest
@@ -185,17 +186,19 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
     phases["score"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     STAGE["now"] = f"step: training (micro-batch {micro_batch})"
-    opt.zero_grad(set_to_none=True)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    tokens = float(rollout.completion_mask.sum())
-    totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
-    deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
-    result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
-                                  micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals)
-    sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
-    clip_gradients(params, 1.0)
-    opt.step()
-    sync()
+    profiling = profile.around() if profile is not None else contextlib.nullcontext()
+    with profiling:
+        opt.zero_grad(set_to_none=True)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        tokens = float(rollout.completion_mask.sum())
+        totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
+        deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
+        result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
+                                      micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals)
+        sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
+        clip_gradients(params, 1.0)
+        opt.step()
+        sync()
     phases["train"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     if backend is not None:
@@ -397,7 +400,12 @@ def run_row(spec: dict, args) -> dict:
     algorithm = GRPO()
     algorithm.configure(cfg)
     steps = []
-    for index in range(spec.get("steps", 2)):
+    profile = None
+    for index in range(spec.get("steps", 2) + (1 if args.profile_train else 0)):
+        if index == spec.get("steps", 2):  # --profile-train: one more step, its update profiled, not timed
+            from train_profile import TrainProfile
+
+            profile = TrainProfile(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if noise is not None:
@@ -405,7 +413,15 @@ def run_row(spec: dict, args) -> dict:
 
             noise.begin_step(index)  # NoiseCallback: this step's sigma and seed
             clean = targeted_snapshot(policy)  # outside the timed step
-        out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro, noise)
+        out = one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro, noise, profile)
+        if profile is not None:
+            from train_profile import table
+
+            row["train_profile"] = dict(profile.summary(), train_s=round(out["phases"]["train"], 3),
+                                        padded_positions=out.get("padded_positions"))
+            if rank == 0:
+                print(table(row["train_profile"]), flush=True)
+            break
         if noise is not None:
             row["aqn"]["steps"].append(dict(out["noise"], step=noise.first_step + index,
                                             norms_restored=bool(torch.equal(clean, targeted_snapshot(policy)))))
@@ -534,6 +550,9 @@ def main() -> None:
     parser.add_argument("--aqn-step", type=int, default=None,
                         help="with --aqn: the global step of the row's first step (default: the schedule's first "
                              "step with sigma > 0, 50 of 500 for the default recipe)")
+    parser.add_argument("--profile-train", action="store_true",
+                        help="one more step after the timed ones, its update under torch's profiler: the row's "
+                             "`train_profile` (see benchmarks/train_profile.py)")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
