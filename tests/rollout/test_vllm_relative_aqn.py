@@ -87,14 +87,10 @@ print("ENGINE TOOK THE RELATIVE Z")
 def test_gpu_vllm_engine_with_graphs_adds_the_policys_relative_z():
     """The twin on vllm 0.22 with CUDA graphs, in a child process (see test_vllm_aqn's GPU test for why)."""
     import os
-    import subprocess
-    import sys
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", GPU_CHILD, os.path.dirname(__file__)], capture_output=True,
-                          text=True, env=env, timeout=500, check=False)
-    assert done.returncode == 0 and "ENGINE TOOK THE RELATIVE Z" in done.stdout, \
-        done.stdout[-2000:] + done.stderr[-4000:]
+    from engine_child import run_engine_child
+
+    run_engine_child(GPU_CHILD, os.path.dirname(__file__), "ENGINE TOOK THE RELATIVE Z")
 
 
 @pytest.mark.gpu
