@@ -28,10 +28,18 @@ def test_the_engine_gets_the_priority_only_for_float32_norms_on_cuda_without_com
     assert ir_norms.engine_kwargs(True, True, True) == {}  # inductor fuses vLLM's native norm itself
     assert ir_norms.engine_kwargs(True, False, False) == {}  # the CPU build
     assert ir_norms.engine_kwargs(False, True, False) == {}  # bf16 norms: vLLM's own kernel takes them
+    assert ir_norms.engine_kwargs(True, True, False, tensor_parallel_size=2) == {}  # workers of their own
     from vllm.config.kernel import IrOpPriorityConfig
 
     config = IrOpPriorityConfig(**want["ir_op_priority"])  # vLLM's own config accepts the provider
     assert config.rms_norm == ["qerl_f32w"] and config.compute_hash()
+
+
+def test_an_engine_core_in_its_own_process_gets_no_priority_it_could_not_resolve(monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert ir_norms.engine_kwargs(True, True, False) == {}
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    assert ir_norms.engine_kwargs(True, True, False) != {}
 
 
 def test_the_provider_declines_what_it_cannot_take():

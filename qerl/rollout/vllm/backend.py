@@ -182,7 +182,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                     enable_sleep_mode=self.sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
                     max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
                     extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
-                           **ir_norms.engine_kwargs(float32_norms, on_cuda, self.compile), **self.engine_kwargs},
+                           **ir_norms.engine_kwargs(float32_norms, on_cuda, self.compile, self.tensor_parallel_size),
+                           **self.engine_kwargs},
                     async_scheduling=self.async_scheduling)
         finally:  # the engine has read weights, config and tokenizer: the folder is no longer needed
             if self.model_dir:  # only our scratch copy, never the user's folder

@@ -9,9 +9,13 @@ activations' dtype). AQN's float32 norms (`qerl.rollout.vllm.norms`) are refused
 `qerl.kernels.rms_norm`, the same arithmetic as `native`) for both ops, taking only a float32 weight over bf16/fp16
 CUDA activations, and puts it first in the engine's priority; vLLM appends its platform defaults after it, so every
 other norm still goes to `vllm_c` or `native`. With torch.compile, inductor fuses the native code itself and the
-priority is left to vLLM. Nothing in vLLM's files is changed: `register_impl` and `ir_op_priority` are its hooks.
+priority is left to vLLM; so it is for an engine whose model runs in other processes (tensor parallelism, or
+`VLLM_ENABLE_V1_MULTIPROCESSING=1`), which would not know the provider - and do not get float32 norms either
+(`qerl.rollout.vllm.norms`). Nothing in vLLM's files is changed: `register_impl` and `ir_op_priority` are its hooks.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -64,9 +68,16 @@ def register() -> bool:
     return True
 
 
-def engine_kwargs(float32_norms: bool, on_cuda: bool, compiled: bool) -> dict:
+def in_process(tensor_parallel_size: int) -> bool:
+    """Whether the engine's model runs in this process (where `register` reaches it): one GPU and vLLM's engine core
+    not in a process of its own (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, which the backend sets unless the user did)."""
+    return tensor_parallel_size == 1 and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0"
+
+
+def engine_kwargs(float32_norms: bool, on_cuda: bool, compiled: bool, tensor_parallel_size: int = 1) -> dict:
     """The `vllm.LLM` keyword that puts `qerl_f32w` first for the engine's norms: only for float32 norms on CUDA
-    without torch.compile, and only where the provider could be registered; otherwise nothing."""
-    if not (float32_norms and on_cuda and not compiled) or not register():
+    without torch.compile, in an engine that runs in this process (a worker process would not know the provider
+    and vLLM would refuse the priority), and only where the provider could be registered; otherwise nothing."""
+    if not (float32_norms and on_cuda and not compiled and in_process(tensor_parallel_size)) or not register():
         return {}
     return {"ir_op_priority": {name: [PROVIDER] for name in OPS}}
