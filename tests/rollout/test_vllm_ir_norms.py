@@ -72,6 +72,9 @@ assert ir.ops.rms_norm.get_priority()[0] == "qerl_f32w"
 x, w = torch.randn(4, 256, device="cuda").bfloat16(), torch.ones(256, device="cuda")
 assert ir.ops.rms_norm.dispatch(x, w, 1e-6).provider == "qerl_f32w"
 assert ir.ops.rms_norm.dispatch(x, w.bfloat16(), 1e-6).provider == "vllm_c"
+fused = ir.ops.fused_add_rms_norm
+assert fused.dispatch(x, x.clone(), w, 1e-6).provider == "qerl_f32w"
+assert fused.dispatch(x.t().contiguous().t(), x.clone(), w, 1e-6).provider != "qerl_f32w"  # not a whole block
 check_engine_holds_every_sigma(backend)
 engine = backend.score(PROMPT, CONTINUATION).float().cpu()
 ids = lambda v: torch.tensor([v], device="cuda")

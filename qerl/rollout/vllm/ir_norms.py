@@ -46,8 +46,9 @@ def _fused_add_rms_norm(x: torch.Tensor, x_residual: torch.Tensor, weight: torch
 def _fused_add_rms_norm_takes(x, x_residual, weight, epsilon, variance_size=None) -> bool:
     from qerl.kernels.rms_norm import supports
 
+    # in place: both as whole (rows, hidden) blocks, else the next provider (a view the kernel would refuse)
     return (variance_size is None and x.is_cuda and supports(x, weight) and x_residual.dtype == x.dtype
-            and x_residual.shape == x.shape and x_residual.stride(-1) == 1)
+            and x_residual.shape == x.shape and x.is_contiguous() and x_residual.is_contiguous())
 
 
 def register() -> bool:
