@@ -74,6 +74,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
+LAYOUT = {"pack_groups": False}  # --pack-groups: the update's micro-batches as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 PRESET = {"7b": "qwen2.5-7b", "14b": "qwen2.5-14b", "32b": "qwen2.5-32b", "tiny": "tiny"}
@@ -147,12 +148,14 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
 
     from step_ranks import slowest
 
-    from qerl.models.logprobs import padded_positions
+    from qerl.models.logprobs import PaddedRows, padded_positions
+    from qerl.models.packed import PackedGroups
     from qerl.parallel import sum_over_ranks
     from qerl.training.distributed import global_totals, sum_gradients
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {"aqn": 0.0}
+    layout = PackedGroups() if LAYOUT["pack_groups"] else PaddedRows()
 
     def generate():
         with noise.generating(backend, phases) if noise is not None else contextlib.nullcontext():
@@ -194,7 +197,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
         totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
         deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
         result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
-                                      micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals)
+                                      micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals,
+                                      layout=layout)
         sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
         clip_gradients(params, 1.0)
         opt.step()
@@ -215,7 +219,9 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
             "preemptions": getattr(backend, "last_metrics", {}).get("rollout/preemptions"),
             "noise": noise.metrics(backend) if noise is not None else None,
             "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
-            "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # what the update computed
+            "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # completion positions, rows
+            "layout": layout.name,
+            "decoder_positions": layout.positions(rollout, micro_batch),  # what the update's decoder computed
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
 
@@ -446,6 +452,7 @@ def run_row(spec: dict, args) -> dict:
                tokens_per_s=round(last["completion_tokens"] / ph["step"], 1),
                rollout_tok_s=round(last["completion_tokens"] * (1 + RESAMPLE["rounds"]) / ph["rollout"], 1),
                preemptions=last.get("preemptions"), padded_positions=last.get("padded_positions"),
+               layout=last.get("layout"), decoder_positions=last.get("decoder_positions"),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),
                peak_reserved_gb=max(s["peak_reserved_gb"] or 0 for s in steps) or None,
@@ -553,6 +560,9 @@ def main() -> None:
     parser.add_argument("--profile-train", action="store_true",
                         help="one more step after the timed ones, its update under torch's profiler: the row's "
                              "`train_profile` (see benchmarks/train_profile.py)")
+    parser.add_argument("--pack-groups", action="store_true",
+                        help="the update packs each group's completions behind one copy of its prompt, no padding "
+                             "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
@@ -564,6 +574,7 @@ def main() -> None:
     if args.aqn and args.synthetic_rollout:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
+    LAYOUT["pack_groups"] = args.pack_groups
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
 
     ranks, rank, local_rank = launched()

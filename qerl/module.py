@@ -15,7 +15,8 @@ from qerl.evaluation.validation import ValidationRun, ValidationSettings
 from qerl.lora.apply import base_weight_snapshot, reference_policy
 from qerl.memory import plan_for_module
 from qerl.models.base import PolicyLoader
-from qerl.models.logprobs import stored_logprobs
+from qerl.models.logprobs import PaddedRows, stored_logprobs
+from qerl.models.packed import PackedGroups
 from qerl.noise.base import NoiseDraw, NoiseSchedule
 from qerl.noise.inject import noisy_norms
 from qerl.noise.precision import RealizedNoise
@@ -70,6 +71,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
         validation: sampling of held-out prompts in Lightning's validation loop (`val/accuracy`, `val/pass@k`).
         dequantize_once_per_step: keep a dense copy of each 4-bit layer for the duration of a step instead
             of decoding it at every forward (faster on CPU; costs the memory of the dense layers).
+        pack_groups: the update's layout. False (default): micro-batches of padded rows, each row its own copy of
+            its prompt. True: up to `micro_batch_size` completions of one group packed behind one copy of their
+            prompt, no padding (`qerl.models.packed.PackedGroups`; same log-probs, fewer positions; needs the
+            policy's attention to be `sdpa` or `eager`).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         max_nan_skips: int = 5,
         validation: ValidationSettings = ValidationSettings(),  # noqa: B008
         dequantize_once_per_step: bool = False,
+        pack_groups: bool = False,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -116,6 +122,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
         self.export_adapter_every = export_adapter_every
         self.max_nan_skips = max_nan_skips
         self.dequantize_once_per_step = dequantize_once_per_step
+        self.pack_groups = bool(pack_groups)
+        self.layout = PackedGroups() if self.pack_groups else PaddedRows()
         self.validation = dataclasses.replace(validation)
         self._validation_run: ValidationRun | None = None
         self.last_validation: dict[str, float] = {}
@@ -238,9 +246,9 @@ class QeRLModule(ResumableRun, L.LightningModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         temperature, mbs = self.sampling.temperature, self.micro_batch_size
         if self.algorithm.num_iterations > 1:
-            batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature)
+            batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature, layout=self.layout)
         if self.algorithm.beta > 0:
-            batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature,
+            batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature, layout=self.layout,
                                                  context=lambda: reference_policy(self.model, self._base_weights))
         forward_context = None
         noise = self.noise_draw
@@ -254,7 +262,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         for _ in range(self.algorithm.num_iterations):
             opt.zero_grad(set_to_none=True)
             result = accumulate_gradients(self.model, self.algorithm, batch, mbs, temperature, self.manual_backward,
-                                          forward_context, totals)
+                                          forward_context, totals, layout=self.layout)
             finite = distributed.sum_gradients(self.trainable_parameters(), result.finite)  # every rank agrees
             grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if finite else math.nan
             metrics = update_metrics(distributed.combine_update_metrics(result.metrics, self.device) if finite

@@ -129,14 +129,41 @@ def rollout_inputs(rollout: Rollout, rows: torch.Tensor):
                         rollout.completion_mask[rows])
 
 
+class PaddedRows:
+    """The default training layout: micro-batches of whole rows grouped by completion length (`micro_batches`), each
+    row its prompt (left-padded) and completion (right-padded) in one (rows x positions) batch. The other layout,
+    `qerl.models.packed.PackedGroups`, packs one group's completions behind a single copy of their prompt."""
+
+    name = "rows"
+
+    def batches(self, rollout: Rollout, size: int):
+        return micro_batches(rollout.completion_mask, size)
+
+    def logprobs(self, model: nn.Module, rollout: Rollout, rows: torch.Tensor, temperature: float,
+                 with_entropy: bool = False) -> TokenLogprobs:
+        """(len(rows), W) log-probs of the rows' completions, W their longest completion (at least 1)."""
+        p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
+        return completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature,
+                                   with_entropy=with_entropy)
+
+    def positions(self, rollout: Rollout, size: int) -> int:
+        """Positions the decoder computes over the whole rollout, prompts and padding included."""
+        total = 0
+        for rows in self.batches(rollout, size):
+            p_ids, _, c_ids, _ = rollout_inputs(rollout, rows)
+            total += len(rows) * (p_ids.shape[1] + c_ids.shape[1])
+        return total
+
+
 @torch.no_grad()
 def stored_logprobs(model: nn.Module, rollout: Rollout, micro_batch_size: int, temperature: float,
-                    context: Callable[[], contextlib.AbstractContextManager] | None = None) -> torch.Tensor:
+                    context: Callable[[], contextlib.AbstractContextManager] | None = None,
+                    layout: PaddedRows | None = None) -> torch.Tensor:
     """(R, T) log-probs of the rollout's completions without gradients (old policy, or reference inside `context`)."""
+    layout = layout if layout is not None else PaddedRows()
     out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-    for rows in micro_batches(rollout.completion_mask, micro_batch_size):
-        p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
+    for rows in layout.batches(rollout, micro_batch_size):
         with context() if context is not None else contextlib.nullcontext():
-            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature).logprobs
+            lp = layout.logprobs(model, rollout, rows, temperature).logprobs
         out[rows, : lp.shape[1]] = lp
     return out

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qerl.algorithms.base import Algorithm
-from qerl.models.logprobs import completion_logprobs, micro_batches, rollout_inputs
+from qerl.models.logprobs import PaddedRows
 from qerl.models.mismatch import mismatch_sums
 from qerl.types import Rollout
 
@@ -47,6 +47,7 @@ def accumulate_gradients(
     backward: Callable[[torch.Tensor], None],
     forward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
     totals: tuple[int, float] | None = None,
+    layout: PaddedRows | None = None,
 ) -> UpdateResult:
     """Run every micro-batch forward and backward; the micro-batch losses sum to the full-batch loss.
 
@@ -54,7 +55,9 @@ def accumulate_gradients(
     larger step (`qerl.training.distributed.global_totals`); the losses and token-weighted metrics are then this
     rank's shares, summed over ranks later. Default: this batch's own counts.
     Stops at the first non-finite loss (before its backward) and reports `finite=False`.
+    `layout`: how rows become micro-batches (`PaddedRows`, the default, or `qerl.models.packed.PackedGroups`).
     """
+    layout = layout if layout is not None else PaddedRows()
     rollout = batch.rollout
     num_sequences = rollout.num_rows
     num_tokens = float(rollout.completion_mask.sum().clamp(min=1))
@@ -63,11 +66,11 @@ def accumulate_gradients(
     sums: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
     weighted: dict[str, float] = {}
     extremes: dict[str, float] = {}
-    for rows in micro_batches(rollout.completion_mask, micro_batch_size):
-        p_ids, p_mask, c_ids, c_mask = rollout_inputs(rollout, rows)
-        width = c_ids.shape[1]
+    for rows in layout.batches(rollout, micro_batch_size):
         with forward_context() if forward_context is not None else contextlib.nullcontext():
-            lp = completion_logprobs(model, p_ids, p_mask, c_ids, c_mask, temperature=temperature, with_entropy=True)
+            lp = layout.logprobs(model, rollout, rows, temperature, with_entropy=True)
+            width = lp.logprobs.shape[1]
+            c_mask = rollout.completion_mask[rows, :width]
             if rollout.importance_weights is not None:  # truncated IS: same values, weighted grads
                 weight = rollout.importance_weights[rows, :width].to(lp.logprobs.dtype)
                 lp.logprobs = lp.logprobs.detach() + weight * (lp.logprobs - lp.logprobs.detach())

@@ -1,0 +1,145 @@
+"""`PackedGroups`: a training layout that computes a group's prompt once and packs its completions without padding.
+
+The rows of a GRPO/DAPO group share one prompt. The default layout (`qerl.models.logprobs.PaddedRows`) runs every
+row as prompt + completion, padded to the micro-batch's longest: at the 7B GSM8K shape (prompt 256, 8 completions a
+group, mean ~490 tokens) a third of the update's positions are copies of prompts, and more are padding. Here a
+micro-batch is up to `size` rows of one group, laid out as one sequence
+
+    [prompt | completion 1 | completion 2 | ... | completion k]
+
+with each completion's position ids continuing from the prompt's end and a block mask: a prompt token sees the
+prompt before it (causal); a completion token sees the whole prompt and its own completion up to itself, never
+another completion. Every token therefore sees exactly what it sees in its own padded row, so the log-probs are the
+same function of the weights (equal up to float rounding; tests/test_packed.py) and the gradients sum the prompt's
+share over the group instead of computing it k times. The LM head runs only on real completion positions.
+
+The mask is a dense (L x L) tensor handed to the decoder as a custom 4D mask (HF's `sdpa` takes it as boolean, `eager`
+as additive); other attention implementations are refused with what to change. Memory per micro-batch is at most the
+padded layout's (one prompt instead of k, no padding), so the memory plan's estimate stays an upper bound; the mask
+adds L^2 bytes (8 completions of 4,096 tokens: ~1.1 GB at the extreme).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qerl.models.logprobs import DEFAULT_LOGITS_BUDGET, TokenLogprobs, _head_chunk, causal_lm
+from qerl.types import Rollout
+
+MASKS = ("sdpa", "eager")
+
+
+def completion_lengths(rollout: Rollout, rows: torch.Tensor) -> list[int]:
+    """Generated tokens of each row; refuses a completion mask that is not a prefix of ones (right padding)."""
+    mask = rollout.completion_mask[rows].bool()
+    lengths = mask.sum(dim=1)
+    prefix = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
+    if not torch.equal(mask, prefix):
+        raise ValueError("PackedGroups: a completion mask has a hole (ones after a zero); packing needs right-padded "
+                         "completions. Use the default layout (`pack_groups: false`).")
+    return [int(n) for n in lengths.tolist()]
+
+
+def block_mask(prompt_len: int, lengths: list[int], device, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, L, L) mask of the packed sequence: causal, and a completion token sees only the prompt and itself."""
+    segment = torch.cat([torch.zeros(prompt_len, dtype=torch.long, device=device)]
+                        + [torch.full((n,), i + 1, dtype=torch.long, device=device) for i, n in enumerate(lengths)])
+    index = torch.arange(segment.numel(), device=device)
+    allowed = (index.unsqueeze(1) >= index.unsqueeze(0)) & (
+        (segment.unsqueeze(0) == 0) | (segment.unsqueeze(0) == segment.unsqueeze(1)))
+    if implementation == "sdpa":
+        return allowed[None, None]
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return blocked.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+class PackedGroups:
+    """Micro-batches of up to `size` rows of one group, each packed behind one copy of the group's prompt.
+
+    Selected by `QeRLModule(pack_groups=True)` and `benchmarks/step.py --pack-groups`."""
+
+    name = "packed_groups"
+
+    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET) -> None:
+        self.logits_budget = int(logits_budget)
+
+    def batches(self, rollout: Rollout, size: int):
+        """Row-index groups: each group's rows in order, in runs of at most `size` (groups are contiguous)."""
+        size = max(1, int(size))
+        groups = rollout.group_index
+        starts = [0] + [i for i in range(1, groups.numel()) if int(groups[i]) != int(groups[i - 1])]
+        ends = starts[1:] + [groups.numel()]
+        for start, end in zip(starts, ends):
+            for first in range(start, end, size):
+                yield torch.arange(first, min(first + size, end), device=groups.device)
+
+    def positions(self, rollout: Rollout, size: int) -> int:
+        """Positions the decoder computes over the whole rollout: one prompt per micro-batch, no padding."""
+        lengths = rollout.completion_mask.sum(dim=1)
+        prompts = rollout.prompt_mask.sum(dim=1)
+        return sum(int(prompts[rows[0]]) + int(lengths[rows].sum()) for rows in self.batches(rollout, size))
+
+    def logprobs(self, model: nn.Module, rollout: Rollout, rows: torch.Tensor, temperature: float,
+                 with_entropy: bool = False) -> TokenLogprobs:
+        """(len(rows), W) log-probs (and entropy) of the rows' completions, W their longest completion (at least 1),
+        as `PaddedRows.logprobs` gives them; positions past a row's completion hold 0."""
+        if int(rollout.group_index[rows].min()) != int(rollout.group_index[rows].max()):
+            raise ValueError("PackedGroups: a micro-batch must hold rows of one group (one prompt).")
+        lm = causal_lm(model)
+        implementation = getattr(lm.config, "_attn_implementation", "eager") or "eager"
+        if implementation not in MASKS:
+            raise ValueError(f"PackedGroups needs the policy's attention implementation to be one of {MASKS} (it takes "
+                             f"a custom block mask); the policy runs {implementation!r}. Set `pack_groups: false`.")
+        head, decoder = lm.get_output_embeddings(), lm.get_decoder()
+        temperature = float(temperature) if temperature and temperature > 0 else 1.0
+        device = rollout.completion_ids.device
+        first = int(rows[0])
+        prompt = rollout.prompt_ids[first][rollout.prompt_mask[first].bool()]
+        prompt_len, lengths = int(prompt.numel()), completion_lengths(rollout, rows)
+        width = max(1, max(lengths))
+        ids = torch.cat([prompt] + [rollout.completion_ids[int(r), :n] for r, n in zip(rows, lengths)]).unsqueeze(0)
+        positions = torch.cat([torch.arange(prompt_len, device=device)]
+                              + [torch.arange(prompt_len, prompt_len + n, device=device) for n in lengths])
+        dtype = next(decoder.parameters()).dtype
+        mask = block_mask(prompt_len, lengths, device, implementation, dtype if dtype.is_floating_point else
+                          torch.float32)
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions.unsqueeze(0),
+                         use_cache=False).last_hidden_state[0]
+        # the hidden state that predicts token t of completion i: the prompt's last for t = 0, else its own t - 1
+        source, target, out_row, out_col = [], [], [], []
+        offset = prompt_len
+        for i, (r, n) in enumerate(zip(rows, lengths)):
+            if n == 0:
+                continue
+            steps = torch.arange(n, device=device)
+            source.append(torch.where(steps == 0, prompt_len - 1, offset + steps - 1))
+            target.append(rollout.completion_ids[int(r), :n])
+            out_row.append(torch.full((n,), i, dtype=torch.long, device=device))
+            out_col.append(steps)
+            offset += n
+        logprobs = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
+        entropy = torch.zeros_like(logprobs) if with_entropy else None
+        if not source:
+            return TokenLogprobs(logprobs=logprobs, entropy=entropy)
+        source, target = torch.cat(source), torch.cat(target)
+        where = (torch.cat(out_row), torch.cat(out_col))
+        vocab = int(head.weight.shape[0])
+        step = max(1, self.logits_budget // max(1, vocab))
+        use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+        picked, entropies = [], []
+        for start in range(0, source.numel(), step):
+            h = hidden[source[start:start + step]].unsqueeze(0)
+            t = target[start:start + step].unsqueeze(0)
+            if use_checkpoint:
+                from torch.utils.checkpoint import checkpoint
+
+                lp, ent = checkpoint(_head_chunk, head, h, t, temperature, with_entropy, use_reentrant=False)
+            else:
+                lp, ent = _head_chunk(head, h, t, temperature, with_entropy)
+            picked.append(lp[0])
+            if ent is not None:
+                entropies.append(ent[0])
+        logprobs = logprobs.index_put(where, torch.cat(picked))
+        if entropy is not None:
+            entropy = entropy.index_put(where, torch.cat(entropies))
+        return TokenLogprobs(logprobs=logprobs, entropy=entropy)

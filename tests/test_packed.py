@@ -1,0 +1,159 @@
+"""`PackedGroups`: one prompt per micro-batch, completions packed without padding - the same log-probs, entropies and
+gradients as the padded rows, on fewer positions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qerl.algorithms import DAPO, GRPO
+from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.models.logprobs import PaddedRows, stored_logprobs
+from qerl.models.packed import PackedGroups, block_mask
+from qerl.rollout import HF
+from qerl.training.update import TrainBatch, accumulate_gradients
+from qerl.types import SamplingConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def ragged_rollout(tiny_llama, attn="sdpa", lora=False, device="cpu"):
+    """3 prompts of different lengths x 4 completions cut to ragged lengths (1 to 12 tokens), as EOS would."""
+    tok = byte_tokenizer()
+    model = tiny_llama(seed=2, vocab_size=len(tok), eos_token_id=tok.eos_token_id, attn_implementation=attn).to(device)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 init_lora_weights=False))
+    hf = HF()
+    hf.setup(model, tok)
+    prompts = [tok.encode(p) for p in ("1+1=", "A much longer prompt here", "xyz")]
+    rollout = hf.generate(prompts, SamplingConfig(n=4, max_new_tokens=12, temperature=1.0, seed=3))
+    lengths = torch.tensor([12, 3, 7, 1, 5, 12, 2, 9, 4, 4, 11, 6], device=device)
+    rollout.completion_mask = (torch.arange(12, device=device).unsqueeze(0) < lengths.unsqueeze(1)).to(
+        rollout.completion_mask.dtype)
+    return model, rollout
+
+
+def test_block_mask_lets_a_completion_see_the_prompt_and_itself_only():
+    mask = block_mask(2, [2, 1], "cpu", "sdpa", torch.float32)[0, 0]
+    assert mask.tolist() == [
+        [True, False, False, False, False],   # prompt: causal
+        [True, True, False, False, False],
+        [True, True, True, False, False],     # completion 1
+        [True, True, True, True, False],
+        [True, True, False, False, True],     # completion 2: the prompt and itself, not completion 1
+    ]
+    additive = block_mask(2, [2, 1], "cpu", "eager", torch.float32)[0, 0]
+    assert torch.equal(additive == 0, mask) and additive.min() == torch.finfo(torch.float32).min
+
+
+def test_micro_batches_stay_inside_a_group_and_count_one_prompt_each(tiny_llama):
+    _, r = ragged_rollout(tiny_llama)
+    layout = PackedGroups()
+    batches = [rows.tolist() for rows in layout.batches(r, 3)]
+    assert batches == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9, 10], [11]]
+    prompts, lengths = r.prompt_mask.sum(1), r.completion_mask.sum(1)
+    assert layout.positions(r, 4) == int(prompts[::4].sum() + lengths.sum())
+    assert layout.positions(r, 4) < PaddedRows().positions(r, 4)  # the padded rows repeat prompts and pad
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logprobs_and_entropy_equal_the_padded_rows(tiny_llama, attn):
+    model, r = ragged_rollout(tiny_llama, attn=attn)
+    lengths = r.completion_mask.sum(1)
+    assert len(set(lengths.tolist())) > 2, "the rollout should be ragged"
+    padded, packed = PaddedRows(), PackedGroups(logits_budget=700)  # a few positions per head chunk
+    for rows in packed.batches(r, 4):
+        a = padded.logprobs(model, r, rows, 0.8, with_entropy=True)
+        b = packed.logprobs(model, r, rows, 0.8, with_entropy=True)
+        assert a.logprobs.shape == b.logprobs.shape
+        mask = r.completion_mask[rows, : a.logprobs.shape[1]].bool()
+        assert torch.allclose(a.logprobs[mask], b.logprobs[mask], atol=1e-5)
+        assert torch.allclose(a.entropy[mask], b.entropy[mask], atol=1e-4)
+        assert torch.all(b.logprobs[~mask] == 0)
+    keep = r.completion_mask.bool()  # the padded rows leave meaningless values past each completion
+    assert torch.allclose(stored_logprobs(model, r, 4, 1.0)[keep], stored_logprobs(model, r, 4, 1.0, layout=packed)[keep],
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", [GRPO(), DAPO()], ids=["GRPO", "DAPO"])
+def test_packed_update_gives_the_padded_loss_and_lora_gradients(tiny_llama, algorithm):
+    model, r = ragged_rollout(tiny_llama, lora=True)
+    rewards = torch.arange(r.num_rows, dtype=torch.float32) % 3
+    batch = TrainBatch(r, algorithm.advantages(rewards, r.group_size))
+    batch.old_logprobs = stored_logprobs(model, r, 4, 1.0) + 0.05  # off-policy, so the ratio is not 1
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+    def grads(layout, micro):
+        model.zero_grad()
+        result = accumulate_gradients(model, algorithm, batch, micro, 1.0, lambda loss: loss.backward(),
+                                      layout=layout)
+        return result, [p.grad.clone() for p in trained]
+
+    base, g_base = grads(PaddedRows(), 4)
+    packed, g_packed = grads(PackedGroups(), 3)  # 3 + 1 rows a group: a prompt shared by 3, then by 1
+    assert base.finite and packed.finite
+    assert packed.metrics["loss"] == pytest.approx(base.metrics["loss"], rel=1e-5, abs=1e-7)
+    assert packed.metrics["entropy"] == pytest.approx(base.metrics["entropy"], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_base, g_packed))
+    assert max(float(g.abs().max()) for g in g_base) > 1e-4  # the gradients compared are not all zero
+
+
+def test_an_attention_without_custom_masks_is_refused_with_what_to_change(tiny_llama):
+    model, r = ragged_rollout(tiny_llama)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attention implementation .* 'flash_attention_2'.*pack_groups: false"):
+        PackedGroups().logprobs(model, r, torch.arange(4), 1.0)
+
+
+def test_a_micro_batch_across_groups_or_a_holed_mask_is_refused(tiny_llama):
+    model, r = ragged_rollout(tiny_llama)
+    with pytest.raises(ValueError, match="rows of one group"):
+        PackedGroups().logprobs(model, r, torch.tensor([3, 4]), 1.0)
+    r.completion_mask[0, 0] = 0
+    r.completion_mask[0, 1] = 1
+    with pytest.raises(ValueError, match="hole"):
+        PackedGroups().logprobs(model, r, torch.arange(4), 1.0)
+
+
+def test_a_module_with_pack_groups_trains_as_the_padded_one(tmp_path):
+    """Two `qerl fit` steps of the tiny NVFP4 + LoRA + AQN module, padded rows vs packed groups: the same adapter."""
+    import lightning as L
+    from rl_helpers import MetricsRecorder, lora_state, tiny_data, tiny_module, tiny_trainer
+
+    states, logged = [], []
+    for pack in (False, True):
+        L.seed_everything(0)  # the same LoRA init in both
+        module = tiny_module(pack_groups=pack, micro_batch_size=3)
+        recorder = MetricsRecorder()
+        tiny_trainer(tmp_path / str(pack), 2, callbacks=[recorder]).fit(module, tiny_data())
+        assert isinstance(module.layout, PackedGroups if pack else PaddedRows)
+        states.append(lora_state(module))
+        logged.append(recorder.steps[-1])
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.allclose(states[0][k], states[1][k], rtol=1e-4, atol=1e-6) for k in states[0])  # 2.5e-7
+    assert any(float(v.abs().sum()) > 0 for k, v in states[1].items() if "lora_B" in k)  # training moved B
+    assert logged[1]["train/loss"] == pytest.approx(logged[0]["train/loss"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_packed_logprobs_and_gradients_match_the_padded_rows_through_cuda_sdpa(tiny_llama):
+    """On CUDA, sdpa takes the block mask through its masked kernels: the same numbers as the padded rows."""
+    model, r = ragged_rollout(tiny_llama, lora=True, device="cuda")
+    trained = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for layout in (PaddedRows(), PackedGroups()):
+        model.zero_grad()
+        total = 0.0
+        for rows in layout.batches(r, 4):
+            lp = layout.logprobs(model, r, rows, 1.0).logprobs
+            mask = r.completion_mask[rows, : lp.shape[1]].float()
+            (lp * mask).sum().backward()
+            total += float((lp.detach() * mask).sum())
+        results.append((total, [p.grad.clone() for p in trained]))
+    (padded, g_padded), (packed, g_packed) = results
+    assert packed == pytest.approx(padded, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(g_padded, g_packed))
