@@ -157,3 +157,26 @@ def test_gpu_packed_logprobs_and_gradients_match_the_padded_rows_through_cuda_sd
     (padded, g_padded), (packed, g_packed) = results
     assert packed == pytest.approx(padded, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(g_padded, g_packed))
+
+
+def test_the_engine_mismatch_forward_takes_the_layout_and_measures_the_same(tiny_llama):
+    from qerl.models.mismatch import mismatch
+
+    model, r = ragged_rollout(tiny_llama)
+    r.logprobs = stored_logprobs(model, r, 4, 1.0) + 0.01 * torch.randn(r.logprobs.shape, generator=torch.Generator()
+                                                                          .manual_seed(0))
+    padded, weights = mismatch(model, r, 1.0, cap=2.0)
+    packed, packed_weights = mismatch(model, r, 1.0, cap=2.0, layout=PackedGroups())
+    assert padded.keys() == packed.keys() and padded["rollout/mismatch_kl"] > 0
+    assert all(packed[k] == pytest.approx(padded[k], rel=1e-3, abs=1e-7) for k in padded)
+    assert torch.allclose(weights, packed_weights, atol=1e-5)
+
+
+def test_a_module_hands_its_layout_to_the_vllm_engine_scoring_forward():
+    from rl_helpers import tiny_module
+
+    from qerl.rollout.vllm import VLLM
+
+    assert isinstance(tiny_module(rollout=VLLM(), pack_groups=True).rollout.scoring_layout, PackedGroups)
+    assert isinstance(tiny_module(rollout=VLLM()).rollout.scoring_layout, PaddedRows)
+    assert VLLM().scoring_layout is None  # on its own: padded rows (stored_logprobs' default)

@@ -14,12 +14,14 @@ from qerl.types import Rollout
 
 
 @torch.no_grad()
-def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8) -> torch.Tensor:
-    """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad)."""
+def policy_logprobs(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch_size: int = 8,
+                    layout=None) -> torch.Tensor:
+    """(R, T) log-probs of the rollout's completions under the policy as it is now (eval mode, no grad); `layout`:
+    the update's (`QeRLModule(pack_groups=...)`), default padded rows."""
     was_training = policy.training
     policy.eval()
     try:
-        return stored_logprobs(policy, rollout, micro_batch_size, temperature)
+        return stored_logprobs(policy, rollout, micro_batch_size, temperature, layout=layout)
     finally:
         policy.train(was_training)
 
@@ -35,7 +37,7 @@ def mismatch_sums(policy: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor
     return {"rollout/mismatch_kl": kl, "rollout/mismatch_logprob_absdiff": absdiff}
 
 
-def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float | None
+def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float | None, layout=None
              ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Engine-vs-policy metrics and, with `cap`, truncated importance weights min(p_policy / p_engine, cap).
 
@@ -43,7 +45,7 @@ def mismatch(policy: nn.Module, rollout: Rollout, temperature: float, cap: float
     `rollout/mismatch_logprob_absdiff` the mean |log p_engine - log p_policy|.
     """
     mask = rollout.completion_mask.bool()
-    train = policy_logprobs(policy, rollout, temperature)
+    train = policy_logprobs(policy, rollout, temperature, layout=layout)
     tokens = mask.sum().clamp(min=1)
     metrics = {k: v / float(tokens) for k, v in mismatch_sums(train, rollout.logprobs, mask).items()}
     if cap is None:

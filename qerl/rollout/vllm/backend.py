@@ -124,6 +124,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             self.engine_kwargs.setdefault("kv_cache_dtype", kv_cache_dtype)
         self.engine_kwargs.setdefault("disable_log_stats", False)  # the preemption counter (`rollout/preemptions`)
         self._preemptions = 0
+        self.scoring_layout = None  # the policy's scoring forward: QeRLModule sets its update's layout (pack_groups)
         self.setup_s: float | None = None
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
@@ -307,7 +308,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.mismatch_deferred = (self.measure_mismatch == "update" and self.importance_sampling_cap is None
                                   and self._noise_sigma == 0.0)
         if (self.measure_mismatch and not self.mismatch_deferred) or self.importance_sampling_cap is not None:
-            found, weights = mismatch(self.policy, rollout, sampling.temperature, self.importance_sampling_cap)
+            found, weights = mismatch(self.policy, rollout, sampling.temperature, self.importance_sampling_cap,
+                                      layout=self.scoring_layout)
             self.last_metrics.update(found)
             if weights is not None:
                 rollout.importance_weights = weights
