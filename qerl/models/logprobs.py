@@ -52,6 +52,33 @@ def _head_chunk(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, te
     return picked, entropy
 
 
+def head_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                  with_entropy: bool, logits_budget: int = DEFAULT_LOGITS_BUDGET):
+    """Log-probs of `targets` (B, N) from the hidden states that predict them (B, N, D), and the entropy per position
+    if asked: the LM head and log-softmax on chunks of positions (at most `logits_budget` logits at once), each
+    chunk inside an activation checkpoint when gradients flow. `temperature` > 0."""
+    rows, length = targets.shape
+    vocab = int(head.weight.shape[0])
+    step = max(1, int(logits_budget) // max(1, rows * vocab))
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
+    picked, entropies = [], []
+    for start in range(0, length, step):
+        h = hidden[:, start : start + step]
+        t = targets[:, start : start + step]
+        if use_checkpoint:
+            from torch.utils.checkpoint import checkpoint
+
+            lp, ent = checkpoint(_head_chunk, head, h, t, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, ent = _head_chunk(head, h, t, temperature, with_entropy)
+        picked.append(lp)
+        if ent is not None:
+            entropies.append(ent)
+    logprobs = torch.cat(picked, dim=1) if picked else hidden.new_zeros(rows, 0, dtype=torch.float32)
+    entropy = torch.cat(entropies, dim=1) if with_entropy and entropies else None
+    return logprobs, entropy
+
+
 def completion_logprobs(
     model: nn.Module,
     prompt_ids: torch.Tensor,
@@ -72,30 +99,13 @@ def completion_logprobs(
     head = lm.get_output_embeddings()
     decoder = lm.get_decoder()
     temperature = float(temperature) if temperature and temperature > 0 else 1.0
-    rows, prompt_len = prompt_ids.shape
+    prompt_len = prompt_ids.shape[1]
     length = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1).long()
     out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
     hidden = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + length]
-    vocab = int(head.weight.shape[0])
-    step = max(1, int(logits_budget) // max(1, rows * vocab))
-    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
-    picked, entropies = [], []
-    for start in range(0, length, step):
-        h = hidden[:, start : start + step]
-        t = completion_ids[:, start : start + step]
-        if use_checkpoint:
-            from torch.utils.checkpoint import checkpoint
-
-            lp, ent = checkpoint(_head_chunk, head, h, t, temperature, with_entropy, use_reentrant=False)
-        else:
-            lp, ent = _head_chunk(head, h, t, temperature, with_entropy)
-        picked.append(lp)
-        if ent is not None:
-            entropies.append(ent)
-    logprobs = torch.cat(picked, dim=1) if picked else hidden.new_zeros(rows, 0, dtype=torch.float32)
-    entropy = torch.cat(entropies, dim=1) if with_entropy and entropies else None
+    logprobs, entropy = head_logprobs(head, hidden, completion_ids, temperature, with_entropy, logits_budget)
     return TokenLogprobs(logprobs=logprobs, entropy=entropy)
 
 

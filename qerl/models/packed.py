@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qerl.models.logprobs import DEFAULT_LOGITS_BUDGET, TokenLogprobs, _head_chunk, causal_lm
+from qerl.models.logprobs import DEFAULT_LOGITS_BUDGET, TokenLogprobs, causal_lm, head_logprobs
 from qerl.types import Rollout
 
 MASKS = ("sdpa", "eager")
@@ -66,18 +66,19 @@ class PackedGroups:
     def batches(self, rollout: Rollout, size: int):
         """Row-index groups: each group's rows in order, in runs of at most `size` (groups are contiguous)."""
         size = max(1, int(size))
-        groups = rollout.group_index
-        starts = [0] + [i for i in range(1, groups.numel()) if int(groups[i]) != int(groups[i - 1])]
-        ends = starts[1:] + [groups.numel()]
+        groups = rollout.group_index.tolist()  # one copy to the host, not one per row
+        starts = [0] + [i for i in range(1, len(groups)) if groups[i] != groups[i - 1]]
+        ends = starts[1:] + [len(groups)]
         for start, end in zip(starts, ends):
             for first in range(start, end, size):
-                yield torch.arange(first, min(first + size, end), device=groups.device)
+                yield torch.arange(first, min(first + size, end), device=rollout.group_index.device)
 
     def positions(self, rollout: Rollout, size: int) -> int:
         """Positions the decoder computes over the whole rollout: one prompt per micro-batch, no padding."""
-        lengths = rollout.completion_mask.sum(dim=1)
-        prompts = rollout.prompt_mask.sum(dim=1)
-        return sum(int(prompts[rows[0]]) + int(lengths[rows].sum()) for rows in self.batches(rollout, size))
+        lengths = rollout.completion_mask.sum(dim=1).tolist()
+        prompts = rollout.prompt_mask.sum(dim=1).tolist()
+        return sum(prompts[rows[0]] + sum(lengths[r] for r in rows)
+                   for rows in (batch.tolist() for batch in self.batches(rollout, size)))
 
     def logprobs(self, model: nn.Module, rollout: Rollout, rows: torch.Tensor, temperature: float,
                  with_entropy: bool = False) -> TokenLogprobs:
@@ -93,11 +94,11 @@ class PackedGroups:
         head, decoder = lm.get_output_embeddings(), lm.get_decoder()
         temperature = float(temperature) if temperature and temperature > 0 else 1.0
         device = rollout.completion_ids.device
-        first = int(rows[0])
-        prompt = rollout.prompt_ids[first][rollout.prompt_mask[first].bool()]
+        row_list = rows.tolist()
+        prompt = rollout.prompt_ids[row_list[0]][rollout.prompt_mask[row_list[0]].bool()]
         prompt_len, lengths = int(prompt.numel()), completion_lengths(rollout, rows)
         width = max(1, max(lengths))
-        ids = torch.cat([prompt] + [rollout.completion_ids[int(r), :n] for r, n in zip(rows, lengths)]).unsqueeze(0)
+        ids = torch.cat([prompt] + [rollout.completion_ids[r, :n] for r, n in zip(row_list, lengths)]).unsqueeze(0)
         positions = torch.cat([torch.arange(prompt_len, device=device)]
                               + [torch.arange(prompt_len, prompt_len + n, device=device) for n in lengths])
         dtype = next(decoder.parameters()).dtype
@@ -106,40 +107,20 @@ class PackedGroups:
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions.unsqueeze(0),
                          use_cache=False).last_hidden_state[0]
         # the hidden state that predicts token t of completion i: the prompt's last for t = 0, else its own t - 1
-        source, target, out_row, out_col = [], [], [], []
-        offset = prompt_len
-        for i, (r, n) in enumerate(zip(rows, lengths)):
-            if n == 0:
-                continue
+        source, out_row, out_col, offset = [], [], [], prompt_len
+        for i, n in enumerate(lengths):
             steps = torch.arange(n, device=device)
             source.append(torch.where(steps == 0, prompt_len - 1, offset + steps - 1))
-            target.append(rollout.completion_ids[int(r), :n])
             out_row.append(torch.full((n,), i, dtype=torch.long, device=device))
             out_col.append(steps)
             offset += n
-        logprobs = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
-        entropy = torch.zeros_like(logprobs) if with_entropy else None
-        if not source:
-            return TokenLogprobs(logprobs=logprobs, entropy=entropy)
-        source, target = torch.cat(source), torch.cat(target)
+        source = torch.cat(source)
+        targets = ids[0, prompt_len:]  # the completions, back to back: what those hidden states predict
+        picked, entropies = head_logprobs(head, hidden[source].unsqueeze(0), targets.unsqueeze(0), temperature,
+                                          with_entropy, self.logits_budget)
         where = (torch.cat(out_row), torch.cat(out_col))
-        vocab = int(head.weight.shape[0])
-        step = max(1, self.logits_budget // max(1, vocab))
-        use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad
-        picked, entropies = [], []
-        for start in range(0, source.numel(), step):
-            h = hidden[source[start:start + step]].unsqueeze(0)
-            t = target[start:start + step].unsqueeze(0)
-            if use_checkpoint:
-                from torch.utils.checkpoint import checkpoint
-
-                lp, ent = checkpoint(_head_chunk, head, h, t, temperature, with_entropy, use_reentrant=False)
-            else:
-                lp, ent = _head_chunk(head, h, t, temperature, with_entropy)
-            picked.append(lp[0])
-            if ent is not None:
-                entropies.append(ent[0])
-        logprobs = logprobs.index_put(where, torch.cat(picked))
-        if entropy is not None:
-            entropy = entropy.index_put(where, torch.cat(entropies))
+        logprobs = torch.zeros(len(lengths), width, dtype=torch.float32, device=device).index_put(where, picked[0])
+        entropy = torch.zeros_like(logprobs) if with_entropy else None
+        if entropies is not None:
+            entropy = entropy.index_put(where, entropies[0])
         return TokenLogprobs(logprobs=logprobs, entropy=entropy)
