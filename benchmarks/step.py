@@ -332,7 +332,7 @@ def run_row(spec: dict, args) -> dict:
     STAGE["now"] = "step"
     shape = ModelShape.from_config(hf_cfg)
     run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
-                   gradient_checkpointing=not args.no_checkpointing)
+                   gradient_checkpointing=not args.no_checkpointing, packed=LAYOUT["pack_groups"])
     bits = weight_bits(QUANT[fmt])
     free = free_device_memory(device)
     allocated = torch.cuda.memory_allocated() - ballast_bytes() if device == "cuda" else 0

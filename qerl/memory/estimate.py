@@ -94,6 +94,9 @@ class RunShape:
         gradient_checkpointing: decoder layers recompute their activations in backward.
         logits_budget: logits elements materialised at once by the chunked log-prob head.
         lora_rank, lora_targets: adapters (rank 0: none).
+        packed: the update packs a micro-batch's rows (one group's) behind one copy of their prompt, without padding
+            (`QeRLModule(pack_groups=True)`): one sequence of prompt_len + micro_batch x response_len positions and
+            a dense additive (L x L) block mask instead of micro_batch padded rows.
     """
 
     rows: int
@@ -105,10 +108,27 @@ class RunShape:
     logits_budget: int = 1 << 26
     lora_rank: int = 32
     lora_targets: tuple[str, ...] = tuple(_TARGET_SHAPES)
+    packed: bool = False
 
     @property
     def seq_len(self) -> int:
         return self.prompt_len + self.response_len
+
+    def update_tokens(self, micro_batch: int) -> int:
+        """Decoder positions of one micro-batch of `micro_batch` rows at the full response length."""
+        if self.packed:
+            return self.prompt_len + micro_batch * self.response_len
+        return micro_batch * self.seq_len
+
+    def mask_bytes(self, micro_batch: int, dtype_bytes: int) -> float:
+        """The update's attention mask: HF's (rows, 1, S, S) padding mask, or the packed layout's one (L, L) block
+        mask with its rows padded to `qerl.models.packed.MASK_ALIGN` columns."""
+        if self.packed:
+            from qerl.models.packed import MASK_ALIGN
+
+            length = self.update_tokens(micro_batch)
+            return float(length * (-(-length // MASK_ALIGN) * MASK_ALIGN) * dtype_bytes)
+        return float(micro_batch * self.seq_len * self.seq_len * dtype_bytes)
 
 
 @dataclass
@@ -224,7 +244,7 @@ def estimate_memory(shape: ModelShape, run: RunShape, quant_bits: float = 16.0, 
         run.prompt_len * (2 * shape.intermediate + 4 * shape.hidden) * dtype_bytes + 6 * shape.vocab * 4)
 
     mb = max(1, min(run.micro_batch, run.rows))
-    tokens = mb * run.seq_len
+    tokens = run.update_tokens(mb)
     per_layer = layer_activation_bytes(shape, run, dtype_bytes, lora_bytes)
     if run.gradient_checkpointing:
         est.training["layer inputs (checkpointed)"] = shape.layers * shape.hidden * dtype_bytes * tokens
@@ -232,7 +252,7 @@ def estimate_memory(shape: ModelShape, run: RunShape, quant_bits: float = 16.0, 
     else:
         est.training["activations"] = shape.layers * per_layer * tokens
     est.training["final hidden + its grad"] = 4 * shape.hidden * dtype_bytes * tokens
-    est.training["attention mask"] = mb * run.seq_len * run.seq_len * dtype_bytes
+    est.training["attention mask"] = run.mask_bytes(mb, dtype_bytes)
     chunk = min(run.logits_budget, mb * run.response_len * shape.vocab)
     est.training["log-prob chunk (logits)"] = 20 * chunk  # fp32 logits, exp, softmax, grad; bf16 head output
     if engine is not None:

@@ -67,7 +67,8 @@ def run_shape(module, datamodule=None) -> RunShape:
                     micro_batch=micro, rollout_rows=int(module.rollout.max_batch_rows or rows),
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
-                    lora_targets=tuple(lora.targets) if lora is not None else ())
+                    lora_targets=tuple(lora.targets) if lora is not None else (),
+                    packed=bool(getattr(module, "pack_groups", False)))
 
 
 def torch_device_type(device) -> str:

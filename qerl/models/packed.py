@@ -13,10 +13,11 @@ another completion. Every token therefore sees exactly what it sees in its own p
 same function of the weights (equal up to float rounding; tests/test_packed.py) and the gradients sum the prompt's
 share over the group instead of computing it k times. The LM head runs only on real completion positions.
 
-The mask is a dense (L x L) tensor handed to the decoder as a custom 4D mask (HF's `sdpa` takes it as boolean, `eager`
-as additive); other attention implementations are refused with what to change. Memory per micro-batch is at most the
-padded layout's (one prompt instead of k, no padding), so the memory plan's estimate stays an upper bound; the mask
-adds L^2 bytes (8 completions of 4,096 tokens: ~1.1 GB at the extreme).
+The mask is a dense (L x L) additive tensor in the decoder's dtype, handed to the decoder as a custom 4D mask (HF's
+`sdpa` and `eager` take it as it is); other attention implementations are refused with what to change. Activations
+per micro-batch are at most the padded layout's (one prompt instead of k, no padding); the mask costs 2 L^2 bytes in
+bf16 (8 completions of 4,096 tokens behind a 256-token prompt: ~2.2 GB at the extreme), which the memory plan counts
+(`RunShape.packed`).
 """
 from __future__ import annotations
 
@@ -40,17 +41,27 @@ def completion_lengths(rollout: Rollout, rows: torch.Tensor) -> list[int]:
     return [int(n) for n in lengths.tolist()]
 
 
-def block_mask(prompt_len: int, lengths: list[int], device, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """(1, 1, L, L) mask of the packed sequence: causal, and a completion token sees only the prompt and itself."""
-    segment = torch.cat([torch.zeros(prompt_len, dtype=torch.long, device=device)]
-                        + [torch.full((n,), i + 1, dtype=torch.long, device=device) for i, n in enumerate(lengths)])
-    index = torch.arange(segment.numel(), device=device)
-    allowed = (index.unsqueeze(1) >= index.unsqueeze(0)) & (
-        (segment.unsqueeze(0) == 0) | (segment.unsqueeze(0) == segment.unsqueeze(1)))
-    if implementation == "sdpa":
-        return allowed[None, None]
-    blocked = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return blocked.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+#: the mask's rows are allocated to a multiple of this many columns: PyTorch's memory-efficient SDPA kernel copies an
+#: additive mask whose row stride is not aligned (to 8 elements; 16 covers it), once per attention call
+MASK_ALIGN = 16
+
+
+def block_mask(prompt_len: int, lengths: list[int], device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, L, L) additive mask of the packed sequence (0 where a token may attend, the dtype's min elsewhere):
+    causal, and a completion token sees only the prompt and its own completion.
+
+    Built in place in one (L, L) tensor - no (L, L) temporaries - whose rows are padded to `MASK_ALIGN` columns and
+    sliced, so SDPA takes it as it is (a boolean mask would be converted to this form by every attention call)."""
+    total = prompt_len + sum(lengths)
+    width = -(-total // MASK_ALIGN) * MASK_ALIGN
+    mask = torch.full((total, width), torch.finfo(dtype).min, dtype=dtype, device=device)[:, :total]
+    mask[:prompt_len, :prompt_len].triu_(1)  # the prompt: causal
+    start = prompt_len
+    for n in lengths:
+        mask[start:start + n, :prompt_len] = 0  # the whole prompt
+        mask[start:start + n, start:start + n].triu_(1)  # its own completion, causal
+        start += n
+    return mask[None, None]
 
 
 class PackedGroups:
@@ -102,8 +113,7 @@ class PackedGroups:
         positions = torch.cat([torch.arange(prompt_len, device=device)]
                               + [torch.arange(prompt_len, prompt_len + n, device=device) for n in lengths])
         dtype = next(decoder.parameters()).dtype
-        mask = block_mask(prompt_len, lengths, device, implementation, dtype if dtype.is_floating_point else
-                          torch.float32)
+        mask = block_mask(prompt_len, lengths, device, dtype if dtype.is_floating_point else torch.float32)
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions.unsqueeze(0),
                          use_cache=False).last_hidden_state[0]
         # the hidden state that predicts token t of completion i: the prompt's last for t = 0, else its own t - 1
