@@ -124,8 +124,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         self.dequantize_once_per_step = dequantize_once_per_step
         self.pack_groups = bool(pack_groups)
         self.layout = PackedGroups() if self.pack_groups else PaddedRows()
-        if hasattr(self.rollout, "scoring_layout"):  # VLLM: its mismatch forward runs the policy like the update
-            self.rollout.scoring_layout = self.layout
+        self.rollout.scoring_layout = self.layout  # VLLM's mismatch forward runs the policy like the update
         self.validation = dataclasses.replace(validation)
         self._validation_run: ValidationRun | None = None
         self.last_validation: dict[str, float] = {}

@@ -36,9 +36,13 @@ class RolloutBackend(ABC):
     `pad_id` (the token padding rollouts, set in `setup`), `last_metrics` (metrics of the last
     `generate` call, e.g. `rollout/mismatch_kl`; empty by default) and `max_batch_rows`
     (completions generated together, for the memory plan; None: the backend does not bound it).
+    What it sets on every backend: `scoring_layout`, the update's layout (`qerl.models.logprobs.PaddedRows` or
+    `qerl.models.packed.PackedGroups`), for a backend that runs the policy's own scoring forward (VLLM's
+    `measure_mismatch`); None: the padded rows.
     """
 
     pad_id: int = 0
+    scoring_layout = None
     eos_ids: list[int] = []  # noqa: RUF012 (replaced per instance in setup)
     max_batch_rows: int | None = None
     policy: nn.Module | None = None

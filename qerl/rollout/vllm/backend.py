@@ -124,7 +124,6 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
             self.engine_kwargs.setdefault("kv_cache_dtype", kv_cache_dtype)
         self.engine_kwargs.setdefault("disable_log_stats", False)  # the preemption counter (`rollout/preemptions`)
         self._preemptions = 0
-        self.scoring_layout = None  # the policy's scoring forward: QeRLModule sets its update's layout (pack_groups)
         self.setup_s: float | None = None
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
