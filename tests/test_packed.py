@@ -181,3 +181,21 @@ def test_a_module_hands_its_layout_to_the_vllm_engine_scoring_forward():
     assert isinstance(tiny_module(rollout=VLLM(), pack_groups=True).rollout.scoring_layout, PackedGroups)
     assert isinstance(tiny_module(rollout=VLLM()).rollout.scoring_layout, PaddedRows)
     assert VLLM().scoring_layout is None  # on its own: padded rows (stored_logprobs' default)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_packed_logprobs_in_bfloat16_take_the_additive_mask(tiny_llama):
+    """The training dtype: a bf16 decoder gets the bf16 additive mask (aligned rows, SDPA's masked kernel takes it as
+    it is) and agrees with the padded rows within bf16 rounding."""
+    model, r = ragged_rollout(tiny_llama, device="cuda")
+    model = model.to(torch.bfloat16)
+    gaps = []
+    for rows in PackedGroups().batches(r, 4):
+        a = PaddedRows().logprobs(model, r, rows, 1.0).logprobs
+        b = PackedGroups().logprobs(model, r, rows, 1.0).logprobs
+        mask = r.completion_mask[rows, : a.shape[1]].bool()
+        assert torch.isfinite(b[mask]).all()
+        gaps.append((a[mask] - b[mask]).abs())
+    gap = torch.cat(gaps)
+    assert float(gap.mean()) < 2e-2 and float(gap.max()) < 0.25, (float(gap.mean()), float(gap.max()))
