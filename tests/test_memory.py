@@ -108,11 +108,10 @@ def test_qwen32b_plan_numbers():
     assert 60e9 < est.peak < 76e9  # measured 69.9 GB on an H100 (estimate 74.4 GB)
 
 
-def test_a_packed_update_counts_one_prompt_and_its_block_mask():
+def test_a_packed_update_counts_one_prompt_and_no_mask():
     """`RunShape.packed` (QeRLModule(pack_groups=True)): a micro-batch is one sequence of the prompt and its rows'
-    completions, and the mask is the one (L, L) additive tensor `block_mask` allocates, byte for byte."""
+    completions, attended segment by segment (no (L, L) mask)."""
     from qerl.memory.startup import run_shape
-    from qerl.models.packed import block_mask
     from tests.rl_helpers import tiny_module
 
     shape = ModelShape(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064)
@@ -121,10 +120,8 @@ def test_a_packed_update_counts_one_prompt_and_its_block_mask():
     length = 256 + 8 * 4096
     assert packed.training["layer inputs (checkpointed)"] == 28 * 3584 * 2 * length
     assert padded.training["layer inputs (checkpointed)"] == 28 * 3584 * 2 * 8 * (256 + 4096)
-    assert packed.training["attention mask"] == length * length * 2  # 33,024 is a multiple of 16
-    mask = block_mask(3, [4, 4], "cpu", torch.bfloat16)  # 11 positions, rows padded to 16 columns
-    assert mask.untyped_storage().nbytes() == RunShape(2, 3, 4, 2, packed=True).mask_bytes(2, 2) == 11 * 16 * 2
-    assert RunShape(2, 3, 4, 2, packed=True).mask_bytes(1, 2) == 7 * 16 * 2
+    assert packed.training["attention mask"] == 0 and padded.training["attention mask"] == 8 * 4352 ** 2 * 2
+    assert packed.training_peak < padded.training_peak
     module = tiny_module(pack_groups=True)
     module.setup("fit")
     assert run_shape(module).packed and not run_shape(tiny_module()).packed

@@ -78,6 +78,53 @@ def test_packed_logprobs_and_entropy_equal_the_padded_rows(tiny_llama, attn):
                           atol=1e-5)
 
 
+def test_an_sdpa_policy_attends_segment_by_segment_with_no_mask(tiny_llama, monkeypatch):
+    """sdpa -> `qerl_packed`: per layer one causal call for the prompt and one per completion against [prompt | itself]
+    (lower-right causal), no (L x L) mask; a padded forward afterwards still runs HF's sdpa with its own mask."""
+    from torch.nn.attention.bias import CausalBias
+
+    from qerl.models import segment_attention
+
+    model, r = ragged_rollout(tiny_llama)
+    calls = []
+    real = segment_attention._sdpa
+
+    def spy(q, k, v, **kw):
+        calls.append((q.shape[2], k.shape[2], type(kw.get("attn_mask")).__name__, kw.get("is_causal", False)))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(segment_attention, "_sdpa", spy)
+    rows = next(iter(PackedGroups().batches(r, 4)))
+    prompt_len, lengths = int(r.prompt_mask[rows[0]].sum()), r.completion_mask[rows].sum(1).tolist()
+    PackedGroups().logprobs(model, r, rows, 1.0)
+    assert model.config._attn_implementation == segment_attention.NAME
+    per_layer = [(prompt_len, prompt_len, "NoneType", True)] + [(n, prompt_len + n, CausalBias.__name__, False)
+                                                                for n in lengths]
+    assert calls == per_layer * model.config.num_hidden_layers
+    calls.clear()
+    padded = PaddedRows().logprobs(model, r, rows, 1.0)  # the fallback: HF's sdpa function, not the segments
+    assert not calls and torch.isfinite(padded.logprobs).all()
+
+
+def test_segments_and_the_dense_mask_give_the_same_gradients_under_checkpointing(tiny_llama):
+    """Training runs gradient-checkpointed (the layers recompute during backward, the segments travel with them)."""
+    model, r = ragged_rollout(tiny_llama, lora=True)
+    causal = model.get_base_model()
+    causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for layout in (PackedGroups(segments=False), PackedGroups()):
+        model.zero_grad()
+        for rows in layout.batches(r, 4):
+            lp = layout.logprobs(model, r, rows, 1.0).logprobs
+            (lp * r.completion_mask[rows, : lp.shape[1]].float()).sum().backward()
+        grads.append([p.grad.clone() for p in trained])
+    assert causal.config._attn_implementation == "qerl_packed"
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
+    assert any(float(g.abs().sum()) > 0 for g in grads[1])
+
+
 @pytest.mark.parametrize("algorithm", [GRPO(), DAPO()], ids=["GRPO", "DAPO"])
 def test_packed_update_gives_the_padded_loss_and_lora_gradients(tiny_llama, algorithm):
     model, r = ragged_rollout(tiny_llama, lora=True)
@@ -185,17 +232,19 @@ def test_a_module_hands_its_layout_to_the_vllm_engine_scoring_forward():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_packed_logprobs_in_bfloat16_take_the_additive_mask(tiny_llama):
-    """The training dtype: a bf16 decoder gets the bf16 additive mask (aligned rows, SDPA's masked kernel takes it as
-    it is) and agrees with the padded rows within bf16 rounding."""
+def test_gpu_packed_logprobs_in_bfloat16_by_segments_and_by_the_mask(tiny_llama):
+    """The training dtype on CUDA: segment attention (flash / memory-efficient kernels with a lower-right causal bias)
+    and the dense additive mask (aligned rows) both agree with the padded rows within bf16 rounding."""
     model, r = ragged_rollout(tiny_llama, device="cuda")
     model = model.to(torch.bfloat16)
-    gaps = []
-    for rows in PackedGroups().batches(r, 4):
-        a = PaddedRows().logprobs(model, r, rows, 1.0).logprobs
-        b = PackedGroups().logprobs(model, r, rows, 1.0).logprobs
-        mask = r.completion_mask[rows, : a.shape[1]].bool()
-        assert torch.isfinite(b[mask]).all()
-        gaps.append((a[mask] - b[mask]).abs())
-    gap = torch.cat(gaps)
-    assert float(gap.mean()) < 2e-2 and float(gap.max()) < 0.25, (float(gap.mean()), float(gap.max()))
+    for layout in (PackedGroups(), PackedGroups(segments=False)):
+        gaps = []
+        for rows in layout.batches(r, 4):
+            a = PaddedRows().logprobs(model, r, rows, 1.0).logprobs
+            b = layout.logprobs(model, r, rows, 1.0).logprobs
+            mask = r.completion_mask[rows, : a.shape[1]].bool()
+            assert torch.isfinite(b[mask]).all()
+            gaps.append((a[mask] - b[mask]).abs())
+        gap = torch.cat(gaps)
+        assert float(gap.mean()) < 2e-2 and float(gap.max()) < 0.25, (layout.segments, float(gap.mean()))
+    assert model.config._attn_implementation == "qerl_packed"

@@ -96,7 +96,7 @@ class RunShape:
         lora_rank, lora_targets: adapters (rank 0: none).
         packed: the update packs a micro-batch's rows (one group's) behind one copy of their prompt, without padding
             (`QeRLModule(pack_groups=True)`): one sequence of prompt_len + micro_batch x response_len positions and
-            a dense additive (L x L) block mask instead of micro_batch padded rows.
+            no mask (segment-by-segment attention) instead of micro_batch padded rows.
     """
 
     rows: int
@@ -121,13 +121,11 @@ class RunShape:
         return micro_batch * self.seq_len
 
     def mask_bytes(self, micro_batch: int, dtype_bytes: int) -> float:
-        """The update's attention mask: HF's (rows, 1, S, S) padding mask, or the packed layout's one (L, L) block
-        mask with its rows padded to `qerl.models.packed.MASK_ALIGN` columns."""
+        """The update's attention mask: HF's (rows, 1, S, S) padding mask; none for the packed layout, whose `sdpa`
+        policy attends segment by segment (`qerl.models.segment_attention`; the dense block mask of an `eager` one
+        is not counted)."""
         if self.packed:
-            from qerl.models.packed import MASK_ALIGN
-
-            length = self.update_tokens(micro_batch)
-            return float(length * (-(-length // MASK_ALIGN) * MASK_ALIGN) * dtype_bytes)
+            return 0.0
         return float(micro_batch * self.seq_len * self.seq_len * dtype_bytes)
 
 

@@ -13,21 +13,23 @@ another completion. Every token therefore sees exactly what it sees in its own p
 same function of the weights (equal up to float rounding; tests/test_packed.py) and the gradients sum the prompt's
 share over the group instead of computing it k times. The LM head runs only on real completion positions.
 
-The mask is a dense (L x L) additive tensor in the decoder's dtype, handed to the decoder as a custom 4D mask (HF's
-`sdpa` and `eager` take it as it is); other attention implementations are refused with what to change. Activations
-per micro-batch are at most the padded layout's (one prompt instead of k, no padding); the mask costs 2 L^2 bytes in
-bf16 (8 completions of 4,096 tokens behind a 256-token prompt: ~2.2 GB at the extreme), which the memory plan counts
-(`RunShape.packed`).
+An `sdpa` policy attends segment by segment (`qerl.models.segment_attention`: the prompt causally, each completion
+against the prompt and itself with a lower-right causal bias), so only the scores the block structure allows are
+computed and no mask is held. An `eager` policy (or `segments=False`) takes a dense (L x L) additive block mask in the
+decoder's dtype, 2 L^2 bytes in bf16, built in place with rows aligned for SDPA; other attention implementations are
+refused with what to change. Activations per micro-batch are at most the padded layout's (one prompt instead of k, no
+padding); the memory plan counts the packed layout (`RunShape.packed`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from qerl.models import segment_attention
 from qerl.models.logprobs import DEFAULT_LOGITS_BUDGET, TokenLogprobs, causal_lm, head_logprobs
 from qerl.types import Rollout
 
-MASKS = ("sdpa", "eager")
+MASKS = ("sdpa", "eager", segment_attention.NAME)
 
 
 def completion_lengths(rollout: Rollout, rows: torch.Tensor) -> list[int]:
@@ -67,12 +69,15 @@ def block_mask(prompt_len: int, lengths: list[int], device, dtype: torch.dtype) 
 class PackedGroups:
     """Micro-batches of up to `size` rows of one group, each packed behind one copy of the group's prompt.
 
-    Selected by `QeRLModule(pack_groups=True)` and `benchmarks/step.py --pack-groups`."""
+    Selected by `QeRLModule(pack_groups=True)` and `benchmarks/step.py --pack-groups`. An `sdpa` policy attends
+    segment by segment (`qerl.models.segment_attention`: no mask, only the scores the block mask allows); an `eager`
+    one, or `segments=False`, takes the dense block mask."""
 
     name = "packed_groups"
 
-    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET) -> None:
+    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, segments: bool = True) -> None:
         self.logits_budget = int(logits_budget)
+        self.segments = bool(segments)
 
     def batches(self, rollout: Rollout, size: int):
         """Row-index groups: each group's rows in order, in runs of at most `size` (groups are contiguous)."""
@@ -102,6 +107,8 @@ class PackedGroups:
         if implementation not in MASKS:
             raise ValueError(f"PackedGroups needs the policy's attention implementation to be one of {MASKS} (it takes "
                              f"a custom block mask); the policy runs {implementation!r}. Set `pack_groups: false`.")
+        segments = (self.segments and segment_attention.use_segment_attention(lm.config)
+                    or implementation == segment_attention.NAME)
         head, decoder = lm.get_output_embeddings(), lm.get_decoder()
         temperature = float(temperature) if temperature and temperature > 0 else 1.0
         device = rollout.completion_ids.device
@@ -112,10 +119,15 @@ class PackedGroups:
         ids = torch.cat([prompt] + [rollout.completion_ids[r, :n] for r, n in zip(row_list, lengths)]).unsqueeze(0)
         positions = torch.cat([torch.arange(prompt_len, device=device)]
                               + [torch.arange(prompt_len, prompt_len + n, device=device) for n in lengths])
-        dtype = next(decoder.parameters()).dtype
-        mask = block_mask(prompt_len, lengths, device, dtype if dtype.is_floating_point else torch.float32)
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions.unsqueeze(0),
-                         use_cache=False).last_hidden_state[0]
+        if segments:
+            hidden = decoder(input_ids=ids, attention_mask=torch.zeros(segment_attention.NO_MASK_SHAPE, device=device),
+                             position_ids=positions.unsqueeze(0), use_cache=False,
+                             packed_segments=(prompt_len, tuple(lengths))).last_hidden_state[0]
+        else:
+            dtype = next(decoder.parameters()).dtype
+            mask = block_mask(prompt_len, lengths, device, dtype if dtype.is_floating_point else torch.float32)
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions.unsqueeze(0),
+                             use_cache=False).last_hidden_state[0]
         # the hidden state that predicts token t of completion i: the prompt's last for t = 0, else its own t - 1
         source, out_row, out_col, offset = [], [], [], prompt_len
         for i, n in enumerate(lengths):
