@@ -158,7 +158,7 @@ def reconstruct(row: dict, prompt: int, total: float) -> dict:
     local = row["batch"] // row.get("gpus", 1)
     run = RunShape(rows=local, prompt_len=prompt, response_len=row["new"], micro_batch=row["micro_batch"],
                    rollout_rows=local, gradient_checkpointing=row.get("gradient_checkpointing", True),
-                   packed=row.get("layout") == "packed_groups")
+                   packed=str(row.get("layout", "")).startswith("packed_groups"))
     bits = weight_bits(QUANT[row["format"]])
     need = estimate_engine(shape, row_settings(row, prompt))
     util, sleep = row["vllm"]["resolved_utilization"], bool(row["vllm"]["slept"])

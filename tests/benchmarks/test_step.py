@@ -116,3 +116,23 @@ def test_aqn_flags_that_cannot_work_are_refused_before_any_work(monkeypatch, cap
     with pytest.raises(SystemExit) as exc:
         script.main()
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_packed_rows_compute_one_prompt_per_group_by_segments_or_by_the_mask(tmp_path, monkeypatch):
+    rows = {}
+    for name, flags in {"padded": [], "segments": ["--pack-groups"], "mask": ["--pack-groups", "--pack-mask"]}.items():
+        out = tmp_path / name
+        out.mkdir()
+        rows[name] = run_row(out, monkeypatch, *flags)[0]
+        assert rows[name]["status"] == "ok"
+    assert [rows[n]["layout"] for n in rows] == ["rows", "packed_groups", "packed_groups-mask"]
+    assert rows["segments"]["decoder_positions"] == rows["mask"]["decoder_positions"] \
+        < rows["padded"]["decoder_positions"]
+
+
+def test_pack_mask_without_pack_groups_is_refused(monkeypatch, capsys):
+    script = load_script()
+    monkeypatch.setattr(sys, "argv", ["step.py", *ROW, "--pack-mask"])
+    with pytest.raises(SystemExit) as exc:
+        script.main()
+    assert exc.value.code == 2 and "--pack-mask needs --pack-groups" in capsys.readouterr().err
