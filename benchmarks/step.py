@@ -74,7 +74,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
-LAYOUT = {"pack_groups": False, "segments": True}  # --pack-groups: the update as qerl.models.packed.PackedGroups
+LAYOUT = {"pack_groups": False, "segments": None}  # --pack-groups: the update as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 PRESET = {"7b": "qwen2.5-7b", "14b": "qwen2.5-14b", "32b": "qwen2.5-32b", "tiny": "tiny"}
@@ -222,7 +222,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
             "noise": noise.metrics(backend) if noise is not None else None,
             "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
             "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # completion positions, rows
-            "layout": layout.name + ("" if getattr(layout, "segments", True) else "-mask"),
+            "layout": layout.name + {None: "", True: "-segments", False: "-mask"}[getattr(layout, "segments", None)],
             "decoder_positions": layout.positions(rollout, micro_batch),  # what the update's decoder computed
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
@@ -565,9 +565,10 @@ def main() -> None:
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
-    parser.add_argument("--pack-mask", action="store_true",
-                        help="with --pack-groups: attend through the dense (L x L) block mask instead of segment by "
-                             "segment (the comparison; PackedGroups(segments=False))")
+    parser.add_argument("--pack-attention", choices=["auto", "segments", "mask"], default="auto",
+                        help="with --pack-groups: how a packed group attends (PackedGroups(segments=...)): by its "
+                             "length (auto, the default), always segment by segment, or always through the dense "
+                             "block mask")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
@@ -580,9 +581,9 @@ def main() -> None:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
-    LAYOUT["segments"] = not args.pack_mask
-    if args.pack_mask and not args.pack_groups:
-        parser.error("--pack-mask needs --pack-groups")
+    LAYOUT["segments"] = {"auto": None, "segments": True, "mask": False}[args.pack_attention]
+    if args.pack_attention != "auto" and not args.pack_groups:
+        parser.error("--pack-attention needs --pack-groups")
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave
 
     ranks, rank, local_rank = launched()

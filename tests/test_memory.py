@@ -108,10 +108,12 @@ def test_qwen32b_plan_numbers():
     assert 60e9 < est.peak < 76e9  # measured 69.9 GB on an H100 (estimate 74.4 GB)
 
 
-def test_a_packed_update_counts_one_prompt_and_no_mask():
+def test_a_packed_update_counts_one_prompt_and_a_mask_only_where_it_is_short():
     """`RunShape.packed` (QeRLModule(pack_groups=True)): a micro-batch is one sequence of the prompt and its rows'
-    completions, attended segment by segment (no (L, L) mask)."""
+    completions; a long one attends segment by segment (no (L, L) mask), a short one holds the block mask that
+    `block_mask` allocates, byte for byte."""
     from qerl.memory.startup import run_shape
+    from qerl.models.packed import block_mask
     from tests.rl_helpers import tiny_module
 
     shape = ModelShape(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064)
@@ -121,6 +123,8 @@ def test_a_packed_update_counts_one_prompt_and_no_mask():
     assert packed.training["layer inputs (checkpointed)"] == 28 * 3584 * 2 * length
     assert padded.training["layer inputs (checkpointed)"] == 28 * 3584 * 2 * 8 * (256 + 4096)
     assert packed.training["attention mask"] == 0 and padded.training["attention mask"] == 8 * 4352 ** 2 * 2
+    mask = block_mask(3, [4, 4], "cpu", torch.bfloat16)  # 11 positions, rows padded to 16 columns
+    assert mask.untyped_storage().nbytes() == RunShape(2, 3, 4, 2, packed=True).mask_bytes(2, 2) == 11 * 16 * 2
     assert packed.training_peak < padded.training_peak
     module = tiny_module(pack_groups=True)
     module.setup("fit")

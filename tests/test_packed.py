@@ -96,7 +96,7 @@ def test_an_sdpa_policy_attends_segment_by_segment_with_no_mask(tiny_llama, monk
     monkeypatch.setattr(segment_attention, "_sdpa", spy)
     rows = next(iter(PackedGroups().batches(r, 4)))
     prompt_len, lengths = int(r.prompt_mask[rows[0]].sum()), r.completion_mask[rows].sum(1).tolist()
-    PackedGroups().logprobs(model, r, rows, 1.0)
+    PackedGroups(segments=True).logprobs(model, r, rows, 1.0)
     assert model.config._attn_implementation == segment_attention.NAME
     per_layer = [(prompt_len, prompt_len, "NoneType", True)] + [(n, prompt_len + n, CausalBias.__name__, False)
                                                                 for n in lengths]
@@ -104,6 +104,24 @@ def test_an_sdpa_policy_attends_segment_by_segment_with_no_mask(tiny_llama, monk
     calls.clear()
     padded = PaddedRows().logprobs(model, r, rows, 1.0)  # the fallback: HF's sdpa function, not the segments
     assert not calls and torch.isfinite(padded.logprobs).all()
+
+
+def test_by_default_a_long_packed_sequence_attends_by_segments_and_a_short_one_through_the_mask(tiny_llama,
+                                                                                              monkeypatch):
+    from qerl.models import packed, segment_attention
+
+    model, r = ragged_rollout(tiny_llama)
+    calls = []
+    real = segment_attention._sdpa
+    monkeypatch.setattr(segment_attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    rows = next(iter(PackedGroups().batches(r, 4)))
+    length = int(r.prompt_mask[rows[0]].sum() + r.completion_mask[rows].sum())
+    monkeypatch.setattr(packed, "SEGMENTS_FROM", length)  # not above: the mask
+    short = PackedGroups().logprobs(model, r, rows, 1.0).logprobs
+    assert not calls
+    monkeypatch.setattr(packed, "SEGMENTS_FROM", length - 1)  # above: segments
+    long = PackedGroups().logprobs(model, r, rows, 1.0).logprobs
+    assert calls and torch.allclose(short, long, atol=1e-5)
 
 
 def test_segments_and_the_dense_mask_give_the_same_gradients_under_checkpointing(tiny_llama):
@@ -114,7 +132,7 @@ def test_segments_and_the_dense_mask_give_the_same_gradients_under_checkpointing
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
     grads = []
-    for layout in (PackedGroups(segments=False), PackedGroups()):
+    for layout in (PackedGroups(segments=False), PackedGroups(segments=True)):
         model.zero_grad()
         for rows in layout.batches(r, 4):
             lp = layout.logprobs(model, r, rows, 1.0).logprobs
@@ -237,7 +255,7 @@ def test_gpu_packed_logprobs_in_bfloat16_by_segments_and_by_the_mask(tiny_llama)
     and the dense additive mask (aligned rows) both agree with the padded rows within bf16 rounding."""
     model, r = ragged_rollout(tiny_llama, device="cuda")
     model = model.to(torch.bfloat16)
-    for layout in (PackedGroups(), PackedGroups(segments=False)):
+    for layout in (PackedGroups(segments=True), PackedGroups(segments=False)):
         gaps = []
         for rows in layout.batches(r, 4):
             a = PaddedRows().logprobs(model, r, rows, 1.0).logprobs

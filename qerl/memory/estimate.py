@@ -96,7 +96,8 @@ class RunShape:
         lora_rank, lora_targets: adapters (rank 0: none).
         packed: the update packs a micro-batch's rows (one group's) behind one copy of their prompt, without padding
             (`QeRLModule(pack_groups=True)`): one sequence of prompt_len + micro_batch x response_len positions and
-            no mask (segment-by-segment attention) instead of micro_batch padded rows.
+            its block mask where that sequence is short (segment-by-segment attention, no mask, where it is long)
+            instead of micro_batch padded rows.
     """
 
     rows: int
@@ -121,11 +122,16 @@ class RunShape:
         return micro_batch * self.seq_len
 
     def mask_bytes(self, micro_batch: int, dtype_bytes: int) -> float:
-        """The update's attention mask: HF's (rows, 1, S, S) padding mask; none for the packed layout, whose `sdpa`
-        policy attends segment by segment (`qerl.models.segment_attention`; the dense block mask of an `eager` one
-        is not counted)."""
+        """The update's attention mask: HF's (rows, 1, S, S) padding mask, or the packed layout's (L, L) block mask
+        (rows padded to `MASK_ALIGN` columns) where the packed sequence is short enough to take it (`SEGMENTS_FROM`;
+        longer ones attend segment by segment, with no mask)."""
         if self.packed:
-            return 0.0
+            from qerl.models.packed import MASK_ALIGN, SEGMENTS_FROM
+
+            length = self.update_tokens(micro_batch)
+            if length > SEGMENTS_FROM:
+                return 0.0
+            return float(length * (-(-length // MASK_ALIGN) * MASK_ALIGN) * dtype_bytes)
         return float(micro_batch * self.seq_len * self.seq_len * dtype_bytes)
 
 

@@ -30,6 +30,11 @@ from qerl.models.logprobs import DEFAULT_LOGITS_BUDGET, TokenLogprobs, causal_lm
 from qerl.types import Rollout
 
 MASKS = ("sdpa", "eager", segment_attention.NAME)
+#: packed positions above which `PackedGroups(segments=None)` attends segment by segment: one 7B attention layer,
+#: forward + backward on an H100, 8 completions behind a 256-token prompt, segments vs the dense mask: 4.64 vs 1.25 ms
+#: at 2,256 positions, 4.15 vs 3.53 at 4,176, 5.14 vs 6.72 at 5,856, 13.8 vs 42.8 at 16,256
+#: (benchmarks/results/packed-attention-NVIDIA-H100-80GB-HBM3-2026-12-07.json)
+SEGMENTS_FROM = 5000
 
 
 def completion_lengths(rollout: Rollout, rows: torch.Tensor) -> list[int]:
@@ -69,15 +74,17 @@ def block_mask(prompt_len: int, lengths: list[int], device, dtype: torch.dtype) 
 class PackedGroups:
     """Micro-batches of up to `size` rows of one group, each packed behind one copy of the group's prompt.
 
-    Selected by `QeRLModule(pack_groups=True)` and `benchmarks/step.py --pack-groups`. An `sdpa` policy attends
-    segment by segment (`qerl.models.segment_attention`: no mask, only the scores the block mask allows); an `eager`
-    one, or `segments=False`, takes the dense block mask."""
+    Selected by `QeRLModule(pack_groups=True)` and `benchmarks/step.py --pack-groups`. How an `sdpa` policy attends
+    (`segments`): True, segment by segment (`qerl.models.segment_attention`: no mask, only the allowed scores, but a
+    few launches per completion); False, through the dense block mask (all L^2 scores); None (default), by the packed
+    sequence's length - segments above `SEGMENTS_FROM` positions, the mask up to it. An `eager` policy always takes
+    the mask."""
 
     name = "packed_groups"
 
-    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, segments: bool = True) -> None:
+    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, segments: bool | None = None) -> None:
         self.logits_budget = int(logits_budget)
-        self.segments = bool(segments)
+        self.segments = segments
 
     def batches(self, rollout: Rollout, size: int):
         """Row-index groups: each group's rows in order, in runs of at most `size` (groups are contiguous)."""
@@ -107,8 +114,7 @@ class PackedGroups:
         if implementation not in MASKS:
             raise ValueError(f"PackedGroups needs the policy's attention implementation to be one of {MASKS} (it takes "
                              f"a custom block mask); the policy runs {implementation!r}. Set `pack_groups: false`.")
-        segments = (self.segments and segment_attention.use_segment_attention(lm.config)
-                    or implementation == segment_attention.NAME)
+        can_segment = segment_attention.use_segment_attention(lm.config)  # an sdpa policy switches to qerl_packed
         head, decoder = lm.get_output_embeddings(), lm.get_decoder()
         temperature = float(temperature) if temperature and temperature > 0 else 1.0
         device = rollout.completion_ids.device
@@ -119,7 +125,8 @@ class PackedGroups:
         ids = torch.cat([prompt] + [rollout.completion_ids[r, :n] for r, n in zip(row_list, lengths)]).unsqueeze(0)
         positions = torch.cat([torch.arange(prompt_len, device=device)]
                               + [torch.arange(prompt_len, prompt_len + n, device=device) for n in lengths])
-        if segments:
+        total = prompt_len + sum(lengths)
+        if can_segment and (self.segments if self.segments is not None else total > SEGMENTS_FROM):
             hidden = decoder(input_ids=ids, attention_mask=torch.zeros(segment_attention.NO_MASK_SHAPE, device=device),
                              position_ids=positions.unsqueeze(0), use_cache=False,
                              packed_segments=(prompt_len, tuple(lengths))).last_hidden_state[0]
