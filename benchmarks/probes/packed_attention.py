@@ -7,20 +7,27 @@ block mask (`block_mask`), `padded` (with `--padded`) the 8 rows each padded to 
 causal boolean mask, as the row layout runs them. Times are CUDA-event means over `--reps` after one warm-up; only
 attention runs, so what a layer's GEMMs would hide of the segments' launch overhead is not seen here.
 
-    PYTHONPATH=. python benchmarks/probes/packed_attention.py --groups 250x8 490x8 700x8 1000x8 2000x8 \\
-        4096,450,500,300,700,350,420,380 --padded --out $OUT/packed-attention.json
+    python benchmarks/probes/packed_attention.py --groups 250x8 490x8 700x8 1000x8 2000x8 \\
+        4096,450,500,300,700,350,420,380 --padded --out $OUT
+
+Needs a CUDA device. Writes `packed-attention-<card>-<date>.json` into `--out` (default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from qerl.models.packed import block_mask
-from qerl.models.segment_attention import segment_attention
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", ".."), os.path.join(HERE, "..")]  # the repository (qerl), benchmarks/
+from result_file import write_result  # noqa: E402
+
+from qerl.models.packed import block_mask  # noqa: E402
+from qerl.models.segment_attention import segment_attention  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, PROMPT = 28, 4, 128, 256
 
@@ -82,17 +89,15 @@ def main() -> None:
     p.add_argument("--groups", nargs="+", default=["250x8", "490x8", "700x8", "1000x8", "2000x8"])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--padded", action="store_true", help="also time the 8 rows padded (the row layout)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=os.path.join(HERE, "..", "results"))
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device (it times CUDA kernels)")
     rows = []
     for text in args.groups:
         rows.append(measure(lengths_of(text), args.reps, args.padded))
         print(json.dumps(rows[-1]), flush=True)
-    record = {"card": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(record, f, indent=1)
+    write_result(args.out, "packed-attention", {"torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":
