@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", ".."), os.path.join(HERE, "..")]  # the repository (qerl), benchmarks/
-from result_file import write_result  # noqa: E402
+from result_file import write_result
 
-from qerl.models.packed import block_mask  # noqa: E402
-from qerl.models.segment_attention import segment_attention  # noqa: E402
+from qerl.models.packed import block_mask
+from qerl.models.segment_attention import segment_attention
 
 HEADS, KV_HEADS, HEAD_DIM, PROMPT = 28, 4, 128, 256
 
