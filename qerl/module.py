@@ -74,7 +74,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
         pack_groups: the update's layout. False (default): micro-batches of padded rows, each row its own copy of
             its prompt. True: up to `micro_batch_size` completions of one group packed behind one copy of their
             prompt, no padding (`qerl.models.packed.PackedGroups`; same log-probs, fewer positions; needs the
-            policy's attention to be `sdpa` or `eager`).
+            policy's attention to be `sdpa` or `eager`; an `sdpa` policy is switched to `qerl_packed`, which attends
+            a long packed group segment by segment and is HF's `sdpa` otherwise).
     """
 
     def __init__(
