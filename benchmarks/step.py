@@ -156,8 +156,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
 
     phases = {"aqn": 0.0}
     layout = PackedGroups(segments=LAYOUT["segments"]) if LAYOUT["pack_groups"] else PaddedRows()
-    if hasattr(backend, "scoring_layout"):  # VLLM's own mismatch forward (--mismatch rollout) as QeRLModule sets it
-        backend.scoring_layout = layout
+    backend.scoring_layout = layout  # VLLM's own mismatch forward (--mismatch rollout), as QeRLModule sets it
 
     def generate():
         with noise.generating(backend, phases) if noise is not None else contextlib.nullcontext():

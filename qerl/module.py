@@ -153,6 +153,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
                                                       noise=self.noise is not None)
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
+            self.layout.check(self.model)  # a layout the policy cannot run is refused before any rollout
             distributed.broadcast_only_trainable(self)  # under DDP every rank loads the frozen base itself
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts

@@ -174,6 +174,25 @@ def test_an_attention_without_custom_masks_is_refused_with_what_to_change(tiny_l
         PackedGroups().logprobs(model, r, torch.arange(4), 1.0)
 
 
+def test_a_module_refuses_a_policy_it_cannot_pack_at_setup_before_any_rollout(monkeypatch):
+    from rl_helpers import tiny_module
+
+    import qerl.module
+
+    build = qerl.module.build_policy
+
+    def flash_policy(*args, **kwargs):
+        model, tok = build(*args, **kwargs)
+        model.get_base_model().config._attn_implementation = "flash_attention_2"
+        return model, tok
+
+    monkeypatch.setattr(qerl.module, "build_policy", flash_policy)
+    module = tiny_module(pack_groups=True)
+    with pytest.raises(ValueError, match="'flash_attention_2'.*model.init_args.pack_groups: false"):
+        module.setup("fit")
+    assert module.rollout.policy is None  # the engine was never set up
+
+
 def test_a_micro_batch_across_groups_or_a_holed_mask_is_refused(tiny_llama):
     model, r = ragged_rollout(tiny_llama)
     with pytest.raises(ValueError, match="rows of one group"):

@@ -146,6 +146,9 @@ class PaddedRows:
 
     name = "rows"
 
+    def check(self, model: nn.Module) -> None:
+        """Every policy takes padded rows."""
+
     def batches(self, rollout: Rollout, size: int):
         return micro_batches(rollout.completion_mask, size)
 

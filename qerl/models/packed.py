@@ -86,6 +86,15 @@ class PackedGroups:
         self.logits_budget = int(logits_budget)
         self.segments = segments
 
+    def check(self, model: nn.Module) -> None:
+        """Refuse a policy whose attention cannot take the packed layout (QeRLModule calls it at setup, before any
+        rollout, so a wrong setting costs no step)."""
+        implementation = getattr(causal_lm(model).config, "_attn_implementation", "eager") or "eager"
+        if implementation not in MASKS:
+            raise ValueError(f"PackedGroups needs the policy's attention implementation to be one of {MASKS} (it takes "
+                             f"a custom block mask); the policy runs {implementation!r}. Set "
+                             "`model.init_args.pack_groups: false`, or load the policy with sdpa attention.")
+
     def batches(self, rollout: Rollout, size: int):
         """Row-index groups: each group's rows in order, in runs of at most `size` (groups are contiguous)."""
         size = max(1, int(size))
@@ -110,10 +119,7 @@ class PackedGroups:
         if int(rollout.group_index[rows].min()) != int(rollout.group_index[rows].max()):
             raise ValueError("PackedGroups: a micro-batch must hold rows of one group (one prompt).")
         lm = causal_lm(model)
-        implementation = getattr(lm.config, "_attn_implementation", "eager") or "eager"
-        if implementation not in MASKS:
-            raise ValueError(f"PackedGroups needs the policy's attention implementation to be one of {MASKS} (it takes "
-                             f"a custom block mask); the policy runs {implementation!r}. Set `pack_groups: false`.")
+        self.check(model)
         can_segment = segment_attention.use_segment_attention(lm.config)  # an sdpa policy switches to qerl_packed
         head, decoder = lm.get_output_embeddings(), lm.get_decoder()
         temperature = float(temperature) if temperature and temperature > 0 else 1.0

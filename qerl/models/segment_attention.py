@@ -66,19 +66,13 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
-_REGISTERED: list[bool] = []
-
-
 def register() -> None:
-    """Register `qerl_packed` with HF's attention and mask interfaces (once per process)."""
-    if _REGISTERED:
-        return
+    """Register `qerl_packed` with HF's attention and mask interfaces (registering again replaces the same entries)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, segment_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
-    _REGISTERED.append(True)
 
 
 def use_segment_attention(config) -> bool:
