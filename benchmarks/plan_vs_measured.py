@@ -118,7 +118,7 @@ def row_settings(row: dict, prompt: int):
     packed = served.split()[0] if "compressed-tensors" in served else None
     kv_gb = v.get("kv_cache_memory_gb")
     return EngineSettings(
-        max_num_seqs=row["batch"] // row.get("gpus", 1), max_model_len=prompt + row["new"] + MODEL_LEN_EXTRA,
+        max_num_seqs=row["batch"] // row.get("gpus", 1), max_model_len=prompt + row.get("engine_new", row["new"]) + MODEL_LEN_EXTRA,
         kv_dtype_bytes=1 if v.get("kv_cache_dtype") == "fp8" else None,
         packed_bits=weight_bits(packed.upper()) if packed else None, lora_rank=LORA_RANK,
         lora_targets=tuple(sorted(DEFAULT_TARGETS)), kv_cache_bytes=None if kv_gb is None else kv_gb * GIB,
@@ -168,6 +168,44 @@ def reconstruct(row: dict, prompt: int, total: float) -> dict:
     return dict(fields, need_gb=round(need.need / GB, 2), awake_peak_gb=round(awake.peak / GB, 2))
 
 
+def longest_micro_batch(row: dict, prompt: int) -> int | None:
+    """Decoder positions of the step's longest micro-batch at the lengths it drew (`lengths_drawn`, in rollout order,
+    cut into micro-batches of `micro_batch` completions): a packed micro-batch is one copy of the prompt and its
+    completions back to back, a padded one `micro_batch` rows as long as its longest. None without drawn lengths."""
+    lengths, mb = row.get("lengths_drawn"), row.get("micro_batch")
+    if not lengths or not mb:
+        return None
+    chunks = [lengths[i:i + mb] for i in range(0, len(lengths), mb)]
+    if str(row.get("layout", "")).startswith("packed_groups"):
+        return max(prompt + sum(c) for c in chunks)
+    return max(len(c) * (prompt + max(c)) for c in chunks)
+
+
+def drawn_plan(row: dict, prompt: int, total: float) -> dict | None:
+    """The plan rebuilt at the step's own lengths: the same engine and micro-batch, the update sized for its longest
+    micro-batch (`longest_micro_batch`) instead of the worst case the start-up plan must cover (every completion at
+    the cap). A packed step's worst case is `prompt + micro_batch x new` positions, often 3x what a draw reaches, so
+    its planned peak is an upper bound; this says whether the model is right where the step really was."""
+    longest = longest_micro_batch(row, prompt)
+    if longest is None:
+        return None
+    plan = reconstruct(row, prompt, total)
+    packed = str(row.get("layout", "")).startswith("packed_groups")
+    mb = row["micro_batch"]
+    # the response length that gives the longest micro-batch's positions under the plan's update_tokens
+    new = -(-(longest - prompt) // mb) if packed else -(-longest // mb) - prompt
+    at_draw = reconstruct(replace_new(row, new), prompt, total)
+    return {"longest_positions": longest, "worst_positions": (prompt + mb * row["new"]) if packed
+            else mb * (prompt + row["new"]), "training_peak_gb": at_draw["est_phases_gb"]["training_peak"],
+            "worst_training_peak_gb": plan["est_phases_gb"]["training_peak"]}
+
+
+def replace_new(row: dict, new: int) -> dict:
+    """`row` with its completion length `new` for the update but its engine (KV cache, `max_model_len`) as it ran:
+    the engine's memory is fixed at start-up by the cap, not by what a step draws."""
+    return dict(row, new=new, engine_new=row.get("engine_new", row["new"]))
+
+
 def engine_kv_cache(backend, shape, settings) -> dict | None:
     """The KV cache the engine really allocated: vLLM's `num_gpu_blocks` x `block_size` tokens, and their GB on one
     GPU at the cache's dtype (`settings`: the engine's `EngineSettings`); None when the engine does not expose it."""
@@ -180,6 +218,20 @@ def engine_kv_cache(backend, shape, settings) -> dict | None:
         return None
     per_token = kv_bytes_per_token(shape, settings.kv_dtype_bytes or settings.dtype_bytes)
     return {"tokens": tokens, "gb": round(tokens * per_token / settings.tensor_parallel_size / GB, 3)}
+
+
+def drawn_text(row: dict, prompt: int, total: float) -> str:
+    """One sentence: the training plan at the step's own lengths (`drawn_plan`) against the card, where the step's
+    longest micro-batch fell short of the worst case the start-up plan covers; empty otherwise."""
+    drawn = drawn_plan(row, prompt, total)
+    if drawn is None or drawn["longest_positions"] >= drawn["worst_positions"]:
+        return ""
+    card = measured(row)["card_after_train"]
+    off = off_pct(drawn["training_peak_gb"], card)
+    return (f" At this step's lengths (its longest micro-batch {drawn['longest_positions']} positions, the worst "
+            f"case {drawn['worst_positions']}) the training plan is {drawn['training_peak_gb']:.2f} GB against the "
+            f"card's {card:.2f} GB ({'-' if off is None else f'{off:+.1f}%'}); the start-up plan's "
+            f"{drawn['worst_training_peak_gb']:.2f} GB covers every completion at the cap.")
 
 
 def report(path: str, total_gib: float | None = None) -> str:
@@ -225,7 +277,7 @@ def report(path: str, total_gib: float | None = None) -> str:
             f"{cmp['est_vs_peak_against'].split(' (')[0].split(':')[0]}), est_vs_card {cmp['est_vs_card']}. The update"
             f" alone: plan {num(update['plan_torch_gb'])} vs torch {num(update['torch_gb'])} "
             f"({pct(update['off_torch_pct'])}), plan {num(update['plan_card_gb'])} vs card {num(update['card_gb'])} "
-            f"({pct(update['off_card_pct'])}).{kv_text}")
+            f"({pct(update['off_card_pct'])}).{kv_text}{drawn_text(row, data['prompt'], total)}")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 

@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import plan_vs_measured as pvm
 import step
 
-GSM8K = os.path.join(ROOT, "benchmarks", "results", "step-NVIDIA-H100-80GB-HBM3-2026-12-06-gsm8k-shape.json")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+GSM8K = os.path.join(RESULTS, "step-NVIDIA-H100-80GB-HBM3-2026-12-06-gsm8k-shape.json")
 
 
 @pytest.mark.parametrize(("quantizer", "served_as", "sleep", "kv_gib", "kv_dtype"), [
@@ -89,3 +90,31 @@ def test_compare_takes_the_first_rollout_and_copes_with_missing_readings():
     assert got["phases"]["rollout"]["off_card_pct"] == 0.1  # 43.0 vs 42.95 GB
     assert got["phases"]["training"]["off_card_pct"] is None and got["est_vs_peak"] is None
     assert got["est_vs_card"] == round(50.0 / (40.0 * 2**30 / 1e9), 3)
+
+
+def test_a_packed_rows_plan_at_its_drawn_lengths_is_within_a_few_percent_of_the_card():
+    """2026-12-07 H100 GSM8K-shape rows: the start-up plan covers every completion at the cap (one group packed:
+    256 + 8 x 4,096 = 33,024 positions); the step's longest group drew 10,385, and the plan rebuilt there is within
+    1% (NVFP4, engine awake) and 5% (bf16, engine asleep) of what the card held after training."""
+    import json
+
+    def row(tag):
+        path = os.path.join(RESULTS, f"step-NVIDIA-H100-80GB-HBM3-2026-12-07-{tag}.json")
+        with open(path) as f:
+            return json.load(f)["rows"][0]
+
+    total = 85.017e9
+    nvfp4, bf16, rows = row("gsm8k-nvfp4-packgroups"), row("gsm8k-bf16-packgroups"), row("gsm8k-nvfp4")
+    assert pvm.longest_micro_batch(nvfp4, 256) == 256 + 388 + 4096 + 147 + 449 + 4096 + 136 + 306 + 511 == 10385
+    assert pvm.longest_micro_batch(rows, 256) == 8 * (256 + 4096)  # a padded micro-batch with one capped row
+    drawn = pvm.drawn_plan(nvfp4, 256, total)
+    assert (drawn["longest_positions"], drawn["worst_positions"]) == (10385, 33024)
+    assert (drawn["training_peak_gb"], drawn["worst_training_peak_gb"]) == (56.88, 71.53)
+    assert pvm.off_pct(drawn["training_peak_gb"], pvm.measured(nvfp4)["card_after_train"]) == 0.6
+    drawn = pvm.drawn_plan(bf16, 256, total)
+    assert (drawn["training_peak_gb"], drawn["worst_training_peak_gb"]) == (25.67, 40.33)
+    assert pvm.off_pct(drawn["training_peak_gb"], pvm.measured(bf16)["card_after_train"]) == -5.1
+    # the padded row hit its worst case: nothing to add to the report
+    assert pvm.drawn_text(rows, 256, total) == ""
+    assert "56.88 GB against the card's 56.55 GB (+0.6%)" in pvm.drawn_text(nvfp4, 256, total)
+    assert pvm.drawn_plan(dict(nvfp4, lengths_drawn=None), 256, total) is None

@@ -63,8 +63,11 @@ CHILD = textwrap.dedent("""
     sampled = backend.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=12, seed=7))
     score = backend.score(prompts[0], first["tokens"][0])
     print("STAGE sampled and scored", flush=True)
-    backend.release_memory()  # sleep mode on CUDA (the CPU build ignores it); the next generate wakes it
+    backend.release_memory()  # sleep mode on CUDA (the CPU build ignores it)
     print("STAGE asleep", flush=True)
+    # qerl's generate wakes the engine itself; greedy() goes to vLLM directly, and a sleeping engine's generate
+    # never returns (the 2026-12-07 H100 run waited out its 300 s here): wake it as qerl does
+    backend.prepare()
     again = greedy()
     print("RESULT " + json.dumps({
         "resolved": backend.resolved_async_scheduling, "greedy": first, "again": again,
