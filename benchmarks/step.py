@@ -74,7 +74,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
-LAYOUT = {"pack_groups": False, "segments": None}  # --pack-groups: the update as qerl.models.packed.PackedGroups
+LAYOUT = {"pack_groups": False, "segments": None, "batched": False}  # --pack-groups: the update as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
 PRESET = {"7b": "qwen2.5-7b", "14b": "qwen2.5-14b", "32b": "qwen2.5-32b", "tiny": "tiny"}
@@ -155,7 +155,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
     from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
 
     phases = {"aqn": 0.0}
-    layout = PackedGroups(segments=LAYOUT["segments"]) if LAYOUT["pack_groups"] else PaddedRows()
+    layout = (PackedGroups(segments=LAYOUT["segments"], batched=LAYOUT["batched"]) if LAYOUT["pack_groups"]
+              else PaddedRows())
     backend.scoring_layout = layout  # VLLM's own mismatch forward (--mismatch rollout), as QeRLModule sets it
 
     def generate():
@@ -221,7 +222,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
             "noise": noise.metrics(backend) if noise is not None else None,
             "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
             "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # completion positions, rows
-            "layout": layout.name + {None: "", True: "-segments", False: "-mask"}[getattr(layout, "segments", None)],
+            "layout": layout.name + {None: "", True: "-segments", False: "-mask"}[getattr(layout, "segments", None)]
+            + ("-batched" if getattr(layout, "batched", False) else ""),
             "decoder_positions": layout.positions(rollout, micro_batch),  # what the update's decoder computed
             "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
 
@@ -564,10 +566,11 @@ def main() -> None:
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
-    parser.add_argument("--pack-attention", choices=["auto", "segments", "mask"], default="auto",
+    parser.add_argument("--pack-attention", choices=["auto", "segments", "mask", "batched"], default="auto",
                         help="with --pack-groups: how a packed group attends (PackedGroups(segments=...)): by its "
-                             "length (auto, the default), always segment by segment, or always through the dense "
-                             "block mask")
+                             "length (auto, the default), always segment by segment, always through the dense "
+                             "block mask, or segment by segment with all completions in one padded call "
+                             "(PackedGroups(segments=True, batched=True))")
     parser.add_argument("--tag", default="", help="suffix of the output file name")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # run --rows here, write them to this file
     args = parser.parse_args()
@@ -580,7 +583,8 @@ def main() -> None:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
-    LAYOUT["segments"] = {"auto": None, "segments": True, "mask": False}[args.pack_attention]
+    LAYOUT["segments"] = {"auto": None, "segments": True, "mask": False, "batched": True}[args.pack_attention]
+    LAYOUT["batched"] = args.pack_attention == "batched"
     if args.pack_attention != "auto" and not args.pack_groups:
         parser.error("--pack-attention needs --pack-groups")
     from step_ranks import agree, bind_device, compare_to_baseline, join, launched, leave

@@ -124,23 +124,97 @@ def test_by_default_a_long_packed_sequence_attends_by_segments_and_a_short_one_t
     assert calls and torch.allclose(short, long, atol=1e-5)
 
 
-def test_segments_and_the_dense_mask_give_the_same_gradients_under_checkpointing(tiny_llama):
+def test_batched_segments_attend_in_two_calls_a_layer_and_give_the_same_logprobs(tiny_llama, monkeypatch):
+    """`batched=True`: the prompt causally, then every completion at once - rows padded to the longest completion,
+    keys [prompt | own keys], one lower-right causal bias; the same log-probs and entropies as one call each."""
+    from torch.nn.attention.bias import CausalBias
+
+    from qerl.models import segment_attention
+
+    model, r = ragged_rollout(tiny_llama)
+    calls = []
+    real = segment_attention._sdpa
+
+    def spy(q, k, v, **kw):
+        calls.append((tuple(q.shape[:3]), k.shape[2], type(kw.get("attn_mask")).__name__))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(segment_attention, "_sdpa", spy)
+    monkeypatch.setattr(segment_attention, "ONE_CALL_WASTE", 100.0)  # these tiny groups pad ~2.6x: take one call
+    heads = model.config.num_attention_heads
+    for rows in PackedGroups().batches(r, 4):
+        prompt_len, lengths = int(r.prompt_mask[rows[0]].sum()), r.completion_mask[rows].sum(1).tolist()
+        assert len(set(lengths)) > 1  # ragged: the padding is exercised
+        calls.clear()
+        one = PackedGroups(segments=True, batched=True).logprobs(model, r, rows, 0.8, with_entropy=True)
+        widest = max(lengths)
+        assert calls == [((1, heads, prompt_len), prompt_len, "NoneType"),
+                         ((len(lengths), heads, widest), prompt_len + widest, CausalBias.__name__)
+                         ] * model.config.num_hidden_layers
+        each = PackedGroups(segments=True).logprobs(model, r, rows, 0.8, with_entropy=True)
+        mask = r.completion_mask[rows, : one.logprobs.shape[1]].bool()
+        assert torch.allclose(one.logprobs[mask], each.logprobs[mask], atol=1e-5)
+        assert torch.allclose(one.entropy[mask], each.entropy[mask], atol=1e-4)
+        assert torch.all(one.logprobs[~mask] == 0)
+
+
+def test_one_call_is_taken_only_while_the_padding_at_most_doubles_the_scores():
+    from qerl.models.segment_attention import worth_one_call
+
+    assert worth_one_call(256, [490] * 8)  # a typical GSM8K group: no padding
+    assert worth_one_call(256, [300, 700, 450, 500, 380, 420, 350, 600])  # 8 x 700 x 956 vs 3,700 x 256 + sum n^2
+    assert not worth_one_call(256, [4096, 450, 500, 300, 700, 350, 420, 380])  # one at the cap: ~5x the scores
+    assert not worth_one_call(256, [0, 0]) and worth_one_call(256, [0, 7])
+
+
+def test_a_skewed_group_attends_one_call_per_completion_even_when_batched(tiny_llama, monkeypatch):
+    from qerl.models import segment_attention
+
+    model, r = ragged_rollout(tiny_llama)
+    calls = []
+    real = segment_attention._sdpa
+    monkeypatch.setattr(segment_attention, "_sdpa", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(segment_attention, "ONE_CALL_WASTE", 1.0)  # any padding is too much
+    rows = next(iter(PackedGroups().batches(r, 4)))
+    PackedGroups(segments=True, batched=True).logprobs(model, r, rows, 1.0)
+    assert len(calls) == (1 + len(rows)) * model.config.num_hidden_layers
+
+
+def test_a_zero_length_completion_is_left_out_of_the_batched_call(tiny_llama, monkeypatch):
+    from qerl.models import segment_attention
+
+    monkeypatch.setattr(segment_attention, "ONE_CALL_WASTE", 100.0)
+    model, r = ragged_rollout(tiny_llama)
+    rows = next(iter(PackedGroups().batches(r, 4)))
+    r.completion_mask[rows[1]] = 0  # a completion cut to nothing
+    one = PackedGroups(segments=True, batched=True).logprobs(model, r, rows, 1.0).logprobs
+    each = PackedGroups(segments=True).logprobs(model, r, rows, 1.0).logprobs
+    assert torch.equal(one[1], torch.zeros_like(one[1]))
+    assert torch.allclose(one, each, atol=1e-5)
+
+
+def test_segments_and_the_dense_mask_give_the_same_gradients_under_checkpointing(tiny_llama, monkeypatch):
     """Training runs gradient-checkpointed (the layers recompute during backward, the segments travel with them)."""
+    from qerl.models import segment_attention
+
+    monkeypatch.setattr(segment_attention, "ONE_CALL_WASTE", 100.0)  # batched: one padded call for every group
     model, r = ragged_rollout(tiny_llama, lora=True)
     causal = model.get_base_model()
     causal.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
     grads = []
-    for layout in (PackedGroups(segments=False), PackedGroups(segments=True)):
+    for layout in (PackedGroups(segments=False), PackedGroups(segments=True),
+                   PackedGroups(segments=True, batched=True)):
         model.zero_grad()
         for rows in layout.batches(r, 4):
             lp = layout.logprobs(model, r, rows, 1.0).logprobs
             (lp * r.completion_mask[rows, : lp.shape[1]].float()).sum().backward()
         grads.append([p.grad.clone() for p in trained])
     assert causal.config._attn_implementation == "qerl_packed"
-    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
-    assert any(float(g.abs().sum()) > 0 for g in grads[1])
+    for other in grads[1:]:  # segments one call each, and all completions in one call
+        assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(grads[0], other))
+    assert any(float(g.abs().sum()) > 0 for g in grads[2])
 
 
 @pytest.mark.parametrize("algorithm", [GRPO(), DAPO()], ids=["GRPO", "DAPO"])
@@ -269,12 +343,15 @@ def test_a_module_hands_its_layout_to_the_vllm_engine_scoring_forward():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_packed_logprobs_in_bfloat16_by_segments_and_by_the_mask(tiny_llama):
+def test_gpu_packed_logprobs_in_bfloat16_by_segments_and_by_the_mask(tiny_llama, monkeypatch):
     """The training dtype on CUDA: segment attention (flash / memory-efficient kernels with a lower-right causal bias)
     and the dense additive mask (aligned rows) both agree with the padded rows within bf16 rounding."""
+    from qerl.models import segment_attention
+
+    monkeypatch.setattr(segment_attention, "ONE_CALL_WASTE", 100.0)  # batched: one padded call for every group
     model, r = ragged_rollout(tiny_llama, device="cuda")
     model = model.to(torch.bfloat16)
-    for layout in (PackedGroups(segments=True), PackedGroups(segments=False)):
+    for layout in (PackedGroups(segments=True), PackedGroups(segments=False), PackedGroups(segments=True, batched=True)):
         gaps = []
         for rows in layout.batches(r, 4):
             a = PaddedRows().logprobs(model, r, rows, 1.0).logprobs

@@ -2,7 +2,9 @@
 
 Qwen2.5-7B's attention (28 query heads, 4 key/value heads, head_dim 128, bf16), prompt 256, a group of 8 completions
 of the given lengths packed as in `qerl.models.packed`: `segments` is `qerl.models.segment_attention` (the prompt
-causally, each completion against [prompt | itself], lower-right causal bias), `mask` is SDPA with the dense additive
+causally, each completion against [prompt | itself], lower-right causal bias), `batched` the same with every
+completion in one call (rows padded to the longest completion, `PackedGroups(batched=True)`), `mask` is SDPA with the
+dense additive
 block mask (`block_mask`), `padded` (with `--padded`) the 8 rows each padded to prompt + the longest completion under a
 causal boolean mask, as the row layout runs them. Times are CUDA-event means over `--reps` after one warm-up; only
 attention runs, so what a layer's GEMMs would hide of the segments' launch overhead is not seen here.
@@ -64,12 +66,16 @@ def measure(lengths: list[int], reps: int, padded: bool) -> dict:
     def segments():
         segment_attention(None, q, k, v, None, scaling=scale, packed_segments=(PROMPT, tuple(lengths)))[0].sum().backward()
 
+    def batched():
+        segment_attention(None, q, k, v, None, scaling=scale,
+                          packed_segments=(PROMPT, tuple(lengths), True))[0].sum().backward()
+
     def dense():
         F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
                                        attn_mask=mask, scale=scale).sum().backward()
 
     row = {"lengths": lengths, "packed_positions": total, "segments_ms": round(mean_ms(segments, reps), 3),
-           "mask_ms": round(mean_ms(dense, reps), 3)}
+           "batched_ms": round(mean_ms(batched, reps), 3), "mask_ms": round(mean_ms(dense, reps), 3)}
     if padded:
         width = PROMPT + max(lengths)
         qp, kp, vp = states(len(lengths), width, HEADS), states(len(lengths), width, KV_HEADS), states(

@@ -78,13 +78,17 @@ class PackedGroups:
     (`segments`): True, segment by segment (`qerl.models.segment_attention`: no mask, only the allowed scores, but a
     few launches per completion); False, through the dense block mask (all L^2 scores); None (default), by the packed
     sequence's length - segments above `SEGMENTS_FROM` positions, the mask up to it. An `eager` policy always takes
-    the mask."""
+    the mask. `batched`: where the segments are taken, all completions attend in one padded call (two calls a layer
+    instead of one per completion plus the prompt's; `segment_attention._completions_in_one_call`) while the
+    padding at most doubles their scores (`segment_attention.worth_one_call`), one call each otherwise."""
 
     name = "packed_groups"
 
-    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, segments: bool | None = None) -> None:
+    def __init__(self, logits_budget: int = DEFAULT_LOGITS_BUDGET, segments: bool | None = None,
+                 batched: bool = False) -> None:
         self.logits_budget = int(logits_budget)
         self.segments = segments
+        self.batched = bool(batched)
 
     def check(self, model: nn.Module) -> None:
         """Refuse a policy whose attention cannot take the packed layout (QeRLModule calls it at setup, before any
@@ -135,7 +139,7 @@ class PackedGroups:
         if can_segment and (self.segments if self.segments is not None else total > SEGMENTS_FROM):
             hidden = decoder(input_ids=ids, attention_mask=torch.zeros(segment_attention.NO_MASK_SHAPE, device=device),
                              position_ids=positions.unsqueeze(0), use_cache=False,
-                             packed_segments=(prompt_len, tuple(lengths))).last_hidden_state[0]
+                             packed_segments=(prompt_len, tuple(lengths), self.batched)).last_hidden_state[0]
         else:
             dtype = next(decoder.parameters()).dtype
             mask = block_mask(prompt_len, lengths, device, dtype if dtype.is_floating_point else torch.float32)

@@ -12,7 +12,9 @@ HF picks a model's attention function by `config._attn_implementation`; `use_seg
 policy to `qerl_packed` for good (a gradient-checkpointed layer recomputes its forward during backward, after any
 context manager would have switched it back). Without the `packed_segments` keyword `qerl_packed` is HF's `sdpa`
 function with HF's `sdpa` masks, so every other forward of the policy (generation, padded rows) runs as before.
-Written here because neither HF nor PyTorch has it: HF's packed-sequence support gives each sequence its own
+`packed_segments=(prompt_len, lengths, True)` computes the completions in one call instead of one each
+(`_completions_in_one_call`: queries and keys gathered into rows padded to the longest completion): fewer launches,
+more scores where the lengths differ, so only while the padding at most doubles them (`worth_one_call`). Written here because neither HF nor PyTorch has it: HF's packed-sequence support gives each sequence its own
 positions 0.. and no shared prefix; flex attention would do it with a compiled block mask (not used: it needs
 torch.compile, which the recipes leave off).
 """
@@ -25,6 +27,9 @@ NAME = "qerl_packed"
 #: what `PackedGroups` hands the decoder as its attention mask with `packed_segments`: a 4D tensor, which HF's mask
 #: builders return as it is (no mask is built), and which this attention ignores
 NO_MASK_SHAPE = (1, 1, 0, 0)
+#: with `batched`, the completions attend in one padded call only while its scores are at most this many times the
+#: ones each completion needs alone (a group with one completion at a 4,096 cap and seven of ~400 would compute ~5x)
+ONE_CALL_WASTE = 2.0
 
 
 def _sdpa(query, key, value, **kwargs) -> torch.Tensor:
@@ -47,13 +52,16 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                                       **kwargs)
     from torch.nn.attention.bias import causal_lower_right
 
-    prompt_len, lengths = packed_segments
+    prompt_len, lengths, *batched = packed_segments
     if query.shape[0] != 1 or query.shape[2] != prompt_len + sum(lengths):
         raise ValueError(f"qerl_packed: the packed sequence has {query.shape[2]} positions in a batch of "
                          f"{query.shape[0]}, its segments say 1 x {prompt_len + sum(lengths)}.")
     key, value = _repeat_heads(key, query.shape[1]), _repeat_heads(value, query.shape[1])
     p = prompt_len
     outs = [_sdpa(query[:, :, :p], key[:, :, :p], value[:, :, :p], dropout_p=dropout, is_causal=True, scale=scaling)]
+    if batched and batched[0] and worth_one_call(p, lengths):
+        rest = _completions_in_one_call(query, key, value, p, lengths, dropout, scaling)
+        return torch.cat([outs[0].transpose(1, 2)[0], rest]).unsqueeze(0).contiguous(), None
     start = p
     for n in lengths:
         if n:
@@ -64,6 +72,47 @@ def segment_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
                               scale=scaling))
         start += n
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def worth_one_call(prompt_len: int, lengths) -> bool:
+    """Whether one padded call for all completions computes at most `ONE_CALL_WASTE` times their own scores."""
+    real = [n for n in lengths if n]
+    if not real:
+        return False
+    widest = max(real)
+    own = sum(n * (prompt_len + n) for n in real)
+    return len(real) * widest * (prompt_len + widest) <= ONE_CALL_WASTE * own
+
+
+def _completions_in_one_call(query, key, value, p: int, lengths, dropout: float, scaling):
+    """Every completion's attention in one SDPA call: the completions' queries gathered into (k, heads, N, head_dim)
+    rows padded to the longest, N, and their keys into [prompt keys | own keys padded to N]; one lower-right causal
+    bias (N, p + N) then lets query t of every row see the prompt and its own keys 0..t - a real query never reaches
+    its row's padding, and the padded queries' outputs are dropped (their gradients are zero). Two calls a layer
+    instead of one per completion, for at most k N (p + N) scores: the padded rows' attention without their prompt
+    copies. Returns the completions' outputs in packed order, (sum(lengths), heads, head_dim)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    device, widest = query.device, max(lengths)
+    index, valid, start = [], [], p
+    for n in lengths:
+        if n:  # padded slots repeat the completion's last position: finite keys no real query attends to
+            index.append([start + min(t, n - 1) for t in range(widest)])
+            valid.append([t < n for t in range(widest)])
+        start += n
+    index = torch.tensor(index, device=device)
+    valid = torch.tensor(valid, device=device)
+
+    def rows(states):  # (1, heads, L, d) -> (k, heads, N, d)
+        return states[0][:, index].transpose(0, 1)
+
+    def keys(states):  # (k, heads, p + N, d)
+        own = rows(states)
+        return torch.cat([states[:, :, :p].expand(own.shape[0], -1, -1, -1), own], dim=2)
+
+    out = _sdpa(rows(query), keys(key), keys(value), dropout_p=dropout,
+                attn_mask=causal_lower_right(widest, p + widest), scale=scaling)
+    return out.transpose(1, 2)[valid]
 
 
 def register() -> None:

@@ -121,14 +121,16 @@ def test_aqn_flags_that_cannot_work_are_refused_before_any_work(monkeypatch, cap
 def test_packed_rows_compute_one_prompt_per_group_by_segments_or_by_the_mask(tmp_path, monkeypatch):
     rows = {}
     for name, flags in {"padded": [], "segments": ["--pack-groups", "--pack-attention", "segments"],
-                        "mask": ["--pack-groups", "--pack-attention", "mask"]}.items():
+                        "mask": ["--pack-groups", "--pack-attention", "mask"],
+                        "batched": ["--pack-groups", "--pack-attention", "batched"]}.items():
         out = tmp_path / name
         out.mkdir()
         rows[name] = run_row(out, monkeypatch, *flags)[0]
         assert rows[name]["status"] == "ok"
-    assert [rows[n]["layout"] for n in rows] == ["rows", "packed_groups-segments", "packed_groups-mask"]
+    assert [rows[n]["layout"] for n in rows] == ["rows", "packed_groups-segments", "packed_groups-mask",
+                                                 "packed_groups-segments-batched"]
     assert rows["segments"]["decoder_positions"] == rows["mask"]["decoder_positions"] \
-        < rows["padded"]["decoder_positions"]
+        == rows["batched"]["decoder_positions"] < rows["padded"]["decoder_positions"]
 
 
 def test_pack_attention_without_pack_groups_is_refused(monkeypatch, capsys):
