@@ -3,11 +3,15 @@ its files copied into each call's (emptied) $OUT."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "lease_bg.sh")
+pytestmark = pytest.mark.skipif(shutil.which("setsid") is None, reason="needs util-linux's setsid, as the device has")
 
 
 def bg(tmp_path, *args, out=None):
