@@ -4,8 +4,7 @@ Qwen2.5-7B's attention (28 query heads, 4 key/value heads, head_dim 128, bf16), 
 of the given lengths packed as in `qerl.models.packed`: `segments` is `qerl.models.segment_attention` (the prompt
 causally, each completion against [prompt | itself], lower-right causal bias), `batched` the same with every
 completion in one call (rows padded to the longest completion, `PackedGroups(batched=True)`), `mask` is SDPA with the
-dense additive
-block mask (`block_mask`), `padded` (with `--padded`) the 8 rows each padded to prompt + the longest completion under a
+dense additive block mask (`block_mask`), `padded` (with `--padded`) the 8 rows each padded to prompt + the longest completion under a
 causal boolean mask, as the row layout runs them. Times are CUDA-event means over `--reps` after one warm-up; only
 attention runs, so what a layer's GEMMs would hide of the segments' launch overhead is not seen here.
 

@@ -14,11 +14,14 @@ context manager would have switched it back). Without the `packed_segments` keyw
 function with HF's `sdpa` masks, so every other forward of the policy (generation, padded rows) runs as before.
 `packed_segments=(prompt_len, lengths, True)` computes the completions in one call instead of one each
 (`_completions_in_one_call`: queries and keys gathered into rows padded to the longest completion): fewer launches,
-more scores where the lengths differ, so only while the padding at most doubles them (`worth_one_call`). Written here because neither HF nor PyTorch has it: HF's packed-sequence support gives each sequence its own
+more scores where the lengths differ, so only while the padding at most doubles them (`worth_one_call`).
+Written here because neither HF nor PyTorch has it: HF's packed-sequence support gives each sequence its own
 positions 0.. and no shared prefix; flex attention would do it with a compiled block mask (not used: it needs
 torch.compile, which the recipes leave off).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +87,23 @@ def worth_one_call(prompt_len: int, lengths) -> bool:
     return len(real) * widest * (prompt_len + widest) <= ONE_CALL_WASTE * own
 
 
+@functools.lru_cache(maxsize=4)
+def _one_call_index(prompt_len: int, lengths: tuple[int, ...], device: torch.device):
+    """(index, valid) of `_completions_in_one_call`, each (k, N) for the k non-empty completions padded to the
+    longest, N: the packed position of query t of each completion (padded slots repeat its last position: finite keys
+    no real query attends to) and whether t is real. Built once per micro-batch on the device, then reused by every
+    layer and by the checkpointed recompute."""
+    starts, offset = [], prompt_len
+    for n in lengths:  # k values on the host; the (k, N) tables below are built on the device
+        starts.append(offset)
+        offset += n
+    real = [(start, n) for start, n in zip(starts, lengths) if n]
+    starts = torch.tensor([start for start, _ in real], device=device)
+    sizes = torch.tensor([n for _, n in real], device=device)
+    steps = torch.arange(max(lengths), device=device)
+    return starts[:, None] + torch.minimum(steps[None, :], sizes[:, None] - 1), steps[None, :] < sizes[:, None]
+
+
 def _completions_in_one_call(query, key, value, p: int, lengths, dropout: float, scaling):
     """Every completion's attention in one SDPA call: the completions' queries gathered into (k, heads, N, head_dim)
     rows padded to the longest, N, and their keys into [prompt keys | own keys padded to N]; one lower-right causal
@@ -93,15 +113,8 @@ def _completions_in_one_call(query, key, value, p: int, lengths, dropout: float,
     copies. Returns the completions' outputs in packed order, (sum(lengths), heads, head_dim)."""
     from torch.nn.attention.bias import causal_lower_right
 
-    device, widest = query.device, max(lengths)
-    index, valid, start = [], [], p
-    for n in lengths:
-        if n:  # padded slots repeat the completion's last position: finite keys no real query attends to
-            index.append([start + min(t, n - 1) for t in range(widest)])
-            valid.append([t < n for t in range(widest)])
-        start += n
-    index = torch.tensor(index, device=device)
-    valid = torch.tensor(valid, device=device)
+    widest = max(lengths)
+    index, valid = _one_call_index(p, tuple(lengths), query.device)
 
     def rows(states):  # (1, heads, L, d) -> (k, heads, N, d)
         return states[0][:, index].transpose(0, 1)
