@@ -14,6 +14,7 @@ from qerl.callbacks import AdapterExport, NoiseCallback, RolloutSyncCallback, Sa
 from qerl.evaluation.validation import ValidationRun, ValidationSettings
 from qerl.lora.apply import base_weight_snapshot, reference_policy
 from qerl.memory import plan_for_module
+from qerl.memory.startup import rollout_rows
 from qerl.models.base import PolicyLoader
 from qerl.models.logprobs import PaddedRows, stored_logprobs
 from qerl.models.packed import PackedGroups
@@ -159,6 +160,9 @@ class QeRLModule(ResumableRun, L.LightningModule):
             if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts
                 datamodule.set_tokenizer(self.tokenizer)
             quiet = world()[1] != 0  # under DDP each rank plans its own GPU and rows; rank 0 prints its plan
+            picked = self.rollout.plan_rows(rollout_rows(self, datamodule))  # e.g. max_num_seqs "auto"
+            if picked and not quiet:
+                print(picked)
             # prints the memory plan, warns if it won't fit, resolves "auto"
             plan = plan_for_module(self, datamodule, echo=(lambda *_: None) if quiet else print)
             self.micro_batch_size = plan.micro_batch_size

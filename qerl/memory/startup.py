@@ -54,17 +54,27 @@ class MemoryPlan:
     engine_sleep: bool | None = None  # `enable_sleep_mode: auto` as decided here (None: not asked)
 
 
-def run_shape(module, datamodule=None) -> RunShape:
-    """The sizes of one step of `module` (prompts per step from the datamodule's `batch_size`; under DDP that is
-    one rank's share, as each rank draws its own batches)."""
+def step_rows(module, datamodule=None) -> int:
+    """Completions of one step of `module` (prompts per step from the datamodule's `batch_size` x group; under DDP
+    that is one rank's share, as each rank draws its own batches)."""
     prompts = int(getattr(datamodule, "batch_size", 1) or 1) * int(getattr(module, "batches_per_step", 1))
+    return prompts * int(module.sampling.n)
+
+
+def rollout_rows(module, datamodule=None) -> int:
+    """Completions one rollout call generates: the step's, or fewer when the backend bounds its calls."""
+    return int(module.rollout.max_batch_rows or step_rows(module, datamodule))
+
+
+def run_shape(module, datamodule=None) -> RunShape:
+    """The sizes of one step of `module` (see `step_rows`)."""
     prompt_len = (getattr(datamodule, "max_prompt_tokens", None) or longest_prompt(datamodule)
                   or DEFAULT_PROMPT_TOKENS)
-    rows = prompts * int(module.sampling.n)
+    rows = step_rows(module, datamodule)
     lora = module.lora
     micro = module.micro_batch_size if isinstance(module.micro_batch_size, int) else rows
     return RunShape(rows=rows, prompt_len=int(prompt_len), response_len=int(module.sampling.max_new_tokens),
-                    micro_batch=micro, rollout_rows=int(module.rollout.max_batch_rows or rows),
+                    micro_batch=micro, rollout_rows=rollout_rows(module, datamodule),
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
                     lora_targets=tuple(lora.targets) if lora is not None else (),

@@ -85,6 +85,12 @@ class RolloutBackend(ABC):
             self.noise_metrics = applied.realized.metrics()
             yield
 
+    def plan_rows(self, rows: int) -> str | None:
+        """Told by the training module before `setup` how many completions one rollout call makes: a backend that
+        sizes its engine by it (VLLM's `max_num_seqs: auto`) does so and returns the line saying how; None (default)
+        when nothing is sized."""
+        return None
+
     def engine_estimate(self, policy: nn.Module, device):
         """A colocated engine's GPU memory for `policy` (`qerl.memory.engine.EngineEstimate`), counted by the
         start-up memory plan; None (default) for a backend that generates with the policy itself."""

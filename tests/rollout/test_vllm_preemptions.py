@@ -17,10 +17,14 @@ def test_a_kv_cache_too_small_for_the_rollout_reports_its_preemptions_per_genera
     from qerl.rollout.vllm import VLLM
 
     policy, tokenizer = tiny_policy()
-    # 0.002 GiB of float32 KV for 2 layers x 128 values x 2 (K, V) = 2 KiB a token: ~1,000 tokens in all
-    backend = VLLM(max_model_len=256, dtype="float32", kv_cache_memory_gb=0.002, max_num_seqs=16)
+    # 0.002 GiB of float32 KV for 2 layers x 128 values x 2 (K, V) = 2 KiB a token: ~1,000 tokens in all;
+    # max_num_seqs "auto" for a rollout of 16 completions: all 16 at once, as many running as the cache holds
+    backend = VLLM(max_model_len=256, dtype="float32", kv_cache_memory_gb=0.002, max_num_seqs="auto")
+    assert "max_num_seqs auto -> 16 (16 completions a rollout call" in backend.plan_rows(16)
     backend.setup(policy, tokenizer)
     try:
+        assert backend.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs == backend.num_seqs == 16
+        assert backend.plan_rows(64) is None and backend.num_seqs == 16  # the engine keeps what it was built with
         small = backend.generate([[5, 6, 7, 8]], SamplingConfig(n=1, temperature=1.0, max_new_tokens=8, seed=0))
         assert small.completion_ids.shape == (1, 8)
         assert backend.last_metrics["rollout/preemptions"] == 0.0

@@ -17,6 +17,7 @@ from torch import nn
 from qerl.memory.engine import EngineEstimate
 from qerl.models.logprobs import causal_lm
 from qerl.models.mismatch import mismatch
+from qerl.parallel import world
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
@@ -27,6 +28,7 @@ from qerl.rollout.vllm.host_copy import to_host
 from qerl.rollout.vllm.lora_configs import check_folder, handed_to_engine
 from qerl.rollout.vllm.noise import EngineNoise
 from qerl.rollout.vllm.norms import float32_rms_norms, wants_float32_norms
+from qerl.rollout.vllm.num_seqs import AUTO_MAX_SEQS, auto_num_seqs, describe_pick
 from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, rollout_from_outputs
 from qerl.rollout.vllm.sleep import EngineSleep
 from qerl.types import Rollout, SamplingConfig
@@ -60,7 +62,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         kv_cache_dtype: "auto" (the engine dtype) or "fp8" (vLLM's `kv_cache_dtype`: half the bytes of a bf16
             KV cache, so twice the tokens in the same room; the memory plan counts it). Costs some engine/policy
             mismatch (`rollout/mismatch_kl`): measure it before turning it on.
-        max_num_seqs: sequences the engine decodes at once.
+        max_num_seqs: sequences the engine decodes at once. "auto" (default): every completion of one rollout call
+            (at most 256), told by `QeRLModule` before `setup` (`plan_rows`; `resolved_max_num_seqs`; see
+            `qerl.rollout.vllm.num_seqs`); 256 when no module plans it.
         quantized_base: on CUDA, serve an NVFP4 base as compressed-tensors (False: always dense).
         lora_transfer: "memory" (tensors straight into the engine) or "folder" (peft files on tmpfs).
         importance_sampling_cap: truncated importance sampling: per-token weights min(p_policy/p_engine, cap)
@@ -88,7 +92,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
     def __init__(self, gpu_memory_utilization: float | str = 0.3, max_model_len: int = 2048, tensor_parallel_size: int = 1,
                  enable_sleep_mode: bool | Literal["auto"] = False, dtype: str = "auto", max_lora_rank: int | None = None,
                  kv_cache_memory_gb: float | None = None, kv_cache_dtype: Literal["auto", "fp8"] = "auto",
-                 max_num_seqs: int = 256, quantized_base: bool = True,
+                 max_num_seqs: int | Literal["auto"] = "auto", quantized_base: bool = True,
                  lora_transfer: str = "memory", importance_sampling_cap: float | None = None,
                  measure_mismatch: bool | Literal["update"] = True, enforce_eager: bool = False, seed: int = 0,
                  compile: bool = True, cache_dir: str | None = None, engine_kwargs: dict[str, Any] | None = None,
@@ -97,7 +101,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                        tensor_parallel_size=tensor_parallel_size, max_lora_rank=max_lora_rank,
                        lora_transfer=lora_transfer, importance_sampling_cap=importance_sampling_cap, dtype=dtype,
                        measure_mismatch=measure_mismatch, enable_sleep_mode=enable_sleep_mode,
-                       async_scheduling=async_scheduling, engine_kwargs=engine_kwargs)
+                       async_scheduling=async_scheduling, engine_kwargs=engine_kwargs, max_num_seqs=max_num_seqs)
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.tensor_parallel_size, self.enable_sleep_mode = tensor_parallel_size, enable_sleep_mode
         self.dtype, self.max_lora_rank, self.kv_cache_memory_gb = dtype, max_lora_rank, kv_cache_memory_gb
@@ -111,8 +115,10 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.resolved_async_scheduling: bool | None = None  # what the engine runs (setup)
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
         self.resolved_sleep_mode: bool | None = None  # enable_sleep_mode "auto" as the memory plan decided it
+        self.resolved_max_num_seqs: int | None = None  # max_num_seqs "auto" as `plan_rows` picked it
         # every generation carries the adapter: graphs without LoRA (vLLM captures both by default) are never used
-        graphs: dict[str, Any] = {"max_cudagraph_capture_size": max_num_seqs, "cudagraph_specialize_lora": False}
+        graphs: dict[str, Any] = {"max_cudagraph_capture_size": None if max_num_seqs == "auto" else max_num_seqs,
+                                  "cudagraph_specialize_lora": False}  # "auto": the picked size, filled in at setup
         if not compile:
             graphs.update(mode=0, cudagraph_mode="FULL_DECODE_ONLY")  # CompilationMode.NONE
         self.compile = compile
@@ -166,6 +172,9 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                           if packed else dtype)
         if self.cache_dir:
             os.environ["VLLM_CACHE_ROOT"] = os.path.abspath(self.cache_dir)
+        graphs = self.engine_kwargs["compilation_config"]
+        if isinstance(graphs, dict) and graphs.get("max_cudagraph_capture_size", 0) is None:
+            graphs["max_cudagraph_capture_size"] = self.num_seqs  # ours, for max_num_seqs "auto"
         kv_gb = self.kv_cache_memory_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
@@ -180,8 +189,8 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
                     gpu_memory_utilization=self.resolved_utilization, max_model_len=self.max_model_len,
                     tensor_parallel_size=self.tensor_parallel_size,
                     enable_sleep_mode=self.sleep_mode and on_cuda, seed=self.seed, kv_cache_memory_gb=kv_gb,
-                    max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
-                    extra={**placement, **engine.cpu_batching(on_cuda, self.max_num_seqs, self.max_model_len),
+                    max_num_seqs=self.num_seqs, enforce_eager=self.enforce_eager or not on_cuda,
+                    extra={**placement, **engine.cpu_batching(on_cuda, self.num_seqs, self.max_model_len),
                            **ir_norms.engine_kwargs(float32_norms, on_cuda, self.compile, self.tensor_parallel_size),
                            **self.engine_kwargs},
                     async_scheduling=self.async_scheduling)
@@ -211,6 +220,22 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         packed = engine.served_format(lm) if on_cuda and self.quantized_base else None
         problem = (engine.marlin_shape_problem(lm) or unshared_tensor_scales(lm)) if packed else None
         return (None if problem else packed), problem
+
+    @property
+    def num_seqs(self) -> int:
+        """The engine's `max_num_seqs`: as set, or for "auto" what `plan_rows` picked (`AUTO_MAX_SEQS` unplanned)."""
+        if self.max_num_seqs != "auto":
+            return int(self.max_num_seqs)
+        return self.resolved_max_num_seqs or AUTO_MAX_SEQS
+
+    def plan_rows(self, rows: int) -> str | None:
+        """`max_num_seqs: auto` picked for `rows` completions a rollout call (`qerl.rollout.vllm.num_seqs`), with
+        the line that says so; None when max_num_seqs is a number."""
+        if self.max_num_seqs != "auto" or self.llm is not None:  # a number, or an engine already built with its own
+            return None
+        world_size = world()[0]
+        self.resolved_max_num_seqs = auto_num_seqs(rows, self.tensor_parallel_size, world_size)
+        return describe_pick(self.resolved_max_num_seqs, rows, self.tensor_parallel_size, world_size)
 
     def engine_estimate(self, policy: nn.Module, device) -> EngineEstimate:
         """The engine's memory on one GPU of `device`'s kind for `policy` (`qerl.memory.engine`): its weights as

@@ -15,7 +15,7 @@ KEY = "rollout.init_args"
 
 def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_size, max_lora_rank, lora_transfer,
                    importance_sampling_cap, dtype, measure_mismatch=True,
-                   enable_sleep_mode=False, async_scheduling=None, engine_kwargs=None) -> None:
+                   enable_sleep_mode=False, async_scheduling=None, engine_kwargs=None, max_num_seqs=1) -> None:
     """A `ValueError` naming the `rollout.init_args` key and what it must be, for a setting vLLM would refuse."""
     def need(ok: bool, key: str, value, what: str) -> None:
         if not ok:
@@ -39,6 +39,9 @@ def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_siz
          'must be true, false or "update"')
     need(isinstance(enable_sleep_mode, bool) or enable_sleep_mode == "auto", "enable_sleep_mode", enable_sleep_mode,
          'must be true, false or "auto" (the start-up memory plan decides)')
+    need(max_num_seqs == "auto" or (isinstance(max_num_seqs, int) and not isinstance(max_num_seqs, bool)
+                                    and max_num_seqs >= 1),
+         "max_num_seqs", max_num_seqs, 'must be "auto" (every completion of a rollout call) or an int >= 1')
     need(async_scheduling is None or isinstance(async_scheduling, bool), "async_scheduling", async_scheduling,
          "must be true, false or null (vLLM decides)")
     need(async_scheduling is None or "async_scheduling" not in (engine_kwargs or {}), "async_scheduling",

@@ -33,7 +33,7 @@ def engine_estimate(backend, policy: nn.Module, device) -> EngineEstimate:
     packed = backend._packed_format(lm, on_cuda)[0]
     lora = backend._check_adapter(policy)
     settings = EngineSettings(
-        max_num_seqs=backend.max_num_seqs, max_model_len=backend.max_model_len,
+        max_num_seqs=backend.num_seqs, max_model_len=backend.max_model_len,
         dtype_bytes=4 if backend._engine_dtype(lm) == "float32" else 2,
         kv_dtype_bytes=1 if backend.kv_cache_dtype == "fp8" else None,
         packed_bits=weight_bits(packed.upper()) if packed else None,
@@ -62,7 +62,7 @@ def resolve_utilization(backend, policy: nn.Module) -> float:
     if message:
         raise ValueError(f"VLLM: {message}")
     print(f"qerl: gpu_memory_utilization auto -> {util:.2f} (the vLLM engine needs {need.need / GB:.2f} GB of "
-          f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {backend.max_num_seqs} x "
+          f"{total / GB:.1f} GB; KV cache {runs.kv_cache / GB:.2f} GB for {backend.num_seqs} x "
           f"{backend.max_model_len} tokens needs {need.kv_cache / GB:.2f} GB)", file=sys.stderr, flush=True)
     return util
 
