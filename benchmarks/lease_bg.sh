@@ -1,4 +1,4 @@
-# A device job longer than one 10-minute call: started in its own process session (the device keeps such a process
+# A device job longer than one 10-minute call (used 2026-12-07 for a 27-minute job over four calls): started in its own process session (the device keeps such a process
 # running between calls while the machine is held; it kills every other process a call leaves behind), then waited
 # on by later calls, back to back (the machine goes back after 30 s idle). Its output folder lives under $QERL_BG_DIR
 # (default /tmp/bg), since the device empties $OUT before each call; every wait copies it into that call's $OUT.
