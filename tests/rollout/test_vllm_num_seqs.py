@@ -7,7 +7,7 @@ import pytest
 
 from qerl.memory.engine import GIB
 from qerl.rollout import VLLM
-from qerl.rollout.vllm.num_seqs import AUTO_MAX_SEQS, auto_num_seqs
+from qerl.rollout.vllm.num_seqs import AUTO_MAX_SEQS, auto_num_seqs, describe_pick
 
 
 def test_auto_is_every_completion_of_a_rollout_call_capped():
@@ -27,6 +27,7 @@ def test_the_backend_takes_the_pick_before_its_engine_starts():
     assert backend.resolved_max_num_seqs == backend.num_seqs == 128
     assert line.startswith("qerl: max_num_seqs auto -> 128 (128 completions a rollout call;")
     assert "capped at 256" in VLLM(max_num_seqs="auto").plan_rows(512)
+    assert describe_pick(128, 64, 2, 4).startswith("qerl: max_num_seqs auto -> 128 (64 completions a rank x 2 ranks")
     fixed = VLLM(max_num_seqs=24)
     assert fixed.plan_rows(128) is None and fixed.num_seqs == 24
     assert fixed.engine_kwargs["compilation_config"]["max_cudagraph_capture_size"] == 24

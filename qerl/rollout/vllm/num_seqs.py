@@ -18,19 +18,21 @@ from __future__ import annotations
 AUTO_MAX_SEQS = 256
 
 
+def engine_rows(rows: int, tensor_parallel_size: int = 1, world_size: int = 1) -> int:
+    """Completions one engine generates per rollout call: this rank's `rows`, times `tensor_parallel_size` when the
+    ranks of a group share one engine (data parallelism, `world_size` > 1)."""
+    return int(rows) * (int(tensor_parallel_size) if world_size > 1 else 1)
+
+
 def auto_num_seqs(rows: int, tensor_parallel_size: int = 1, world_size: int = 1) -> int:
-    """`max_num_seqs` for "auto": `rows` (completions of one rollout call on this rank), times
-    `tensor_parallel_size` when the ranks of a group share one engine (data parallelism, `world_size` > 1), capped
-    at `AUTO_MAX_SEQS`."""
-    engine_rows = int(rows) * (int(tensor_parallel_size) if world_size > 1 else 1)
-    return max(1, min(AUTO_MAX_SEQS, engine_rows))
+    """`max_num_seqs` for "auto": the engine's rows (`engine_rows`), capped at `AUTO_MAX_SEQS`."""
+    return max(1, min(AUTO_MAX_SEQS, engine_rows(rows, tensor_parallel_size, world_size)))
 
 
 def describe_pick(seqs: int, rows: int, tensor_parallel_size: int, world_size: int) -> str:
     """The start-up line for the pick."""
-    shared = tensor_parallel_size > 1 and world_size > 1
-    asked = rows * (tensor_parallel_size if shared else 1)
-    whose = (f"{rows} completions a rank x {tensor_parallel_size} ranks sharing the engine" if shared
+    asked = engine_rows(rows, tensor_parallel_size, world_size)
+    whose = (f"{rows} completions a rank x {tensor_parallel_size} ranks sharing the engine" if asked != rows
              else f"{rows} completions a rollout call")
     capped = f", capped at {AUTO_MAX_SEQS}" if asked > seqs else ""
     return (f"qerl: max_num_seqs auto -> {seqs} ({whose}{capped}; vLLM runs as many at once as its KV cache holds "
