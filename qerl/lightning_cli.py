@@ -19,6 +19,7 @@ from qerl.callbacks.save_config import RunFolderSaveConfig
 from qerl.commands import TOOLS
 from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error
+from qerl.commands.trainer_errors import trainer_error
 from qerl.models.base import PolicyLoader
 from qerl.registry import RegistryError, load_all
 
@@ -159,7 +160,13 @@ class QeRLCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as exc:
-            if debug_mode() or not (isinstance(exc, BUILD_ERRORS) or is_user_error(exc)):
+            if debug_mode():
+                raise
+            subcommand = self.config.get("subcommand")
+            said = trainer_error(exc, (self.config.get(subcommand) or {}).get("trainer") if subcommand else None)
+            if said is not None:
+                self._fail_input(said)
+            if not (isinstance(exc, BUILD_ERRORS) or is_user_error(exc)):
                 raise
             self._fail("could not build the run", exc, status=2)
 
