@@ -189,7 +189,7 @@ class QeRLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         from qerl.callbacks.stop_on_signal import StoppedBySignal, stopped_message
-        from qerl.training.run_folder import check_inputs, remove_stub
+        from qerl.training.run_folder import check_inputs, first_missing, remove_stub
         from qerl.training.write_probe import check_output_folders
 
         try:
@@ -204,17 +204,18 @@ class QeRLCLI(LightningCLI):
             self._fail_input(exc)
         log_dir = self.trainer.log_dir
         fresh = log_dir is not None and not os.path.exists(log_dir)
+        created = first_missing(log_dir) if fresh else None  # e.g. runs/<recipe>/ on a first run: removed with it
         try:
             super()._run_subcommand(subcommand)
         except StoppedBySignal as stopped:  # SIGTERM / SIGINT: what was saved and how to resume, exit 143 / 130
             if fresh and stopped.checkpoint is None:
-                remove_stub(log_dir)
+                remove_stub(log_dir, created)
             sys.stderr.write(stopped_message(stopped, _command(self._argv), self._argv,
                                              self.config[subcommand].get("trainer")))
             raise SystemExit(stopped.code) from None
         except Exception as exc:
             if fresh and self.trainer.global_step == 0:
-                remove_stub(log_dir)  # a run that failed before its first checkpoint leaves no folder behind
+                remove_stub(log_dir, created)  # a run that failed before its first checkpoint leaves no folder behind
             if debug_mode() or not is_user_error(exc):
                 raise
             self._fail(f"{subcommand} stopped", exc, status=1)

@@ -170,3 +170,34 @@ def test_missing_local_folder_is_named_but_a_hub_id_is_left_to_the_hub(tmp_path,
         with pytest.raises(ModelNotFoundError, match="is not a folder"):
             HFModel(path).check_files()
     HFModel("HuggingFaceTB/SmolLM2-135M-Instruct").check_files()  # a hub id: from_pretrained decides
+
+
+def test_a_path_that_is_neither_a_folder_nor_a_hub_model_says_so_and_leaves_no_folders(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The prequantized recipe's `checkpoints/smollm2-nvfp4` before `qerl quantize` made it: no checkpoints/ folder
+    here, so it reads as a hub id, which the (offline) hub cannot serve: one line, and runs/<name>/ is gone too."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write_recipe(tmp_path, policy="{class_path: HFModel, init_args: {path: checkpoints/smollm2-nvfp4}}")
+    assert main(["fit", "--config", str(path)]) == 1
+    line = one_line_error(capsys)
+    assert "HFModel: 'checkpoints/smollm2-nvfp4' is not a folder here" in line, line
+    assert "as a Hugging Face hub id it could not be loaded" in line and "path of a model folder" in line, line
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+
+
+def test_remove_stub_removes_only_the_empty_folders_the_run_made(tmp_path):
+    from qerl.training.run_folder import first_missing, remove_stub
+
+    log_dir = tmp_path / "runs" / "recipe" / "version_0"
+    (tmp_path / "runs").mkdir()
+    created = first_missing(str(log_dir))
+    assert created == str(tmp_path / "runs" / "recipe") and first_missing(str(tmp_path)) is None
+    (log_dir / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "other").mkdir()
+    remove_stub(str(log_dir), created)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other"]  # runs/ existed before: kept
+
+    (log_dir / "adapter" / "final").mkdir(parents=True)  # a run that saved something keeps everything
+    remove_stub(str(log_dir), created)
+    assert (log_dir / "adapter" / "final").is_dir()

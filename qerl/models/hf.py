@@ -41,8 +41,17 @@ class HFModel(PolicyLoader):
         try:
             return AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError) as exc:
+            if not os.path.isdir(self.path):
+                raise ModelNotFoundError(self._not_found(exc)) from exc
             raise LoadError(f"HFModel: could not load a tokenizer from {self.path!r} ({exc}). The folder needs the "
                             "tokenizer files (tokenizer.json / tokenizer_config.json) next to config.json.") from exc
+
+    def _not_found(self, exc: Exception) -> str:
+        """A path that is no folder here, which the hub (or its cache) could not serve as a model id either."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"HFModel: {self.path!r} is not a folder here ({os.getcwd()}), and as a Hugging Face hub id it could "
+                f"not be loaded ({first}). Give the path of a model folder (config.json, *.safetensors, tokenizer "
+                "files); a recipe's relative path counts from the folder qerl runs in.")
 
     def check_files(self) -> None:
         """A local folder has config.json and every *.safetensors header is whole (a hub id is not checked)."""
@@ -94,8 +103,9 @@ class HFModel(PolicyLoader):
         try:
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         except OSError as exc:
-            where = "local folder" if os.path.isdir(self.path) else "local folder, and the hub could not serve it"
-            raise ModelNotFoundError(f"HFModel: cannot load {self.path!r}: not a complete {where} ({exc}). "
+            if not os.path.isdir(self.path):
+                raise ModelNotFoundError(self._not_found(exc)) from exc
+            raise ModelNotFoundError(f"HFModel: cannot load {self.path!r}: not a complete local folder ({exc}). "
                                      "Download the model to a folder elsewhere and pass its path.") from exc
 
     def _stream(self, files, quantizer, skip, report, dtype, device, measure_errors):

@@ -187,8 +187,20 @@ def check_inputs(datamodule: Any, subcommand: str) -> None:
         rows(split)
 
 
-def remove_stub(log_dir: str) -> None:
-    """Delete a run folder that this process created and that holds no checkpoint or adapter."""
+def first_missing(path: str) -> str | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None when `path` exists: what a
+    run writing to `path` creates."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
+
+
+def remove_stub(log_dir: str, created: str | None = None) -> None:
+    """Delete a run folder that this process created and that holds no checkpoint or adapter; with `created` (the
+    outermost folder the run made, `first_missing` before it started) also the folders between them, when empty."""
     if not os.path.isdir(log_dir):
         return
     for folder in ("checkpoints", "adapter"):
@@ -197,3 +209,11 @@ def remove_stub(log_dir: str) -> None:
     import shutil
 
     shutil.rmtree(log_dir, ignore_errors=True)
+    if created is None:
+        return
+    created, parent = os.path.abspath(created), os.path.dirname(os.path.abspath(log_dir))
+    while (parent == created or parent.startswith(created + os.sep)) and os.path.isdir(parent) and not os.listdir(parent):
+        os.rmdir(parent)
+        if parent == created:
+            break
+        parent = os.path.dirname(parent)
