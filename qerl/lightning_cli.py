@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from qerl.callbacks.save_config import RunFolderSaveConfig
 from qerl.commands import TOOLS
 from qerl.commands.quiet import quiet_library_output
-from qerl.commands.recipe_errors import explain_parse_error
+from qerl.commands.recipe_errors import explain_parse_error, union_build_error
 from qerl.commands.trainer_errors import trainer_error
 from qerl.models.base import PolicyLoader
 from qerl.registry import RegistryError, load_all
@@ -168,6 +168,9 @@ class QeRLCLI(LightningCLI):
                 self._fail_input(said)
             if not (isinstance(exc, BUILD_ERRORS) or is_user_error(exc)):
                 raise
+            own = union_build_error(str(exc))  # an optional component's own message, without the Union's report
+            if own is not None:
+                self._fail_input(f"could not build the run: {own}")
             self._fail("could not build the run", exc, status=2)
 
     def instantiate_trainer(self, **kwargs: Any):

@@ -3,11 +3,14 @@ traceback and no run folder left behind."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_damaged_files import ARITHMETIC, TINY, one_line_error, write_recipe
 
 from qerl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fit(tmp_path, policy=TINY, data=ARITHMETIC) -> int:
@@ -201,3 +204,29 @@ def test_remove_stub_removes_only_the_empty_folders_the_run_made(tmp_path):
     (log_dir / "adapter" / "final").mkdir(parents=True)  # a run that saved something keeps everything
     remove_stub(str(log_dir), created)
     assert (log_dir / "adapter" / "final").is_dir()
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    (["--model.noise.init_args.sigma_start", "-1"], "could not build the run: Exponential: sigma_start=-1.0 is invalid"),
+    (["--model.rollout.init_args.max_new_tokens_cap", "0"], None),  # no such key: the parse error names it
+])
+def test_an_optional_components_own_message_without_the_union_report(override, said, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status = main(["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), *override])
+    assert status == 2
+    line = one_line_error(capsys)
+    assert "Union" not in line and "Subtypes" not in line, line
+    if said:
+        assert said in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_union_build_error_keeps_only_a_single_own_message():
+    from qerl.commands.recipe_errors import union_build_error
+
+    report = ("Does not validate against any of the Union subtypes\nSubtypes: [<class 'X'>, <class 'NoneType'>]\n"
+              "Errors:\n  - VLLM: `max_num_seqs`=0 must be\n    \"auto\" or an int >= 1.\n"
+              "  - Expected a <class 'NoneType'>\nGiven value type: <class 'Namespace'>\n")
+    assert union_build_error(report) == 'VLLM: `max_num_seqs`=0 must be "auto" or an int >= 1.'
+    two = report.replace("  - Expected a <class 'NoneType'>", "  - another: bad")
+    assert union_build_error(two) is None and union_build_error("sigma must be >= 0") is None

@@ -104,6 +104,26 @@ def wrong_nested_type(message: str) -> str | None:
 
 
 
+def union_build_error(message: str) -> str | None:
+    """The component's own message out of jsonargparse's report of an optional component (`RolloutBackend | None`)
+    whose __init__ rejected a value: the one `Errors:` entry that is not a type mismatch (`Expected a <class ...>`),
+    or None when there is not exactly one."""
+    if not message.startswith("Does not validate against any of the Union subtypes"):
+        return None
+    lines, inside, found = message.splitlines(), False, []
+    for line in lines:
+        if line.startswith("Errors:"):
+            inside = True
+        elif inside and line.startswith("  - "):
+            found.append(line[4:].strip())
+        elif inside and line.startswith("    ") and found:
+            found[-1] += " " + line.strip()
+        elif inside:
+            break
+    own = [text for text in found if not text.startswith("Expected a <class")]
+    return own[0] if len(own) == 1 else None
+
+
 def yaml_syntax_error(files: tuple[str, ...]) -> str | None:
     """`recipe.yaml:4:16: not valid YAML: ...` for the first of `files` that does not parse (None if all do)."""
     import yaml
