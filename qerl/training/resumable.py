@@ -12,6 +12,7 @@ from typing import Any
 
 from qerl.parallel import gather_objects, world
 from qerl.training import distributed
+from qerl.training.checkpoint_match import check_resume
 from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 
 
@@ -42,6 +43,8 @@ class ResumableRun:
             checkpoint["qerl"]["log_step"] = int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # a resume: the weights must fit before Lightning loads them
+            check_resume(self, checkpoint, self.trainer.ckpt_path)
         self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
         running = checkpoint.get("qerl", {}).get("running_by_rank")
