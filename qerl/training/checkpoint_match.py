@@ -7,6 +7,7 @@ the checkpoint has none. `mismatch` names what differs, so the resume stops with
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -51,3 +52,26 @@ def check_resume(module: nn.Module, checkpoint: Mapping[str, object], path: str 
             f"checkpoint {path or '(given)'} does not fit this run's trainable weights: {said}. The LoRA settings "
             "(rank, targets) or the model differ from the run that saved it: resume with the settings it started "
             "with (config.yaml in its run folder), or start a new run without --ckpt_path.")
+
+
+def base_identity(module) -> dict[str, str | None]:
+    """What the adapter was trained on top of: the policy loader with its path or config, and the quantizer."""
+    policy, quantizer = getattr(module, "policy", None), getattr(module, "quantizer", None)
+    source = getattr(policy, "path", None) or getattr(policy, "config", None)
+    return {"policy": f"{type(policy).__name__}({source})" if source is not None else type(policy).__name__,
+            "quantizer": type(quantizer).__name__ if quantizer is not None else None}
+
+
+def warn_other_base(module, saved: Mapping[str, object] | None, path: str | None) -> str | None:
+    """Warn (once, one line) when the run resumes an adapter trained on another base or quantizer than its own;
+    returns the message, None when they agree or the checkpoint does not say (older checkpoints)."""
+    if not saved:
+        return None
+    ours = base_identity(module)
+    differ = [f"{key} {saved.get(key)} -> {ours[key]}" for key in ours if key in saved and saved.get(key) != ours[key]]
+    if not differ:
+        return None
+    message = (f"resuming checkpoint {path or '(given)'} on another base than it was trained on ({'; '.join(differ)}): "
+               "the adapter continues on the new base. If that is not meant, resume with the run's config.yaml.")
+    warnings.warn(message, stacklevel=2)
+    return message

@@ -12,7 +12,7 @@ from typing import Any
 
 from qerl.parallel import gather_objects, world
 from qerl.training import distributed
-from qerl.training.checkpoint_match import check_resume
+from qerl.training.checkpoint_match import base_identity, check_resume, warn_other_base
 from qerl.training.resume import capture_rng, resume_position, step_log_metrics
 
 
@@ -29,7 +29,7 @@ class ResumableRun:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         rng = capture_rng()
         checkpoint["qerl"] = {"rng": rng, "batches_drawn": self._batches_drawn, "seed": self.seed,
-                              "epoch": self.current_epoch, "nan_streak": self._nan_streak}
+                              "epoch": self.current_epoch, "nan_streak": self._nan_streak, "base": base_identity(self)}
         # every rank runs this hook (rank 0 writes): each keeps its own RNG and running-mean window
         by_rank = gather_objects((rng, self.running.state()))
         checkpoint["qerl"]["running_by_rank"] = [running for _, running in by_rank]
@@ -45,6 +45,7 @@ class ResumableRun:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:  # a resume: the weights must fit before Lightning loads them
             check_resume(self, checkpoint, self.trainer.ckpt_path)
+            warn_other_base(self, checkpoint.get("qerl", {}).get("base"), self.trainer.ckpt_path)
         self._pending_resume = distributed.own_rng(checkpoint.get("qerl", {}))
         self._nan_streak = int(self._pending_resume.get("nan_streak", 0))
         running = checkpoint.get("qerl", {}).get("running_by_rank")

@@ -53,3 +53,24 @@ def test_qerl_fit_resumed_with_another_lora_rank_is_one_line(tmp_path, capsys):
     line = one_line_error(capsys)
     assert "does not fit this run's trainable weights" in line and "checkpoint (4, " in line, line
     assert "this run (2, " in line and "without --ckpt_path" in line, line
+
+
+class Run:
+    def __init__(self, path: str, quantizer) -> None:
+        from qerl.models import GGUFModel
+
+        self.policy, self.quantizer = GGUFModel(path=path), quantizer
+
+
+def test_resuming_on_another_quantizer_or_model_warns_in_one_line():
+    from qerl.quantizers import MXFP4, NVFP4
+    from qerl.training.checkpoint_match import base_identity, warn_other_base
+
+    saved = base_identity(Run("m.gguf", NVFP4()))
+    assert saved == {"policy": "GGUFModel(m.gguf)", "quantizer": "NVFP4"}
+    assert warn_other_base(Run("m.gguf", NVFP4()), saved, "last.ckpt") is None
+    assert warn_other_base(Run("m.gguf", MXFP4()), None, "last.ckpt") is None  # an older checkpoint says nothing
+    with pytest.warns(UserWarning, match=r"quantizer NVFP4 -> MXFP4"):
+        warn_other_base(Run("m.gguf", MXFP4()), saved, "last.ckpt")
+    with pytest.warns(UserWarning, match=r"policy GGUFModel\(m.gguf\) -> GGUFModel\(other.gguf\); quantizer NVFP4 -> None"):
+        warn_other_base(Run("other.gguf", None), saved, "last.ckpt")
