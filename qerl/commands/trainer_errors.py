@@ -10,9 +10,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 GPU_ACCELERATORS = {"gpu", "cuda"}
 
 
-def trainer_error(exc: BaseException, trainer: dict[str, Any] | None) -> str | None:
+def trainer_error(exc: BaseException, trainer: Any) -> str | None:
     """The message for `exc` raised while Lightning builds the trainer from `trainer` (the recipe's `trainer:`
-    section), or None when `exc` is not a trainer misconfiguration."""
+    section: a dict or jsonargparse's Namespace, both read with `.get`), or None when `exc` is not a trainer
+    misconfiguration."""
     if not isinstance(exc, MisconfigurationException):
         return None
     import torch

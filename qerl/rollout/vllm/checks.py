@@ -15,7 +15,7 @@ KEY = "rollout.init_args"
 
 def check_settings(*, gpu_memory_utilization, max_model_len, tensor_parallel_size, max_lora_rank, lora_transfer,
                    importance_sampling_cap, dtype, measure_mismatch=True,
-                   enable_sleep_mode=False, async_scheduling=None, engine_kwargs=None, max_num_seqs=1) -> None:
+                   enable_sleep_mode=False, async_scheduling=None, engine_kwargs=None, max_num_seqs="auto") -> None:
     """A `ValueError` naming the `rollout.init_args` key and what it must be, for a setting vLLM would refuse."""
     def need(ok: bool, key: str, value, what: str) -> None:
         if not ok:
