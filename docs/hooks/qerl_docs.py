@@ -42,7 +42,8 @@ OPTIONAL_PAGES = {
                                 "reference/rewards.md"),
 }
 PLOTS = {"img/formats-error.png": "plot_formats", "img/aqn-schedules.png": "plot_aqn",
-         "img/learning-smollm2.png": "plot_learning", "img/aqn-study.png": "plot_aqn_study"}
+         "img/learning-smollm2.png": "plot_learning", "img/aqn-study.png": "plot_aqn_study",
+         "img/aqn-study-addsub.png": "plot_aqn_study:addsub"}
 INCLUDE = re.compile(r"^<!-- qerl:include (\S+?)(?: lines=(\d+)-(\d+))? -->$", re.MULTILINE)
 LIST = re.compile(r"^<!-- qerl:list (\S+) -->$", re.MULTILINE)
 LANGS = {".py": "python", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json", ".sh": "bash"}
@@ -82,14 +83,16 @@ def generated_pages(docs_dir: Path) -> dict[str, str]:
     return pages
 
 
-def plot_png(module: str) -> bytes | None:
-    """A plot rendered by `docs/scripts/<module>.py`, or None without matplotlib."""
+def plot_png(target: str) -> bytes | None:
+    """A plot rendered by `docs/scripts/<module>.py` (`module:arg`: its `render_png(arg)`), or None without
+    matplotlib."""
+    module, _, arg = target.partition(":")
     path = HERE.parent / "scripts" / f"{module}.py"
     spec = importlib.util.spec_from_file_location(f"qerl_docs_{module}", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     try:
-        return script.render_png()
+        return script.render_png(arg) if arg else script.render_png()
     except ModuleNotFoundError as exc:
         if exc.name != "matplotlib":
             raise

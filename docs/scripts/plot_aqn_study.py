@@ -2,10 +2,12 @@
 and every seed (thin) of train accuracy, policy entropy, held-out validation accuracy and the noise the rows
 really got (`noise/row_sigma`, the spread of Z/|w| over the targeted channels).
 
-Reads `benchmarks/results/learning-smollm2-*-aqn-study-*.json` (written by `benchmarks/learning.py`, several
-seeds per file) of the newest date.
+Reads `benchmarks/results/learning-smollm2-*-aqn-<task>-*.json` (written by `benchmarks/learning.py`, several
+seeds per file) of the newest date; the task is the second argument (`study`: the 2-digit addition study, the
+default; `addsub`: two 1-2 digit operands with + or -).
 
     .venv/bin/python docs/scripts/plot_aqn_study.py docs/img/aqn-study.png
+    .venv/bin/python docs/scripts/plot_aqn_study.py docs/img/aqn-study-addsub.png addsub
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from plot_learning import latest, smooth
 from plotting import cli, png
 
 STUDY = "learning-smollm2-*-aqn-study-*.json"
-PANELS = (("train/accuracy", "train accuracy (= strict reward; 64 completions, 10-step mean)", 10, False),
+#: each study's files and what its title says it trained on
+TASKS = {"study": (STUDY, "2-digit addition"),
+         "addsub": ("learning-smollm2-*-aqn-addsub-*.json", "2-digit + and - (flexible reward)")}
+PANELS = (("train/accuracy", "train accuracy (= the reward; 64 completions, 10-step mean)", 10, False),
           ("train/entropy", "policy entropy (nats/token, 10-step mean)", 10, False),
           ("val/accuracy", "validation accuracy (128 held-out problems, greedy)", 1, False),
           ("noise/row_sigma", "noise the rows got: spread of Z/|w| (log)", 1, True))
@@ -55,13 +60,14 @@ def draw(ax, seeds: dict[int, dict], tag: str, window: int, color: str, line: st
             marker="o" if tag == "val/accuracy" else None, ms=3)
 
 
-def render_png() -> bytes:
+def render_png(task: str = "study") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = latest(STUDY)
+    pattern, what = TASKS[task]
+    records = latest(pattern)
     variants = by_variant(records)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110)
     for ax, (tag, title, window, log) in zip(axes.flat, PANELS):
@@ -71,10 +77,11 @@ def render_png() -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     card, date = records[0]["card"], records[0]["date"]
-    fig.suptitle(f"AQN study: SmolLM2-135M-Instruct, GRPO on 2-digit addition, bf16 dense parts - {card}, {date}; "
+    fig.suptitle(f"AQN study: SmolLM2-135M-Instruct, GRPO on {what}, bf16 dense parts\n{card}, {date}; "
                  "thin = one seed", fontsize=10)
     return png(fig)
 
 
 if __name__ == "__main__":
-    cli(render_png, "aqn-study.png")
+    task = sys.argv[2] if len(sys.argv) > 2 else "study"
+    cli(lambda: render_png(task), f"aqn-{task}.png")

@@ -112,6 +112,8 @@ def test_aqn_study_plot_averages_seeds_over_the_steps_every_seed_reached():
                              {"curves": {"nvfp4-aqn-rel1-s0": {"c": 3}}}])
     assert runs == {"nvfp4-aqn-rel1": {3: {"a": 1}, 0: {"c": 3}}, "bf16": {0: {"b": 2}}}
     pytest.importorskip("matplotlib")
-    records = study.latest(study.STUDY)
-    assert sum(len(r["curves"]) for r in records) >= 16  # the committed study: 4 variants x 4 seeds
-    assert study.render_png()[:8] == PNG_MAGIC
+    for task in study.TASKS:  # the committed studies: 4 variants x 4 seeds on each task
+        records = study.latest(study.TASKS[task][0])
+        assert sum(len(r["curves"]) for r in records) >= 16, task
+        assert {run.rpartition("-s")[0] for r in records for run in r["curves"]} >= {"bf16", "nvfp4", "nvfp4-aqn"}
+        assert study.render_png(task)[:8] == PNG_MAGIC
