@@ -9,7 +9,8 @@
 #
 # `start NAME COMMAND`: COMMAND runs under bash with OUT set to the job's own folder (quote it so $OUT expands there).
 # `wait NAME SECONDS`: returns when the job has finished (exit 0, its exit status in NAME.rc) or after SECONDS (exit
-# 3, "still running"); either way the job's files, its log as NAME.log and the log's tail come back.
+# 3, "still running"); either way the job's files (as NAME-out.tgz when there are more than 6 or any sits deeper than
+# $OUT/a/file: a call brings back at most 8 files, 2 folders down), its log as NAME.log and the log's tail come back.
 set -u
 root=${QERL_BG_DIR:-/tmp/bg}
 action=${1:-}; name=${2:-}
@@ -31,7 +32,14 @@ case $action in
     waited=0
     while [ ! -e "$job/rc" ] && [ "$waited" -lt "$limit" ]; do sleep 1; waited=$((waited + 1)); done
     if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-      cp -r "$job/out/." "$OUT/" 2>/dev/null
+      # A call brings back at most 8 files, no deeper than $OUT/a/b/file: a job's folder that would not all come
+      # back travels as one tarball, NAME-out.tgz (next to NAME.log and NAME.rc).
+      files=$(find "$job/out" -type f | wc -l); deep=$(find "$job/out" -mindepth 3 -type f | head -1)
+      if [ "$files" -le 6 ] && [ -z "$deep" ]; then
+        cp -r "$job/out/." "$OUT/" 2>/dev/null
+      else
+        tar czf "$OUT/$name-out.tgz" -C "$job/out" . && echo "lease_bg.sh: $files files in $name-out.tgz"
+      fi
       cp "$job/log" "$OUT/$name.log"
       [ -e "$job/rc" ] && cp "$job/rc" "$OUT/$name.rc"
     fi

@@ -51,3 +51,18 @@ def test_a_failing_job_reports_its_status_and_bad_calls_say_what_is_wrong(tmp_pa
     assert "no job nothing" in bg(tmp_path, "wait", "nothing", "1").stderr
     assert "no command given" in bg(tmp_path, "start", "empty").stderr
     assert "usage" in bg(tmp_path, "start").stderr and "unknown action" in bg(tmp_path, "go", "x").stderr
+
+
+def test_a_job_with_more_files_than_a_call_brings_back_comes_back_as_one_tarball(tmp_path):
+    import tarfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+    command = 'for i in 1 2 3 4 5 6 7; do echo $i > "$OUT/f$i.log"; done; mkdir -p "$OUT/a/b" && echo x > "$OUT/a/b/deep"'
+    assert bg(tmp_path, "start", "many", command).returncode == 0
+    done = bg(tmp_path, "wait", "many", "30", out=out)
+    assert done.returncode == 0 and "8 files in many-out.tgz" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["many-out.tgz", "many.log", "many.rc"]  # 3 of the 8 a call brings
+    with tarfile.open(out / "many-out.tgz") as tar:
+        names = {n.removeprefix("./") for n in tar.getnames()}
+    assert {f"f{i}.log" for i in range(1, 8)} | {"a/b/deep"} <= names
