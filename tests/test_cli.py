@@ -94,6 +94,12 @@ BAD_RECIPES = {
                       ["unknown key 'batchsize' under 'data'", "Arithmetic arguments:", "Did you mean 'batch_size'"]),
     "wrong_type": (edited(model__batches_per_step="four"), ["'model.batches_per_step' must be int, got 'four'"]),
     "missing_required": (edited(model__algorithm=None), ["missing required key(s): model.algorithm"]),
+    "own_class_not_installed": (edited(data__class_path="qerl_no_such_pkg.Data"),
+                                [("'data': class_path 'qerl_no_such_pkg.Data' could not be imported "
+                                 "(No module named 'qerl_no_such_pkg')"), "PYTHONPATH", "qerl.plugins"]),
+    "own_class_misspelt": (edited(model__rewards=[{"class_path": "qerl.rewards.NoSuchReward"}]),
+                           [("'model.rewards': class_path 'qerl.rewards.NoSuchReward' could not be imported "
+                            "(module 'qerl.rewards' has no attribute 'NoSuchReward')")]),
 }
 
 
@@ -136,6 +142,13 @@ def test_a_value_the_component_rejects_is_reported_without_traceback(tmp_path, c
     assert "Traceback" not in err
     assert err.startswith(f"qerl fit --config {path}: error: could not build the run: ")
     assert err.rstrip().endswith("(QERL_DEBUG=1 shows the traceback)")
+
+
+def test_python_dash_m_qerl_is_the_qerl_command():
+    done = subprocess.run([sys.executable, "-m", "qerl", "list", "quantizers"], check=False, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "NVFP4" in done.stdout and "MXFP4" in done.stdout
 
 
 def test_the_installed_command_exits_2_without_traceback(tmp_path):

@@ -21,6 +21,8 @@ _UNKNOWN_CLASS = (
 _NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
 _CLASS_PATH = re.compile(r"class_path '([^']+)'")
 _KEY = re.compile(r'Parser key "([^"]+)"')
+_UNIMPORTABLE = re.compile(r"Problem with given class_path '([^']+)':\s*\n\s*"
+                           r"((?:No module named|module '[^']+' has no attribute|cannot import name)[^\n]*)")
 _WRONG_TYPE = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
 _REQUIRED = re.compile(r"the following arguments are required: (.*)")
 _SKIP_KEYS = {"help", "config", "print_config", "print_shtab"}
@@ -46,6 +48,9 @@ def explain_parse_error(message: str, parser: argparse.ArgumentParser, recipe_fi
         option, class_path = _NOT_ACCEPTED.search(message), _CLASS_PATH.search(message)
         if option and class_path:
             return unknown_init_arg(key, class_path.group(1), option.group(1))
+        unimportable = _UNIMPORTABLE.search(message)
+        if unimportable:
+            return unimportable_class(key, *unimportable.groups())
         for pattern in _UNKNOWN_CLASS:
             match = pattern.search(message)
             if match:
@@ -238,6 +243,13 @@ def unknown_class(key: str, name: str, parser: argparse.ArgumentParser) -> str:
     listed = f" Choices ({kind}): {', '.join(choices)}." if choices else ""
     hint = " (`qerl list` shows every component.)" if any(b.__module__.startswith("qerl.") for b in bases) else ""
     return f"unknown class '{name}' for '{key}'.{listed}{_did_you_mean(name, choices)}{hint}"
+
+
+def unimportable_class(key: str, class_path: str, reason: str) -> str:
+    """A user's own component (`class_path: mypkg.rewards.MyReward`) whose module or class could not be imported."""
+    return (f"'{key}': class_path '{class_path}' could not be imported ({reason.strip()}). Check the spelling, "
+            "install the package that holds it or add its folder to PYTHONPATH; `qerl list` shows every component "
+            "installed (plugins register theirs through the 'qerl.plugins' entry point).")
 
 
 def _tidy(message: str) -> str:
