@@ -19,6 +19,8 @@ def run_tool(name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        argv = ["version", *argv[1:]]
     if argv and argv[0] in TOOLS:
         return run_tool(argv[0], argv[1:])
     from qerl.lightning_cli import run_lightning_cli

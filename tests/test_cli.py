@@ -175,3 +175,17 @@ def test_fit_runs_one_step_and_logs_to_tensorboard_under_runs(tmp_path, monkeypa
     assert any(t.startswith("train/") for t in tags) and any(t.startswith("reward/") for t in tags), tags
     for tag in tags:
         assert all(math.isfinite(e.value) for e in events.Scalars(tag)), tag
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["version"]])
+def test_version_names_qerl_and_its_stack(argv, capsys):
+    import qerl
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"qerl {qerl.__version__}"
+    listed = {line.split()[0]: " ".join(line.split()[1:]) for line in out[1:]}
+    assert set(listed) >= {"torch", "lightning", "transformers", "peft", "vllm", "triton", "jsonargparse"}
+    import torch
+
+    assert listed["torch"] == torch.__version__  # read from the installed metadata, the same version

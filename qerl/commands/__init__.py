@@ -7,4 +7,5 @@ TOOLS = {
     "eval": "qerl.commands.evaluate:main",
     "demo": "qerl.commands.demo:main",
     "export": "qerl.commands.export:main",
+    "version": "qerl.commands.version:main",
 }
