@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from qerl.callbacks.save_config import RunFolderSaveConfig
 from qerl.commands import TOOLS
+from qerl.commands.logger_errors import logger_error
 from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error, union_build_error
 from qerl.commands.trainer_errors import trainer_error
@@ -219,6 +220,10 @@ class QeRLCLI(LightningCLI):
         except Exception as exc:
             if fresh and self.trainer.global_step == 0:
                 remove_stub(log_dir, created)  # a run that failed before its first checkpoint leaves no folder behind
+            said = None if debug_mode() else logger_error(exc)
+            if said:
+                sys.stderr.write(f"{_command(self._argv)}: error: {said}\n")
+                raise SystemExit(2) from None
             if debug_mode() or not is_user_error(exc):
                 raise
             self._fail(f"{subcommand} stopped", exc, status=1)

@@ -83,3 +83,27 @@ def test_wandb_offline_resume_keeps_the_run_id_and_logs_a_samples_table(tmp_path
     wandb.finish()
     (new_id,) = set(os.listdir(project)) - {run_id}
     assert last_step(project / new_id) == 1 and (project / new_id / "config.yaml").is_file()
+
+
+def test_wandb_without_a_login_is_one_line_naming_the_logger_and_leaves_no_run_folder(tmp_path):
+    """In a process of its own: wandb keeps its settings (offline mode) per process once a run has started."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("wandb")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no-netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+               WANDB_SILENT="true", PYTHONPATH=root)  # no key from the machine's own login
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(RESUME_RECIPE.format(
+        path=recipe, logger="lightning.pytorch.loggers.WandbLogger", init_args=f"{{save_dir: {tmp_path / 'out'}}}",
+        noise="", samples=1)))
+    done = subprocess.run([sys.executable, "-m", "qerl", "fit", "--config", str(recipe)], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"qerl fit --config {recipe}: error: trainer.logger: WandbLogger could not start"), line
+    assert "wandb login" in line and "offline=true" in line, line
+    assert not any((tmp_path / "out").rglob("*.ckpt"))  # nothing saved (a missing folder has none)
