@@ -20,7 +20,7 @@ from qerl.commands import TOOLS
 from qerl.commands.logger_errors import logger_error
 from qerl.commands.quiet import quiet_library_output
 from qerl.commands.recipe_errors import explain_parse_error, union_build_error
-from qerl.commands.trainer_errors import trainer_error
+from qerl.commands.trainer_errors import precision_error, trainer_error
 from qerl.models.base import PolicyLoader
 from qerl.registry import RegistryError, load_all
 
@@ -180,6 +180,11 @@ class QeRLCLI(LightningCLI):
         from qerl.training.checkpoint_io import use_atomic_checkpoints
 
         trainer = super().instantiate_trainer(**kwargs)
+        subcommand = self.config.get("subcommand")
+        asked = ((self.config.get(subcommand) or {}).get("trainer") or {}).get("precision") if subcommand else None
+        said = precision_error(trainer.precision, asked)  # the recipe's own words (Lightning may have changed them)
+        if said is not None:
+            self._fail_input(said)
         use_atomic_checkpoints(trainer)
         use_step_progress_bar(trainer)
         if getattr(self, "_resume", None) is not None and self._resume.version is not None:

@@ -38,3 +38,23 @@ def test_other_misconfigurations_name_the_trainer_settings():
 
 def test_other_errors_are_left_to_the_build_error_handling():
     assert trainer_error(ValueError("lora.rank must be positive"), {"accelerator": "gpu"}) is None
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "bf16-true"])
+def test_a_lightning_precision_plugin_is_refused_with_model_dtype_named(precision, tmp_path, monkeypatch, capsys):
+    """qerl sets its dtypes itself (model.dtype; float32 log-probs and AQN norms): autocast or a cast of the module
+    over them would change the update and round AQN's noise away, so the recipe is stopped before anything loads."""
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    assert main(["fit", "--config", str(recipe), f"--trainer.precision={precision}"]) == 2
+    line = one_line_error(capsys)
+    assert f"trainer.precision: {precision} is not used by qerl" in line, line
+    assert f"--model.dtype {'float16' if precision.startswith('16') else 'bfloat16'}" in line, line
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_full_precision_is_what_qerl_runs_under():
+    from qerl.commands.trainer_errors import precision_error
+
+    assert precision_error("32-true") is None and precision_error(32) is None
+    assert precision_error("bf16-mixed") is not None
