@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import random
-from types import SimpleNamespace
 
 #: name -> (median, sigma of log-length, share at the cap)
 DISTRIBUTIONS = {"gsm8k": (300.0, 0.6, 0.02), "dapo": (1800.0, 0.7, 0.08)}
@@ -63,10 +62,10 @@ def length_model_vllm(base_class, lengths: list[int]):
     are regrouped per prompt before the backend builds the Rollout."""
 
     class LengthModelVLLM(base_class):
-        def request_outputs(self, prompt_ids, sampling):
+        def stream_requests(self, prompt_ids, sampling):
             from vllm import SamplingParams
 
-            requests, params = [], []
+            requests, params, owners = [], [], []
             for i, prompt in enumerate(prompt_ids):
                 for j in range(sampling.n):
                     k = (i * sampling.n + j) % len(lengths)
@@ -75,13 +74,13 @@ def length_model_vllm(base_class, lengths: list[int]):
                     params.append(SamplingParams(n=1, temperature=float(sampling.temperature),
                                                  top_p=float(sampling.top_p), max_tokens=lengths[k], ignore_eos=True,
                                                  seed=seed, logprobs=0))
+                    owners.append(i)
+            return requests, params, owners
+
+        def request_outputs(self, prompt_ids, sampling):
+            requests, params, _ = self.stream_requests(prompt_ids, sampling)
             flat = self.llm.generate(requests, params, lora_request=self.lora_request(), use_tqdm=False)
-            grouped = []
-            for i in range(len(prompt_ids)):
-                outs = [flat[i * sampling.n + j].outputs[0] for j in range(sampling.n)]
-                for j, out in enumerate(outs):
-                    out.index = j
-                grouped.append(SimpleNamespace(outputs=outs))
-            return grouped
+            n = sampling.n
+            return [self.merge_outputs(flat[i * n:(i + 1) * n]) for i in range(len(prompt_ids))]
 
     return LengthModelVLLM

@@ -74,6 +74,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
+OVERLAP = {"on": False}  # --train-during-rollout: QeRLModule(train_during_rollout=True)'s step (step_overlap.py)
 LAYOUT = {"pack_groups": False, "segments": None, "batched": False}  # --pack-groups: the update as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
@@ -159,53 +160,62 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
               else PaddedRows())
     backend.scoring_layout = layout  # VLLM's own mismatch forward (--mismatch rollout), as QeRLModule sets it
 
-    def generate():
-        with noise.generating(backend, phases) if noise is not None else contextlib.nullcontext():
-            return backend.generate(prompt_ids, cfg)
-
+    extra = {}
     sync()
     t0 = time.perf_counter()
-    STAGE["now"] = "step: rollout (generation and the policy's mismatch scoring)"
-    if hasattr(backend, "prepare"):  # vLLM: wake (sleep mode) and take the synced adapter, timed on its own
-        backend.prepare()
+    if OVERLAP["on"] and backend is not None:  # --train-during-rollout
+        from step_overlap import overlapped_step
+
+        STAGE["now"] = "step: rollout with the groups training as they finish"
+        rollout, result, used_at_rollout, tokens, extra = overlapped_step(
+            policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync, device_used_gib)
+        used_asleep = None
+    else:
+        def generate():
+            with noise.generating(backend, phases) if noise is not None else contextlib.nullcontext():
+                return backend.generate(prompt_ids, cfg)
+
+        STAGE["now"] = "step: rollout (generation and the policy's mismatch scoring)"
+        if hasattr(backend, "prepare"):  # vLLM: wake (sleep mode) and take the synced adapter, timed on its own
+            backend.prepare()
+            sync()
+        phases["wake"] = time.perf_counter() - t0
+        rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else generate()
+        for _ in range(RESAMPLE["rounds"] if backend is not None else 0):  # DAPO's dynamic sampling: a second draw
+            generate()
+        used_at_rollout = device_used_gib()
         sync()
-    phases["wake"] = time.perf_counter() - t0
-    rollout = synthetic_rollout(prompt_ids, cfg, policy) if backend is None else generate()
-    for _ in range(RESAMPLE["rounds"] if backend is not None else 0):  # DAPO's dynamic sampling: a second draw
-        generate()
-    used_at_rollout = device_used_gib()
-    sync()
-    t_sleep = time.perf_counter()
-    phases["generate"] = t_sleep - t0 - phases["wake"] - phases["aqn"]
-    if backend is not None:
-        backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
-    sync()
-    used_asleep = device_used_gib() if getattr(backend, "sleep_mode", False) else None
-    phases["sleep"] = time.perf_counter() - t_sleep
-    phases["rollout"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
-    rewards = even / rollout.completion_mask.sum(1).clamp(min=1)
-    advantages = algorithm.advantages(rewards, rollout.group_size)
-    sync()
-    phases["score"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    STAGE["now"] = f"step: training (micro-batch {micro_batch})"
-    profiling = profile.around() if profile is not None else contextlib.nullcontext()
-    with profiling:
-        opt.zero_grad(set_to_none=True)
-        params = [p for p in policy.parameters() if p.requires_grad]
-        tokens = float(rollout.completion_mask.sum())
-        totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
-        deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
-        result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
-                                      micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals,
-                                      layout=layout)
-        sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
-        clip_gradients(params, 1.0)
-        opt.step()
+        t_sleep = time.perf_counter()
+        phases["generate"] = t_sleep - t0 - phases["wake"] - phases["aqn"]
+        if backend is not None:
+            backend.release_memory()  # KV cache and graphs go before the update, as QeRLModule's collect step does
         sync()
-    phases["train"] = time.perf_counter() - t2
+        used_asleep = device_used_gib() if getattr(backend, "sleep_mode", False) else None
+        phases["sleep"] = time.perf_counter() - t_sleep
+        phases["rollout"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
+        rewards = even / rollout.completion_mask.sum(1).clamp(min=1)
+        advantages = algorithm.advantages(rewards, rollout.group_size)
+        sync()
+        phases["score"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        STAGE["now"] = f"step: training (micro-batch {micro_batch})"
+        profiling = profile.around() if profile is not None else contextlib.nullcontext()
+        with profiling:
+            opt.zero_grad(set_to_none=True)
+            params = [p for p in policy.parameters() if p.requires_grad]
+            tokens = float(rollout.completion_mask.sum())
+            totals = global_totals(rollout.num_rows, tokens, rollout.completion_ids.device)  # None in one process
+            deferred = getattr(backend, "mismatch_deferred", False)  # --mismatch update: measured in this forward
+            result = accumulate_gradients(policy, algorithm, TrainBatch(rollout, advantages, measure_mismatch=deferred),
+                                          micro_batch, cfg.temperature, lambda loss: loss.backward(), totals=totals,
+                                          layout=layout)
+            sum_gradients(params, result.finite)  # under torchrun: the one all-reduce of QeRLModule's DDP step
+            clip_gradients(params, 1.0)
+            opt.step()
+            sync()
+        phases["train"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     if backend is not None:
         backend.sync_weights(policy)  # the trained adapter to the engine, as RolloutSyncCallback does every step
@@ -225,7 +235,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
             "layout": layout.name + {None: "", True: "-segments", False: "-mask"}[getattr(layout, "segments", None)]
             + ("-batched" if getattr(layout, "batched", False) else ""),
             "decoder_positions": layout.positions(rollout, micro_batch),  # what the update's decoder computed
-            "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0])}
+            "completion_tokens": int(sum_over_ranks([tokens], rollout.completion_ids.device)[0]), **extra}
 
 
 BALLAST: list = []  # --card-gib: device memory held so that everything else has the modelled card's size
@@ -313,7 +323,7 @@ def run_row(spec: dict, args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ranks, rank = world()
-    row = dict(spec, gpus=ranks)
+    row = dict(spec, gpus=ranks, train_during_rollout=OVERLAP["on"])
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
     local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
     noise = None
@@ -464,7 +474,8 @@ def run_row(spec: dict, args) -> dict:
                # phase is the first step's
                device_used_gib_first_rollout=steps[0]["device_used_gib_rollout"],
                device_used_gib_after_train=last.get("device_used_gib_after_train"), mismatch=last.get("mismatch"),
-               generate_split=last.get("generate_split"), sync_split=last.get("sync_split"))
+               generate_split=last.get("generate_split"), sync_split=last.get("sync_split"),
+               losses=[s["loss"] for s in steps], groups_under_rollout=last.get("groups_under_rollout"))
     if backend is not None and hasattr(backend, "close"):
         backend.close()
     row["train_pct_peak"] = round(100 * row["train_tflops"] / PEAK_TFLOPS, 1)
@@ -563,6 +574,10 @@ def main() -> None:
     parser.add_argument("--profile-train", action="store_true",
                         help="one more step after the timed ones, its update under torch's profiler: the row's "
                              "`train_profile` (see benchmarks/train_profile.py)")
+    parser.add_argument("--train-during-rollout", action="store_true",
+                        help="each group trains as soon as the engine finishes it, under the rest of the generate "
+                             "(QeRLModule(train_during_rollout=True), benchmarks/step_overlap.py); the row records "
+                             "groups_under_rollout; with --rollout vllm and an engine awake through training")
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
@@ -583,6 +598,9 @@ def main() -> None:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
+    OVERLAP["on"] = args.train_during_rollout
+    if args.train_during_rollout and args.resample_rounds:
+        parser.error("--train-during-rollout trains one rollout a step: it cannot run with --resample-rounds")
     LAYOUT["segments"] = {"auto": None, "segments": True, "mask": False, "batched": True}[args.pack_attention]
     LAYOUT["batched"] = args.pack_attention == "batched"
     if args.pack_attention != "auto" and not args.pack_groups:

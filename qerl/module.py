@@ -29,15 +29,16 @@ from qerl.rollout.base import RolloutBackend
 from qerl.rollout.hf import HF
 from qerl.training import distributed
 from qerl.training.checks import check_module_args
-from qerl.training.collect import Collector, collect_groups, data_metrics
+from qerl.training.collect import Collected, Collector, collect_groups, data_metrics, draw_prompts, step_sampling
+from qerl.training.overlap import check_train_during_rollout, stream_and_train, streams
 from qerl.training.policy import build_policy
 from qerl.training.resumable import ResumableRun
 from qerl.training.running_rewards import RunningRewards
-from qerl.training.scoring import Scored, concat_scored
+from qerl.training.scoring import Scored, concat_scored, score_rollout
 from qerl.training.settings import LoRASettings, OptimizerSettings, global_seed
 from qerl.training.step_metrics import StepTimer, peak_memory_gb, reward_metrics, rollout_metrics, update_metrics
-from qerl.training.update import TrainBatch, accumulate_gradients, clip_gradients
-from qerl.types import PromptBatch, SamplingConfig
+from qerl.training.update import TrainBatch, UpdateResult, accumulate_gradients, clip_gradients
+from qerl.types import PromptBatch, Rollout, SamplingConfig
 
 
 class QeRLModule(ResumableRun, L.LightningModule):
@@ -77,6 +78,12 @@ class QeRLModule(ResumableRun, L.LightningModule):
             prompt, no padding (`qerl.models.packed.PackedGroups`; same log-probs, fewer positions; needs the
             policy's attention to be `sdpa` or `eager`; an `sdpa` policy is switched to `qerl_packed`, which attends
             a long packed group segment by segment and is HF's `sdpa` otherwise).
+        train_during_rollout: score and train each group (forward and backward) as soon as its completions end,
+            while the engine still generates the others; the optimizer steps once every group is in, with the same
+            gradient (`qerl.training.overlap` says why it is exact). Overlaps with `rollout: VLLM` whose engine stays
+            awake through training (`enable_sleep_mode` false, or "auto" deciding so); otherwise the step runs as
+            without it, with a warning. Needs `num_iterations: 1`, `beta: 0`, no dynamic sampling,
+            `batches_per_step: 1`, no `importance_sampling_cap`, one process.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         validation: ValidationSettings = ValidationSettings(),  # noqa: B008
         dequantize_once_per_step: bool = False,
         pack_groups: bool = False,
+        train_during_rollout: bool = False,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -133,6 +141,9 @@ class QeRLModule(ResumableRun, L.LightningModule):
         counts = {"micro_batch_size": micro_batch_size, "batches_per_step": batches_per_step,
                   "num_samples_logged": num_samples_logged, "log_samples_every": log_samples_every,
                   "export_adapter_every": export_adapter_every, "max_nan_skips": max_nan_skips}
+        self.train_during_rollout = bool(train_during_rollout)
+        if self.train_during_rollout:
+            check_train_during_rollout(algorithm, batches_per_step, self.rollout)
         self.accuracy_index = check_module_args(self.sampling, algorithm, self.rewards, self.lora, quantizer, self.optim,
                                                 counts, accuracy_reward)
         self.automatic_optimization = False
@@ -155,6 +166,9 @@ class QeRLModule(ResumableRun, L.LightningModule):
             self._base_weights = base_weight_snapshot(self.model) if self.lora is not None else {}
             self.model.train()  # loaders hand out eval-mode models; LoRA dropout and checkpointing need train mode
             self.layout.check(self.model)  # a layout the policy cannot run is refused before any rollout
+            if self.train_during_rollout and world()[0] > 1:
+                raise ValueError("`model.init_args.train_during_rollout: true` runs in one process only; set it "
+                                 "to false under `trainer.strategy: ddp`.")
             distributed.broadcast_only_trainable(self)  # under DDP every rank loads the frozen base itself
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if datamodule is not None and hasattr(datamodule, "set_tokenizer"):  # the plan measures the prompts
@@ -206,25 +220,13 @@ class QeRLModule(ResumableRun, L.LightningModule):
         self._resume_data_position(dataloader_iter)
         parts = Collector(self.tokenizer, self.rollout, self.rewards, self.algorithm, self.sampling, self.seed,
                           self.accuracy_index)
-        collected, generated, step = [], [], self.global_step  # the optimizer steps move global_step
-        for _ in range(self.batches_per_step):
-            got = collect_groups(parts, dataloader_iter, timer, step, len(generated), self.noise_draw)
-            self._batches_drawn += got.batches_drawn
-            collected.append(got)
-            generated.extend(got.generated)
-        kept = [got.kept for got in collected]
-        pad = self.rollout.pad_id
-        train, seen = concat_scored(kept, pad), concat_scored(generated, pad)
-        with timer.phase("score"):
-            shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
-            advantages = self.algorithm.advantages(shaped, self.sampling.n)
-        with timer.phase("train"):
-            finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
-            if on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
-                deferred = getattr(self.rollout, "mismatch_deferred", False)  # VLLM(measure_mismatch="update")
-                update = self._optimize(TrainBatch(train.rollout, advantages, measure_mismatch=deferred))
-            else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
-                update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
+        step = self.global_step  # the optimizer steps move global_step
+        if self.train_during_rollout and streams(self.rollout, warn=True):
+            collected, train, seen, shaped, advantages, update = self._train_under_rollout(parts, dataloader_iter,
+                                                                                          timer, step)
+        else:
+            collected, train, seen, shaped, advantages, update = self._collect_then_train(parts, dataloader_iter,
+                                                                                         timer, step)
         self._remember_samples(seen)
         self.running.update(seen.rewards, seen.correct)  # torchmetrics: reduced over ranks in compute()
         every, rollout_s = distributed.gather_scored(seen, timer.phases.get("rollout", 0.0))  # all ranks' groups
@@ -248,21 +250,78 @@ class QeRLModule(ResumableRun, L.LightningModule):
         self.log_dict({"reward": metrics["reward/total_mean"], "acc": metrics["train/accuracy"]}, prog_bar=True,
                       logger=False, on_step=True, on_epoch=False, batch_size=1)
 
+    def _collect_then_train(self, parts: Collector, dataloader_iter: Iterator, timer: StepTimer, step: int):
+        """Generate (and refill) the step's groups, then score and train on them."""
+        collected, generated = [], []
+        for _ in range(self.batches_per_step):
+            got = collect_groups(parts, dataloader_iter, timer, step, len(generated), self.noise_draw)
+            self._batches_drawn += got.batches_drawn
+            collected.append(got)
+            generated.extend(got.generated)
+        pad = self.rollout.pad_id
+        train, seen = concat_scored([got.kept for got in collected], pad), concat_scored(generated, pad)
+        with timer.phase("score"):
+            shaped = self.algorithm.shape_rewards(train.rewards, train.rollout.lengths, self.sampling.max_new_tokens)
+            advantages = self.algorithm.advantages(shaped, self.sampling.n)
+        with timer.phase("train"):
+            finite_rewards = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
+            if on_every_rank(finite_rewards, self.device):  # the ranks skip a step together
+                deferred = getattr(self.rollout, "mismatch_deferred", False)  # VLLM(measure_mismatch="update")
+                update = self._optimize(TrainBatch(train.rollout, advantages, measure_mismatch=deferred))
+            else:  # a reward function returned NaN/Inf: nothing trustworthy to learn from
+                update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
+        return collected, train, seen, shaped, advantages, update
+
+    def _train_under_rollout(self, parts: Collector, dataloader_iter: Iterator, timer: StepTimer, step: int):
+        """Each group scored and trained while the engine generates the rest (`qerl.training.overlap`)."""
+        batch = draw_prompts(dataloader_iter)
+        self._batches_drawn += 1
+        self.optimizers().zero_grad(set_to_none=True)
+        forward_context = self._forward_context()
+
+        def train(group: TrainBatch) -> UpdateResult:
+            return accumulate_gradients(self.model, self.algorithm, group, self.micro_batch_size,
+                                        self.sampling.temperature, self.manual_backward, forward_context,
+                                        totals=(1, 1.0), layout=self.layout)
+
+        def score(index: int, group: Rollout) -> Scored:
+            return score_rollout(self.rewards, group, batch.select(index), self.sampling.max_new_tokens,
+                                 self.accuracy_index, step)
+
+        ids = self.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
+        done = stream_and_train(self.rollout, self.algorithm, ids, step_sampling(parts, step), score, self.noise_draw,
+                                timer, train, self.trainable_parameters(), self.device)
+        with timer.phase("train"):
+            if done.finite_rewards:
+                update = self._apply_update(done.update)
+            else:
+                self.optimizers().zero_grad(set_to_none=True)
+                update = self._skip_step({"train/loss": math.nan, "train/nonfinite_reward": 1.0})
+        update["perf/groups_trained_under_rollout"] = float(done.overlapped_groups)
+        collected = [Collected(done.scored, [done.scored], rounds=0, batches_drawn=1)]
+        return collected, done.scored, done.scored, done.shaped, done.advantages, update
+
+    def _forward_context(self):
+        """The training forward's AQN block when the noise schedule asks for noise in training too (else None)."""
+        noise = self.noise_draw
+        if not (noise.in_training and noise.sigma > 0):
+            return None
+
+        def forward_context():
+            return noisy_norms(self.model, noise.sigma, seed=noise.seed, relative=noise.relative)
+
+        return forward_context
+
     def _optimize(self, batch: TrainBatch) -> dict[str, float]:
         """`num_iterations` optimizer steps on one rollout batch; a non-finite loss or gradient skips the step."""
-        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt = self.optimizers()
         temperature, mbs = self.sampling.temperature, self.micro_batch_size
         if self.algorithm.num_iterations > 1:
             batch.old_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature, layout=self.layout)
         if self.algorithm.beta > 0:
             batch.ref_logprobs = stored_logprobs(self.model, batch.rollout, mbs, temperature, layout=self.layout,
                                                  context=lambda: reference_policy(self.model, self._base_weights))
-        forward_context = None
-        noise = self.noise_draw
-        if noise.in_training and noise.sigma > 0:
-            def forward_context():
-                return noisy_norms(self.model, noise.sigma, seed=noise.seed, relative=noise.relative)
-
+        forward_context = self._forward_context()
         totals = distributed.global_totals(batch.rollout.num_rows, float(batch.rollout.completion_mask.sum()),
                                            self.device)  # None in one process
         metrics: dict[str, float] = {}
@@ -270,19 +329,27 @@ class QeRLModule(ResumableRun, L.LightningModule):
             opt.zero_grad(set_to_none=True)
             result = accumulate_gradients(self.model, self.algorithm, batch, mbs, temperature, self.manual_backward,
                                           forward_context, totals, layout=self.layout)
-            finite = distributed.sum_gradients(self.trainable_parameters(), result.finite)  # every rank agrees
-            grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if finite else math.nan
-            metrics = update_metrics(distributed.combine_update_metrics(result.metrics, self.device) if finite
-                                     else {"loss": math.nan})  # the same keys on every rank
-            metrics["train/grad_norm"] = grad_norm
-            metrics["train/lr"] = float(opt.param_groups[0]["lr"])
-            if not (finite and math.isfinite(grad_norm)):
-                opt.zero_grad(set_to_none=True)
-                return self._skip_step(metrics)
-            self._nan_streak = 0
-            opt.step()
-            sched.step()
-            metrics["train/nan_skipped"] = 0.0
+            metrics = self._apply_update(result)
+            if metrics["train/nan_skipped"]:
+                break
+        return metrics
+
+    def _apply_update(self, result: UpdateResult) -> dict[str, float]:
+        """Clip the accumulated gradients and step the optimizer, or skip the step when anything is non-finite."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        finite = distributed.sum_gradients(self.trainable_parameters(), result.finite)  # every rank agrees
+        grad_norm = clip_gradients(self.trainable_parameters(), self.optim.grad_clip) if finite else math.nan
+        metrics = update_metrics(distributed.combine_update_metrics(result.metrics, self.device) if finite
+                                 else {"loss": math.nan})  # the same keys on every rank
+        metrics["train/grad_norm"] = grad_norm
+        metrics["train/lr"] = float(opt.param_groups[0]["lr"])
+        if not (finite and math.isfinite(grad_norm)):
+            opt.zero_grad(set_to_none=True)
+            return self._skip_step(metrics)
+        self._nan_streak = 0
+        opt.step()
+        sched.step()
+        metrics["train/nan_skipped"] = 0.0
         return metrics
 
     def _skip_step(self, metrics: dict[str, float]) -> dict[str, float]:

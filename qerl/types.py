@@ -129,6 +129,11 @@ class PromptBatch:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def select(self, index: int) -> PromptBatch:
+        """The batch of prompt `index` alone."""
+        return PromptBatch(prompts=[self.prompts[index]], answers=[self.answers[index]],
+                           meta=[self.meta[index]] if self.meta else [])
+
 
 @dataclass
 class LossOutput:

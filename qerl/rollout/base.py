@@ -70,6 +70,21 @@ class RolloutBackend(ABC):
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Rollout:
         """`sampling.n` completions for each prompt (token ids, no padding)."""
 
+    #: True when `generate_groups` hands each group over while the engine still generates the others (`VLLM`), so
+    #: the policy may train on it at once; False: the groups come after the whole batch is generated
+    streams_groups: bool = False
+
+    def generate_groups(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> Iterator[tuple[int, Rollout]]:
+        """(prompt index, that prompt's rollout of `sampling.n` rows) for every prompt, as its group is ready.
+        Default: `generate`, then the groups in prompt order. `finish_groups` follows the last one."""
+        rollout = self.generate(prompt_ids, sampling)
+        for g in range(len(prompt_ids)):
+            yield g, rollout.select(rollout.group_index == g)
+
+    def finish_groups(self, rollout: Rollout, sampling: SamplingConfig) -> None:
+        """After `generate_groups` and the training of its groups: work on the whole `rollout` that had to wait
+        for the policy (VLLM: its mismatch forward); nothing by default (`generate` did it)."""
+
     def sync_weights(self, policy: nn.Module) -> None:
         """Push updated trainable weights (LoRA, norms) into the engine; no-op by default."""
 

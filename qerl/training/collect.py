@@ -62,12 +62,19 @@ def draw_prompts(dataloader_iter: Iterator) -> PromptBatch:
     return item[0] if isinstance(item, tuple) else item
 
 
+def step_sampling(parts: Collector, step: int, draw: int = 0) -> SamplingConfig:
+    """The sampling settings of rollout `draw` of step `step`, with its seed (`rollout_seed`)."""
+    base = parts.sampling.seed if parts.sampling.seed is not None else parts.seed
+    # rank r of W: draws r, W+r, ..
+    return dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop),
+                               seed=rollout_seed(base, step, global_draw(draw)))
+
+
 def generate_and_score(parts: Collector, batch: PromptBatch, timer: StepTimer, step: int, draw: int,
                        noise: NoiseDraw) -> Scored:
     """Sample `sampling.n` completions per prompt with this step's AQN noise, then score them."""
     ids = parts.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
-    base = parts.sampling.seed if parts.sampling.seed is not None else parts.seed
-    sampling = dataclasses.replace(parts.sampling, stop=list(parts.sampling.stop), seed=rollout_seed(base, step, global_draw(draw)))  # rank r of W: draws r, W+r, ..
+    sampling = step_sampling(parts, step, draw)
     noisy = (parts.rollout.noise(noise.sigma, noise.seed, noise.relative) if noise.sigma > 0
              else contextlib.nullcontext())
     with timer.phase("rollout"), noisy:

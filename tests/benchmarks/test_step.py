@@ -139,3 +139,19 @@ def test_pack_attention_without_pack_groups_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         script.main()
     assert exc.value.code == 2 and "--pack-attention needs --pack-groups" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("aqn", [[], ["--aqn"]], ids=["no-noise", "aqn"])
+def test_a_row_trained_during_the_rollout_takes_the_same_update(tmp_path, monkeypatch, aqn):
+    rows = {}
+    for name, flags in {"after": [*aqn], "during": [*aqn, "--train-during-rollout"]}.items():
+        out = tmp_path / name
+        out.mkdir()
+        rows[name], policy, clean, _ = run_row(out, monkeypatch, *flags)
+        assert rows[name]["status"] == "ok" and rows[name]["train_during_rollout"] == (name == "during")
+        assert torch.equal(norms(policy), clean)  # the generation's noise never stays on the trained policy
+    # the CPU rows generate with the fast engine, which hands the groups over after the whole batch: none overlap
+    assert rows["during"]["groups_under_rollout"] == 0 and rows["after"]["groups_under_rollout"] is None
+    assert rows["during"]["losses"] == pytest.approx(rows["after"]["losses"], rel=1e-5, abs=1e-7)
+    assert rows["during"]["completion_tokens"] == rows["after"]["completion_tokens"]
+    assert rows["during"]["aqn"] == rows["after"]["aqn"]  # the same noise drawn, realized and restored

@@ -31,11 +31,12 @@ from qerl.rollout.vllm.norms import float32_rms_norms, wants_float32_norms
 from qerl.rollout.vllm.num_seqs import AUTO_MAX_SEQS, auto_num_seqs, describe_pick
 from qerl.rollout.vllm.outputs import check_finite_logprobs, check_lengths, rollout_from_outputs
 from qerl.rollout.vllm.sleep import EngineSleep
+from qerl.rollout.vllm.stream import EngineStream
 from qerl.types import Rollout, SamplingConfig
 
 
 @ROLLOUT_BACKENDS.register()
-class VLLM(EngineNoise, EngineSleep, RolloutBackend):
+class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
     """Generates with a colocated vLLM engine; the trained LoRA (and norms) are pushed in after every step.
 
     The engine is built in `setup` from the policy's base weights: on CUDA an NVFP4 base goes in as a
@@ -139,6 +140,7 @@ class VLLM(EngineNoise, EngineSleep, RolloutBackend):
         self.sync_timings: dict[str, float] = {}  # seconds of the last adapter snapshot and of its hand-over
         self.mismatch_deferred = False  # the last rollout left the mismatch metrics to the update's forward
         self._noise_sigma = 0.0
+        self._noise_args: tuple[float, int | None, bool] = (0.0, None, False)  # the engine's AQN block, if in one
         self._tp_group = None
 
     # ------------------------------------------------------------------ setup

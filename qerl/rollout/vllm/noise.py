@@ -15,7 +15,7 @@ from qerl.rollout.vllm.norms import engine_realized
 
 
 class EngineNoise:
-    """`noise` for a backend holding `llm`, `policy`, `_noise_sigma` and `_ready()`."""
+    """`noise` for a backend holding `llm`, `policy`, `_noise_sigma`, `_noise_args` and `_ready()`."""
 
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
@@ -24,21 +24,37 @@ class EngineNoise:
         `relative` noise is scaled by the policy's norm weights (`noisy_norms`), which the engine holds too; the
         engine adds that Z as it is. `noise_metrics` are measured on the engine's own norm weights (float32 when
         built for a policy with float32 norms, see `qerl.rollout.vllm.norms`)."""
+        with self._engine_noise(sigma, seed, relative, keep_policy_noisy=True):
+            yield
+
+    @contextlib.contextmanager
+    def engine_noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
+        """The same Z as `noise` in the engine only: the policy's norms are clean again before the block runs (it
+        trains while the engine streams groups, `qerl.rollout.vllm.stream`); `_noise_args` lets a later scoring
+        forward put the Z back on the policy."""
+        with self._engine_noise(sigma, seed, relative, keep_policy_noisy=False):
+            yield
+
+    @contextlib.contextmanager
+    def _engine_noise(self, sigma: float, seed: int | None, relative: bool, keep_policy_noisy: bool) -> Iterator[None]:
         if check_sigma("noisy_norms", "sigma", sigma) == 0.0:
             yield
             return
         self._ready()
-        with noisy_norms(self.policy, sigma, seed=seed, relative=relative) as applied:
+        with contextlib.ExitStack() as policy_noise:
+            applied = policy_noise.enter_context(noisy_norms(self.policy, sigma, seed=seed, relative=relative))
             names, zs = list(applied), list(applied.values())
             host = torch.cat(zs).cpu().split([z.numel() for z in zs])  # one device-to-host copy of Z
             noise = {engine_name(name): z for name, z in zip(names, host, strict=True)}
+            if not keep_policy_noisy:
+                policy_noise.close()  # the policy's norms restored exactly; the engine gets the Z below
             try:
                 moved = self.llm.collective_rpc(worker.add_norm_noise, args=(noise,))[0]
                 self.noise_metrics = engine_realized(moved, sigma, self, relative).metrics()
                 self.llm.reset_prefix_cache()
-                self._noise_sigma = sigma
+                self._noise_sigma, self._noise_args = sigma, (sigma, seed, relative)
                 yield
             finally:
-                self._noise_sigma = 0.0
+                self._noise_sigma, self._noise_args = 0.0, (0.0, None, False)
                 self.llm.collective_rpc(worker.restore_norms)
                 self.llm.reset_prefix_cache()

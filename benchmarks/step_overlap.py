@@ -1,0 +1,60 @@
+"""`step.py --train-during-rollout`: the step of `QeRLModule(train_during_rollout=True)` on a benchmark row.
+
+Each group is scored (the row's synthetic reward: the share of even token ids) and trained the moment the engine
+finishes it, while the engine decodes the rest (`qerl.training.overlap.stream_and_train`); then clip and step. The
+phases: `generate` is the engine's stream (with the groups training under it), `train` what the update still
+needs after the last group is out (the tail), `score` 0 (scored on the worker thread, under the generate).
+"""
+from __future__ import annotations
+
+import time
+
+
+def even_reward(group):
+    """The row's synthetic reward of each completion (as `step.py`'s one_step scores): its share of even ids."""
+    even = ((group.completion_ids % 2 == 0) & group.completion_mask.bool()).float().sum(1)
+    return even / group.completion_mask.sum(1).clamp(min=1)
+
+
+def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync,
+                    used_gib):
+    """One step; returns (rollout, the update's result, what the card holds after the generate and the groups'
+    update (`used_gib()`), completion tokens, extra row fields) and fills `phases`."""
+    from qerl.noise.base import NoiseDraw
+    from qerl.training.overlap import stream_and_train
+    from qerl.training.scoring import Scored
+    from qerl.training.step_metrics import StepTimer
+    from qerl.training.update import accumulate_gradients, clip_gradients
+    from qerl.types import PromptBatch
+
+    def score(index, group):
+        rewards = even_reward(group)
+        return Scored(group, PromptBatch([""], [""]), {"even": rewards}, rewards, rewards > 0.5)
+
+    def train(batch):
+        return accumulate_gradients(policy, algorithm, batch, micro_batch, cfg.temperature,
+                                    lambda loss: loss.backward(), totals=(1, 1.0), layout=layout)
+
+    start = time.perf_counter()
+    if hasattr(backend, "prepare"):  # wake (sleep mode) and take the synced adapter, timed on its own
+        backend.prepare()
+        sync()
+    phases["wake"] = time.perf_counter() - start
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    timer = StepTimer()
+    draw = noise.draw if noise is not None else NoiseDraw()
+    device = next(policy.parameters()).device
+    done = stream_and_train(backend, algorithm, prompt_ids, cfg, score, draw, timer, train, params, device)
+    sync()
+    used = used_gib()  # the engine awake and the groups' activations freed: what the card held through the stream
+    begin = time.perf_counter()
+    if done.update.finite:
+        clip_gradients(params, 1.0)
+        opt.step()
+    sync()
+    phases.update(generate=timer.phases.get("rollout", 0.0), rollout=timer.phases.get("rollout", 0.0), sleep=0.0,
+                  score=0.0, train=timer.phases.get("train", 0.0) + time.perf_counter() - begin)
+    rollout = done.scored.rollout
+    extra = {"groups_under_rollout": done.overlapped_groups, "groups": done.scored.num_groups}
+    return rollout, done.update, used, float(rollout.completion_mask.sum()), extra

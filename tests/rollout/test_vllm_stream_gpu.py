@@ -1,0 +1,85 @@
+"""`QeRLModule(train_during_rollout=True)` on a CUDA device with the real vLLM: the groups train on their own stream
+and thread while the engine decodes, and the optimizer gets the gradient of training after generation.
+
+The tiny NVFP4 Qwen2 of test_vllm_gpu.py, bf16, an engine awake through training (no sleep mode) with its decode
+CUDA graphs (`compile: false`). The first prompt's completions stop after 2 tokens and the others run 48, so the
+first group trains while the engine decodes. bf16 gradients summed in another order: compared by their cosine and
+norms, not bit for bit.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from qerl.types import SamplingConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                  reason="needs vllm (the CUDA build)")]
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from rollout.test_vllm_gpu import CONFIG, tiny_policy
+
+
+class GradientRecorder(L.Callback):
+    """Keeps the trainable gradients the optimizer is about to apply (after clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads = {k: p.grad.detach().float().cpu() for k, p in pl_module.model.named_parameters()
+                      if p.requires_grad and p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from qerl.rollout.vllm import VLLM
+
+    class ShortFirstPrompt(VLLM):
+        def sampling_params(self, sampling, prompt_index):
+            params = super().sampling_params(sampling, prompt_index)
+            if prompt_index == 0:
+                params.max_tokens = 2
+            params.ignore_eos = True
+            return params
+
+    policy, tokenizer = tiny_policy()
+    backend = ShortFirstPrompt(max_model_len=256, gpu_memory_utilization=0.1, max_num_seqs=16,
+                               enable_sleep_mode=False, compile=False, measure_mismatch="update")
+    backend.setup(policy, tokenizer)
+    yield backend
+    backend.close()
+
+
+def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from rl_helpers import tiny_data, tiny_module, tiny_trainer
+
+    from qerl.models import RandomInit
+    from qerl.training.settings import LoRASettings
+
+    grads, logged = [], []
+    for overlap in (False, True):
+        module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16", noise=None,
+                             train_during_rollout=overlap, lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
+                             sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
+        recorder = GradientRecorder()
+        trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")
+        torch.manual_seed(0)
+        trainer.fit(module, tiny_data())
+        grads.append(recorder.grads)
+        logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+    after, during = grads
+    assert sorted(after) == sorted(during)
+    flat_after = torch.cat([after[k].flatten() for k in sorted(after)])
+    flat_during = torch.cat([during[k].flatten() for k in sorted(after)])
+    assert float(flat_after.norm()) > 0
+    assert float(torch.nn.functional.cosine_similarity(flat_after, flat_during, dim=0)) > 0.999
+    assert float((flat_after - flat_during).norm() / flat_after.norm()) < 2e-2
+    assert logged[1]["perf/groups_trained_under_rollout"] >= 1  # the short group trained while the others decoded
+    assert logged[1]["rollout/mismatch_kl"] == pytest.approx(logged[0]["rollout/mismatch_kl"], rel=0.1, abs=1e-4)

@@ -1,0 +1,146 @@
+"""Training under the rollout (`qerl.training.overlap`): groups trained one by one, in any order, with counts of 1
+and scaled at the end, give the whole batch's gradient; what cannot be done exactly is refused by its key."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from qerl.algorithms import DAPO, GRPO
+from qerl.models.byte_tokenizer import byte_tokenizer
+from qerl.rollout import HF
+from qerl.training.overlap import (
+    GroupTrainer,
+    check_group_local,
+    check_train_during_rollout,
+    combine_updates,
+    normalizer,
+    scale_gradients,
+    streams,
+)
+from qerl.training.scoring import Scored
+from qerl.training.update import TrainBatch, accumulate_gradients
+from qerl.types import PromptBatch, SamplingConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+ALGORITHMS = [GRPO(), GRPO(loss_aggregation="token_mean"), GRPO(loss_aggregation="constant", max_completion_length=9),
+              GRPO(scale_rewards=False)]
+IDS = ["GRPO-seq-mean", "GRPO-token-mean", "DrGRPO-constant", "GRPO-unscaled"]
+
+
+@pytest.fixture
+def rollout_and_model(tiny_llama):
+    tok = byte_tokenizer()
+    model = tiny_llama(seed=2, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+    hf = HF()
+    hf.setup(model, tok)
+    prompts = [tok.encode(p) for p in ("1+1=", "A much longer prompt here", "xyz", "9*9")]
+    return model, hf.generate(prompts, SamplingConfig(n=3, max_new_tokens=9, temperature=1.0, seed=0))
+
+
+@pytest.mark.parametrize(("aggregation", "expected"), [("sequence_mean", 1 / 12), ("token_mean", 1 / 50),
+                                                       ("constant", 1 / 12)])
+def test_normalizer_is_the_batch_count_the_aggregation_divides_by(aggregation, expected):
+    algorithm = GRPO(loss_aggregation=aggregation, max_completion_length=9)
+    assert normalizer(algorithm, 12, 50.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=IDS)
+def test_groups_trained_in_any_order_then_scaled_give_the_whole_batch_gradient(rollout_and_model, algorithm):
+    model, r = rollout_and_model
+    n, params = r.group_size, [p for p in model.parameters() if p.requires_grad]
+    rewards = torch.tensor([0.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.2, 0.0, 0.9, 0.3, 0.3, 0.7])  # one flat group
+    advantages = algorithm.advantages(rewards, n)
+    whole = accumulate_gradients(model, algorithm, TrainBatch(r, advantages), 2, 1.0, lambda loss: loss.backward())
+    expected = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+
+    def score(index: int, rollout) -> Scored:
+        rows = slice(index * n, (index + 1) * n)
+        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
+
+    def train(batch: TrainBatch):
+        return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
+
+    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    order = list(range(r.num_rows // n))
+    random.Random(3).shuffle(order)
+    for g in order:
+        trainer.submit(g, r.select(r.group_index == g))
+    results = trainer.results()
+    assert [res.index for res in results] == sorted(order) and all(res.finite_rewards for res in results)
+    got_advantages = torch.cat([res.advantages for res in results])
+    check_group_local(algorithm, torch.cat([res.shaped for res in results]), got_advantages, n)
+    assert torch.allclose(got_advantages, advantages)
+    tokens = float(r.completion_mask.sum())
+    scale = normalizer(algorithm, r.num_rows, tokens)
+    combined = combine_updates([res.update for res in results], scale, tokens)
+    scale_gradients(params, scale)
+    for p, want in zip(params, expected):
+        assert torch.allclose(p.grad, want, atol=1e-6, rtol=1e-4)
+    assert combined.metrics["loss"] == pytest.approx(whole.metrics["loss"], abs=1e-6)
+    assert combined.metrics["entropy"] == pytest.approx(whole.metrics["entropy"], rel=1e-5)
+    assert combined.metrics["ratio_mean"] == pytest.approx(whole.metrics["ratio_mean"], rel=1e-6)
+
+
+def test_a_non_finite_reward_stops_the_groups_after_it_from_training(rollout_and_model):
+    model, r = rollout_and_model
+    n, algorithm = r.group_size, GRPO()
+    rewards = torch.tensor([0.0, 1.0, float("nan")] + [0.0, 1.0, 0.5] * 3)
+
+    def score(index: int, rollout) -> Scored:
+        rows = slice(index * n, (index + 1) * n)
+        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
+
+    def train(batch: TrainBatch):
+        return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
+
+    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    for g in range(4):
+        trainer.submit(g, r.select(r.group_index == g))
+    results = trainer.results()
+    assert [res.finite_rewards for res in results] == [False, True, True, True]
+    assert all(res.update is None for res in results)  # the step is skipped: nothing trained after the NaN
+    assert all(p.grad is None for p in model.parameters())
+
+
+class BatchMeanBaseline(GRPO):
+    """Advantages against the whole batch's mean reward: they look across groups."""
+
+    def advantages(self, rewards, group_size):
+        return rewards - rewards.mean()
+
+
+def test_advantages_that_look_across_groups_are_caught_when_the_step_ends():
+    algorithm = BatchMeanBaseline()
+    rewards = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    per_group = torch.cat([algorithm.advantages(rewards[:2], 2), algorithm.advantages(rewards[2:], 2)])
+    with pytest.raises(RuntimeError, match=r"train_during_rollout: true`: BatchMeanBaseline's advantages depend"):
+        check_group_local(algorithm, rewards, per_group, 2)
+
+
+@pytest.mark.parametrize(("algorithm", "batches", "cap", "says"), [
+    (GRPO(num_iterations=2), 1, None, r"num_iterations"),
+    (GRPO(beta=0.04), 1, None, r"algorithm.init_args.beta"),
+    (DAPO(), 1, None, r"max_resample_rounds"),
+    (GRPO(), 2, None, r"batches_per_step` is 2"),
+    (GRPO(), 1, 2.0, r"importance_sampling_cap"),
+], ids=["iterations", "kl", "dynamic-sampling", "batches-per-step", "importance-sampling"])
+def test_what_cannot_train_during_the_rollout_is_refused_by_its_key(algorithm, batches, cap, says):
+    from qerl.rollout.vllm import VLLM
+
+    with pytest.raises(ValueError, match=says) as info:
+        check_train_during_rollout(algorithm, batches, VLLM(importance_sampling_cap=cap))
+    assert "Set `model.init_args.train_during_rollout: false`" in str(info.value)
+
+
+def test_only_a_streaming_engine_awake_through_training_overlaps():
+    from qerl.rollout.vllm import VLLM
+
+    assert streams(VLLM(enable_sleep_mode=False))
+    with pytest.warns(UserWarning, match=r"engine sleeps while the policy trains"):
+        assert not streams(VLLM(enable_sleep_mode=True), warn=True)
+    with pytest.warns(UserWarning, match=r"no effect with HF: it generates the whole batch at once"):
+        assert not streams(HF(), warn=True)
