@@ -74,7 +74,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
-OVERLAP = {"on": False}  # --train-during-rollout: QeRLModule(train_during_rollout=True)'s step (step_overlap.py)
+OVERLAP = {"on": False, "sm_share": 1.0, "gil_turn": None}  # --train-during-rollout [--train-sm-share, --gil-turn]: QeRLModule(train_during_rollout=True)'s step (step_overlap.py)
 LAYOUT = {"pack_groups": False, "segments": None, "batched": False}  # --pack-groups: the update as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
@@ -168,7 +168,8 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
 
         STAGE["now"] = "step: rollout with the groups training as they finish"
         rollout, result, used_at_rollout, tokens, extra = overlapped_step(
-            policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync, device_used_gib)
+            policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync, device_used_gib,
+            OVERLAP["sm_share"])
         used_asleep = None
     else:
         def generate():
@@ -323,7 +324,9 @@ def run_row(spec: dict, args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ranks, rank = world()
-    row = dict(spec, gpus=ranks, train_during_rollout=OVERLAP["on"])
+    row = dict(spec, gpus=ranks, train_during_rollout=OVERLAP["on"],
+               train_sm_share=OVERLAP["sm_share"] if OVERLAP["on"] else None,
+               gil_turn_s=OVERLAP["gil_turn"] if OVERLAP["on"] else None)
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
     local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
     noise = None
@@ -578,6 +581,12 @@ def main() -> None:
                         help="each group trains as soon as the engine finishes it, under the rest of the generate "
                              "(QeRLModule(train_during_rollout=True), benchmarks/step_overlap.py); the row records "
                              "groups_under_rollout; with --rollout vllm and an engine awake through training")
+    parser.add_argument("--train-sm-share", type=float, default=1.0,
+                        help="with --train-during-rollout: the share of the GPU's SMs the update may use while the "
+                             "engine decodes (QeRLModule(train_during_rollout_sm_share=...): a CUDA green context)")
+    parser.add_argument("--gil-turn", type=float, default=None,
+                        help="with --train-during-rollout: seconds a thread may hold the GIL while the other waits "
+                             "during the stream (qerl.training.overlap.GIL_TURN_S, 0.5 ms by default)")
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
@@ -598,7 +607,14 @@ def main() -> None:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
-    OVERLAP["on"] = args.train_during_rollout
+    OVERLAP.update(on=args.train_during_rollout, sm_share=args.train_sm_share)
+    from qerl.training import overlap
+
+    if args.gil_turn is not None:
+        overlap.GIL_TURN_S = args.gil_turn
+    OVERLAP["gil_turn"] = overlap.GIL_TURN_S
+    if not 0 < args.train_sm_share <= 1:
+        parser.error(f"--train-sm-share {args.train_sm_share}: a share of the SMs in (0, 1]")
     if args.train_during_rollout and args.resample_rounds:
         parser.error("--train-during-rollout trains one rollout a step: it cannot run with --resample-rounds")
     LAYOUT["segments"] = {"auto": None, "segments": True, "mask": False, "batched": True}[args.pack_attention]

@@ -17,7 +17,7 @@ def even_reward(group):
 
 
 def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync,
-                    used_gib):
+                    used_gib, sm_share: float = 1.0):
     """One step; returns (rollout, the update's result, what the card holds after the generate and the groups'
     update (`used_gib()`), completion tokens, extra row fields) and fills `phases`."""
     from qerl.noise.base import NoiseDraw
@@ -45,7 +45,7 @@ def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batc
     timer = StepTimer()
     draw = noise.draw if noise is not None else NoiseDraw()
     device = next(policy.parameters()).device
-    done = stream_and_train(backend, algorithm, prompt_ids, cfg, score, draw, timer, train, params, device)
+    done = stream_and_train(backend, algorithm, prompt_ids, cfg, score, draw, timer, train, params, device, sm_share)
     sync()
     used = used_gib()  # the engine awake and the groups' activations freed: what the card held through the stream
     begin = time.perf_counter()

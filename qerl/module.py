@@ -84,6 +84,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
             awake through training (`enable_sleep_mode` false, or "auto" deciding so); otherwise the step runs as
             without it, with a warning. Needs `num_iterations: 1`, `beta: 0`, no dynamic sampling,
             `batches_per_step: 1`, no `importance_sampling_cap`, one process.
+        train_during_rollout_sm_share: with `train_during_rollout`, the share of the GPU's SMs the groups' update
+            may use (a CUDA green context); below 1 the rest stay free for the engine's decode. 1 (default): all.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         dequantize_once_per_step: bool = False,
         pack_groups: bool = False,
         train_during_rollout: bool = False,
+        train_during_rollout_sm_share: float = 1.0,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -142,6 +145,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
                   "num_samples_logged": num_samples_logged, "log_samples_every": log_samples_every,
                   "export_adapter_every": export_adapter_every, "max_nan_skips": max_nan_skips}
         self.train_during_rollout = bool(train_during_rollout)
+        if not 0.0 < float(train_during_rollout_sm_share) <= 1.0:
+            raise ValueError("`model.init_args.train_during_rollout_sm_share` must be in (0, 1] (the share of the "
+                             f"GPU's SMs the update may use), got {train_during_rollout_sm_share!r}.")
+        self.train_during_rollout_sm_share = float(train_during_rollout_sm_share)
         if self.train_during_rollout:
             check_train_during_rollout(algorithm, batches_per_step, self.rollout)
         self.accuracy_index = check_module_args(self.sampling, algorithm, self.rewards, self.lora, quantizer, self.optim,
@@ -290,7 +297,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
 
         ids = self.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
         done = stream_and_train(self.rollout, self.algorithm, ids, step_sampling(parts, step), score, self.noise_draw,
-                                timer, train, self.trainable_parameters(), self.device)
+                                timer, train, self.trainable_parameters(), self.device, self.train_during_rollout_sm_share)
         with timer.phase("train"):
             if done.finite_rewards:
                 update = self._apply_update(done.update)

@@ -86,6 +86,27 @@ def streams(backend: object, warn: bool = False) -> bool:
     return False
 
 
+def side_stream(device: torch.device, sm_share: float = 1.0):
+    """(the update's CUDA stream, the green context it belongs to or None). `sm_share` < 1 confines the update's
+    kernels to that share of the GPU's SMs (a CUDA green context, rounded down to 8 SMs), so the engine's decode
+    always finds the rest free; without green-context support in this torch, a plain stream and a warning."""
+    if sm_share >= 1.0:
+        return torch.cuda.Stream(device), None
+    from torch.cuda import green_contexts
+
+    total = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = max(8, int(total * sm_share) // 8 * 8)
+    try:
+        if not green_contexts.SUPPORTED:
+            raise RuntimeError("this torch was built without green contexts")
+        green = green_contexts.GreenContext.create(num_sms=sms, device_id=device.index or 0)
+        return green.Stream(), green
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        rank_zero_warn(f"`{KEY}_sm_share` {sm_share}: no green context of {sms} of {total} SMs ({exc}); the update "
+                       "shares every SM with the engine.")
+        return torch.cuda.Stream(device), None
+
+
 @dataclass
 class GroupResult:
     """One group, scored and (unless `update` is None) trained: its gradient is in the parameters' `.grad`."""
@@ -110,11 +131,11 @@ class GroupTrainer:
 
     def __init__(self, score: Callable[[int, Rollout], Scored], train: Callable[[TrainBatch], UpdateResult],
                  algorithm: Algorithm, group_size: int, max_new_tokens: int, device: torch.device,
-                 measure_mismatch: Callable[[], bool]) -> None:
+                 measure_mismatch: Callable[[], bool], sm_share: float = 1.0) -> None:
         self.score, self.train, self.algorithm = score, train, algorithm
         self.group_size, self.max_new_tokens, self.device = group_size, max_new_tokens, device
         self.measure_mismatch = measure_mismatch
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream, self._green = side_stream(device, sm_share) if device.type == "cuda" else (None, None)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qerl-train-under-rollout")
         self.futures: list[Future] = []
         self.failed = False
@@ -222,13 +243,15 @@ class StreamedStep:
 def stream_and_train(backend, algorithm: Algorithm, prompt_ids: list[list[int]], sampling: SamplingConfig,
                      score: Callable[[int, Rollout], Scored], noise: NoiseDraw, timer: StepTimer,
                      train: Callable[[TrainBatch], UpdateResult], parameters: list[torch.nn.Parameter],
-                     device: torch.device) -> StreamedStep:
+                     device: torch.device, sm_share: float = 1.0) -> StreamedStep:
     """Generate `prompt_ids` with `backend` (this step's AQN noise in its engine) and train each group as it
-    finishes: `score(index, group)` scores it, `train` runs its forward and backward with counts of 1. The
-    parameters' gradients end as the whole batch's (`normalizer`); the caller clips and steps."""
+    finishes: `score(index, group)` scores it, `train` runs its forward and backward with counts of 1 (on
+    `sm_share` of the SMs, `side_stream`). The parameters' gradients end as the whole batch's (`normalizer`); the
+    caller clips and steps."""
     n = sampling.n
     trainer = GroupTrainer(score, train, algorithm, n, sampling.max_new_tokens, device,
-                           lambda: bool(getattr(backend, "mismatch_deferred", False)))
+                           lambda: bool(getattr(backend, "mismatch_deferred", False)),
+                           sm_share if streams(backend) else 1.0)
     if streams(backend):
         results, scored, generated_at = _stream(backend, prompt_ids, sampling, noise, timer, trainer)
     else:  # the whole batch first (the backend's own noise block and scoring), then the groups one by one

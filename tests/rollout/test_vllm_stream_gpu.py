@@ -2,7 +2,8 @@
 and thread while the engine decodes, and the optimizer gets the gradient of training after generation.
 
 The tiny NVFP4 Qwen2 of test_vllm_gpu.py, bf16, an engine awake through training (no sleep mode) with its decode
-CUDA graphs (`compile: false`). The first prompt's completions stop after 2 tokens and the others run 48, so the
+CUDA graphs (`compile: false`); the update on every SM, or confined to half of them by a CUDA green context. The
+first prompt's completions stop after 2 tokens and the others run 48, so the
 first group trains while the engine decodes. bf16 gradients summed in another order: compared by their cosine and
 norms, not bit for bit.
 """
@@ -21,8 +22,13 @@ from qerl.types import SamplingConfig
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                                   reason="needs vllm (the CUDA build)")]
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from rollout.test_vllm_gpu import CONFIG, tiny_policy
+sys.path.insert(0, str(Path(__file__).parents[1]))  # rl_helpers
+# by its path: `rollout` may name benchmarks/rollout.py, which the benchmark tests put on sys.path
+_SPEC = importlib.util.spec_from_file_location("test_vllm_gpu_shared", Path(__file__).with_name("test_vllm_gpu.py"))
+_SHARED = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_SHARED)
+CONFIG = _SHARED.CONFIG
+tiny_policy = _SHARED.tiny_policy
 
 
 class GradientRecorder(L.Callback):
@@ -56,7 +62,8 @@ def engine():
     backend.close()
 
 
-def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path):
+@pytest.mark.parametrize("sm_share", [1.0, 0.5], ids=["every-sm", "green-context-half"])
+def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path, sm_share):
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from rl_helpers import tiny_data, tiny_module, tiny_trainer
 
@@ -66,7 +73,8 @@ def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gra
     grads, logged = [], []
     for overlap in (False, True):
         module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16", noise=None,
-                             train_during_rollout=overlap, lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
+                             train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
+                             lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
                              sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
         recorder = GradientRecorder()
         trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")

@@ -144,3 +144,14 @@ def test_only_a_streaming_engine_awake_through_training_overlaps():
         assert not streams(VLLM(enable_sleep_mode=True), warn=True)
     with pytest.warns(UserWarning, match=r"no effect with HF: it generates the whole batch at once"):
         assert not streams(HF(), warn=True)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_an_sm_share_outside_zero_to_one_is_refused_by_its_key(share):
+    import sys
+
+    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__file__)))
+    from rl_helpers import tiny_module
+
+    with pytest.raises(ValueError, match=r"train_during_rollout_sm_share` must be in \(0, 1\]"):
+        tiny_module(train_during_rollout=True, train_during_rollout_sm_share=share)
