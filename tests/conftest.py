@@ -111,3 +111,23 @@ def tiny_llama():
         return model.to(dtype or torch.float32).eval()
 
     return build
+
+
+@pytest.fixture
+def tiny_llama_rollout(tiny_llama):
+    """Factory: `tiny_llama_rollout(prompts, n, max_new_tokens=9, seed=0)` -> (a byte-vocabulary tiny Llama, its HF
+    rollout of the prompts, sampled with `seed`): ragged completions to train on."""
+
+    def build(prompts: list[str], n: int, max_new_tokens: int = 9, seed: int = 0):
+        from qerl.models.byte_tokenizer import byte_tokenizer
+        from qerl.rollout import HF
+        from qerl.types import SamplingConfig
+
+        tok = byte_tokenizer()
+        model = tiny_llama(seed=2, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+        hf = HF()
+        hf.setup(model, tok)
+        sampling = SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        return model, hf.generate([tok.encode(p) for p in prompts], sampling)
+
+    return build

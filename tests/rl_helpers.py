@@ -57,6 +57,18 @@ class EvenAnswersUniform(Reward):
                 for t, a in zip(completions, answers)]
 
 
+def load_file(path) -> object:
+    """A test file loaded by its path under its own name: its helpers shared without importing it by a package name
+    (`rollout` may name benchmarks/rollout.py, which the benchmark tests put on sys.path)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"shared_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_module(**overrides):
     """A QeRLModule on the tiny random Qwen2 (NVFP4 + LoRA r4 + AQN + GRPO, 4 completions of <= 6 tokens)."""
     from qerl.algorithms import GRPO

@@ -5,23 +5,15 @@ import pytest
 import torch
 
 from qerl.algorithms import DAPO, GRPO
-from qerl.models.byte_tokenizer import byte_tokenizer
 from qerl.models.logprobs import completion_logprobs, position_ids_from_mask, stored_logprobs
-from qerl.rollout import HF
 from qerl.training.update import TrainBatch, accumulate_gradients
-from qerl.types import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
-def rollout_and_model(tiny_llama):
-    tok = byte_tokenizer()
-    model = tiny_llama(seed=2, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
-    hf = HF()
-    hf.setup(model, tok)
-    prompts = [tok.encode(p) for p in ("1+1=", "A much longer prompt here", "xyz")]
-    return model, hf.generate(prompts, SamplingConfig(n=4, max_new_tokens=9, temperature=1.0, seed=0))
+def rollout_and_model(tiny_llama_rollout):  # tests/conftest.py
+    return tiny_llama_rollout(["1+1=", "A much longer prompt here", "xyz"], n=4)
 
 
 def reference_logprobs(model, r, temperature=1.0):

