@@ -17,6 +17,7 @@ otherwise the groups train one after the other after generation, through the sam
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -87,9 +88,17 @@ def streams(backend: object, warn: bool = False) -> bool:
 
 
 def side_stream(device: torch.device, sm_share: float = 1.0):
-    """(the update's CUDA stream, the green context it belongs to or None). `sm_share` < 1 confines the update's
-    kernels to that share of the GPU's SMs (a CUDA green context, rounded down to 8 SMs), so the engine's decode
-    always finds the rest free; without green-context support in this torch, a plain stream and a warning."""
+    """(the update's CUDA stream, the green context it belongs to or None), made once per device and share.
+    `sm_share` < 1 confines the update's kernels to that share of the GPU's SMs (a CUDA green context, rounded down
+    to 8 SMs), so the engine's decode always finds the rest free; without green-context support in this torch, a
+    plain stream and a warning."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _side_stream(index, float(sm_share))
+
+
+@functools.cache
+def _side_stream(index: int, sm_share: float):
+    device = torch.device("cuda", index)
     if sm_share >= 1.0:
         return torch.cuda.Stream(device), None
     from torch.cuda import green_contexts
@@ -99,7 +108,7 @@ def side_stream(device: torch.device, sm_share: float = 1.0):
     try:
         if not green_contexts.SUPPORTED:
             raise RuntimeError("this torch was built without green contexts")
-        green = green_contexts.GreenContext.create(num_sms=sms, device_id=device.index or 0)
+        green = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
         return green.Stream(), green
     except (RuntimeError, TypeError, AttributeError) as exc:
         rank_zero_warn(f"`{KEY}_sm_share` {sm_share}: no green context of {sms} of {total} SMs ({exc}); the update "
@@ -154,13 +163,21 @@ class GroupTrainer:
         if self.stream is None:
             yield
             return
-        torch.cuda.set_device(self.device)  # the current device is per thread
+        if self.device.index is not None:
+            torch.cuda.set_device(self.device)  # the current device is per thread
         self.stream.wait_event(ready)
         with torch.cuda.stream(self.stream):
             yield
         self.stream.synchronize()  # this group's tensors may be freed by the main thread afterwards
 
     def _run(self, index: int, rollout: Rollout, ready) -> GroupResult:
+        try:
+            return self._score_and_train(index, rollout, ready)
+        except BaseException:
+            self.failed = True  # the groups queued after it are not trained; `results` raises this
+            raise
+
+    def _score_and_train(self, index: int, rollout: Rollout, ready) -> GroupResult:
         with self._on_stream(ready):
             scored = self.score(index, rollout)
             shaped = self.algorithm.shape_rewards(scored.rewards, rollout.lengths, self.max_new_tokens)

@@ -148,3 +148,23 @@ def test_an_sm_share_outside_zero_to_one_is_refused_by_its_key(share):
 
     with pytest.raises(ValueError, match=r"train_during_rollout_sm_share` must be in \(0, 1\]"):
         tiny_module(train_during_rollout=True, train_during_rollout_sm_share=share)
+
+
+def test_an_error_training_a_group_surfaces_when_the_step_collects_and_stops_the_rest(rollout_and_model):
+    model, r = rollout_and_model
+    n, algorithm, trained = r.group_size, GRPO(), []
+    rewards = torch.tensor([0.0, 1.0, 0.5] * 4)
+
+    def score(index: int, rollout) -> Scored:
+        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[:n]}, rewards[:n], rewards[:n] > 0)
+
+    def train(batch: TrainBatch):
+        trained.append(batch.rollout.num_rows)
+        raise torch.OutOfMemoryError("CUDA out of memory (a group too long for the room left)")
+
+    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    for g in range(4):
+        trainer.submit(g, r.select(r.group_index == g))
+    with pytest.raises(torch.OutOfMemoryError, match="a group too long"):
+        trainer.results()
+    assert trained == [n]  # the first group's error kept the other three from training
