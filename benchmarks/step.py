@@ -326,7 +326,8 @@ def run_row(spec: dict, args) -> dict:
     ranks, rank = world()
     row = dict(spec, gpus=ranks, train_during_rollout=OVERLAP["on"],
                train_sm_share=OVERLAP["sm_share"] if OVERLAP["on"] else None,
-               gil_turn_s=OVERLAP["gil_turn"] if OVERLAP["on"] else None)
+               gil_turn_s=OVERLAP["gil_turn"] if OVERLAP["on"] else None,
+               engine_priority=OVERLAP.get("engine_priority") if OVERLAP["on"] else None)
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
     local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
     noise = None
@@ -587,6 +588,9 @@ def main() -> None:
     parser.add_argument("--gil-turn", type=float, default=None,
                         help="with --train-during-rollout: seconds a thread may hold the GIL while the other waits "
                              "during the stream (qerl.training.overlap.GIL_TURN_S, 0.5 ms by default)")
+    parser.add_argument("--engine-priority", choices=["high", "default"], default="high",
+                        help="with --train-during-rollout: the engine's decode on a stream of the highest priority "
+                             "(qerl.training.overlap.ENGINE_FIRST) or on the default one")
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
@@ -613,6 +617,8 @@ def main() -> None:
     if args.gil_turn is not None:
         overlap.GIL_TURN_S = args.gil_turn
     OVERLAP["gil_turn"] = overlap.GIL_TURN_S
+    overlap.ENGINE_FIRST = args.engine_priority == "high"
+    OVERLAP["engine_priority"] = args.engine_priority
     if not 0 < args.train_sm_share <= 1:
         parser.error(f"--train-sm-share {args.train_sm_share}: a share of the SMs in (0, 1]")
     if args.train_during_rollout and args.resample_rounds:

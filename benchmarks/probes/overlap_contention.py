@@ -11,12 +11,15 @@ time on a worker thread:
 - `matmul`: 8192^3 bf16 matmuls on a side stream, a sync every 8 (the SMs alone, almost no Python);
 - `matmul-half`: the same confined to half of the SMs (a CUDA green context, `qerl.training.overlap.side_stream`);
 - `train`, `train-half`: the real update - a packed group of 8 completions of `--group-new` tokens, forward and
-  backward of the 7B policy with checkpointing, as `GroupTrainer` runs it - on every SM / half of them.
+  backward of the 7B policy with checkpointing, as `GroupTrainer` runs it - on every SM / half of them;
+- `matmul-prio`, `train-prio`: `matmul` / `train` with the decode on a stream of the highest priority
+  (`qerl.training.overlap.engine_first`, what a stream does since 2026-12-07; the other cells decode on the default
+  stream).
 
 For each: decode ms per step, the load's work per second during the decode and alone. `gain` = load share done +
-decode share kept - 1: 0 is pure time-slicing (what the step row showed), > 0 real overlap. The loads that hold
-the GIL (`python`, `train`, `train-half`) run once per `--gil-turns` value (`sys.setswitchinterval`; qerl's stream
-uses `qerl.training.overlap.GIL_TURN_S`, 0.5 ms; Python's default is 5 ms).
+decode share kept - 1: 0 is pure time-slicing (what the step row showed), > 0 real overlap. `python` and `train`
+run once per `--gil-turns` value (`sys.setswitchinterval`; Python's default is 5 ms, qerl's stream uses
+`qerl.training.overlap.GIL_TURN_S`, 0.5 ms), the other loads at 0.5 ms.
 
     python benchmarks/probes/overlap_contention.py --out $OUT
 
@@ -36,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", ".."), os.path.join(HERE, "..")]  # the repository (qerl), benchmarks/
 from result_file import write_result
 
-LOADS = ["none", "python", "matmul", "matmul-half", "train", "train-half"]
+LOADS = ["none", "python", "matmul", "matmul-half", "matmul-prio", "train", "train-half", "train-prio"]
 
 
 def python_load(stop: threading.Event, done: list) -> None:
@@ -99,7 +102,7 @@ def main() -> None:
     from qerl.algorithms import GRPO
     from qerl.models.packed import PackedGroups
     from qerl.rollout.vllm import VLLM
-    from qerl.training.overlap import side_stream
+    from qerl.training.overlap import engine_first, side_stream
     from qerl.training.update import TrainBatch, accumulate_gradients
     from qerl.types import SamplingConfig
 
@@ -116,9 +119,14 @@ def main() -> None:
     prompts = [torch.randint(3, 30000, (256,)).tolist() for _ in range(args.rows)]
     sampling = SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_new_tokens=args.new, seed=0)
 
-    def decode() -> float:
+    def decode(urgent: bool = False) -> float:
         start = time.perf_counter()
-        backend.generate(prompts, sampling)
+        if urgent:
+            with engine_first(torch.device("cuda")):
+                backend.generate(prompts, sampling)
+        else:
+            backend.generate(prompts, sampling)
+        torch.cuda.synchronize()
         return time.perf_counter() - start
 
     group_cfg = SamplingConfig(n=8, temperature=1.0, top_p=1.0, max_new_tokens=args.group_new)
@@ -141,18 +149,19 @@ def main() -> None:
         "train": lambda stop, done: train_load(stop, done, streams[1.0], train_step),
         "train-half": lambda stop, done: train_load(stop, done, streams[0.5], train_step),
     }
+    works["matmul-prio"], works["train-prio"] = works["matmul"], works["train"]
     alone_decode = decode()
     cells = [{"load": "none", "decode_s": round(alone_decode, 3),
               "decode_ms_per_step": round(1e3 * alone_decode / args.new, 3)}]
     for name in args.loads:
         if name == "none":
             continue
-        for turn in (args.gil_turns if name in ("python", "train", "train-half") else [0.0005]):
+        for turn in (args.gil_turns if name in ("python", "train") else [0.0005]):
             before = sys.getswitchinterval()
             sys.setswitchinterval(turn)
             try:
                 alone = run_load(name, works[name], args.alone_s)["load_per_s"]
-                during = run_load(name, works[name], None, decode)
+                during = run_load(name, works[name], None, lambda name=name: decode(name.endswith("-prio")))
             finally:
                 sys.setswitchinterval(before)
             kept, share = alone_decode / during["decode_s"], during["load_per_s"] / max(alone, 1e-12)

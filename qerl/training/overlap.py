@@ -315,6 +315,35 @@ def short_gil_turns() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
+#: whether the engine's decode runs on a stream of the highest priority while groups train (`engine_first`)
+ENGINE_FIRST = True
+
+
+@contextlib.contextmanager
+def engine_first(device: torch.device) -> Iterator[None]:
+    """On CUDA, the block's kernels (the engine's decode, launched by this thread) go to a stream of the highest
+    priority, ordered after and before the thread's current stream: when a decode kernel and the update's kernels
+    both wait for SMs, the decode's blocks are dispatched first. vLLM launches on whatever stream is current
+    (`torch.cuda.current_stream()`), its CUDA graphs included. Elsewhere, or with `ENGINE_FIRST` off, nothing
+    changes."""
+    if device.type != "cuda" or not ENGINE_FIRST:
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    urgent, before = _urgent_stream(index), torch.cuda.current_stream(index)
+    urgent.wait_stream(before)
+    try:
+        with torch.cuda.stream(urgent):
+            yield
+    finally:
+        before.wait_stream(urgent)
+
+
+@functools.cache
+def _urgent_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(torch.device("cuda", index), priority=-100)  # mapped to the greatest priority
+
+
 def _stream(backend, prompt_ids: list[list[int]], sampling: SamplingConfig, noise: NoiseDraw, timer: StepTimer,
             trainer: GroupTrainer) -> tuple[list[GroupResult], Scored, float]:
     """The engine streams its groups (the noise in the engine only) while `trainer` trains them; then the work on
@@ -322,7 +351,7 @@ def _stream(backend, prompt_ids: list[list[int]], sampling: SamplingConfig, nois
     noisy = (backend.engine_noise(noise.sigma, noise.seed, noise.relative) if noise.sigma > 0
              else contextlib.nullcontext())
     with noisy, short_gil_turns():
-        with timer.phase("rollout"):
+        with timer.phase("rollout"), engine_first(trainer.device):
             try:
                 for index, rollout in backend.generate_groups(prompt_ids, sampling):
                     trainer.submit(index, rollout)
