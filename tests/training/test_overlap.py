@@ -2,7 +2,9 @@
 and scaled at the end, give the whole batch's gradient; what cannot be done exactly is refused by its key."""
 from __future__ import annotations
 
+import os
 import random
+import sys
 
 import pytest
 import torch
@@ -23,6 +25,9 @@ from qerl.training.update import TrainBatch, accumulate_gradients
 from qerl.types import PromptBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rl_helpers import tiny_data, tiny_module, tiny_trainer
 
 ALGORITHMS = [GRPO(), GRPO(loss_aggregation="token_mean"), GRPO(loss_aggregation="constant", max_completion_length=9),
               GRPO(scale_rewards=False)]
@@ -141,11 +146,6 @@ def test_only_a_streaming_engine_awake_through_training_overlaps():
 
 @pytest.mark.parametrize("share", [0.0, 1.5])
 def test_an_sm_share_outside_zero_to_one_is_refused_by_its_key(share):
-    import sys
-
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__file__)))
-    from rl_helpers import tiny_module
-
     with pytest.raises(ValueError, match=r"train_during_rollout_sm_share` must be in \(0, 1\]"):
         tiny_module(train_during_rollout=True, train_during_rollout_sm_share=share)
 
@@ -168,3 +168,13 @@ def test_an_error_training_a_group_surfaces_when_the_step_collects_and_stops_the
     with pytest.raises(torch.OutOfMemoryError, match="a group too long"):
         trainer.results()
     assert trained == [n]  # the first group's error kept the other three from training
+
+
+def test_with_a_backend_that_does_not_stream_the_module_warns_and_trains_after_generation(tmp_path):
+    module = tiny_module(train_during_rollout=True)  # rollout: HF, the policy generates itself
+    trainer = tiny_trainer(tmp_path, 1)
+    with pytest.warns(UserWarning, match=r"train_during_rollout: true` has no effect with HF"):
+        trainer.fit(module, tiny_data())
+    assert trainer.global_step == 1
+    assert "perf/groups_trained_under_rollout" not in trainer.callback_metrics
+    assert float(trainer.callback_metrics["train/grad_norm"]) > 0
