@@ -151,7 +151,7 @@ def test_an_sm_share_outside_zero_to_one_is_refused_by_its_key(share):
 
 
 def test_an_error_training_a_group_surfaces_when_the_step_collects_and_stops_the_rest(rollout_and_model):
-    model, r = rollout_and_model
+    _, r = rollout_and_model
     n, algorithm, trained = r.group_size, GRPO(), []
     rewards = torch.tensor([0.0, 1.0, 0.5] * 4)
 
