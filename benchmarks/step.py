@@ -587,10 +587,10 @@ def main() -> None:
                              "engine decodes (QeRLModule(train_during_rollout_sm_share=...): a CUDA green context)")
     parser.add_argument("--gil-turn", type=float, default=None,
                         help="with --train-during-rollout: seconds a thread may hold the GIL while the other waits "
-                             "during the stream (qerl.training.overlap.GIL_TURN_S, 0.5 ms by default)")
+                             "during the stream (qerl.training.gpu_sharing.GIL_TURN_S, 0.5 ms by default)")
     parser.add_argument("--engine-priority", choices=["high", "default"], default="high",
                         help="with --train-during-rollout: the engine's decode on a stream of the highest priority "
-                             "(qerl.training.overlap.ENGINE_FIRST) or on the default one")
+                             "(qerl.training.gpu_sharing.ENGINE_FIRST) or on the default one")
     parser.add_argument("--pack-groups", action="store_true",
                         help="the update packs each group's completions behind one copy of its prompt, no padding "
                              "(QeRLModule(pack_groups=True), qerl.models.packed); the row records decoder_positions")
@@ -612,12 +612,12 @@ def main() -> None:
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
     OVERLAP.update(on=args.train_during_rollout, sm_share=args.train_sm_share)
-    from qerl.training import overlap
+    from qerl.training import gpu_sharing
 
     if args.gil_turn is not None:
-        overlap.GIL_TURN_S = args.gil_turn
-    OVERLAP["gil_turn"] = overlap.GIL_TURN_S
-    overlap.ENGINE_FIRST = args.engine_priority == "high"
+        gpu_sharing.GIL_TURN_S = args.gil_turn
+    OVERLAP["gil_turn"] = gpu_sharing.GIL_TURN_S
+    gpu_sharing.ENGINE_FIRST = args.engine_priority == "high"
     OVERLAP["engine_priority"] = args.engine_priority
     if not 0 < args.train_sm_share <= 1:
         parser.error(f"--train-sm-share {args.train_sm_share}: a share of the SMs in (0, 1]")

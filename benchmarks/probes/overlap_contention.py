@@ -9,17 +9,17 @@ time on a worker thread:
 
 - `python`: pure Python, no GPU (the GIL alone);
 - `matmul`: 8192^3 bf16 matmuls on a side stream, a sync every 8 (the SMs alone, almost no Python);
-- `matmul-half`: the same confined to half of the SMs (a CUDA green context, `qerl.training.overlap.side_stream`);
+- `matmul-half`: the same confined to half of the SMs (a CUDA green context, `qerl.training.gpu_sharing.side_stream`);
 - `train`, `train-half`: the real update - a packed group of 8 completions of `--group-new` tokens, forward and
   backward of the 7B policy with checkpointing, as `GroupTrainer` runs it - on every SM / half of them;
 - `matmul-prio`, `train-prio`: `matmul` / `train` with the decode on a stream of the highest priority
-  (`qerl.training.overlap.engine_first`, what a stream does since 2026-12-07; the other cells decode on the default
+  (`qerl.training.gpu_sharing.engine_first`, what a stream does since 2026-12-07; the other cells decode on the default
   stream).
 
 For each: decode ms per step, the load's work per second during the decode and alone. `gain` = load share done +
 decode share kept - 1: 0 is pure time-slicing (what the step row showed), > 0 real overlap. `python` and `train`
 run once per `--gil-turns` value (`sys.setswitchinterval`; Python's default is 5 ms, qerl's stream uses
-`qerl.training.overlap.GIL_TURN_S`, 0.5 ms), the other loads at 0.5 ms.
+`qerl.training.gpu_sharing.GIL_TURN_S`, 0.5 ms), the other loads at 0.5 ms.
 
     python benchmarks/probes/overlap_contention.py --out $OUT
 
@@ -102,7 +102,7 @@ def main() -> None:
     from qerl.algorithms import GRPO
     from qerl.models.packed import PackedGroups
     from qerl.rollout.vllm import VLLM
-    from qerl.training.overlap import engine_first, side_stream
+    from qerl.training.gpu_sharing import engine_first, side_stream
     from qerl.training.update import TrainBatch, accumulate_gradients
     from qerl.types import SamplingConfig
 

@@ -12,42 +12,35 @@ Where it overlaps: the groups are scored and trained on a worker thread, on a CU
 main thread keeps stepping the engine. A generate at the recipes' shapes ends in a long small-batch tail (a few
 completions at the length cap) that leaves the GPU's compute mostly idle; the groups that finished early train in
 it. Only a backend that streams its groups and stays awake through training (`VLLM` without sleep mode) overlaps;
-otherwise the groups train one after the other after generation, through the same code.
+otherwise the groups train one after the other after generation, through the same code. `group_trainer.py` holds
+the worker and the arithmetic, `gpu_sharing.py` how the two threads share the GPU.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from qerl.algorithms.base import Algorithm
-from qerl.algorithms.surrogate import AGGREGATIONS
 from qerl.noise.base import NoiseDraw
 from qerl.rollout.base import RolloutBackend
+from qerl.training.gpu_sharing import KEY, engine_first, short_gil_turns
+from qerl.training.group_trainer import (
+    GroupResult,
+    GroupTrainer,
+    check_group_local,
+    combine_updates,
+    normalizer,
+    scale_gradients,
+)
 from qerl.training.scoring import Scored, concat_scored
 from qerl.training.step_metrics import StepTimer
 from qerl.training.update import TrainBatch, UpdateResult
 from qerl.types import Rollout, SamplingConfig
-
-KEY = "model.init_args.train_during_rollout"
-
-
-def normalizer(algorithm: Algorithm, num_sequences: int, num_tokens: float) -> float:
-    """What turns the groups' unnormalised losses (counts 1) into the batch's loss: the algorithm's aggregation of a
-    one-token probe under the batch's counts over the same under counts of 1 (1/R, 1/tokens or 1/R)."""
-    aggregate = AGGREGATIONS[algorithm.loss_aggregation]
-    probe = torch.ones(1, 1)
-    limit = algorithm.max_completion_length or 1
-    whole = aggregate(probe, probe, num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=limit)
-    unit = aggregate(probe, probe, num_sequences=1, num_tokens=1.0, max_completion_length=limit)
-    return float(whole / unit)
 
 
 def check_train_during_rollout(algorithm: Algorithm, batches_per_step: int, rollout: object) -> None:
@@ -85,163 +78,6 @@ def streams(backend: object, warn: bool = False) -> bool:
         rank_zero_warn(f"`{KEY}: true` has no effect with {type(backend).__name__}: {why}. The groups train after "
                        "generation, as without it.")
     return False
-
-
-def side_stream(device: torch.device, sm_share: float = 1.0):
-    """(the update's CUDA stream, the green context it belongs to or None), made once per device and share.
-    `sm_share` < 1 confines the update's kernels to that share of the GPU's SMs (a CUDA green context, rounded down
-    to 8 SMs), so the engine's decode always finds the rest free; without green-context support in this torch, a
-    plain stream and a warning."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _side_stream(index, float(sm_share))
-
-
-@functools.cache
-def _side_stream(index: int, sm_share: float):
-    device = torch.device("cuda", index)
-    if sm_share >= 1.0:
-        return torch.cuda.Stream(device), None
-    from torch.cuda import green_contexts
-
-    total = torch.cuda.get_device_properties(device).multi_processor_count
-    sms = max(8, int(total * sm_share) // 8 * 8)
-    try:
-        if not green_contexts.SUPPORTED:
-            raise RuntimeError("this torch was built without green contexts")
-        green = green_contexts.GreenContext.create(num_sms=sms, device_id=index)
-        return green.Stream(), green
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        rank_zero_warn(f"`{KEY}_sm_share` {sm_share}: no green context of {sms} of {total} SMs ({exc}); the update "
-                       "shares every SM with the engine.")
-        return torch.cuda.Stream(device), None
-
-
-@dataclass
-class GroupResult:
-    """One group, scored and (unless `update` is None) trained: its gradient is in the parameters' `.grad`."""
-
-    index: int
-    scored: Scored
-    shaped: torch.Tensor
-    advantages: torch.Tensor
-    update: UpdateResult | None
-    finite_rewards: bool
-    started_s: float  # when its training began, seconds after the stream started
-
-
-class GroupTrainer:
-    """Scores, shapes and trains the groups handed to it, one at a time, on a worker thread (and, on CUDA, a stream
-    of its own, so the engine's kernels on the main stream are not queued behind the update's).
-
-    `score(index, rollout)` scores one group; `train(batch)` runs its forward and backward with counts of 1
-    (`accumulate_gradients(..., totals=(1, 1.0))`). After the first non-finite reward or loss no further group
-    trains: the step is skipped as it would be after generation.
-    """
-
-    def __init__(self, score: Callable[[int, Rollout], Scored], train: Callable[[TrainBatch], UpdateResult],
-                 algorithm: Algorithm, group_size: int, max_new_tokens: int, device: torch.device,
-                 measure_mismatch: Callable[[], bool], sm_share: float = 1.0) -> None:
-        self.score, self.train, self.algorithm = score, train, algorithm
-        self.group_size, self.max_new_tokens, self.device = group_size, max_new_tokens, device
-        self.measure_mismatch = measure_mismatch
-        self.stream, self._green = side_stream(device, sm_share) if device.type == "cuda" else (None, None)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qerl-train-under-rollout")
-        self.futures: list[Future] = []
-        self.failed = False
-        self.start = time.perf_counter()
-
-    def submit(self, index: int, rollout: Rollout) -> None:
-        """Queue a finished group (its tensors were made on the main stream: the worker's stream waits for them)."""
-        ready = None
-        if self.stream is not None:
-            ready = torch.cuda.Event()
-            ready.record()
-        self.futures.append(self.pool.submit(self._run, index, rollout, ready))
-
-    @contextlib.contextmanager
-    def _on_stream(self, ready) -> Iterator[None]:
-        if self.stream is None:
-            yield
-            return
-        if self.device.index is not None:
-            torch.cuda.set_device(self.device)  # the current device is per thread
-        self.stream.wait_event(ready)
-        with torch.cuda.stream(self.stream):
-            yield
-        self.stream.synchronize()  # this group's tensors may be freed by the main thread afterwards
-
-    def _run(self, index: int, rollout: Rollout, ready) -> GroupResult:
-        try:
-            return self._score_and_train(index, rollout, ready)
-        except BaseException:
-            self.failed = True  # the groups queued after it are not trained; `results` raises this
-            raise
-
-    def _score_and_train(self, index: int, rollout: Rollout, ready) -> GroupResult:
-        with self._on_stream(ready):
-            scored = self.score(index, rollout)
-            shaped = self.algorithm.shape_rewards(scored.rewards, rollout.lengths, self.max_new_tokens)
-            advantages = self.algorithm.advantages(shaped, self.group_size)
-            finite = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
-            started, update = time.perf_counter() - self.start, None
-            if finite and not self.failed:
-                update = self.train(TrainBatch(rollout, advantages, measure_mismatch=self.measure_mismatch()))
-                self.failed = not update.finite
-            else:
-                self.failed = True
-        return GroupResult(index, scored, shaped, advantages, update, finite, started)
-
-    def results(self) -> list[GroupResult]:
-        """Every group's result in prompt order, once all have run (an exception in the worker is raised here)."""
-        try:
-            done = [future.result() for future in self.futures]
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return sorted(done, key=lambda result: result.index)
-
-    def abandon(self) -> None:
-        """Stop after an error on the main thread: queued groups are dropped, the running one finishes."""
-        self.failed = True
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def combine_updates(updates: list[UpdateResult], scale: float, num_tokens: float) -> UpdateResult:
-    """The groups' update metrics (unnormalised sums, counts of 1) as `accumulate_gradients` reports a whole batch:
-    the loss times `scale`, token-weighted means over the batch's `num_tokens`, extremes over all groups."""
-    if not updates or not all(u.finite for u in updates):
-        return UpdateResult(metrics={"loss": float("nan")}, finite=False)
-    sums: dict[str, float] = {}
-    extremes: dict[str, float] = {}
-    for update in updates:
-        for key, value in update.metrics.items():
-            if key.endswith(("_min", "_max")):
-                pick = min if key.endswith("_min") else max
-                extremes[key] = pick(extremes.get(key, value), value)
-            else:
-                sums[key] = sums.get(key, 0.0) + value
-    tokens = max(1.0, num_tokens)
-    metrics = {key: (value * scale if key == "loss" else value / tokens) for key, value in sums.items()}
-    metrics.update(extremes)
-    return UpdateResult(metrics=metrics, finite=True)
-
-
-def scale_gradients(parameters: list[torch.nn.Parameter], scale: float) -> None:
-    """Divide the accumulated sums by the batch's count (`normalizer`), in place."""
-    for p in parameters:
-        if p.grad is not None:
-            p.grad.mul_(scale)
-
-
-def check_group_local(algorithm: Algorithm, shaped: torch.Tensor, advantages: torch.Tensor, group_size: int) -> None:
-    """The per-group advantages must be the batch's: an algorithm whose advantages look across groups cannot
-    train a group before the others are in."""
-    whole = algorithm.advantages(shaped, group_size)
-    if not torch.allclose(whole, advantages, rtol=1e-5, atol=1e-6):
-        raise RuntimeError(f"`{KEY}: true`: {type(algorithm).__name__}'s advantages depend on other groups' rewards "
-                           "(computed per group they differ from the whole batch's); this step's update is not the "
-                           f"batch's. Set `{KEY}: false` for this algorithm.")
 
 
 @dataclass
@@ -296,52 +132,6 @@ def stream_and_train(backend, algorithm: Algorithm, prompt_ids: list[list[int]],
             scale_gradients(parameters, scale)
     overlapped = sum(1 for r in results if r.update is not None and r.started_s < generated_at)
     return StreamedStep(scored, shaped, advantages, update, finite_rewards, overlapped)
-
-
-#: seconds a thread may hold the GIL while another waits, during a stream (Python's default is 5 ms): the engine's
-#: loop needs it for about a millisecond every decode step, and the update's Python would otherwise delay each
-#: small-batch step (~5 ms of GPU time) by up to a whole turn
-GIL_TURN_S = 0.0005
-
-
-@contextlib.contextmanager
-def short_gil_turns() -> Iterator[None]:
-    """`sys.setswitchinterval(GIL_TURN_S)` for the block, the previous value restored after."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_TURN_S)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
-#: whether the engine's decode runs on a stream of the highest priority while groups train (`engine_first`)
-ENGINE_FIRST = True
-
-
-@contextlib.contextmanager
-def engine_first(device: torch.device) -> Iterator[None]:
-    """On CUDA, the block's kernels (the engine's decode, launched by this thread) go to a stream of the highest
-    priority, ordered after and before the thread's current stream: when a decode kernel and the update's kernels
-    both wait for SMs, the decode's blocks are dispatched first. vLLM launches on whatever stream is current
-    (`torch.cuda.current_stream()`), its CUDA graphs included. Elsewhere, or with `ENGINE_FIRST` off, nothing
-    changes."""
-    if device.type != "cuda" or not ENGINE_FIRST:
-        yield
-        return
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    urgent, before = _urgent_stream(index), torch.cuda.current_stream(index)
-    urgent.wait_stream(before)
-    try:
-        with torch.cuda.stream(urgent):
-            yield
-    finally:
-        before.wait_stream(urgent)
-
-
-@functools.cache
-def _urgent_stream(index: int) -> torch.cuda.Stream:
-    return torch.cuda.Stream(torch.device("cuda", index), priority=-100)  # mapped to the greatest priority
 
 
 def _stream(backend, prompt_ids: list[list[int]], sampling: SamplingConfig, noise: NoiseDraw, timer: StepTimer,

@@ -1,4 +1,4 @@
-"""Training under the rollout (`qerl.training.overlap`): groups trained one by one, in any order, with counts of 1
+"""Training under the rollout (`qerl.training.overlap`, `qerl.training.group_trainer`): groups trained one by one, in any order, with counts of 1
 and scaled at the end, give the whole batch's gradient; what cannot be done exactly is refused by its key."""
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import torch
 
 from qerl.algorithms import DAPO, GRPO
 from qerl.rollout import HF
-from qerl.training.overlap import (
+from qerl.training.group_trainer import (
     GroupTrainer,
     check_group_local,
-    check_train_during_rollout,
     combine_updates,
     normalizer,
     scale_gradients,
-    streams,
 )
+from qerl.training.overlap import check_train_during_rollout, streams
 from qerl.training.scoring import Scored
 from qerl.training.update import TrainBatch, accumulate_gradients
 from qerl.types import PromptBatch
