@@ -615,6 +615,8 @@ def main() -> None:
     from qerl.training import gpu_sharing
 
     if args.gil_turn is not None:
+        if args.gil_turn <= 0:
+            parser.error(f"--gil-turn {args.gil_turn}: seconds a thread may hold the GIL, > 0 (e.g. 0.0005)")
         gpu_sharing.GIL_TURN_S = args.gil_turn
     OVERLAP["gil_turn"] = gpu_sharing.GIL_TURN_S
     gpu_sharing.ENGINE_FIRST = args.engine_priority == "high"

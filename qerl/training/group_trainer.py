@@ -58,7 +58,7 @@ class GroupTrainer:
         self.score, self.train, self.algorithm = score, train, algorithm
         self.group_size, self.max_new_tokens, self.device = group_size, max_new_tokens, device
         self.measure_mismatch = measure_mismatch
-        self.stream, self._green = side_stream(device, sm_share) if device.type == "cuda" else (None, None)
+        self.stream = side_stream(device, sm_share)[0] if device.type == "cuda" else None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qerl-train-under-rollout")
         self.futures: list[Future] = []
         self.failed = False
@@ -121,10 +121,10 @@ class GroupTrainer:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def combine_updates(updates: list[UpdateResult], scale: float, num_tokens: float) -> UpdateResult:
+def combine_updates(updates: list[UpdateResult | None], scale: float, num_tokens: float) -> UpdateResult:
     """The groups' update metrics (unnormalised sums, counts of 1) as `accumulate_gradients` reports a whole batch:
     the loss times `scale`, token-weighted means over the batch's `num_tokens`, extremes over all groups."""
-    if not updates or not all(u.finite for u in updates):
+    if not updates or not all(u is not None and u.finite for u in updates):  # None: not trained after a failure
         return UpdateResult(metrics={"loss": float("nan")}, finite=False)
     sums: dict[str, float] = {}
     extremes: dict[str, float] = {}

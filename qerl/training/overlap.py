@@ -101,11 +101,10 @@ def stream_and_train(backend, algorithm: Algorithm, prompt_ids: list[list[int]],
     finishes: `score(index, group)` scores it, `train` runs its forward and backward with counts of 1 (on
     `sm_share` of the SMs, `side_stream`). The parameters' gradients end as the whole batch's (`normalizer`); the
     caller clips and steps."""
-    n = sampling.n
+    n, overlap = sampling.n, streams(backend)
     trainer = GroupTrainer(score, train, algorithm, n, sampling.max_new_tokens, device,
-                           lambda: bool(getattr(backend, "mismatch_deferred", False)),
-                           sm_share if streams(backend) else 1.0)
-    if streams(backend):
+                           lambda: bool(getattr(backend, "mismatch_deferred", False)), sm_share if overlap else 1.0)
+    if overlap:
         results, scored, generated_at = _stream(backend, prompt_ids, sampling, noise, timer, trainer)
     else:  # the whole batch first (the backend's own noise block and scoring), then the groups one by one
         noisy = (backend.noise(noise.sigma, noise.seed, noise.relative) if noise.sigma > 0

@@ -38,17 +38,17 @@ def rollout_and_model(tiny_llama_rollout):  # tests/conftest.py
     return tiny_llama_rollout(["1+1=", "A much longer prompt here", "xyz", "9*9"], n=3)
 
 
-def group_trainer(model, algorithm, rewards: torch.Tensor, group_size: int) -> GroupTrainer:
-    """A CPU GroupTrainer scoring each group with the given rewards and training it with counts of 1."""
+def group_trainer(model, algorithm, rewards: torch.Tensor, group_size: int, train=None) -> GroupTrainer:
+    """A CPU GroupTrainer scoring each group with the given rewards and training it with counts of 1 (or `train`)."""
 
     def score(index: int, rollout) -> Scored:
         rows = slice(index * group_size, (index + 1) * group_size)
         return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[rows]}, rewards[rows], rewards[rows] > 0)
 
-    def train(batch: TrainBatch):
+    def accumulate(batch: TrainBatch):
         return accumulate_gradients(model, algorithm, batch, 2, 1.0, lambda loss: loss.backward(), totals=(1, 1.0))
 
-    return GroupTrainer(score, train, algorithm, group_size, 9, torch.device("cpu"), lambda: False)
+    return GroupTrainer(score, train or accumulate, algorithm, group_size, 9, torch.device("cpu"), lambda: False)
 
 
 @pytest.mark.parametrize(("aggregation", "expected"), [("sequence_mean", 1 / 12), ("token_mean", 1 / 50),
@@ -149,24 +149,30 @@ def test_an_sm_share_outside_zero_to_one_is_refused_by_its_key(share):
         tiny_module(train_during_rollout=True, train_during_rollout_sm_share=share)
 
 
-def test_an_error_training_a_group_surfaces_when_the_step_collects_and_stops_the_rest(rollout_and_model):
-    _, r = rollout_and_model
-    n, algorithm, trained = r.group_size, GRPO(), []
-    rewards = torch.tensor([0.0, 1.0, 0.5] * 4)
+@pytest.mark.parametrize("failure", ["error", "nan"])
+def test_a_group_that_fails_to_train_stops_the_groups_after_it(rollout_and_model, failure):
+    from qerl.training.update import UpdateResult
 
-    def score(index: int, rollout) -> Scored:
-        return Scored(rollout, PromptBatch(["p"], ["a"]), {"r": rewards[:n]}, rewards[:n], rewards[:n] > 0)
+    _, r = rollout_and_model
+    n, trained = r.group_size, []
 
     def train(batch: TrainBatch):
         trained.append(batch.rollout.num_rows)
-        raise torch.OutOfMemoryError("CUDA out of memory (a group too long for the room left)")
+        if failure == "error":
+            raise torch.OutOfMemoryError("CUDA out of memory (a group too long for the room left)")
+        return UpdateResult(metrics={"loss": float("nan")}, finite=False)  # what accumulate_gradients says on NaN
 
-    trainer = GroupTrainer(score, train, algorithm, n, 9, torch.device("cpu"), lambda: False)
+    trainer = group_trainer(None, GRPO(), torch.tensor([0.0, 1.0, 0.5] * 4), n, train)
     for g in range(4):
         trainer.submit(g, r.select(r.group_index == g))
-    with pytest.raises(torch.OutOfMemoryError, match="a group too long"):
-        trainer.results()
-    assert trained == [n]  # the first group's error kept the other three from training
+    if failure == "error":  # raised where the step collects the groups
+        with pytest.raises(torch.OutOfMemoryError, match="a group too long"):
+            trainer.results()
+    else:  # the step is skipped: the combined update is not finite
+        results = trainer.results()
+        assert [res.update is None for res in results] == [False, True, True, True]
+        assert not combine_updates([res.update for res in results], 0.1, 10.0).finite
+    assert trained == [n]  # the first group's failure kept the other three from training
 
 
 def test_with_a_backend_that_does_not_stream_the_module_warns_and_trains_after_generation(tmp_path):

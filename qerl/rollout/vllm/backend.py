@@ -139,7 +139,6 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         self.last_timings: dict[str, float] = {}
         self.sync_timings: dict[str, float] = {}  # seconds of the last adapter snapshot and of its hand-over
         self.mismatch_deferred = False  # the last rollout left the mismatch metrics to the update's forward
-        self._noise_sigma = 0.0
         self._noise_args: tuple[float, int | None, bool] = (0.0, None, False)  # the engine's AQN block, if in one
         self._tp_group = None
 
@@ -330,9 +329,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         check_finite_logprobs(rollout, self.served_as)
         generated = time.perf_counter()
         self.last_metrics = self._preemption_metrics()
-        # the update's forward can measure it instead when it runs the weights that generated (no noise on)
-        self.mismatch_deferred = (self.measure_mismatch == "update" and self.importance_sampling_cap is None
-                                  and self._noise_sigma == 0.0)
+        self.mismatch_deferred = self.update_measures_mismatch()
         if (self.measure_mismatch and not self.mismatch_deferred) or self.importance_sampling_cap is not None:
             found, weights = mismatch(self.policy, rollout, sampling.temperature, self.importance_sampling_cap,
                                       layout=self.scoring_layout)
@@ -347,6 +344,13 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         """vLLM's RequestOutputs, one per prompt with `sampling.n` completions (with a tensor-parallel group: the
         group's prompts generated together, this rank's kept)."""
         return ranks.generate_outputs(self, prompt_ids, sampling)
+
+    def update_measures_mismatch(self) -> bool:
+        """Whether the update's forward can report the mismatch instead of a scoring forward of the rollout's own:
+        `measure_mismatch: update`, no importance sampling cap, and no AQN noise on (it runs the weights that
+        generated)."""
+        return (self.measure_mismatch == "update" and self.importance_sampling_cap is None
+                and self._noise_args[0] == 0.0)
 
     def _preemption_metrics(self) -> dict[str, float]:
         """`rollout/preemptions`: sequences vLLM preempted (KV cache full: recomputed later) in the last generate."""

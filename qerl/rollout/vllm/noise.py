@@ -15,7 +15,7 @@ from qerl.rollout.vllm.norms import engine_realized
 
 
 class EngineNoise:
-    """`noise` for a backend holding `llm`, `policy`, `_noise_sigma`, `_noise_args` and `_ready()`."""
+    """`noise` for a backend holding `llm`, `policy`, `_noise_args` ((sigma, seed, relative) of the block it is in) and `_ready()`."""
 
     @contextlib.contextmanager
     def noise(self, sigma: float, seed: int | None = None, relative: bool = False) -> Iterator[None]:
@@ -52,9 +52,9 @@ class EngineNoise:
                 moved = self.llm.collective_rpc(worker.add_norm_noise, args=(noise,))[0]
                 self.noise_metrics = engine_realized(moved, sigma, self, relative).metrics()
                 self.llm.reset_prefix_cache()
-                self._noise_sigma, self._noise_args = sigma, (sigma, seed, relative)
+                self._noise_args = (sigma, seed, relative)
                 yield
             finally:
-                self._noise_sigma, self._noise_args = 0.0, (0.0, None, False)
+                self._noise_args = (0.0, None, False)
                 self.llm.collective_rpc(worker.restore_norms)
                 self.llm.reset_prefix_cache()

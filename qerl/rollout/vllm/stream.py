@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -28,7 +29,7 @@ def external_id(request_id: str) -> str:
 
 class EngineStream:
     """`generate_groups` / `finish_groups` for a backend holding `llm`, `policy`, `tokenizer`, `pad_id`,
-    `served_as`, `measure_mismatch`, `importance_sampling_cap`, `_noise_sigma`, `_noise_args` and `_ready()`."""
+    `served_as`, `measure_mismatch`, `update_measures_mismatch()`, `_noise_args` and `_ready()`."""
 
     streams_groups = True
 
@@ -56,14 +57,12 @@ class EngineStream:
         check_lengths(prompt_ids, sampling.max_new_tokens, self.max_model_len)
         if getattr(self, "_tp_group", None) is not None:  # a tensor-parallel group generates together
             raise RuntimeError("VLLM.generate_groups: not under tensor-parallel data parallelism (one process only).")
-        # decided before the first group trains: the update's forward measures the mismatch (no noise, no IS cap)
-        self.mismatch_deferred = (self.measure_mismatch == "update" and self.importance_sampling_cap is None
-                                  and self._noise_sigma == 0.0)
+        self.mismatch_deferred = self.update_measures_mismatch()  # decided before the first group trains
         start = time.perf_counter()
         prompts, params, owners = self.stream_requests(prompt_ids, sampling)
         ids = self.llm.enqueue(prompts, params, lora_request=self.lora_request(), use_tqdm=False)
         request_of = {external_id(rid): k for k, rid in enumerate(ids)}
-        expected = {g: owners.count(g) for g in set(owners)}
+        expected = Counter(owners)  # requests per prompt
         finished: dict[int, list] = {g: [] for g in expected}
         device = next(self.policy.parameters()).device
         engine, open_ids = self.llm.llm_engine, set(ids)
