@@ -14,7 +14,11 @@ time on a worker thread:
   backward of the 7B policy with checkpointing, as `GroupTrainer` runs it - on every SM / half of them;
 - `matmul-prio`, `train-prio`: `matmul` / `train` with the decode on a stream of the highest priority
   (`qerl.training.gpu_sharing.engine_first`, what a stream does since 2026-12-07; the other cells decode on the default
-  stream).
+  stream); `matmul-prio-half`, `train-prio-half`: both (what `--train-sm-share 0.5` runs).
+
+Before the loads, one decode alone counts the device-wide synchronisations the engine's loop makes
+(`torch.cuda.synchronize` / `torch.accelerator.synchronize` called from Python): each one would wait for the
+update's queued kernels too, and a count near the decode's steps would explain time-slicing by itself.
 
 For each: decode ms per step, the load's work per second during the decode and alone. `gain` = load share done +
 decode share kept - 1: 0 is pure time-slicing (what the step row showed), > 0 real overlap. `python` and `train`
@@ -39,7 +43,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", ".."), os.path.join(HERE, "..")]  # the repository (qerl), benchmarks/
 from result_file import write_result
 
-LOADS = ["none", "python", "matmul", "matmul-half", "matmul-prio", "train", "train-half", "train-prio"]
+LOADS = ["none", "python", "matmul", "matmul-half", "matmul-prio", "matmul-prio-half", "train", "train-half",
+         "train-prio", "train-prio-half"]
 
 
 def python_load(stop: threading.Event, done: list) -> None:
@@ -65,6 +70,30 @@ def train_load(stop: threading.Event, done: list, stream: torch.cuda.Stream, ste
             step()
             stream.synchronize()
             done[0] += 1
+
+
+def count_device_syncs(decode) -> int:
+    """Device-wide synchronisations called from Python while `decode()` runs."""
+    count = [0]
+    patched = [(torch.cuda, "synchronize")]
+    if hasattr(torch, "accelerator") and hasattr(torch.accelerator, "synchronize"):
+        patched.append((torch.accelerator, "synchronize"))
+    originals = [getattr(owner, name) for owner, name in patched]
+
+    def counting(original):
+        def wrapper(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    for (owner, name), original in zip(patched, originals):
+        setattr(owner, name, counting(original))
+    try:
+        decode(count_end=False)
+    finally:
+        for (owner, name), original in zip(patched, originals):
+            setattr(owner, name, original)
+    return count[0]
 
 
 def run_load(name: str, work, seconds: float | None, decode=None) -> dict:
@@ -119,14 +148,15 @@ def main() -> None:
     prompts = [torch.randint(3, 30000, (256,)).tolist() for _ in range(args.rows)]
     sampling = SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_new_tokens=args.new, seed=0)
 
-    def decode(urgent: bool = False) -> float:
+    def decode(urgent: bool = False, count_end: bool = True) -> float:
         start = time.perf_counter()
         if urgent:
             with engine_first(torch.device("cuda")):
                 backend.generate(prompts, sampling)
         else:
             backend.generate(prompts, sampling)
-        torch.cuda.synchronize()
+        if count_end:
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     group_cfg = SamplingConfig(n=8, temperature=1.0, top_p=1.0, max_new_tokens=args.group_new)
@@ -150,6 +180,9 @@ def main() -> None:
         "train-half": lambda stop, done: train_load(stop, done, streams[0.5], train_step),
     }
     works["matmul-prio"], works["train-prio"] = works["matmul"], works["train"]
+    works["matmul-prio-half"], works["train-prio-half"] = works["matmul-half"], works["train-half"]
+    syncs = count_device_syncs(decode)
+    print({"device_syncs_in_one_decode": syncs, "decode_steps": args.new}, flush=True)
     alone_decode = decode()
     cells = [{"load": "none", "decode_s": round(alone_decode, 3),
               "decode_ms_per_step": round(1e3 * alone_decode / args.new, 3)}]
@@ -161,7 +194,7 @@ def main() -> None:
             sys.setswitchinterval(turn)
             try:
                 alone = run_load(name, works[name], args.alone_s)["load_per_s"]
-                during = run_load(name, works[name], None, lambda name=name: decode(name.endswith("-prio")))
+                during = run_load(name, works[name], None, lambda name=name: decode("-prio" in name))
             finally:
                 sys.setswitchinterval(before)
             kept, share = alone_decode / during["decode_s"], during["load_per_s"] / max(alone, 1e-12)
@@ -173,7 +206,8 @@ def main() -> None:
             print(cells[-1], flush=True)
     backend.close()
     write_result(args.out, "overlap-contention", {"rows": args.rows, "new": args.new, "group_new": args.group_new,
-                                                  "green_half_sms": sides[0.5][1] is not None, "cells": cells})
+                                                  "green_half_sms": sides[0.5][1] is not None,
+                                                  "device_syncs_in_one_decode": syncs, "cells": cells})
 
 
 if __name__ == "__main__":
