@@ -12,7 +12,7 @@ completions). One worker trains the ended groups one at a time, in the order the
 generate, the decode runs at `keep` of its speed and the update at `share` of its own; when it has nothing to train,
 the decode runs at full speed; what is left when the generate ends trains at full speed. `keep + share = 1` is pure
 time-slicing (the 2026-12-07 H200 row); `keep = share = 1` is perfect hiding. `benchmarks/probes/overlap_contention.py`
-measures both (`decode_kept`, `load_share` of its `train*` cells).
+measures both (`decode_kept`, `load_share` of its `train*` cells); `--keep` / `--share` put its numbers in.
 
     python3 benchmarks/overlap_model.py \\
         benchmarks/results/step-NVIDIA-H100-80GB-HBM3-2026-12-07-gsm8k-nvfp4-packgroups.json \\
@@ -139,6 +139,8 @@ def measured_overlap(nv: dict, overlap: dict) -> dict:
 
 def report(nv: dict, bf: dict, profile: dict, bf_sleep_wake_s: float | None, overlap: dict | None = None,
            per_completion: bool = False, keeps=(1.0, 0.9, 0.8, 0.7), shares=(0.3, 0.45, 0.6, 1.0)) -> dict:
+    """The plain and perfect cases, a grid of (keep, share), the pairs that reach 1.5x, and (given an overlap row)
+    what it measured."""
     plain = model(nv, bf, profile, 1.0, 0.0, bf_sleep_wake_s)
     out = {"bf16_step_s": round(bf_step(bf, bf_sleep_wake_s), 2), "nvfp4_plain_step_s": plain["step_s"],
            "ratio_plain": plain["ratio"], "unit": "completion" if per_completion else "group",
@@ -168,6 +170,10 @@ def main() -> None:
     p.add_argument("--overlap-row", default=None, help="step-*.json with an NVFP4 --train-during-rollout row")
     p.add_argument("--per-completion", action="store_true",
                    help="model each completion trained as it ends (not built: docs/step-cost.md says what it needs)")
+    p.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7],
+                   help="decode speed kept while the update trains (the probe's `decode_kept`)")
+    p.add_argument("--share", type=float, nargs="+", default=[0.3, 0.45, 0.6, 1.0],
+                   help="the update's speed beside the decode (the probe's `load_share`)")
     p.add_argument("--bf16-sleep-wake-s", type=float, default=None,
                    help="seconds of the bf16 engine's sleep + wake over many steps (default: the row's own)")
     args = p.parse_args()
@@ -177,7 +183,11 @@ def main() -> None:
     with open(args.profile) as f:
         profile = json.load(f)
     overlap = load_row(args.overlap_row, "nvfp4") if args.overlap_row else None
-    print(json.dumps(report(nv, bf, profile, args.bf16_sleep_wake_s, overlap, args.per_completion), indent=1))
+    bad = [v for v in args.keep if not 0 < v <= 1] + [v for v in args.share if not 0 <= v <= 1]
+    if bad:
+        p.error(f"--keep must be in (0, 1] and --share in [0, 1]; got {bad}")
+    print(json.dumps(report(nv, bf, profile, args.bf16_sleep_wake_s, overlap, args.per_completion,
+                            tuple(args.keep), tuple(args.share)), indent=1))
 
 
 if __name__ == "__main__":
