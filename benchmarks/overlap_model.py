@@ -6,7 +6,7 @@ rollout profile (`rollout_profile.py`: decode ms a step by batch), and optionall
 (what it hid and what it cost the generate, measured). The generate is `step_ceiling.py`'s model (step t runs the rows still going, each step the
 profile's time at that batch), scaled so the modelled generate equals the plain row's measured one.
 
-The overlap is simulated step by step. Group g (its `--group` completions) ends at the step its longest completion
+The overlap is simulated step by step. A group (its 8 completions, as step.py draws them) ends at the step its longest completion
 ends; its update costs the row's `train_s` times its share of the packed positions (the prompt once, then its
 completions). One worker trains the ended groups one at a time, in the order they end. While it trains during the
 generate, the decode runs at `keep` of its speed and the update at `share` of its own; when it has nothing to train,
@@ -34,23 +34,25 @@ PROMPT, GROUP = 256, 8  # step.py's prompt length and group size
 
 
 @dataclass(frozen=True)
-class Group:
+class Unit:
+    """What the worker trains as one piece: a group (what is built) or a completion (`--per-completion`)."""
+
     end_step: int  # the decode step after which its last completion has ended (0-based; -1: at the prefill, which
     # samples every completion's first token)
     work_s: float  # its update at full speed
 
 
-def groups_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: int = PROMPT) -> list[Group]:
+def groups_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: int = PROMPT) -> list[Unit]:
     """The groups of a rollout (`group` consecutive completions each) in the order they end, each with its share of
     `train_s` by packed positions."""
     chunks = [lengths[i:i + group] for i in range(0, len(lengths), group)]
     positions = [prompt + sum(c) for c in chunks]
     total = sum(positions)
-    made = [Group(max(c) - 2, train_s * p / total) for c, p in zip(chunks, positions)]
+    made = [Unit(max(c) - 2, train_s * p / total) for c, p in zip(chunks, positions)]
     return sorted(made, key=lambda g: g.end_step)
 
 
-def completions_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: int = PROMPT) -> list[Group]:
+def completions_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: int = PROMPT) -> list[Unit]:
     """Each completion as its own update as it ends (`--per-completion`: not built, docs/step-cost.md says what it
     needs), in the order they end, priced at the packed rate by its tokens; a group's prompt is counted twice, with
     its first completion and its last (the ones ended together train as one packed batch sharing the prompt)."""
@@ -61,7 +63,7 @@ def completions_of(lengths: list[int], train_s: float, group: int = GROUP, promp
         first, last = chunk.index(min(chunk)), chunk.index(max(chunk))
         for j, n in enumerate(chunk):
             extra = prompt * ((j == first) + (j == last))
-            made.append(Group(n - 2, train_s * (n + extra) / positions))
+            made.append(Unit(n - 2, train_s * (n + extra) / positions))
     return sorted(made, key=lambda g: g.end_step)
 
 
@@ -75,8 +77,8 @@ def decode_seconds(profile: dict, fmt: str, lengths: list[int], measured_s: floa
     return first * scale, [s * scale for s in steps]
 
 
-def simulate(prefill_s: float, steps_s: list[float], groups: list[Group], keep: float, share: float) -> dict:
-    """Generate seconds, update seconds left after it, and groups whose training began during it."""
+def simulate(prefill_s: float, steps_s: list[float], groups: list[Unit], keep: float, share: float) -> dict:
+    """Generate seconds, update seconds left after it, and the units whose training began during it."""
     if not 0.0 < keep <= 1.0 or not 0.0 <= share <= 1.0:
         raise ValueError(f"keep {keep} must be in (0, 1] and share {share} in [0, 1]")
     clock, queue, begun, nxt, last = prefill_s, [], 0, 0, len(steps_s) - 1
@@ -103,7 +105,7 @@ def simulate(prefill_s: float, steps_s: list[float], groups: list[Group], keep: 
                 begun += 1  # starts with the next step
             queue.append(groups[nxt].work_s)
             nxt += 1
-    return {"generate_s": round(clock, 3), "train_after_s": round(sum(queue), 3), "groups_under_rollout": begun}
+    return {"generate_s": round(clock, 3), "train_after_s": round(sum(queue), 3), "trained_under_rollout": begun}
 
 
 def model(nv: dict, bf: dict, profile: dict, keep: float, share: float, bf_sleep_wake_s: float | None,

@@ -21,18 +21,18 @@ PROFILE = RESULTS / "rollout-profile-NVIDIA-H100-80GB-HBM3-2026-12-06.json"
 def test_groups_end_with_their_longest_completion_and_share_the_update_by_positions():
     groups = om.groups_of([3, 5, 2, 2], train_s=10.0, group=2, prompt=2)
     # group 0: tokens 3 + 5 + prompt 2 = 10 positions, ends after decode step 5 - 2 = 3; group 1: 6 positions, step 0
-    assert groups == [om.Group(0, 10.0 * 6 / 16), om.Group(3, 10.0 * 10 / 16)]
+    assert groups == [om.Unit(0, 10.0 * 6 / 16), om.Unit(3, 10.0 * 10 / 16)]
 
 
 def test_hand_worked_simulations():
     steps = [1.0] * 4  # four decode steps of 1 s after a 0.5 s prefill
-    early, late = om.Group(0, 2.0), om.Group(3, 1.0)
+    early, late = om.Unit(0, 2.0), om.Unit(3, 1.0)
     # nothing trains during the generate: everything after it
     assert om.simulate(0.5, steps, [early, late], keep=1.0, share=0.0) == \
-        {"generate_s": 4.5, "train_after_s": 3.0, "groups_under_rollout": 0}
+        {"generate_s": 4.5, "train_after_s": 3.0, "trained_under_rollout": 0}
     # perfect hiding: the early group (2 s of work from t = 1.5) fits in steps 1-3; the last one ends with the generate
     assert om.simulate(0.5, steps, [early, late], keep=1.0, share=1.0) == \
-        {"generate_s": 4.5, "train_after_s": 1.0, "groups_under_rollout": 1}
+        {"generate_s": 4.5, "train_after_s": 1.0, "trained_under_rollout": 1}
     # time-slicing at half and half: steps 1-3 take 2 s each while the group trains (4 s at half speed = 2 steps)
     run = om.simulate(0.5, steps, [early], keep=0.5, share=0.5)
     assert run["generate_s"] == pytest.approx(0.5 + 1.0 + 2.0 + 2.0 + 1.0) and run["train_after_s"] == 0.0
@@ -42,7 +42,7 @@ def test_hand_worked_simulations():
 
 def test_time_slicing_moves_the_update_into_the_generate_without_gain():
     steps = [1.0] * 20
-    groups = [om.Group(1, 3.0), om.Group(5, 2.0), om.Group(19, 1.0)]
+    groups = [om.Unit(1, 3.0), om.Unit(5, 2.0), om.Unit(19, 1.0)]
     plain = om.simulate(0.0, steps, groups, 1.0, 0.0)
     for keep in (0.3, 0.5, 0.8):
         sliced = om.simulate(0.0, steps, groups, keep, 1.0 - keep)
