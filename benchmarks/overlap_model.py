@@ -3,16 +3,18 @@ committed files, and what the decode must keep and the update must get for the 1
 
 Inputs: a plain NVFP4 row and a bf16 row of the same drawn lengths (`step.py --lengths gsm8k --pack-groups`), the
 rollout profile (`rollout_profile.py`: decode ms a step by batch), and optionally an overlap row of the same lengths
-(what it hid and what it cost the generate, measured). The generate is `step_ceiling.py`'s model (step t runs the rows still going, each step the
-profile's time at that batch), scaled so the modelled generate equals the plain row's measured one.
+(what it hid and what it cost the generate, measured). The generate is `step_ceiling.py`'s model (step t runs the
+rows still going, each step the profile's time at that batch), scaled so the modelled generate equals the plain
+row's measured one.
 
-The overlap is simulated step by step. A group (its 8 completions, as step.py draws them) ends at the step its longest completion
-ends; its update costs the row's `train_s` times its share of the packed positions (the prompt once, then its
-completions). One worker trains the ended groups one at a time, in the order they end. While it trains during the
-generate, the decode runs at `keep` of its speed and the update at `share` of its own; when it has nothing to train,
-the decode runs at full speed; what is left when the generate ends trains at full speed. `keep + share = 1` is pure
-time-slicing (the 2026-12-07 H200 row); `keep = share = 1` is perfect hiding. `benchmarks/probes/overlap_contention.py`
-measures both (`decode_kept`, `load_share` of its `train*` cells); `--keep` / `--share` put its numbers in.
+The overlap is simulated step by step. A group (its 8 completions, as step.py draws them) ends at the step its
+longest completion ends; its update costs the row's `train_s` times its share of the packed positions (the prompt
+once, then its completions). One worker trains the ended groups one at a time, in the order they end. While it
+trains during the generate, the decode runs at `keep` of its speed and the update at `share` of its own; when it has
+nothing to train, the decode runs at full speed; what is left when the generate ends trains at full speed.
+`keep + share = 1` is pure time-slicing (the 2026-12-07 H200 row); `keep = share = 1` is perfect hiding.
+`benchmarks/probes/overlap_contention.py` measures both (`decode_kept`, `load_share` of its `train*` cells);
+`--keep` / `--share` put its numbers in.
 
     python3 benchmarks/overlap_model.py \\
         benchmarks/results/step-NVIDIA-H100-80GB-HBM3-2026-12-07-gsm8k-nvfp4-packgroups.json \\
