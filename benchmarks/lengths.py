@@ -62,7 +62,7 @@ def length_model_vllm(base_class, lengths: list[int]):
     are regrouped per prompt before the backend builds the Rollout."""
 
     class LengthModelVLLM(base_class):
-        def stream_requests(self, prompt_ids, sampling):
+        def stream_requests(self, prompt_ids, sampling, split=True):  # always one request per completion
             from vllm import SamplingParams
 
             requests, params, owners = [], [], []

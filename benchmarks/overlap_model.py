@@ -55,8 +55,8 @@ def groups_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: in
 
 
 def completions_of(lengths: list[int], train_s: float, group: int = GROUP, prompt: int = PROMPT) -> list[Unit]:
-    """Each completion as its own update as it ends (`--per-completion`: not built, docs/step-cost.md says what it
-    needs), in the order they end, priced at the packed rate by its tokens; a group's prompt is counted twice, with
+    """Each completion as its own update as it ends (`--per-completion`: `train_during_rollout_unit: completion`),
+    in the order they end, priced at the packed rate by its tokens; a group's prompt is counted twice, with
     its first completion and its last (the ones ended together train as one packed batch sharing the prompt)."""
     positions = sum(prompt + sum(lengths[i:i + group]) for i in range(0, len(lengths), group))
     made = []
@@ -173,7 +173,7 @@ def main() -> None:
     p.add_argument("profile", help="rollout-profile-*.json (LoRA rows)")
     p.add_argument("--overlap-row", default=None, help="step-*.json with an NVFP4 --train-during-rollout row")
     p.add_argument("--per-completion", action="store_true",
-                   help="model each completion trained as it ends (not built: docs/step-cost.md says what it needs)")
+                   help="each completion trained as it ends (train_during_rollout_unit: completion)")
     p.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7],
                    help="decode speed kept while the update trains (the probe's `decode_kept`)")
     p.add_argument("--share", type=float, nargs="+", default=[0.3, 0.45, 0.6, 1.0],

@@ -6,7 +6,8 @@ tokens long), temperature 1. The step runs the same pieces `QeRLModule` runs (th
 engine, its `release_memory` between rollout and update, `qerl.training.update.accumulate_gradients` with the chunked
 log-prob head, GRPO advantages and loss, gradient clipping, AdamW over the LoRA parameters), driven without a
 Lightning Trainer so a 32B step needs nothing else. The reward is a real per-token computation on the sampled
-ids (share of even ids), so advantages are non-zero and every micro-batch back-propagates.
+ids (1 when most of a completion's ids are even, else 0: `step_overlap.even_reward`), so advantages are non-zero
+and every micro-batch back-propagates.
 
 Row spec: model:format:batch:new[:steps], format nvfp4|mxfp4|nf4|bf16; batch = completions per step (group
 min(8, batch)). Each row: load (timed: `load_s` is the quantize-on-load time), then `steps` steps (default 2:
@@ -74,7 +75,7 @@ from step_aqn import DEFAULT_RECIPE as DEFAULT_AQN_RECIPE
 
 PROMPT, GROUP, PEAK_TFLOPS = 256, 8, 790.0
 RESAMPLE = {"rounds": 0}  # --resample-rounds: extra generations of the whole batch per step (DAPO's resampling)
-OVERLAP = {"on": False, "sm_share": 1.0, "gil_turn": None}  # --train-during-rollout [--train-sm-share, --gil-turn]: QeRLModule(train_during_rollout=True)'s step (step_overlap.py)
+OVERLAP = {"on": False, "sm_share": 1.0, "gil_turn": None, "unit": "group"}  # --train-during-rollout [--train-sm-share, --gil-turn]: QeRLModule(train_during_rollout=True)'s step (step_overlap.py)
 LAYOUT = {"pack_groups": False, "segments": None, "batched": False}  # --pack-groups: the update as qerl.models.packed.PackedGroups
 STAGE = {"now": "start"}  # where a row is, so an OOM says in which phase it happened
 QUANT = {"bf16": None, "nvfp4": "NVFP4", "mxfp4": "MXFP4", "nf4": "NF4"}
@@ -169,7 +170,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
         STAGE["now"] = "step: rollout with the groups training as they finish"
         rollout, result, used_at_rollout, tokens, extra = overlapped_step(
             policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync, device_used_gib,
-            OVERLAP["sm_share"])
+            OVERLAP["sm_share"], OVERLAP["unit"])
         used_asleep = None
     else:
         def generate():
@@ -195,8 +196,9 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
         phases["sleep"] = time.perf_counter() - t_sleep
         phases["rollout"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
-        rewards = even / rollout.completion_mask.sum(1).clamp(min=1)
+        from step_overlap import even_reward
+
+        rewards = even_reward(rollout)
         advantages = algorithm.advantages(rewards, rollout.group_size)
         sync()
         phases["score"] = time.perf_counter() - t1
@@ -327,7 +329,8 @@ def run_row(spec: dict, args) -> dict:
     row = dict(spec, gpus=ranks, train_during_rollout=OVERLAP["on"],
                train_sm_share=OVERLAP["sm_share"] if OVERLAP["on"] else None,
                gil_turn_s=OVERLAP["gil_turn"] if OVERLAP["on"] else None,
-               engine_priority=OVERLAP.get("engine_priority") if OVERLAP["on"] else None)
+               engine_priority=OVERLAP.get("engine_priority") if OVERLAP["on"] else None,
+               train_unit=OVERLAP["unit"] if OVERLAP["on"] else None)
     model, fmt, batch, new = spec["model"], spec["format"], spec["batch"], spec["new"]
     local = batch // ranks  # completions per step on this rank (the global batch under torchrun)
     noise = None
@@ -585,6 +588,10 @@ def main() -> None:
     parser.add_argument("--train-sm-share", type=float, default=1.0,
                         help="with --train-during-rollout: the share of the GPU's SMs the update may use while the "
                              "engine decodes (QeRLModule(train_during_rollout_sm_share=...): a CUDA green context)")
+    parser.add_argument("--train-unit", choices=["group", "completion"], default="group",
+                        help="with --train-during-rollout: a group trains when its last completion ends (group), or "
+                             "the last open groups' completions train as they end (completion; "
+                             "QeRLModule(train_during_rollout_unit=...), qerl.training.completion_trainer)")
     parser.add_argument("--gil-turn", type=float, default=None,
                         help="with --train-during-rollout: seconds a thread may hold the GIL while the other waits "
                              "during the stream (qerl.training.gpu_sharing.GIL_TURN_S, 0.5 ms by default)")
@@ -611,7 +618,7 @@ def main() -> None:
         parser.error("--aqn needs a rollout to put the noise in; drop --synthetic-rollout")
     RESAMPLE["rounds"] = args.resample_rounds
     LAYOUT["pack_groups"] = args.pack_groups
-    OVERLAP.update(on=args.train_during_rollout, sm_share=args.train_sm_share)
+    OVERLAP.update(on=args.train_during_rollout, sm_share=args.train_sm_share, unit=args.train_unit)
     from qerl.training import gpu_sharing
 
     if args.gil_turn is not None:

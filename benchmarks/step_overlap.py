@@ -1,6 +1,6 @@
 """`step.py --train-during-rollout`: the step of `QeRLModule(train_during_rollout=True)` on a benchmark row.
 
-Each group is scored (the row's synthetic reward: the share of even token ids) and trained the moment the engine
+Each group is scored (the row's synthetic reward: `even_reward`) and trained the moment the engine
 finishes it, while the engine decodes the rest (`qerl.training.overlap.stream_and_train`); then clip and step. The
 phases: `generate` is the engine's stream (with the groups training under it), `train` what the update still
 needs after the last group is out (the tail), `score` 0 (scored on the worker thread, under the generate).
@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 
 
-def even_reward(group):
-    """The row's synthetic reward of each completion (as `step.py`'s one_step scores): its share of even ids."""
-    even = ((group.completion_ids % 2 == 0) & group.completion_mask.bool()).float().sum(1)
-    return even / group.completion_mask.sum(1).clamp(min=1)
+def even_reward(rollout):
+    """The rows' synthetic reward of each completion (`step.py` scores with it too): 1 when more than half of its
+    ids are even, else 0 - a 0/1 reward, as a verifiable answer check gives (training by completion keeps one
+    gradient buffer per reward value)."""
+    even = ((rollout.completion_ids % 2 == 0) & rollout.completion_mask.bool()).float().sum(1)
+    return (even / rollout.completion_mask.sum(1).clamp(min=1) > 0.5).float()
 
 
 def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync,
-                    used_gib, sm_share: float = 1.0):
+                    used_gib, sm_share: float = 1.0, unit: str = "group"):
     """One step; returns (rollout, the update's result, what the card holds after the generate and the groups'
     update (`used_gib()`), completion tokens, extra row fields) and fills `phases`."""
     from qerl.noise.base import NoiseDraw
@@ -45,7 +47,8 @@ def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batc
     timer = StepTimer()
     draw = noise.draw if noise is not None else NoiseDraw()
     device = next(policy.parameters()).device
-    done = stream_and_train(backend, algorithm, prompt_ids, cfg, score, draw, timer, train, params, device, sm_share)
+    done = stream_and_train(backend, algorithm, prompt_ids, cfg, score, draw, timer, train, params, device, sm_share,
+                            unit)
     sync()
     used = used_gib()  # the engine awake and the groups' activations freed: what the card held through the stream
     begin = time.perf_counter()

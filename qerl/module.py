@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -30,7 +30,7 @@ from qerl.rollout.hf import HF
 from qerl.training import distributed
 from qerl.training.checks import check_module_args
 from qerl.training.collect import Collected, Collector, collect_groups, data_metrics, draw_prompts, step_sampling
-from qerl.training.overlap import check_train_during_rollout, stream_and_train, streams
+from qerl.training.overlap import UNITS, check_train_during_rollout, stream_and_train, streams
 from qerl.training.policy import build_policy
 from qerl.training.resumable import ResumableRun
 from qerl.training.running_rewards import RunningRewards
@@ -86,6 +86,11 @@ class QeRLModule(ResumableRun, L.LightningModule):
             `batches_per_step: 1`, no `importance_sampling_cap`, one process.
         train_during_rollout_sm_share: with `train_during_rollout`, the share of the GPU's SMs the groups' update
             may use (a CUDA green context); below 1 the rest stay free for the engine's decode. 1 (default): all.
+        train_during_rollout_unit: with `train_during_rollout`, "group" (default): a group trains when its last
+            completion ends; "completion": while only a few groups are still generating, their completions train
+            as they end (one request per completion; the same gradient for group-relative advantages,
+            `qerl.training.completion_trainer`), so a group with one completion at the length cap no longer
+            leaves all of its update until after the generate.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class QeRLModule(ResumableRun, L.LightningModule):
         pack_groups: bool = False,
         train_during_rollout: bool = False,
         train_during_rollout_sm_share: float = 1.0,
+        train_during_rollout_unit: Literal["group", "completion"] = "group",
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -149,6 +155,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
             raise ValueError("`model.init_args.train_during_rollout_sm_share` must be in (0, 1] (the share of the "
                              f"GPU's SMs the update may use), got {train_during_rollout_sm_share!r}.")
         self.train_during_rollout_sm_share = float(train_during_rollout_sm_share)
+        if train_during_rollout_unit not in UNITS:
+            raise ValueError(f"`model.init_args.train_during_rollout_unit` must be one of {', '.join(UNITS)}, got "
+                             f"{train_during_rollout_unit!r}.")
+        self.train_during_rollout_unit = train_during_rollout_unit
         if self.train_during_rollout:
             check_train_during_rollout(algorithm, batches_per_step, self.rollout)
         self.accuracy_index = check_module_args(self.sampling, algorithm, self.rewards, self.lora, quantizer, self.optim,
@@ -297,7 +307,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
 
         ids = self.tokenizer(list(batch.prompts), add_special_tokens=False)["input_ids"]
         done = stream_and_train(self.rollout, self.algorithm, ids, step_sampling(parts, step), score, self.noise_draw,
-                                timer, train, self.trainable_parameters(), self.device, self.train_during_rollout_sm_share)
+                                timer, train, self.trainable_parameters(), self.device,
+                                self.train_during_rollout_sm_share, self.train_during_rollout_unit)
         with timer.phase("train"):
             if done.finite_rewards:
                 update = self._apply_update(done.update)

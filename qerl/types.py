@@ -89,6 +89,14 @@ class Rollout:
         picked["texts"] = [t for t, k in zip(self.texts, keep) if k]
         return self._with_groups(picked, self.group_size)
 
+    def subgroup(self, rows: list[int]) -> Rollout:
+        """Rows `rows` of a one-prompt rollout as a group of their own (group size: their number)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.completion_ids.device)
+        picked = {f.name: getattr(self, f.name)[index] for f in fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor) and f.name != "group_index"}
+        picked["texts"] = [self.texts[i] for i in rows]
+        return self._with_groups(picked, len(rows))
+
     @classmethod
     def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
         """Join rollouts of one group size, row-wise: prompts left-padded, completions right-padded to the widest."""

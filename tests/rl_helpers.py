@@ -69,6 +69,14 @@ def load_file(path) -> object:
     return module
 
 
+def split_request_outputs(backend, prompt_ids, sampling) -> list:
+    """A `VLLM` backend's `request_outputs` with one request per completion (`stream_requests(split=True)`): what a
+    non-streamed run must sample to compare with training by completion (`generate_pieces` splits the same way)."""
+    prompts, params, owners = backend.stream_requests(prompt_ids, sampling, split=True)
+    flat = backend.llm.generate(prompts, params, lora_request=backend.lora_request(), use_tqdm=False)
+    return [backend.merge_outputs([o for o, g in zip(flat, owners) if g == i]) for i in range(len(prompt_ids))]
+
+
 def tiny_module(**overrides):
     """A QeRLModule on the tiny random Qwen2 (NVFP4 + LoRA r4 + AQN + GRPO, 4 completions of <= 6 tokens)."""
     from qerl.algorithms import GRPO

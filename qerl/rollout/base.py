@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
@@ -23,6 +24,20 @@ def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
     if extra is not None:
         ids.update(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
     return sorted(ids)
+
+
+@dataclass
+class Piece:
+    """Part of a rollout handed over while the engine generates the rest (`RolloutBackend.generate_pieces`).
+
+    `complete`: `rollout` is prompt `index`'s whole group (`sampling.n` rows, in their final order) and `rows` the
+    positions in it of the completions not handed over before. Otherwise `rollout` holds only completions that
+    have just ended (its group size is their number) and `rows` their positions in the group."""
+
+    index: int
+    rollout: Rollout
+    rows: list[int]
+    complete: bool
 
 
 class RolloutBackend(ABC):
@@ -80,6 +95,16 @@ class RolloutBackend(ABC):
         rollout = self.generate(prompt_ids, sampling)
         for g in range(len(prompt_ids)):
             yield g, rollout.select(rollout.group_index == g)
+
+    #: True when `generate_pieces` hands over completions as they end (`VLLM`): see `Piece`
+    streams_completions: bool = False
+
+    def generate_pieces(self, prompt_ids: list[list[int]], sampling: SamplingConfig,
+                        open_groups: int) -> Iterator[Piece]:
+        """The rollout as `Piece`s: each group whole as it is ready and, while at most `open_groups` groups are
+        still generating, their completions as they end. Default: `generate_groups`, every group whole."""
+        for g, rollout in self.generate_groups(prompt_ids, sampling):
+            yield Piece(g, rollout, list(range(rollout.num_rows)), complete=True)
 
     def finish_groups(self, rollout: Rollout, sampling: SamplingConfig) -> None:
         """After `generate_groups` and the training of its groups: work on the whole `rollout` that had to wait

@@ -64,6 +64,11 @@ class GroupTrainer:
         self.failed = False
         self.start = time.perf_counter()
 
+    def feed(self, backend, prompt_ids: list[list[int]], sampling) -> None:
+        """Step `backend`'s stream, queueing each group the step it finishes (`generate_groups`)."""
+        for index, rollout in backend.generate_groups(prompt_ids, sampling):
+            self.submit(index, rollout)
+
     def submit(self, index: int, rollout: Rollout) -> None:
         """Queue a finished group (its tensors were made on the main stream: the worker's stream waits for them)."""
         ready = None
@@ -108,7 +113,7 @@ class GroupTrainer:
     def results(self) -> list[GroupResult]:
         """Every group's result in prompt order, once all have run (an exception in the worker is raised here)."""
         try:
-            done = [future.result() for future in self.futures]
+            done = [r for r in (future.result() for future in self.futures) if r is not None]  # None: an early piece
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.stream is not None:

@@ -13,7 +13,8 @@ main thread keeps stepping the engine. A generate at the recipes' shapes ends in
 completions at the length cap) that leaves the GPU's compute mostly idle; the groups that finished early train in
 it. Only a backend that streams its groups and stays awake through training (`VLLM` without sleep mode) overlaps;
 otherwise the groups train one after the other after generation, through the same code. `group_trainer.py` holds
-the worker and the arithmetic, `gpu_sharing.py` how the two threads share the GPU.
+the worker and the arithmetic, `gpu_sharing.py` how the two threads share the GPU, `completion_trainer.py` the
+variant that trains the last groups' completions as they end (`train_during_rollout_unit: completion`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from qerl.algorithms.base import Algorithm
 from qerl.noise.base import NoiseDraw
 from qerl.rollout.base import RolloutBackend
+from qerl.training.completion_trainer import CompletionTrainer
 from qerl.training.gpu_sharing import KEY, engine_first, short_gil_turns
 from qerl.training.group_trainer import (
     GroupResult,
@@ -41,6 +43,9 @@ from qerl.training.scoring import Scored, concat_scored
 from qerl.training.step_metrics import StepTimer
 from qerl.training.update import TrainBatch, UpdateResult
 from qerl.types import Rollout, SamplingConfig
+
+#: what the worker trains as one piece (`train_during_rollout_unit`)
+UNITS = ("group", "completion")
 
 
 def check_train_during_rollout(algorithm: Algorithm, batches_per_step: int, rollout: object) -> None:
@@ -96,14 +101,19 @@ class StreamedStep:
 def stream_and_train(backend, algorithm: Algorithm, prompt_ids: list[list[int]], sampling: SamplingConfig,
                      score: Callable[[int, Rollout], Scored], noise: NoiseDraw, timer: StepTimer,
                      train: Callable[[TrainBatch], UpdateResult], parameters: list[torch.nn.Parameter],
-                     device: torch.device, sm_share: float = 1.0) -> StreamedStep:
+                     device: torch.device, sm_share: float = 1.0, unit: str = "group") -> StreamedStep:
     """Generate `prompt_ids` with `backend` (this step's AQN noise in its engine) and train each group as it
     finishes: `score(index, group)` scores it, `train` runs its forward and backward with counts of 1 (on
-    `sm_share` of the SMs, `side_stream`). The parameters' gradients end as the whole batch's (`normalizer`); the
-    caller clips and steps."""
+    `sm_share` of the SMs, `side_stream`). `unit` "completion": the completions of the last groups still
+    generating train as they end (`qerl.training.completion_trainer`). The parameters' gradients end as the whole
+    batch's (`normalizer`); the caller clips and steps."""
+    if unit not in UNITS:
+        raise ValueError(f"`{KEY}_unit` {unit!r}: expected one of {', '.join(UNITS)}")
     n, overlap = sampling.n, streams(backend)
-    trainer = GroupTrainer(score, train, algorithm, n, sampling.max_new_tokens, device,
-                           lambda: bool(getattr(backend, "mismatch_deferred", False)), sm_share if overlap else 1.0)
+    by_completion = overlap and unit == "completion" and getattr(backend, "streams_completions", False)
+    args = (score, train, algorithm, n, sampling.max_new_tokens, device,
+            lambda: bool(getattr(backend, "mismatch_deferred", False)), sm_share if overlap else 1.0)
+    trainer = CompletionTrainer(*args, parameters=parameters) if by_completion else GroupTrainer(*args)
     if overlap:
         results, scored, generated_at = _stream(backend, prompt_ids, sampling, noise, timer, trainer)
     else:  # the whole batch first (the backend's own noise block and scoring), then the groups one by one
@@ -142,8 +152,7 @@ def _stream(backend, prompt_ids: list[list[int]], sampling: SamplingConfig, nois
     with noisy, short_gil_turns():
         with timer.phase("rollout"), engine_first(trainer.device):
             try:
-                for index, rollout in backend.generate_groups(prompt_ids, sampling):
-                    trainer.submit(index, rollout)
+                trainer.feed(backend, prompt_ids, sampling)
             except BaseException:
                 trainer.abandon()
                 raise

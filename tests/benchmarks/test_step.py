@@ -141,14 +141,16 @@ def test_pack_attention_without_pack_groups_is_refused(monkeypatch, capsys):
     assert exc.value.code == 2 and "--pack-attention needs --pack-groups" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("aqn", [[], ["--aqn"]], ids=["no-noise", "aqn"])
-def test_a_row_trained_during_the_rollout_takes_the_same_update(tmp_path, monkeypatch, aqn):
+@pytest.mark.parametrize(("aqn", "unit"), [([], "group"), (["--aqn"], "group"), ([], "completion")],
+                         ids=["no-noise", "aqn", "by-completion"])
+def test_a_row_trained_during_the_rollout_takes_the_same_update(tmp_path, monkeypatch, aqn, unit):
     rows = {}
-    for name, flags in {"after": [*aqn], "during": [*aqn, "--train-during-rollout"]}.items():
+    for name, flags in {"after": [*aqn], "during": [*aqn, "--train-during-rollout", "--train-unit", unit]}.items():
         out = tmp_path / name
         out.mkdir()
         rows[name], policy, clean, _ = run_row(out, monkeypatch, *flags)
         assert rows[name]["status"] == "ok" and rows[name]["train_during_rollout"] == (name == "during")
+        assert rows[name]["train_unit"] == (unit if name == "during" else None)
         assert torch.equal(norms(policy), clean)  # the generation's noise never stays on the trained policy
     # the CPU rows generate with the fast engine, which hands the groups over after the whole batch: none overlap
     assert rows["during"]["groups_under_rollout"] == 0 and rows["after"]["groups_under_rollout"] is None

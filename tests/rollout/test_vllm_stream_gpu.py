@@ -2,7 +2,8 @@
 and thread while the engine decodes, and the optimizer gets the gradient of training after generation.
 
 The tiny NVFP4 Qwen2 of test_vllm_gpu.py, bf16, an engine awake through training (no sleep mode) with its decode
-CUDA graphs (`compile: false`); the update on every SM, or confined to half of them by a CUDA green context. The
+CUDA graphs (`compile: false`); the update on every SM, or confined to half of them by a CUDA green context, by
+groups or by completions (`train_during_rollout_unit`; then both runs send one request per completion). The
 first prompt's completions stop after 2 tokens and the others run 48, so the
 first group trains while the engine decodes. bf16 gradients summed in another order: compared by their cosine and
 norms, not bit for bit.
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(importlib.util.find_spec("vllm
                                                   reason="needs vllm (the CUDA build)")]
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # rl_helpers
-from rl_helpers import load_file
+from rl_helpers import load_file, split_request_outputs
 
 _SHARED = load_file(Path(__file__).with_name("test_vllm_gpu.py"))  # the tiny policy of test_vllm_gpu.py
 CONFIG, tiny_policy = _SHARED.CONFIG, _SHARED.tiny_policy
@@ -45,12 +46,27 @@ def engine():
     from qerl.rollout.vllm import VLLM
 
     class ShortFirstPrompt(VLLM):
+        split_always = False  # `generate` too sends one request per completion (so it samples what pieces do)
+
         def sampling_params(self, sampling, prompt_index):
             params = super().sampling_params(sampling, prompt_index)
             if prompt_index == 0:
                 params.max_tokens = 2
             params.ignore_eos = True
             return params
+
+        def stream_requests(self, prompt_ids, sampling, split=False):
+            prompts, params, owners = super().stream_requests(prompt_ids, sampling, split)
+            if split:  # a group's completions end 8 steps apart (EOS is ignored): some train before their group
+                for j, one in enumerate(params):
+                    if one.max_tokens > 2:
+                        one.max_tokens -= 8 * (j % sampling.n)
+            return prompts, params, owners
+
+        def request_outputs(self, prompt_ids, sampling):
+            if not self.split_always:
+                return super().request_outputs(prompt_ids, sampling)
+            return split_request_outputs(self, prompt_ids, sampling)
 
     policy, tokenizer = tiny_policy()
     backend = ShortFirstPrompt(max_model_len=256, gpu_memory_utilization=0.1, max_num_seqs=16,
@@ -60,8 +76,10 @@ def engine():
     backend.close()
 
 
-@pytest.mark.parametrize("sm_share", [1.0, 0.5], ids=["every-sm", "green-context-half"])
-def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path, sm_share):
+@pytest.mark.parametrize(("sm_share", "unit"), [(1.0, "group"), (0.5, "group"), (0.5, "completion")],
+                         ids=["every-sm", "green-context-half", "by-completion-half"])
+def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path, sm_share,
+                                                                                      unit):
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from rl_helpers import tiny_data, tiny_module, tiny_trainer
 
@@ -69,17 +87,21 @@ def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gra
     from qerl.training.settings import LoRASettings
 
     grads, logged = [], []
-    for overlap in (False, True):
-        module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16", noise=None,
-                             train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
-                             lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
-                             sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
-        recorder = GradientRecorder()
-        trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")
-        torch.manual_seed(0)
-        trainer.fit(module, tiny_data())
-        grads.append(recorder.grads)
-        logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+    engine.split_always = unit == "completion"  # both runs sample one request per completion
+    try:
+        for overlap in (False, True):
+            module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16",
+                                 noise=None, train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
+                                 train_during_rollout_unit=unit, lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
+                                 sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
+            recorder = GradientRecorder()
+            trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")
+            torch.manual_seed(0)
+            trainer.fit(module, tiny_data())
+            grads.append(recorder.grads)
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        engine.split_always = False
     after, during = grads
     assert sorted(after) == sorted(during)
     flat_after = torch.cat([after[k].flatten() for k in sorted(after)])
