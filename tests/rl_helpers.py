@@ -69,6 +69,30 @@ def load_file(path) -> object:
     return module
 
 
+def check_whole_batch(results, algorithm, rollout, advantages, whole, expected, params) -> dict:
+    """Groups trained apart (`GroupTrainer` / `CompletionTrainer` results) against the whole batch trained at once:
+    the advantages, the gradient once scaled by the batch's count, and the loss, entropy and mean ratio; returns the
+    combined metrics."""
+    import pytest
+    import torch
+
+    from qerl.training.group_trainer import check_group_local, combine_updates, normalizer, scale_gradients
+
+    got = torch.cat([res.advantages for res in results])
+    check_group_local(algorithm, torch.cat([res.shaped for res in results]), got, rollout.group_size)
+    assert torch.allclose(got, advantages)
+    tokens = float(rollout.completion_mask.sum())
+    scale = normalizer(algorithm, rollout.num_rows, tokens)
+    combined = combine_updates([res.update for res in results], scale, tokens)
+    scale_gradients(params, scale)
+    for p, want in zip(params, expected):
+        assert torch.allclose(p.grad, want, atol=1e-6, rtol=1e-4)
+    assert combined.metrics["loss"] == pytest.approx(whole.metrics["loss"], abs=1e-6)
+    assert combined.metrics["entropy"] == pytest.approx(whole.metrics["entropy"], rel=1e-5)
+    assert combined.metrics["ratio_mean"] == pytest.approx(whole.metrics["ratio_mean"], rel=1e-6)
+    return combined.metrics
+
+
 def split_request_outputs(backend, prompt_ids, sampling) -> list:
     """A `VLLM` backend's `request_outputs` with one request per completion (`stream_requests(split=True)`): what a
     non-streamed run must sample to compare with training by completion (`generate_pieces` splits the same way)."""

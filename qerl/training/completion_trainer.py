@@ -26,7 +26,7 @@ import torch
 
 from qerl.rollout.base import Piece
 from qerl.training.gpu_sharing import KEY
-from qerl.training.group_trainer import GroupResult, GroupTrainer
+from qerl.training.group_trainer import GroupResult, GroupTrainer, merge_updates
 from qerl.training.update import TrainBatch, UpdateResult
 
 #: groups still generating below which the engine hands over their completions as they end (each such group holds
@@ -40,21 +40,6 @@ MAX_BUFFERS = 8
 
 #: update metrics linear in the advantages (at ratio 1): scaled by the advantage when a buffer is released
 ADVANTAGE_LINEAR = ("loss", "policy_loss")
-
-
-def merge_updates(updates: list[UpdateResult]) -> UpdateResult:
-    """Updates of one group's pieces (unnormalised sums, counts of 1) as one: sums added, extremes kept."""
-    if not updates or not all(u.finite for u in updates):
-        return UpdateResult(metrics={"loss": float("nan")}, finite=False)
-    metrics: dict[str, float] = {}
-    for update in updates:
-        for key, value in update.metrics.items():
-            if key.endswith(("_min", "_max")):
-                pick = min if key.endswith("_min") else max
-                metrics[key] = pick(metrics.get(key, value), value)
-            else:
-                metrics[key] = metrics.get(key, 0.0) + value
-    return UpdateResult(metrics=metrics, finite=True)
 
 
 def scaled(update: UpdateResult, advantage: float) -> UpdateResult:

@@ -126,24 +126,32 @@ class GroupTrainer:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def combine_updates(updates: list[UpdateResult | None], scale: float, num_tokens: float) -> UpdateResult:
-    """The groups' update metrics (unnormalised sums, counts of 1) as `accumulate_gradients` reports a whole batch:
-    the loss times `scale`, token-weighted means over the batch's `num_tokens`, extremes over all groups."""
-    if not updates or not all(u is not None and u.finite for u in updates):  # None: not trained after a failure
+def merge_updates(updates: list[UpdateResult | None]) -> UpdateResult:
+    """Updates of unnormalised sums (counts of 1) as one: sums added, extremes (`_min`, `_max`) kept; not finite
+    if any is not (None: not trained after a failure)."""
+    if not updates or not all(u is not None and u.finite for u in updates):
         return UpdateResult(metrics={"loss": float("nan")}, finite=False)
-    sums: dict[str, float] = {}
-    extremes: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     for update in updates:
         for key, value in update.metrics.items():
             if key.endswith(("_min", "_max")):
                 pick = min if key.endswith("_min") else max
-                extremes[key] = pick(extremes.get(key, value), value)
+                metrics[key] = pick(metrics.get(key, value), value)
             else:
-                sums[key] = sums.get(key, 0.0) + value
-    tokens = max(1.0, num_tokens)
-    metrics = {key: (value * scale if key == "loss" else value / tokens) for key, value in sums.items()}
-    metrics.update(extremes)
+                metrics[key] = metrics.get(key, 0.0) + value
     return UpdateResult(metrics=metrics, finite=True)
+
+
+def combine_updates(updates: list[UpdateResult | None], scale: float, num_tokens: float) -> UpdateResult:
+    """The groups' update metrics (unnormalised sums, counts of 1) as `accumulate_gradients` reports a whole batch:
+    the loss times `scale`, token-weighted means over the batch's `num_tokens`, extremes over all groups."""
+    merged = merge_updates(updates)
+    if not merged.finite:
+        return merged
+    tokens = max(1.0, num_tokens)
+    extreme = ("_min", "_max")
+    return UpdateResult(metrics={k: v * scale if k == "loss" else v if k.endswith(extreme) else v / tokens
+                                 for k, v in merged.metrics.items()}, finite=True)
 
 
 def scale_gradients(parameters: list[torch.nn.Parameter], scale: float) -> None:

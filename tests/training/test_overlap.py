@@ -16,7 +16,6 @@ from qerl.training.group_trainer import (
     check_group_local,
     combine_updates,
     normalizer,
-    scale_gradients,
 )
 from qerl.training.overlap import check_train_during_rollout, streams
 from qerl.training.scoring import Scored
@@ -26,7 +25,7 @@ from qerl.types import PromptBatch
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rl_helpers import tiny_data, tiny_module, tiny_trainer
+from rl_helpers import check_whole_batch, tiny_data, tiny_module, tiny_trainer
 
 ALGORITHMS = [GRPO(), GRPO(loss_aggregation="token_mean"), GRPO(loss_aggregation="constant", max_completion_length=9),
               GRPO(scale_rewards=False)]
@@ -75,18 +74,7 @@ def test_groups_trained_in_any_order_then_scaled_give_the_whole_batch_gradient(r
         trainer.submit(g, r.select(r.group_index == g))
     results = trainer.results()
     assert [res.index for res in results] == sorted(order) and all(res.finite_rewards for res in results)
-    got_advantages = torch.cat([res.advantages for res in results])
-    check_group_local(algorithm, torch.cat([res.shaped for res in results]), got_advantages, n)
-    assert torch.allclose(got_advantages, advantages)
-    tokens = float(r.completion_mask.sum())
-    scale = normalizer(algorithm, r.num_rows, tokens)
-    combined = combine_updates([res.update for res in results], scale, tokens)
-    scale_gradients(params, scale)
-    for p, want in zip(params, expected):
-        assert torch.allclose(p.grad, want, atol=1e-6, rtol=1e-4)
-    assert combined.metrics["loss"] == pytest.approx(whole.metrics["loss"], abs=1e-6)
-    assert combined.metrics["entropy"] == pytest.approx(whole.metrics["entropy"], rel=1e-5)
-    assert combined.metrics["ratio_mean"] == pytest.approx(whole.metrics["ratio_mean"], rel=1e-6)
+    check_whole_batch(results, algorithm, r, advantages, whole, expected, params)
 
 
 def test_a_non_finite_reward_stops_the_groups_after_it_from_training(rollout_and_model):
