@@ -349,8 +349,12 @@ def run_row(spec: dict, args) -> dict:
     used_at_load = device_used_gib()  # the card before any engine: CUDA context + the policy (None off CUDA)
     STAGE["now"] = "step"
     shape = ModelShape.from_config(hf_cfg)
+    from qerl.training.completion_trainer import MAX_BUFFERS
+
+    by_completion = OVERLAP["on"] and OVERLAP["unit"] == "completion"  # its gradient buffers, as QeRLModule plans
     run = RunShape(rows=local, prompt_len=PROMPT, response_len=new, micro_batch=local, rollout_rows=local,
-                   gradient_checkpointing=not args.no_checkpointing, packed=LAYOUT["pack_groups"])
+                   gradient_checkpointing=not args.no_checkpointing, packed=LAYOUT["pack_groups"],
+                   gradient_buffers=MAX_BUFFERS if by_completion else 0)
     bits = weight_bits(QUANT[fmt])
     free = free_device_memory(device)
     allocated = torch.cuda.memory_allocated() - ballast_bytes() if device == "cuda" else 0

@@ -30,6 +30,7 @@ from qerl.rollout.hf import HF
 from qerl.training import distributed
 from qerl.training.checks import check_module_args
 from qerl.training.collect import Collected, Collector, collect_groups, data_metrics, draw_prompts, step_sampling
+from qerl.training.completion_trainer import MAX_BUFFERS
 from qerl.training.overlap import UNITS, check_train_during_rollout, stream_and_train, streams
 from qerl.training.policy import build_policy
 from qerl.training.resumable import ResumableRun
@@ -159,6 +160,9 @@ class QeRLModule(ResumableRun, L.LightningModule):
             raise ValueError(f"`model.init_args.train_during_rollout_unit` must be one of {', '.join(UNITS)}, got "
                              f"{train_during_rollout_unit!r}.")
         self.train_during_rollout_unit = train_during_rollout_unit
+        #: float32 gradient buffers the update may hold (training by completion), for the memory plan
+        self.gradient_buffers = MAX_BUFFERS if self.train_during_rollout and train_during_rollout_unit == "completion" \
+            else 0
         if self.train_during_rollout:
             check_train_during_rollout(algorithm, batches_per_step, self.rollout)
         self.accuracy_index = check_module_args(self.sampling, algorithm, self.rewards, self.lora, quantizer, self.optim,

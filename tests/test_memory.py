@@ -190,3 +190,22 @@ def test_cpu_plan_sizes_real_prompts_and_counts_the_process():
     rss = resident_bytes()
     if rss is not None:
         assert est.peak >= 0.9 * rss and est.static["process (torch, libraries)"] > 0
+
+
+def test_training_by_completion_plans_its_gradient_buffers():
+    """`train_during_rollout_unit: completion` holds up to `MAX_BUFFERS` float32 copies of the trainable parameters
+    through the update: the plan counts them (0.32 GB each for the 7B recipe's r32 adapter on all 7 projections)."""
+    from qerl.memory.startup import run_shape
+    from qerl.training.completion_trainer import MAX_BUFFERS
+    from tests.rl_helpers import tiny_module
+
+    shape = ModelShape(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152064)
+    plain = estimate_memory(shape, RunShape(128, 256, 4096, 8, packed=True), 4.5)
+    buffered = estimate_memory(shape, RunShape(128, 256, 4096, 8, packed=True, gradient_buffers=MAX_BUFFERS), 4.5)
+    one = shape.lora_params(32, RunShape(1, 1, 1, 1).lora_targets) * 4
+    assert one == pytest.approx(0.323e9, rel=0.01)
+    assert buffered.training["gradient buffers (by completion)"] == MAX_BUFFERS * one
+    assert buffered.training_peak == pytest.approx(plain.training_peak + MAX_BUFFERS * one)
+    by_group = tiny_module(train_during_rollout=True)
+    by_completion = tiny_module(train_during_rollout=True, train_during_rollout_unit="completion")
+    assert run_shape(by_group).gradient_buffers == 0 and run_shape(by_completion).gradient_buffers == MAX_BUFFERS

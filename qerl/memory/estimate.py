@@ -98,6 +98,8 @@ class RunShape:
             (`QeRLModule(pack_groups=True)`): one sequence of prompt_len + micro_batch x response_len positions and
             its block mask where that sequence is short (segment-by-segment attention, no mask, where it is long)
             instead of micro_batch padded rows.
+        gradient_buffers: float32 copies of the trainable parameters held through the update
+            (`train_during_rollout_unit: completion` holds up to `completion_trainer.MAX_BUFFERS`).
     """
 
     rows: int
@@ -110,6 +112,7 @@ class RunShape:
     lora_rank: int = 32
     lora_targets: tuple[str, ...] = tuple(_TARGET_SHAPES)
     packed: bool = False
+    gradient_buffers: int = 0
 
     @property
     def seq_len(self) -> int:
@@ -240,6 +243,8 @@ def estimate_memory(shape: ModelShape, run: RunShape, quant_bits: float = 16.0, 
     param_bytes = lora_bytes if run.lora_rank else dtype_bytes  # AdamW keeps m and v in the parameter dtype
     est.static["trainable params"] = trainable * param_bytes
     est.static["grads + AdamW m, v"] = 3 * trainable * param_bytes
+    if run.gradient_buffers:
+        est.training["gradient buffers (by completion)"] = run.gradient_buffers * trainable * 4
 
     decode_rows = min(run.rollout_rows or run.rows, run.rows)
     capacity = -(-run.seq_len // 256) * 256  # the fast engine rounds its cache up to the length bucket

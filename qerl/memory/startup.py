@@ -78,7 +78,8 @@ def run_shape(module, datamodule=None) -> RunShape:
                     gradient_checkpointing=bool(module.gradient_checkpointing),
                     lora_rank=int(lora.rank) if lora is not None else 0,
                     lora_targets=tuple(lora.targets) if lora is not None else (),
-                    packed=bool(getattr(module, "pack_groups", False)))
+                    packed=bool(getattr(module, "pack_groups", False)),
+                    gradient_buffers=int(getattr(module, "gradient_buffers", 0)))
 
 
 def torch_device_type(device) -> str:

@@ -33,7 +33,7 @@ from qerl.training.update import TrainBatch, UpdateResult
 #: one gradient buffer per reward value seen)
 OPEN_GROUPS = 4
 
-#: gradient buffers held at once, over all open groups and reward values (each the adapter's size in float32: 0.65 GB
+#: gradient buffers held at once, over all open groups and reward values (each the adapter's size in float32: 0.32 GB
 #: for the 7B recipe's r32 adapter); an early completion whose (group, reward value) would need one more waits and
 #: trains with its group
 MAX_BUFFERS = 8
