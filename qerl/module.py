@@ -159,6 +159,10 @@ class QeRLModule(ResumableRun, L.LightningModule):
         if train_during_rollout_unit not in UNITS:
             raise ValueError(f"`model.init_args.train_during_rollout_unit` must be one of {', '.join(UNITS)}, got "
                              f"{train_during_rollout_unit!r}.")
+        if train_during_rollout_unit != "group" and not self.train_during_rollout:
+            raise ValueError(f"`model.init_args.train_during_rollout_unit: {train_during_rollout_unit}` says how "
+                             "groups train during the rollout, which `model.init_args.train_during_rollout` is off "
+                             "for; set it to true, or drop the unit.")
         self.train_during_rollout_unit = train_during_rollout_unit
         #: float32 gradient buffers the update may hold (training by completion), for the memory plan
         self.gradient_buffers = MAX_BUFFERS if self.train_during_rollout and train_during_rollout_unit == "completion" \

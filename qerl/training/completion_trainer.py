@@ -21,6 +21,7 @@ run after it (`benchmarks/overlap_model.py`, docs/step-cost.md).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,15 +49,23 @@ def scaled(update: UpdateResult, advantage: float) -> UpdateResult:
                         finite=update.finite)
 
 
+@dataclass
+class Buffer:
+    """One open group's early completions of one shaped reward value: their summed gradient (float32, one tensor
+    per trainable parameter), their update metrics (trained with advantage 1) and their rows in the group."""
+
+    grads: list[torch.Tensor | None]
+    updates: list[UpdateResult] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+
 class CompletionTrainer(GroupTrainer):
     """A `GroupTrainer` that also takes the early completions of open groups (`submit_piece`)."""
 
     def __init__(self, *args, parameters: list[torch.nn.Parameter], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.parameters = parameters
-        self.buckets: dict[int, dict[float, list[torch.Tensor | None]]] = {}  # group -> reward value -> grads
-        self.bucket_updates: dict[int, dict[float, list[UpdateResult]]] = {}
-        self.early: dict[int, dict[int, float]] = {}  # group -> row trained early -> its shaped reward
+        self.buckets: dict[int, dict[float, Buffer]] = {}  # open group -> shaped reward value -> its buffer
         self.first_start: dict[int, float] = {}
 
     def feed(self, backend, prompt_ids: list[list[int]], sampling) -> None:
@@ -98,27 +107,28 @@ class CompletionTrainer(GroupTrainer):
             if value not in held and sum(map(len, self.buckets.values())) >= MAX_BUFFERS:
                 continue  # no room for another buffer: these train with their group
             rows = [i for i, v in enumerate(values) if v == value]
-            if not self._into_bucket(piece.index, value, piece.rollout.subgroup(rows)):
+            if not self._into_bucket(held, value, piece.rollout.subgroup(rows), [piece.rows[i] for i in rows]):
                 self.failed = True
                 return
-            self.early.setdefault(piece.index, {}).update((piece.rows[i], value) for i in rows)
 
-    def _into_bucket(self, group: int, value: float, part) -> bool:
-        """Back-propagate `part` with advantage 1 into the buffer of (`group`, `value`), the step's gradient aside."""
-        held = [p.grad for p in self.parameters]
+    def _into_bucket(self, held: dict[float, Buffer], value: float, part, rows: list[int]) -> bool:
+        """Back-propagate `part` (the group's `rows`) with advantage 1 into `held[value]`, the step's gradient
+        aside."""
+        saved = [p.grad for p in self.parameters]
         for p in self.parameters:
             p.grad = None
         try:
             ones = torch.ones(part.num_rows, device=part.completion_ids.device)
             update = self.train(TrainBatch(part, ones, measure_mismatch=self.measure_mismatch()))
             if update.finite:
-                bucket = self.buckets.setdefault(group, {}).setdefault(value, [None] * len(self.parameters))
+                buffer = held.setdefault(value, Buffer([None] * len(self.parameters)))
                 for i, p in enumerate(self.parameters):
                     if p.grad is not None:
-                        bucket[i] = p.grad.float() if bucket[i] is None else bucket[i].add_(p.grad)
-                self.bucket_updates.setdefault(group, {}).setdefault(value, []).append(update)
+                        buffer.grads[i] = p.grad.float() if buffer.grads[i] is None else buffer.grads[i].add_(p.grad)
+                buffer.updates.append(update)
+                buffer.rows.extend(rows)
         finally:
-            for p, grad in zip(self.parameters, held):
+            for p, grad in zip(self.parameters, saved):
                 p.grad = grad
         return update.finite
 
@@ -130,8 +140,9 @@ class CompletionTrainer(GroupTrainer):
         finite = bool(torch.isfinite(advantages).all()) and bool(torch.isfinite(shaped).all())
         update = None
         if finite and not self.failed:
-            updates = self._release(g, shaped, advantages)
-            early = self.early.get(g, {})
+            held = self.buckets.get(g, {})
+            updates = self._release(g, held, shaped, advantages)
+            early = {row for buffer in held.values() for row in buffer.rows}
             fresh = [row for row in range(rollout.num_rows) if row not in early]  # not trained before
             if fresh:
                 rows = torch.tensor(fresh, device=advantages.device)
@@ -142,29 +153,28 @@ class CompletionTrainer(GroupTrainer):
         else:
             self.failed = True
         self.buckets.pop(g, None)
-        self.bucket_updates.pop(g, None)
-        self.early.pop(g, None)
         return GroupResult(g, scored, shaped, advantages, update, finite, self.first_start.pop(g))
 
-    def _release(self, group: int, shaped: torch.Tensor, advantages: torch.Tensor) -> list[UpdateResult]:
+    def _release(self, group: int, held: dict[float, Buffer], shaped: torch.Tensor,
+                 advantages: torch.Tensor) -> list[UpdateResult]:
         """Each early buffer of `group` into the gradient, times its reward value's advantage."""
-        early, updates = self.early.get(group, {}), []
-        for value, bucket in self.buckets.get(group, {}).items():
-            rows = [row for row, v in early.items() if v == value]
-            found = advantages[rows].float()
-            if any(float(shaped[row]) != value for row in rows) or not torch.allclose(found, found[0].expand_as(found)):
+        updates = []
+        for value, buffer in held.items():
+            found = advantages[buffer.rows].float()
+            if any(float(shaped[row]) != value for row in buffer.rows) or \
+                    not torch.allclose(found, found[0].expand_as(found)):
                 raise RuntimeError(
                     f"`{KEY}_unit: completion`: group {group}'s completions with shaped reward {value} have different "
                     f"advantages ({found.tolist()}) or were rewarded differently when scored whole, so they cannot "
                     "share a gradient buffer: the reward or the algorithm's advantages are not a function of a "
                     f"completion's own reward. Set `{KEY}_unit: group`.")
             advantage = float(found[0])
-            for p, grad in zip(self.parameters, bucket):
+            for p, grad in zip(self.parameters, buffer.grads):
                 if grad is None:
                     continue
                 if p.grad is None:
                     p.grad = (grad * advantage).to(p.dtype)
                 else:
                     p.grad.add_((grad * advantage).to(p.grad.dtype))
-            updates.extend(scaled(u, advantage) for u in self.bucket_updates[group][value])
+            updates.extend(scaled(u, advantage) for u in buffer.updates)
         return updates

@@ -173,9 +173,9 @@ def test_training_by_completion_reaches_the_same_gradient(engine, tmp_path, monk
 
     into_bucket, buffered = CompletionTrainer._into_bucket, []
 
-    def counting(self, group, value, part):
+    def counting(self, held, value, part, rows):
         buffered.append(part.num_rows)
-        return into_bucket(self, group, value, part)
+        return into_bucket(self, held, value, part, rows)
 
     monkeypatch.setattr(CompletionTrainer, "_into_bucket", counting)
     grads, logged = [], []

@@ -86,12 +86,12 @@ def test_completions_trained_as_they_end_give_the_whole_batch_gradient(rollout_a
 
     trainer = trainer_for(model, algorithm, n)
     into_bucket, buffered = trainer._into_bucket, []
-    trainer._into_bucket = lambda g, value, part: buffered.append((g, value)) or into_bucket(g, value, part)
+    trainer._into_bucket = lambda held, value, part, rows: buffered.extend(rows) or into_bucket(held, value, part, rows)
     for piece in pieces_of(r, seed=4):
         trainer.submit_piece(piece)
     results = trainer.results()
     assert [res.index for res in results] == [0, 1, 2, 3] and not trainer.buckets  # every buffer released
-    assert {g for g, _ in buffered} == {0, 1, 2, 3} and len(buffered) >= 8  # two early completions a group
+    assert len(buffered) == 8  # the two early completions of each group, each in its reward value's buffer
     combined = check_whole_batch(results, algorithm, r, advantages, whole, expected, params)
     assert combined["policy_loss"] == pytest.approx(whole.metrics["policy_loss"], abs=1e-6)
 
@@ -110,8 +110,7 @@ def test_completions_without_room_for_a_buffer_train_with_their_group(rollout_an
     trainer = trainer_for(model, algorithm, n)
     most = []
     into_bucket = trainer._into_bucket
-    trainer._into_bucket = lambda g, v, part: most.append(sum(map(len, trainer.buckets.values()))) or \
-        into_bucket(g, v, part)
+    trainer._into_bucket = lambda *args: most.append(sum(map(len, trainer.buckets.values()))) or into_bucket(*args)
     for piece in pieces_of(r, seed=4):
         trainer.submit_piece(piece)
     results = trainer.results()
@@ -187,3 +186,11 @@ def test_the_update_metrics_merge_and_scale():
 def test_an_unknown_unit_is_refused_by_its_key():
     with pytest.raises(ValueError, match=r"train_during_rollout_unit` 'token'"):
         stream_and_train(None, GRPO(), [], None, None, None, None, None, [], torch.device("cpu"), unit="token")
+
+
+def test_a_unit_without_training_during_the_rollout_is_refused_by_its_keys():
+    from rl_helpers import tiny_module
+
+    with pytest.raises(ValueError, match=r"train_during_rollout_unit: completion`.*`model.init_args.train_during_rollout"):
+        tiny_module(train_during_rollout_unit="completion")
+    assert tiny_module(train_during_rollout=True, train_during_rollout_unit="completion").gradient_buffers == 8
