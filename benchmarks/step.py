@@ -391,10 +391,17 @@ def run_row(spec: dict, args) -> dict:
                 return
             engine.update(need=backend.engine_estimate(policy, device),
                           total=torch.cuda.get_device_properties(0).total_memory)
-            if args.vllm_sleep == "auto":
+            if args.vllm_sleep == "auto":  # training under the rollout keeps the engine awake, its KV cache cut to fit
                 runs, _ = engine_as_run(engine["need"], args.vllm_util, engine["total"], free)
-                backend.resolved_sleep_mode = decide_sleep(shape, replace(run, micro_batch=micro), budget, bits, 2,
-                                                           engine["need"], runs)[0]
+                backend.resolved_sleep_mode, need, _ = decide_sleep(shape, replace(run, micro_batch=micro), budget,
+                                                                    bits, 2, engine["need"], runs, stay_awake=OVERLAP["on"])
+                if need.settings.kv_cache_bytes != engine["need"].settings.kv_cache_bytes:
+                    backend.resolved_kv_cache_gb = need.settings.kv_cache_bytes / 2**30
+                    engine["need"] = need
+            if OVERLAP["on"]:
+                from step_overlap import check_awake
+
+                check_awake(backend, args.vllm_sleep)
 
         drawn = None
         if args.lengths != "fixed":

@@ -18,6 +18,16 @@ def even_reward(rollout):
     return (even / rollout.completion_mask.sum(1).clamp(min=1) > 0.5).float()
 
 
+def check_awake(backend, vllm_sleep: str) -> None:
+    """Refuse a `--train-during-rollout` row whose engine sleeps while the policy trains: nothing would train under
+    the rollout, and the row would time a plain step (two H100 rows of 2026-12-07 did, with `--vllm-sleep auto`
+    before the plan learned to keep the engine awake for it)."""
+    if backend.sleep_mode:
+        raise SystemExit(f"step.py --train-during-rollout: the engine sleeps while the policy trains (--vllm-sleep "
+                         f"{vllm_sleep}), so nothing would train under the rollout; use --vllm-sleep off, or auto "
+                         "(which keeps the engine awake and cuts its KV cache to fit).")
+
+
 def overlapped_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch, layout, noise, phases, sync,
                     used_gib, sm_share: float = 1.0, unit: str = "group"):
     """One step; returns (rollout, the update's result, what the card holds after the generate and the groups'

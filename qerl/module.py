@@ -207,6 +207,8 @@ class QeRLModule(ResumableRun, L.LightningModule):
             self.micro_batch_size = plan.micro_batch_size
             if plan.engine_sleep is not None:  # `enable_sleep_mode: auto`, decided by the plan before the engine starts
                 self.rollout.resolved_sleep_mode = plan.engine_sleep
+            if plan.engine_kv_cache_gb is not None:  # cut so the engine stays awake beside training under the rollout
+                self.rollout.resolved_kv_cache_gb = plan.engine_kv_cache_gb
         self.rollout.setup(self.model, self.tokenizer)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_tokenizer") and \

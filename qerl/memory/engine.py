@@ -17,7 +17,7 @@ With tensor parallelism each GPU holds 1/tp of weights, LoRA and KV cache.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qerl.memory.estimate import GB, HEADROOM, ModelShape
 
@@ -104,6 +104,13 @@ class EngineEstimate:
         rows = dict(self.rows)
         rows["vLLM KV cache"] = max(0.0, utilization * total - self.fixed)
         return EngineEstimate(self.settings, rows)
+
+
+def with_kv_cache(engine: EngineEstimate, kv_bytes: float) -> EngineEstimate:
+    """`engine` with a fixed KV cache of `kv_bytes` (as `kv_cache_memory_gb` gives)."""
+    rows = dict(engine.rows)
+    rows["vLLM KV cache"] = float(kv_bytes)
+    return EngineEstimate(replace(engine.settings, kv_cache_bytes=float(kv_bytes)), rows)
 
 
 def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:

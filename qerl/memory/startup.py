@@ -2,10 +2,19 @@
 will not fit the device, and `micro_batch_size: auto` resolved to the largest micro-batch that fits."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 
-from qerl.memory.engine import EngineEstimate, describe, engine_as_run, too_small_message
+from qerl.memory.engine import (
+    GIB,
+    EngineEstimate,
+    describe,
+    engine_as_run,
+    one_sequence_kv,
+    too_small_message,
+    with_kv_cache,
+)
 from qerl.memory.estimate import (
     GB,
     HEADROOM,
@@ -21,6 +30,8 @@ from qerl.memory.estimate import (
 )
 from qerl.models.logprobs import causal_lm
 from qerl.parallel import world
+
+MIB = 2**20
 
 #: prompt length assumed when the datamodule sets no `max_prompt_tokens` and its prompts cannot be measured
 DEFAULT_PROMPT_TOKENS = 256
@@ -52,6 +63,7 @@ class MemoryPlan:
     engine: EngineEstimate | None = None
     engine_utilization: float | None = None
     engine_sleep: bool | None = None  # `enable_sleep_mode: auto` as decided here (None: not asked)
+    engine_kv_cache_gb: float | None = None  # the KV cache (GiB) cut to fit beside training under the rollout
 
 
 def step_rows(module, datamodule=None) -> int:
@@ -198,8 +210,14 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     need, engine, utilization = rollout_engine(module, total, free)
     micro = module.micro_batch_size
     sleep = None
+    kv_cut = None
     if engine is not None and budget is not None and getattr(module.rollout, "enable_sleep_mode", None) == "auto":
-        sleep, need, engine = decide_sleep(shape, run, budget, bits, dtype_bytes, need, engine, micro == "auto", echo)
+        fixed = need.settings.kv_cache_bytes
+        sleep, need, engine = decide_sleep(shape, run, budget, bits, dtype_bytes, need, engine, micro == "auto", echo,
+                                           stay_awake=bool(getattr(module, "train_during_rollout", False)))
+        if need.settings.kv_cache_bytes != fixed:  # cut so the engine stays awake beside the update
+            kv_cut = need.settings.kv_cache_bytes / GIB
+            engine, utilization = engine_as_run(need, need.settings.utilization, total, free)
     if micro == "auto":
         micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=engine) if budget is not None else run.rows
         echo(f"qerl: micro_batch_size auto -> {micro} "
@@ -216,7 +234,7 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     if world()[0] > 1:  # data parallel: rows, micro-batch and budget above are this rank's, on its own GPU
         echo(f"  (per rank: each of the {world()[0]} processes plans its own prompts and device)")
     check_fits(estimate, budget, where=f"{type(module).__name__} ({type(module.policy).__name__})")
-    return MemoryPlan(estimate, micro, engine, utilization, sleep)
+    return MemoryPlan(estimate, micro, engine, utilization, sleep, kv_cut)
 
 
 def with_sleep(engine: EngineEstimate, sleep: bool) -> EngineEstimate:
@@ -224,16 +242,43 @@ def with_sleep(engine: EngineEstimate, sleep: bool) -> EngineEstimate:
 
 
 def decide_sleep(shape: ModelShape, run: RunShape, budget: float, bits: float, dtype_bytes: int,
-                 need: EngineEstimate, engine: EngineEstimate, auto_micro: bool = False, echo=print
-                 ) -> tuple[bool, EngineEstimate, EngineEstimate]:
+                 need: EngineEstimate, engine: EngineEstimate, auto_micro: bool = False, echo=print,
+                 stay_awake: bool = False) -> tuple[bool, EngineEstimate, EngineEstimate]:
     """`enable_sleep_mode: auto`: (sleep, need, engine with that setting). Off when the run fits `budget` with the
     engine awake through training, at the micro-batch sleep mode would allow (an awake engine must not cost the
     update a smaller micro-batch); on otherwise. Sleeping copies the engine's weights out and back every step
-    (32B NVFP4: wake 0.91 s + sleep 0.44 s of a 13.0 s step on an H200), so it is only worth it when needed."""
+    (32B NVFP4: wake 0.91 s + sleep 0.44 s of a 13.0 s step on an H200), so it is only worth it when needed.
+
+    `stay_awake` (training under the rollout, which needs the engine awake beside the update): instead of sleeping,
+    the KV cache is cut to what fits (`awake_kv_cache`) - both returned estimates then carry it as a fixed
+    `kv_cache_bytes`; sleep stays the answer only when not even one full-length sequence would fit."""
     asleep = with_sleep(engine, True)
     micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=asleep) if auto_micro else run.micro_batch
     awake = estimate_memory(shape, replace(run, micro_batch=micro), bits, dtype_bytes, engine=with_sleep(engine, False))
     sleep = awake.peak > budget
-    echo(f"qerl: enable_sleep_mode auto -> {'on' if sleep else 'off'} (with the engine awake through training the "
-         f"peak is {awake.peak / GB:.1f} GB of the {budget / GB:.1f} GB budget, micro-batch {micro})")
+    said = (f"with the engine awake through training the peak is {awake.peak / GB:.1f} GB of the {budget / GB:.1f} "
+            f"GB budget, micro-batch {micro}")
+    if sleep and stay_awake:
+        fixed = need.settings.kv_cache_bytes is not None  # the recipe's own kv_cache_memory_gb: not ours to cut
+        kv = None if fixed else awake_kv_cache(need, engine, awake.peak - budget)
+        if kv is not None:
+            held = kv / one_sequence_kv(need) if one_sequence_kv(need) else float("inf")
+            echo(f"qerl: enable_sleep_mode auto -> off, KV cache cut from {engine.kv_cache / GB:.2f} to {kv / GB:.2f} "
+                 f"GB (kv_cache_memory_gb {kv / GIB:.2f}): `model.init_args.train_during_rollout` needs the engine "
+                 f"awake beside the update, and {said}; the cut cache holds {held:.0f} of the "
+                 f"{need.settings.max_num_seqs} sequences at full length (vLLM preempts and recomputes past that)")
+            return False, with_kv_cache(with_sleep(need, False), kv), with_kv_cache(with_sleep(engine, False), kv)
+        why = ("`rollout.init_args.kv_cache_memory_gb` fixes the KV cache (lower it, or leave it unset to let the "
+               "plan cut it)" if fixed else "not even one full-length sequence of KV cache fits beside the update "
+               "(lower `model.init_args.micro_batch_size` or `rollout.init_args.max_model_len`)")
+        echo(f"qerl: `model.init_args.train_during_rollout` cannot keep the engine awake: {said}, and {why}; the "
+             "engine sleeps and the groups train after generation")
+    echo(f"qerl: enable_sleep_mode auto -> {'on' if sleep else 'off'} ({said})")
     return sleep, with_sleep(need, sleep), with_sleep(engine, sleep)
+
+
+def awake_kv_cache(need: EngineEstimate, engine: EngineEstimate, excess: float) -> float | None:
+    """The KV cache (bytes, whole MiB) of `engine` less `excess`, when it still holds one full-length sequence
+    of `need`'s (vLLM does not start with less); None otherwise."""
+    kv = float(math.floor((engine.kv_cache - excess) / MIB) * MIB)
+    return kv if kv > 0 and kv >= one_sequence_kv(need) else None

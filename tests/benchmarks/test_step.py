@@ -157,3 +157,19 @@ def test_a_row_trained_during_the_rollout_takes_the_same_update(tmp_path, monkey
     assert rows["during"]["losses"] == pytest.approx(rows["after"]["losses"], rel=1e-5, abs=1e-7)
     assert rows["during"]["completion_tokens"] == rows["after"]["completion_tokens"]
     assert rows["during"]["aqn"] == rows["after"]["aqn"]  # the same noise drawn, realized and restored
+
+
+def test_a_row_trained_during_the_rollout_refuses_a_sleeping_engine():
+    """Two H100 rows (2026-12-07) timed plain steps under `--train-during-rollout`: the engine slept, so nothing
+    trained under the rollout. Such a row is now refused, naming the flag and what to use."""
+    load_script()  # puts benchmarks/ on sys.path
+    from step_overlap import check_awake
+
+    from qerl.rollout import VLLM
+
+    check_awake(VLLM(enable_sleep_mode=False), "off")
+    awake = VLLM(enable_sleep_mode="auto")
+    awake.resolved_sleep_mode = False  # the plan kept it awake (its KV cache cut to fit)
+    check_awake(awake, "auto")
+    with pytest.raises(SystemExit, match=r"--vllm-sleep on\), so nothing would train under the rollout"):
+        check_awake(VLLM(enable_sleep_mode=True), "on")

@@ -19,6 +19,7 @@ from qerl.memory.engine import (
     estimate_engine,
     one_sequence_kv,
     too_small_message,
+    with_kv_cache,
 )
 from qerl.models import RandomInit
 from qerl.rollout import HF, VLLM
@@ -269,3 +270,59 @@ def test_an_fp8_kv_cache_holds_half_the_bytes_and_reaches_vllm():
     assert "kv_cache_dtype" not in VLLM().engine_kwargs  # "auto": vLLM's own default
     with pytest.raises(ValueError, match="kv_cache_dtype 'int4'"):
         VLLM(kv_cache_dtype="int4")
+
+
+def test_training_under_the_rollout_keeps_the_engine_awake_with_a_cut_kv_cache():
+    """H100 80GB, 2026-12-07: at the 7B GSM8K shape `--vllm-sleep auto` put the engine to sleep (awake through
+    training the plan's peak was 95.3 GB of a 78.7 GB budget), so the rows with `--train-during-rollout` trained
+    nothing under the rollout (`groups_under_rollout` 0). Training under the rollout needs the engine awake: the
+    plan keeps it so and cuts the KV cache (32.2 GB for 128 x 4,360 tokens) by what did not fit."""
+    from qerl.memory.startup import decide_sleep
+
+    shape, said = shape_of("qwen2.5-7b"), []
+    need = nvfp4_engine("qwen2.5-7b", 128, 4360, sleep_mode=True)
+    runs, _ = engine_as_run(need, "auto", 85.017e9, 80e9)
+    run, budget = RunShape(rows=128, prompt_len=256, response_len=4096, micro_batch=16), 78.71e9
+    assert decide_sleep(shape, run, budget, 4.5, 2, need, runs, echo=said.append)[0]  # without it: asleep
+    sleep, need_as, runs_as = decide_sleep(shape, run, budget, 4.5, 2, need, runs, echo=said.append, stay_awake=True)
+    assert not sleep and not runs_as.settings.sleep_mode and not need_as.settings.sleep_mode
+    assert runs_as.settings.kv_cache_bytes == runs_as.kv_cache == need_as.kv_cache < 0.6 * runs.kv_cache
+    assert runs_as.kv_cache % 2**20 == 0  # whole MiB, as kv_cache_memory_gb passes it to vLLM
+    awake = estimate_memory(shape, run, 4.5, engine=runs_as)
+    assert budget - 0.02 * GIB < awake.peak <= budget  # everything the budget leaves, no more
+    assert runs_as.kv_cache > 50 * one_sequence_kv(need)  # the GSM8K draw's 95k tokens fit without preemption
+    assert "auto -> off, KV cache cut from 32." in said[-1] and "holds 60 of the 128" in said[-1]
+    too_small = estimate_memory(shape, run, 4.5, engine=with_kv_cache(runs, 0.0)).peak
+    sleep, _, runs_as = decide_sleep(shape, run, too_small, 4.5, 2, need, runs, echo=said.append, stay_awake=True)
+    assert sleep and runs_as.settings.kv_cache_bytes is None and "cannot keep the engine awake" in said[-2]
+    own = with_kv_cache(need, runs.kv_cache)  # the recipe's kv_cache_memory_gb: never cut
+    sleep, _, runs_as = decide_sleep(shape, run, budget, 4.5, 2, own, own, echo=said.append, stay_awake=True)
+    assert sleep and runs_as.kv_cache == runs.kv_cache and "kv_cache_memory_gb` fixes the KV cache" in said[-2]
+
+
+def test_module_plan_hands_the_cut_kv_cache_to_the_engine(planned_module):
+    from tests.rl_helpers import tiny_data
+
+    module = planned_module
+    module.micro_batch_size = 8
+    kw = {"gpu_memory_utilization": "auto", "max_model_len": 4096, "max_num_seqs": 8, "enable_sleep_mode": "auto"}
+    module.rollout = VLLM(**kw)
+    roomy = plan_for_module(module, tiny_data(), budget=7 * GIB, echo=lambda *_: None, total=8 * GIB, free=7 * GIB)
+    assert roomy.engine_sleep is False and roomy.engine_kv_cache_gb is None
+    budget = roomy.estimate.peak - roomy.engine.kv_cache / 2
+    module.train_during_rollout = True
+    try:
+        lines: list[str] = []
+        plan = plan_for_module(module, tiny_data(), budget=budget, echo=lines.append, total=8 * GIB, free=7 * GIB)
+    finally:
+        module.train_during_rollout = False
+    assert plan.engine_sleep is False and plan.estimate.peak <= budget
+    assert plan.engine_kv_cache_gb == pytest.approx(plan.engine.kv_cache / GIB)
+    assert plan.engine_kv_cache_gb < roomy.engine.kv_cache / GIB and "KV cache cut" in lines[0]
+    assert plan.engine_utilization <= roomy.engine_utilization  # (in hundredths of the card)
+    module.rollout.resolved_kv_cache_gb = plan.engine_kv_cache_gb  # what QeRLModule.setup does
+    assert module.rollout.kv_cache_gb == plan.engine_kv_cache_gb
+    assert module.rollout.engine_estimate(module.model, "cuda").kv_cache == pytest.approx(plan.engine.kv_cache)
+    module.rollout = VLLM(kv_cache_memory_gb=1.5, **kw)
+    module.rollout.resolved_kv_cache_gb = 0.5
+    assert module.rollout.kv_cache_gb == 1.5  # the recipe's own setting wins

@@ -92,7 +92,8 @@ def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gra
         for overlap in (False, True):
             module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16",
                                  noise=None, train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
-                                 train_during_rollout_unit=unit, lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
+                                 train_during_rollout_unit=unit if overlap else "group",
+                                 lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
                                  sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
             recorder = GradientRecorder()
             trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")

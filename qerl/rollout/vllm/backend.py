@@ -117,6 +117,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         self.resolved_utilization: float | None = None  # the number the engine was started with (setup)
         self.resolved_sleep_mode: bool | None = None  # enable_sleep_mode "auto" as the memory plan decided it
         self.resolved_max_num_seqs: int | None = None  # max_num_seqs "auto" as `plan_rows` picked it
+        self.resolved_kv_cache_gb: float | None = None  # the KV cache the plan cut to stay awake beside the update
         # every generation carries the adapter: graphs without LoRA (vLLM captures both by default) are never used
         graphs: dict[str, Any] = {"max_cudagraph_capture_size": None if max_num_seqs == "auto" else max_num_seqs,
                                   "cudagraph_specialize_lora": False}  # "auto": the picked size, filled in at setup
@@ -176,7 +177,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         graphs = self.engine_kwargs["compilation_config"]
         if isinstance(graphs, dict) and graphs.get("max_cudagraph_capture_size", 0) is None:
             graphs["max_cudagraph_capture_size"] = self.num_seqs  # ours, for max_num_seqs "auto"
-        kv_gb = self.kv_cache_memory_gb
+        kv_gb = self.kv_cache_gb
         if kv_gb is None and not on_cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             kv_gb = 1.0
         placement = ranks.engine_placement(self.tensor_parallel_size, next(policy.parameters()).device)
@@ -228,6 +229,12 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         if self.max_num_seqs != "auto":
             return int(self.max_num_seqs)
         return self.resolved_max_num_seqs or AUTO_MAX_SEQS
+
+    @property
+    def kv_cache_gb(self) -> float | None:
+        """The engine's fixed KV cache (GiB): `kv_cache_memory_gb`, else what the memory plan cut it to so the engine
+        stays awake beside training under the rollout (`resolved_kv_cache_gb`), else None (vLLM sizes it)."""
+        return self.kv_cache_memory_gb if self.kv_cache_memory_gb is not None else self.resolved_kv_cache_gb
 
     def plan_rows(self, rows: int) -> str | None:
         """`max_num_seqs: auto` picked for `rows` completions a rollout call (`qerl.rollout.vllm.num_seqs`), with

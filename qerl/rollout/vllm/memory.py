@@ -38,7 +38,7 @@ def engine_estimate(backend, policy: nn.Module, device) -> EngineEstimate:
         kv_dtype_bytes=1 if backend.kv_cache_dtype == "fp8" else None,
         packed_bits=weight_bits(packed.upper()) if packed else None,
         lora_rank=int(backend.max_lora_rank), lora_targets=tuple(lora["target_modules"]),
-        kv_cache_bytes=None if backend.kv_cache_memory_gb is None else backend.kv_cache_memory_gb * 2**30,
+        kv_cache_bytes=None if backend.kv_cache_gb is None else backend.kv_cache_gb * 2**30,
         cuda_graphs=on_cuda and not backend.enforce_eager, sleep_mode=backend.sleep_mode and on_cuda,
         batched_tokens=int(backend.engine_kwargs.get("max_num_batched_tokens") or BATCHED_TOKENS),
         tensor_parallel_size=backend.tensor_parallel_size, utilization=backend.gpu_memory_utilization)
