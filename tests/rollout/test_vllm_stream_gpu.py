@@ -76,25 +76,34 @@ def engine():
     backend.close()
 
 
-@pytest.mark.parametrize(("sm_share", "unit"), [(1.0, "group"), (0.5, "group"), (0.5, "completion")],
-                         ids=["every-sm", "green-context-half", "by-completion-half"])
-def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path, sm_share,
-                                                                                      unit):
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from rl_helpers import tiny_data, tiny_module, tiny_trainer
+#: (sm_share, unit) of each twin; tests/training/test_overlap.py builds their modules on the CPU before any lease
+TWINS = {"every-sm": (1.0, "group"), "green-context-half": (0.5, "group"), "by-completion-half": (0.5, "completion")}
+
+
+def twin_module(engine, overlap: bool, sm_share: float, unit: str):
+    """The module of one run of a twin: trained during the rollout (`overlap`) or after it (the reference)."""
+    from rl_helpers import tiny_module
 
     from qerl.models import RandomInit
     from qerl.training.settings import LoRASettings
+
+    return tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16", noise=None,
+                       train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
+                       train_during_rollout_unit=unit if overlap else "group",
+                       lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
+                       sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
+
+
+@pytest.mark.parametrize(("sm_share", "unit"), list(TWINS.values()), ids=list(TWINS))
+def test_groups_trained_during_the_rollout_on_their_own_stream_give_the_same_gradient(engine, tmp_path, sm_share,
+                                                                                      unit):
+    from rl_helpers import tiny_data, tiny_trainer
 
     grads, logged = [], []
     engine.split_always = unit == "completion"  # both runs sample one request per completion
     try:
         for overlap in (False, True):
-            module = tiny_module(policy=RandomInit(config=CONFIG, seed=0), rollout=engine, dtype="bfloat16",
-                                 noise=None, train_during_rollout=overlap, train_during_rollout_sm_share=sm_share,
-                                 train_during_rollout_unit=unit if overlap else "group",
-                                 lora=LoRASettings(rank=8, alpha=16.0, train_norms=True),
-                                 sampling=SamplingConfig(n=4, max_new_tokens=48, temperature=1.0))
+            module = twin_module(engine, overlap, sm_share, unit)
             recorder = GradientRecorder()
             trainer = tiny_trainer(tmp_path / str(overlap), 1, callbacks=[recorder], accelerator="gpu")
             torch.manual_seed(0)

@@ -171,3 +171,19 @@ def test_with_a_backend_that_does_not_stream_the_module_warns_and_trains_after_g
     assert trainer.global_step == 1
     assert "perf/groups_trained_under_rollout" not in trainer.callback_metrics
     assert float(trainer.callback_metrics["train/grad_norm"]) > 0
+
+
+def test_the_gpu_twins_build_their_modules_on_the_cpu():
+    """The GPU twins (tests/rollout/test_vllm_stream_gpu.py) run only in a lease; their modules are built here, so
+    a setting the module refuses shows before one (2026-12-07: the by-completion twin's reference run set the unit
+    without the overlap and failed on the H100)."""
+    from pathlib import Path
+
+    from rl_helpers import load_file
+
+    twins = load_file(Path(__file__).parents[1] / "rollout" / "test_vllm_stream_gpu.py")
+    for sm_share, unit in twins.TWINS.values():
+        for overlap in (False, True):
+            module = twins.twin_module(HF(), overlap, sm_share, unit)
+            assert module.train_during_rollout is overlap
+            assert module.train_during_rollout_unit == (unit if overlap else "group")
