@@ -60,6 +60,8 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         dtype: engine dtype ("auto": the policy's dense dtype, float16 becomes bfloat16).
         max_lora_rank: engine's LoRA rank limit (None: the smallest vLLM value >= the adapter's rank).
         kv_cache_memory_gb: fixed KV-cache size (the CPU build's default here is 1 GB), overriding the fraction.
+            Unset, with `train_during_rollout` and `enable_sleep_mode: auto`, the memory plan may fix one itself:
+            the KV cache that fits beside the update with the engine awake (`resolved_kv_cache_gb`).
         kv_cache_dtype: "auto" (the engine dtype) or "fp8" (vLLM's `kv_cache_dtype`: half the bytes of a bf16
             KV cache, so twice the tokens in the same room; the memory plan counts it). Costs some engine/policy
             mismatch (`rollout/mismatch_kl`): measure it before turning it on.
