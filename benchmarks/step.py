@@ -385,7 +385,7 @@ def run_row(spec: dict, args) -> dict:
 
         def plan(backend, policy):  # QeRLModule's start-up plan for this row (on the modelled card), before the engine
             from qerl.memory.engine import engine_as_run
-            from qerl.memory.startup import decide_sleep
+            from qerl.memory.startup import cut_kv_cache_gb, decide_sleep
 
             if device != "cuda":  # no card: QeRLModule plans no engine either
                 return
@@ -395,9 +395,8 @@ def run_row(spec: dict, args) -> dict:
                 runs, _ = engine_as_run(engine["need"], args.vllm_util, engine["total"], free)
                 backend.resolved_sleep_mode, need, _ = decide_sleep(shape, replace(run, micro_batch=micro), budget,
                                                                     bits, 2, engine["need"], runs, stay_awake=OVERLAP["on"])
-                if need.settings.kv_cache_bytes != engine["need"].settings.kv_cache_bytes:
-                    backend.resolved_kv_cache_gb = need.settings.kv_cache_bytes / 2**30
-                    engine["need"] = need
+                backend.resolved_kv_cache_gb = cut_kv_cache_gb(engine["need"], need)
+                engine["need"] = need
             if OVERLAP["on"]:
                 from step_overlap import check_awake
 

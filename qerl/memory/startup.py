@@ -212,11 +212,10 @@ def plan_for_module(module, datamodule=None, budget: float | None = None, echo=p
     sleep = None
     kv_cut = None
     if engine is not None and budget is not None and getattr(module.rollout, "enable_sleep_mode", None) == "auto":
-        fixed = need.settings.kv_cache_bytes
-        sleep, need, engine = decide_sleep(shape, run, budget, bits, dtype_bytes, need, engine, micro == "auto", echo,
-                                           stay_awake=bool(getattr(module, "train_during_rollout", False)))
-        if need.settings.kv_cache_bytes != fixed:  # cut so the engine stays awake beside the update
-            kv_cut = need.settings.kv_cache_bytes / GIB
+        sleep, decided, engine = decide_sleep(shape, run, budget, bits, dtype_bytes, need, engine, micro == "auto",
+                                              echo, stay_awake=bool(getattr(module, "train_during_rollout", False)))
+        need, kv_cut = decided, cut_kv_cache_gb(need, decided)
+        if kv_cut is not None:  # the engine stays awake beside the update: it asks for less
             engine, utilization = engine_as_run(need, need.settings.utilization, total, free)
     if micro == "auto":
         micro = auto_micro_batch(shape, run, budget, bits, dtype_bytes, engine=engine) if budget is not None else run.rows
@@ -275,6 +274,13 @@ def decide_sleep(shape: ModelShape, run: RunShape, budget: float, bits: float, d
              "engine sleeps and the groups train after generation")
     echo(f"qerl: enable_sleep_mode auto -> {'on' if sleep else 'off'} ({said})")
     return sleep, with_sleep(need, sleep), with_sleep(engine, sleep)
+
+
+def cut_kv_cache_gb(before: EngineEstimate, after: EngineEstimate) -> float | None:
+    """The KV cache (GiB) `decide_sleep` fixed to keep the engine awake (`after`, from `before`), or None when it
+    left the cache as it was - what the backend takes as `resolved_kv_cache_gb`."""
+    cut = after.settings.kv_cache_bytes
+    return None if cut == before.settings.kv_cache_bytes else cut / GIB
 
 
 def awake_kv_cache(need: EngineEstimate, engine: EngineEstimate, excess: float) -> float | None:
