@@ -232,6 +232,7 @@ def one_step(policy, backend, opt, algorithm, prompt_ids, cfg, micro_batch: int,
             "generate_split": {k: round(v, 3) for k, v in getattr(backend, "last_timings", {}).items()},
             "sync_split": {k: round(v, 3) for k, v in getattr(backend, "sync_timings", {}).items()},
             "preemptions": getattr(backend, "last_metrics", {}).get("rollout/preemptions"),
+            "recomputed_tokens": getattr(backend, "last_metrics", {}).get("rollout/recomputed_tokens"),
             "noise": noise.metrics(backend) if noise is not None else None,
             "completion_lengths": rollout.completion_mask.sum(1).tolist(),  # this rank's rows
             "padded_positions": padded_positions(rollout.completion_mask, micro_batch),  # completion positions, rows
@@ -481,7 +482,8 @@ def run_row(spec: dict, args) -> dict:
                noise=last.get("noise"), rollout_share=round(ph["rollout"] / ph["step"], 3),
                tokens_per_s=round(last["completion_tokens"] / ph["step"], 1),
                rollout_tok_s=round(last["completion_tokens"] * (1 + RESAMPLE["rounds"]) / ph["rollout"], 1),
-               preemptions=last.get("preemptions"), padded_positions=last.get("padded_positions"),
+               preemptions=last.get("preemptions"), recomputed_tokens=last.get("recomputed_tokens"),
+               padded_positions=last.get("padded_positions"),
                layout=last.get("layout"), decoder_positions=last.get("decoder_positions"),
                train_tflops=round(flops / ph["train"] / 1e12, 1), finite=last["finite"],
                completion_tokens=last["completion_tokens"], weight_bits=round(bits, 3),

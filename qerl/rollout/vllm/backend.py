@@ -21,7 +21,7 @@ from qerl.parallel import world
 from qerl.quantizers.fused import unshared_tensor_scales
 from qerl.registry import ROLLOUT_BACKENDS
 from qerl.rollout.base import RolloutBackend
-from qerl.rollout.vllm import engine, ir_norms, memory, ranks, scheduling, worker  # ranks: an engine per rank
+from qerl.rollout.vllm import engine, ir_norms, memory, ranks, recompute, scheduling, worker  # ranks: a rank each
 from qerl.rollout.vllm.checks import check_adapter, check_settings, warn_dense
 from qerl.rollout.vllm.engine import engine_name, scratch_dir
 from qerl.rollout.vllm.host_copy import to_host
@@ -132,8 +132,10 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         self.kv_cache_dtype = kv_cache_dtype
         if kv_cache_dtype != "auto":
             self.engine_kwargs.setdefault("kv_cache_dtype", kv_cache_dtype)
-        self.engine_kwargs.setdefault("disable_log_stats", False)  # the preemption counter (`rollout/preemptions`)
-        self._preemptions = 0
+        # the preemption and recompute counters (`rollout/preemptions`, `rollout/recomputed_tokens`)
+        self.engine_kwargs.setdefault("disable_log_stats", False)
+        self._preemptions = self._recomputed = 0
+        self._recompute: recompute.RecomputeCounter | None = None
         self.setup_s: float | None = None
         self.served_as: str | None = None
         self.policy = self.tokenizer = self.llm = None
@@ -202,6 +204,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
         self.resolved_async_scheduling = scheduling.resolved(self.llm)
+        self._recompute, self._recomputed = recompute.attach(self.llm), 0  # a new engine's counter starts at 0
         self._lora_dtype = self.llm.collective_rpc(worker.lora_dtype)[0]  # the snapshot is cast to it
         self.sync_weights(policy)
         self._ready()
@@ -362,12 +365,17 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
                 and self._noise_args[0] == 0.0)
 
     def _preemption_metrics(self) -> dict[str, float]:
-        """`rollout/preemptions`: sequences vLLM preempted (KV cache full: recomputed later) in the last generate."""
+        """`rollout/preemptions`: sequences vLLM preempted (KV cache full: recomputed later) in the last generate;
+        `rollout/recomputed_tokens`: the tokens it computed again for them (`qerl.rollout.vllm.recompute`)."""
         total = engine.preemptions(self.llm)
         if total is None:
             return {}
         count, self._preemptions = total - self._preemptions, total
-        return {"rollout/preemptions": float(count)}
+        found = {"rollout/preemptions": float(count)}
+        if self._recompute is not None:
+            tokens, self._recomputed = self._recompute.tokens - self._recomputed, self._recompute.tokens
+            found["rollout/recomputed_tokens"] = float(tokens)
+        return found
 
     def score(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
         """The engine's log-probs (float32, unscaled) of `completion_ids` following `prompt_ids`, current adapter."""
