@@ -9,7 +9,10 @@
 #    (the ratio's baseline in the same lease);
 # 2. the whole GPU suite (it holds the streaming GPU twins, the by-completion one fixed since 2026-12-07);
 # 3. by completion on every SM (the engine first), plain NVFP4, by group on half the SMs;
-# 4. the contention probe (how much of the decode survives beside the update: the model's `keep` and `share`).
+# 4. the contention probe (how much of the decode survives beside the update: the model's `keep` and `share`);
+# 5. bf16 with a profiled update: NVFP4's update is ~1.1 s slower than bf16's on both cards (15.30 / 14.15 s on the
+#    H100, 14.10 / 12.96 s on the H200) and its profile (committed) shows no 4-bit cost that large (dequantize 0.3 s,
+#    dgrad 0.1 s); bf16's profile beside it says which kernel family holds the difference.
 # Predictions (overlap_model.py on the H100 two-step rows): by completion on half the SMs 34-37 s (1.39-1.49x at
 # keep 0.8-0.9, share 0.45); bf16 49-52 s; plain NVFP4 41-43 s; by group on half 36-38 s; every SM: time-slicing, ~42 s.
 cd "$(dirname "$0")/.." || exit 2
@@ -29,3 +32,4 @@ row nvfp4-plain nvfp4
 row nvfp4-overlap-half nvfp4 --train-during-rollout --train-sm-share 0.5
 timeout 420 python3 benchmarks/probes/overlap_contention.py --out "$OUT" > "$OUT/probe.log" 2>&1
 echo "probe exit $?"; grep -v INFO "$OUT/probe.log" | tail -14
+row bf16-profiled bf16 --profile-train
