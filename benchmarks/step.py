@@ -394,8 +394,9 @@ def run_row(spec: dict, args) -> dict:
                           total=torch.cuda.get_device_properties(0).total_memory)
             if args.vllm_sleep == "auto":  # training under the rollout keeps the engine awake, its KV cache cut to fit
                 runs, _ = engine_as_run(engine["need"], args.vllm_util, engine["total"], free)
-                backend.resolved_sleep_mode, need, _ = decide_sleep(shape, replace(run, micro_batch=micro), budget,
-                                                                    bits, 2, engine["need"], runs, stay_awake=OVERLAP["on"])
+                backend.resolved_sleep_mode, need, _ = decide_sleep(
+                    shape, replace(run, micro_batch=micro), budget, bits, 2, engine["need"], runs,
+                    stay_awake=OVERLAP["on"])
                 backend.resolved_kv_cache_gb = cut_kv_cache_gb(engine["need"], need)
                 engine["need"] = need
             if OVERLAP["on"]:

@@ -101,7 +101,8 @@ def test_update_mode_skips_the_scoring_forward_and_the_update_reports_the_same_m
     try:
         rollout = backend.generate(prompts, sampling)
         # no scoring forward in the rollout: only the engine's own count
-        assert backend.mismatch_deferred and backend.last_metrics == {"rollout/preemptions": 0.0, "rollout/recomputed_tokens": 0.0}
+        assert backend.mismatch_deferred
+        assert backend.last_metrics == {"rollout/preemptions": 0.0, "rollout/recomputed_tokens": 0.0}
         with backend.noise(0.05, seed=1):  # noisy weights generated: the clean update cannot stand in for them
             backend.generate(prompts, sampling)
             assert not backend.mismatch_deferred and "rollout/mismatch_kl" in backend.last_metrics
@@ -251,7 +252,8 @@ def test_qeRL_module_logs_the_mismatch_measured_in_the_update(engine, tmp_path):
     finally:
         backend.measure_mismatch = True
     assert trainer.global_step == 2 and backend.mismatch_deferred
-    assert backend.last_metrics == {"rollout/preemptions": 0.0, "rollout/recomputed_tokens": 0.0}  # the engine's count only, no scoring forward
+    # the engine's counts only, no scoring forward
+    assert backend.last_metrics == {"rollout/preemptions": 0.0, "rollout/recomputed_tokens": 0.0}
     logged = trainer.callback_metrics  # from the update's forward, under the rollout's name
     assert 0 <= float(logged["rollout/mismatch_kl"]) < LOGPROB_TOL and "train/rollout/mismatch_kl" not in logged
 

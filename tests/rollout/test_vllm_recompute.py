@@ -27,6 +27,9 @@ def test_only_the_preempted_sequences_count_and_prefix_cache_hits_are_not_recomp
     assert (counter.tokens, counter.requests) == ((232 - 160) + 40 + (100 - 96), 3)
     counter.log(), counter.log_engine_initialized(), counter.record_sleep_state(1, 1)  # the rest of the interface
     assert (counter.tokens, counter.requests) == (116, 3)
+    assert (counter.take(), counter.take()) == (116, 0)  # per read: what came since the last one
+    counter.record(later, None)
+    assert (counter.take(), counter.tokens) == (4, 120)
 
 
 @pytest.mark.parametrize("engine", [

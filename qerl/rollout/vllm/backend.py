@@ -134,7 +134,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
             self.engine_kwargs.setdefault("kv_cache_dtype", kv_cache_dtype)
         # the preemption and recompute counters (`rollout/preemptions`, `rollout/recomputed_tokens`)
         self.engine_kwargs.setdefault("disable_log_stats", False)
-        self._preemptions = self._recomputed = 0
+        self._preemptions = 0
         self._recompute: recompute.RecomputeCounter | None = None
         self.setup_s: float | None = None
         self.served_as: str | None = None
@@ -204,7 +204,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
             if self.model_dir:  # only our scratch copy, never the user's folder
                 shutil.rmtree(self.model_dir, ignore_errors=True)
         self.resolved_async_scheduling = scheduling.resolved(self.llm)
-        self._recompute, self._recomputed = recompute.attach(self.llm), 0  # a new engine's counter starts at 0
+        self._recompute = recompute.attach(self.llm)  # a new engine, a new counter
         self._lora_dtype = self.llm.collective_rpc(worker.lora_dtype)[0]  # the snapshot is cast to it
         self.sync_weights(policy)
         self._ready()
@@ -373,8 +373,7 @@ class VLLM(EngineNoise, EngineSleep, EngineStream, RolloutBackend):
         count, self._preemptions = total - self._preemptions, total
         found = {"rollout/preemptions": float(count)}
         if self._recompute is not None:
-            tokens, self._recomputed = self._recompute.tokens - self._recomputed, self._recompute.tokens
-            found["rollout/recomputed_tokens"] = float(tokens)
+            found["rollout/recomputed_tokens"] = float(self._recompute.take())
         return found
 
     def score(self, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:

@@ -28,6 +28,12 @@ class RecomputeCounter:
     def __init__(self) -> None:
         self.tokens = 0
         self.requests = 0
+        self._taken = 0
+
+    def take(self) -> int:
+        """Tokens recomputed since the last `take` (per generate, where `tokens` is the engine's running total)."""
+        new, self._taken = self.tokens - self._taken, self.tokens
+        return new
 
     def record(self, scheduler_stats, iteration_stats=None, mm_cache_stats=None, engine_idx: int = 0) -> None:
         stats = getattr(scheduler_stats, "prefix_cache_stats", None)
